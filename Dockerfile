@@ -1,0 +1,20 @@
+# compose-env: a Concourse resource type that runs docker compose inside its own Docker daemon.
+ARG BASE_IMAGE=debian:trixie-slim
+FROM ${BASE_IMAGE}
+
+# Debian's engine, compose v2 plugin and Python libraries: one layer, cached until this line changes.
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      docker.io docker-cli docker-compose containerd runc iptables fuse-overlayfs \
+      python3 python3-docker python3-requests python3-jsonschema \
+      zstd ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+
+# Our package: small, changes often, so it comes last.
+COPY resource/compose_env /usr/lib/python3/dist-packages/compose_env
+COPY assets/ /opt/resource/
+RUN python3 -m compileall -q /usr/lib/python3/dist-packages/compose_env \
+ && python3 -c "import compose_env.protocol"
+
+ENV PYTHONUNBUFFERED=1
+WORKDIR /tmp/build/put

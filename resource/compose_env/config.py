@@ -1,0 +1,295 @@
+"""Requests → validated, typed, frozen configuration, with paths resolved inside the put directory."""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .schema import validate
+
+DEFAULT_COMMAND = ("up", "--abort-on-container-exit")
+DEFAULT_DATA_ROOT = "/scratch/docker"
+DEFAULT_PROJECT_NAME = "compose-env"
+
+
+@dataclass(frozen=True)
+class BuildMetadata:
+    """The BUILD_* variables Concourse sets for get/put, read in one place."""
+
+    build_id: str = ""
+    build_name: str = ""
+    job_name: str = ""
+    pipeline_name: str = ""
+    team_name: str = ""
+    external_url: str = ""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BuildMetadata:
+        env = os.environ if env is None else env
+        return cls(
+            build_id=env.get("BUILD_ID", ""),
+            build_name=env.get("BUILD_NAME", ""),
+            job_name=env.get("BUILD_JOB_NAME", ""),
+            pipeline_name=env.get("BUILD_PIPELINE_NAME", ""),
+            team_name=env.get("BUILD_TEAM_NAME", ""),
+            external_url=env.get("ATC_EXTERNAL_URL", ""),
+        )
+
+    def project_name(self) -> str:
+        """A compose project name from pipeline/job/build, sanitised to compose's rules."""
+        parts = [p for p in (self.pipeline_name, self.job_name, self.build_name) if p]
+        return sanitize_project_name("-".join(parts)) or DEFAULT_PROJECT_NAME
+
+
+def sanitize_project_name(raw: str) -> str:
+    """Compose accepts `[a-z0-9][a-z0-9_-]*`: lowercase, map the rest to '-', trim."""
+    name = re.sub(r"[^a-z0-9_-]+", "-", raw.lower())
+    name = re.sub(r"-{2,}", "-", name).lstrip("-_")
+    return name[:63].rstrip("-_")
+
+
+@dataclass(frozen=True)
+class DockerdOptions:
+    storage_driver: str = "auto"
+    data_root: str = DEFAULT_DATA_ROOT
+    data_root_medium: str = "auto"
+    mtu: int | None = None
+    registry_mirrors: tuple[str, ...] = ()
+    insecure_registries: tuple[str, ...] = ()
+    debug: bool = False
+    iptables: str = "auto"
+    args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegistryLogin:
+    host: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: str | None = field(default=None, repr=False)
+    cert: str | None = field(default=None, repr=False)
+    key: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Source:
+    startup_timeout: float = 60.0
+    dockerd: DockerdOptions = DockerdOptions()
+    registries: tuple[RegistryLogin, ...] = ()
+    docker_host: str | None = None
+    tls: TlsFiles | None = None
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One `params.images` entry: where it is, how the user wrote it, and extra names."""
+
+    index: int
+    path: Path
+    given: str
+    tags: tuple[str, ...] = ()
+
+    @property
+    def param_path(self) -> str:
+        return f"params.images[{self.index}]"
+
+
+@dataclass(frozen=True)
+class LogOptions:
+    tail: int = 20
+    services: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class PutParams:
+    compose_files: tuple[Path, ...]
+    project_directory: Path
+    project_name: str
+    images: tuple[ImageEntry, ...] = ()
+    command: tuple[str, ...] = DEFAULT_COMMAND
+    env: Mapping[str, str] = field(default_factory=dict)
+    env_files: tuple[Path, ...] = ()
+    profiles: tuple[str, ...] = ()
+    timeout: float | None = None
+    fail_on_error: bool = True
+    logs: LogOptions = LogOptions()
+    stop_grace: int = 1
+
+
+@dataclass(frozen=True)
+class PutConfig:
+    source: Source
+    params: PutParams
+    build: BuildMetadata
+    put_dir: Path
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` wins; nested objects merge key by key; lists are replaced, not appended."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def parse_duration(value: float | int | str, path: str) -> float:
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*", value)
+    if not match:
+        raise UserError(path, f"{value!r} is not a duration", 'use "90s", "30m", "1h" or a number of seconds')
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if seconds <= 0:
+        raise UserError(path, "must be more than zero")
+    return seconds
+
+
+class PathResolver:
+    """Resolves user paths inside the put directory and refuses anything that leads out of it."""
+
+    def __init__(self, put_dir: Path) -> None:
+        self.put_dir = Path(os.path.realpath(put_dir))
+
+    def resolve(self, given: str, path: str, *, kind: str = "file", base: Path | None = None) -> Path:
+        candidate = Path(given) if os.path.isabs(given) else (base or self.put_dir) / given
+        real = Path(os.path.realpath(candidate))
+        if not (real == self.put_dir or real.is_relative_to(self.put_dir)):
+            lexical = Path(os.path.normpath(os.path.abspath(candidate)))
+            how = "a symlink that leads" if lexical.is_relative_to(self.put_dir) else "a path"
+            raise UserError(
+                path,
+                f"{given!r} is {how} outside the put directory {self.put_dir}",
+                "paths are relative to the put directory; list the artifact under the put's `inputs` and refer to it as <input>/<file>",
+            )
+        if not real.exists():
+            raise UserError(path, f"no such {kind}: {given}", self._hint(given))
+        if kind == "file" and not real.is_file():
+            raise UserError(path, f"{given} is not a file")
+        if kind == "directory" and not real.is_dir():
+            raise UserError(path, f"{given} is not a directory")
+        return real
+
+    def _hint(self, given: str) -> str:
+        first = Path(given).parts[0] if Path(given).parts else given
+        present = sorted(p.name for p in self.put_dir.iterdir()) if self.put_dir.is_dir() else []
+        if first not in present:
+            listing = ", ".join(present[:12]) or "nothing"
+            return f"the put directory holds: {listing}. Is '{first}' among the put's `inputs`?"
+        return ""
+
+
+def _as_tuple(value: str | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def parse_source(raw: Mapping[str, Any] | None) -> Source:
+    raw = dict(raw or {})
+    validate(raw, "source", "source")
+    dockerd_raw = raw.get("dockerd", {})
+    dockerd = DockerdOptions(
+        storage_driver=dockerd_raw.get("storage_driver", "auto"),
+        data_root=dockerd_raw.get("data_root", DEFAULT_DATA_ROOT),
+        data_root_medium=dockerd_raw.get("data_root_medium", "auto"),
+        mtu=dockerd_raw.get("mtu"),
+        registry_mirrors=tuple(dockerd_raw.get("registry_mirrors", ())),
+        insecure_registries=tuple(dockerd_raw.get("insecure_registries", ())),
+        debug=dockerd_raw.get("debug", False),
+        iptables=dockerd_raw.get("iptables", "auto"),
+        args=tuple(dockerd_raw.get("args", ())),
+    )
+    tls = None
+    if "tls" in raw:
+        if "docker_host" not in raw:
+            raise UserError("source.tls", "is only used with source.docker_host", "remove it, or set docker_host")
+        tls = TlsFiles(**raw["tls"])
+    return Source(
+        startup_timeout=float(raw.get("startup_timeout", 60)),
+        dockerd=dockerd,
+        registries=tuple(RegistryLogin(**r) for r in raw.get("registries", ())),
+        docker_host=raw.get("docker_host"),
+        tls=tls,
+    )
+
+
+def merged_params(source_raw: Mapping[str, Any] | None, params_raw: Mapping[str, Any] | None) -> dict[str, Any]:
+    defaults = (source_raw or {}).get("params") or {}
+    if not isinstance(defaults, Mapping):
+        raise UserError("source.params", "must be an object of default put params")
+    return deep_merge(defaults, params_raw or {})
+
+
+def parse_command(value: str | list[str] | None) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_COMMAND
+    if isinstance(value, list):
+        return tuple(value)
+    try:
+        words = shlex.split(value)
+    except ValueError as error:
+        raise UserError("params.command", f"cannot split {value!r}: {error}", "check the quotes") from None
+    if not words:
+        raise UserError("params.command", "is empty")
+    return tuple(words)
+
+
+def parse_put_params(raw: Mapping[str, Any], put_dir: Path, build: BuildMetadata) -> PutParams:
+    validate(dict(raw), "put_params", "params")
+    resolver = PathResolver(put_dir)
+
+    compose_given = _as_tuple(raw["compose_files"])
+    compose_files = tuple(
+        resolver.resolve(given, f"params.compose_files[{i}]" if isinstance(raw["compose_files"], list) else "params.compose_files")
+        for i, given in enumerate(compose_given)
+    )
+    if "project_directory" in raw:
+        project_directory = resolver.resolve(raw["project_directory"], "params.project_directory", kind="directory")
+    else:
+        project_directory = compose_files[0].parent
+
+    images = []
+    for index, item in enumerate(raw.get("images", ())):
+        given = item if isinstance(item, str) else item["path"]
+        where = f"params.images[{index}]" if isinstance(item, str) else f"params.images[{index}].path"
+        resolved = resolver.resolve(given, where, kind="path")
+        tags = () if isinstance(item, str) else _as_tuple(item.get("tag"))
+        images.append(ImageEntry(index=index, path=resolved, given=given, tags=tags))
+
+    env_files = tuple(resolver.resolve(g, f"params.env_files[{i}]") for i, g in enumerate(raw.get("env_files", ())))
+    logs_raw = raw.get("logs", {})
+    return PutParams(
+        compose_files=compose_files,
+        project_directory=project_directory,
+        project_name=raw.get("project_name") or build.project_name(),
+        images=tuple(images),
+        command=parse_command(raw.get("command")),
+        env=dict(raw.get("env", {})),
+        env_files=env_files,
+        profiles=tuple(raw.get("profiles", ())),
+        timeout=parse_duration(raw["timeout"], "params.timeout") if "timeout" in raw else None,
+        fail_on_error=raw.get("fail_on_error", True),
+        logs=LogOptions(tail=logs_raw.get("tail", 20), services=tuple(logs_raw["services"]) if "services" in logs_raw else None),
+        stop_grace=raw.get("stop_grace", 1),
+    )
+
+
+def parse_put_request(request: Mapping[str, Any], put_dir: Path, build: BuildMetadata) -> PutConfig:
+    source_raw = request.get("source") or {}
+    source = parse_source(source_raw)
+    params = parse_put_params(merged_params(source_raw, request.get("params")), put_dir, build)
+    return PutConfig(source=source, params=params, build=build, put_dir=Path(put_dir))

@@ -1,0 +1,56 @@
+"""The two kinds of failure a put can end with, rendered the same way everywhere."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_ABORTED = 143
+
+
+class UserError(Exception):
+    """A problem with the configuration or the input files: exit 2, no traceback.
+
+    `path` names the parameter (`params.images[1].path`) so that the first line of
+    the build log says exactly what to change.
+    """
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, path: str, message: str, hint: str = "") -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+        self.path = path
+        self.message = message
+        self.hint = hint
+
+    def render(self) -> str:
+        text = f"error: {self}"
+        if self.hint:
+            text += f"\n  hint: {self.hint}"
+        return text
+
+
+class RuntimeFailure(Exception):
+    """Something failed while running (daemon, load, compose): exit 1, with a diagnosis."""
+
+    exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, diagnosis: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.diagnosis = diagnosis
+
+    def render(self) -> str:
+        text = f"error: {self.message}"
+        if self.diagnosis:
+            text += "\n" + "\n".join(f"  {line}" for line in self.diagnosis.splitlines())
+        return text
+
+
+class Aborted(BaseException):
+    """Raised in the main thread by the SIGTERM handler (Concourse abort or step timeout).
+
+    A BaseException so that `except Exception` blocks in the flow do not swallow it.
+    """
+
+    exit_code = EXIT_ABORTED
