@@ -5,7 +5,8 @@
 # Otherwise, as root on Debian, installs docker.io and starts a private dockerd
 # with its own data root, socket, pidfile and log under $COMPOSE_ENV_ENGINE_DIR.
 # Idempotent: a second call finds the running engine and only prints its host.
-# Stop it with: scripts/dev-engine.sh stop   (by pid file, nothing else is touched)
+# `status`: exit 0 and print the host if an engine answers, without starting one.
+# `stop`: stop the private engine by its pid file (nothing else is touched).
 set -euo pipefail
 
 engine_dir=${COMPOSE_ENV_ENGINE_DIR:-/var/lib/compose-env-dev}
@@ -39,6 +40,7 @@ if [ -S "$socket" ] && answers "$private_host"; then echo "$private_host"; exit 
 if [ -z "${DOCKER_HOST:-}" ] && [ -S /var/run/docker.sock ] && answers ""; then
   echo "unix:///var/run/docker.sock"; exit 0
 fi
+if [ "${1:-}" = status ]; then log "no engine answers"; exit 1; fi
 
 [ "$(id -u)" = 0 ] || { log "no engine answers and I am not root: start one and set DOCKER_HOST"; exit 1; }
 

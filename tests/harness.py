@@ -92,7 +92,9 @@ def privilege_flags(image: str, docker: str = "docker") -> list[str]:
 class Container:
     """A long-lived resource container (init + sleep), into which scripts are exec'd."""
 
-    def __init__(self, image: str, mounts: Sequence[tuple[str, str, bool]] = (), privileged: bool = True, docker: str = "docker", extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, image: str, mounts: Sequence[tuple[str, str, bool]] = (), privileged: bool = True, docker: str = "docker", extra_args: Sequence[str] = ()
+    ) -> None:
         self.docker = docker
         self.name = f"compose-env-harness-{uuid.uuid4().hex[:10]}"
         argv = [docker, "run", "-d", "--init", "--name", self.name, "--mount", "type=volume,dst=/scratch", "--label", "compose-env-harness=1"]
@@ -103,7 +105,16 @@ class Container:
         argv += [*extra_args, "--entrypoint", "sleep", image, "infinity"]
         subprocess.run(argv, check=True, capture_output=True, text=True)
 
-    def exec(self, argv: Sequence[str], *, env: Mapping[str, str] = {}, workdir: str = PUT_DIR, stdin: str | None = None, sigterm_after: float | None = None, timeout: float = 900) -> RunOutcome:
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] = {},
+        workdir: str = PUT_DIR,
+        stdin: str | None = None,
+        sigterm_after: float | None = None,
+        timeout: float = 900,
+    ) -> RunOutcome:
         command = [self.docker, "exec", "-i", "-w", workdir]
         for key, value in env.items():
             command += ["-e", f"{key}={value}"]
@@ -121,7 +132,11 @@ class Container:
 
     def _terminate(self, script: str, signalled_at: list[float]) -> None:
         """SIGTERM to the script's process only, as Concourse's containerd runtime does."""
-        finder = f'for p in /proc/[0-9]*; do if tr "\\0" " " < $p/cmdline 2>/dev/null | grep -q "^python3 {script}\\|^/usr/bin/python3 {script}"; then kill -TERM ${{p#/proc/}}; fi; done'
+        finder = (
+            "for p in /proc/[0-9]*; do "
+            f'if tr "\\0" " " < $p/cmdline 2>/dev/null | grep -q "^python3 {script}\\|^/usr/bin/python3 {script}"; '
+            "then kill -TERM ${p#/proc/}; fi; done"
+        )
         signalled_at.append(time.monotonic())
         subprocess.run([self.docker, "exec", self.name, "sh", "-c", finder], capture_output=True)
 
@@ -159,7 +174,15 @@ def run_script(
         return container.exec(argv, env=build_env, stdin=stdin, sigterm_after=sigterm_after, workdir=PUT_DIR if put_dir else "/")
 
 
-def run_task(image: str, inputs: Mapping[str, str], output_dir: str, compose_env: Mapping[str, Any], *, output_name: str = "compose-env-output", env: Mapping[str, str] | None = None) -> RunOutcome:
+def run_task(
+    image: str,
+    inputs: Mapping[str, str],
+    output_dir: str,
+    compose_env: Mapping[str, Any],
+    *,
+    output_name: str = "compose-env-output",
+    env: Mapping[str, str] | None = None,
+) -> RunOutcome:
     """Like `fly execute -c tasks/compose-env.yml -i NAME=DIR -o OUTPUT=DIR`: inputs and the output under the working dir."""
     workdir = "/tmp/build/task"
     mounts = [(host, f"{workdir}/{name}", True) for name, host in inputs.items()]
@@ -179,7 +202,10 @@ def main() -> int:
     outcome = run_script(args.image, args.script, Path(args.request).read_text(), put_dir=args.put_dir)
     sys.stderr.write(outcome.stderr)
     sys.stdout.write(outcome.stdout)
-    print(f"harness: exit code {outcome.exit_code} in {outcome.duration:.1f}s" + (f"; left running: {outcome.leftovers}" if outcome.leftovers else ""), file=sys.stderr)
+    print(
+        f"harness: exit code {outcome.exit_code} in {outcome.duration:.1f}s" + (f"; left running: {outcome.leftovers}" if outcome.leftovers else ""),
+        file=sys.stderr,
+    )
     return outcome.exit_code
 
 

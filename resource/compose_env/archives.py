@@ -206,7 +206,8 @@ def select_manifest(layout: Path, platform: tuple[str, str, str]) -> dict[str, A
     manifest = walk(_load_json(layout / "index.json"))
     if manifest is None:
         offered = ", ".join(sorted(set(seen))) or "none"
-        raise ArchiveError(f"no image for the daemon's platform {_platform_text({'os': wanted_os, 'architecture': wanted_arch, 'variant': wanted_variant})} (the index offers: {offered})")
+        wanted = _platform_text({"os": wanted_os, "architecture": wanted_arch, "variant": wanted_variant})
+        raise ArchiveError(f"no image for the daemon's platform {wanted} (the index offers: {offered})")
     return manifest
 
 

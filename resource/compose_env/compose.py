@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,26 @@ TIMED_OUT_EXIT_CODE = 124
 STOPPED_BY_SIGNAL = {137, 143}
 PREFIX = re.compile(r"^(?P<service>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:-\d+)?\s+\| ?(?P<text>.*)$")
 #: `run` options that take a value: needed to find the service among the arguments.
-RUN_VALUE_OPTIONS = {"-e", "--env", "--entrypoint", "-l", "--label", "--name", "-p", "--publish", "-u", "--user", "-v", "--volume", "-w", "--workdir", "--cap-add", "--cap-drop", "--pull", "--env-from-file"}
+RUN_VALUE_OPTIONS = {
+    "-e",
+    "--env",
+    "--entrypoint",
+    "-l",
+    "--label",
+    "--name",
+    "-p",
+    "--publish",
+    "-u",
+    "--user",
+    "-v",
+    "--volume",
+    "-w",
+    "--workdir",
+    "--cap-add",
+    "--cap-drop",
+    "--pull",
+    "--env-from-file",
+}
 UP_VALUE_OPTIONS = {"--exit-code-from", "-t", "--timeout", "--scale", "--attach", "--no-attach", "--pull", "--wait-timeout"}
 
 
@@ -91,7 +109,9 @@ def service_states(rows: Sequence[Mapping[str, Any]]) -> list[ServiceState]:
     for row in rows:
         state = str(row.get("State", "")).lower()
         exit_code = row.get("ExitCode")
-        states.append(ServiceState(str(row.get("Service", row.get("Name", "?"))), state, int(exit_code) if exit_code is not None else None, str(row.get("Health") or "")))
+        states.append(
+            ServiceState(str(row.get("Service", row.get("Name", "?"))), state, int(exit_code) if exit_code is not None else None, str(row.get("Health") or ""))
+        )
     return sorted(states, key=lambda s: s.name)
 
 
@@ -181,7 +201,18 @@ class ComposeProject:
         return [dotenv] if dotenv.is_file() else []
 
     def base_argv(self) -> list[str]:
-        argv = ["docker", "compose", "--ansi", "never", "--progress", "plain", "-p", self.params.project_name, "--project-directory", str(self.params.project_directory)]
+        argv = [
+            "docker",
+            "compose",
+            "--ansi",
+            "never",
+            "--progress",
+            "plain",
+            "-p",
+            self.params.project_name,
+            "--project-directory",
+            str(self.params.project_directory),
+        ]
         for compose_file in self.params.compose_files:
             argv += ["-f", str(compose_file)]
         for env_file in self.env_files():
@@ -191,7 +222,9 @@ class ComposeProject:
         return argv
 
     def _run_quiet(self, args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*self.base_argv(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        return subprocess.run(
+            [*self.base_argv(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
 
     # -- before the run
 
@@ -202,7 +235,9 @@ class ComposeProject:
         result = self._run_quiet(["config", "--format", "json"])
         if result.returncode != 0:
             message = _compose_error(result.stderr)
-            raise UserError("params.compose_files", f"docker compose rejects the project: {message}", "fix the compose file, or the env/env_files/profiles it depends on")
+            raise UserError(
+                "params.compose_files", f"docker compose rejects the project: {message}", "fix the compose file, or the env/env_files/profiles it depends on"
+            )
         for line in result.stderr.splitlines():
             if line.strip():
                 self.console.warn(line.strip())
@@ -250,7 +285,9 @@ class ComposeProject:
             raise UserError(
                 "params.images",
                 f"image not available: {lines}",
-                "add the image's artifact to params.images (with tag: " + missing[0][1] + " if it carries no name), or give source.registries credentials for it",
+                "add the image's artifact to params.images (with tag: "
+                + missing[0][1]
+                + " if it carries no name), or give source.registries credentials for it",
             )
 
     # -- the run
@@ -258,7 +295,9 @@ class ComposeProject:
     def run(self, shape: CommandShape, client: docker.APIClient) -> RunResult:
         argv = [*self.base_argv(), *self.params.command]
         self.console.line(f"$ docker compose {' '.join(self.params.command)}")
-        process = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent, start_new_session=True)
+        process = subprocess.Popen(
+            argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent, start_new_session=True
+        )
         self._process = process
         assert process.stdout is not None and process.stderr is not None
         readers = [
@@ -281,6 +320,9 @@ class ComposeProject:
         states = self.states()
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else self._exit_code(shape, process.returncode, states, client)
         status = "timed_out" if timed_out else "passed" if exit_code == 0 else "failed"
+        if shape.run_service and not timed_out and shape.run_service not in {s.name for s in states}:
+            # `run --rm` removed its container: report what it did from compose's exit code.
+            states = sorted([*states, ServiceState(shape.run_service, "exited", exit_code)], key=lambda s: s.name)
         failing = [s.name for s in states if s.failed]
         if shape.run_service and exit_code != 0 and shape.run_service not in failing:
             failing.insert(0, shape.run_service)
@@ -422,7 +464,11 @@ def _auth_for(repository: str, docker_config: str | None) -> dict[str, str] | No
         auths = json.loads(Path(docker_config, "config.json").read_text()).get("auths", {})
     except (OSError, json.JSONDecodeError):
         return None
-    host = repository.split("/", 1)[0] if "/" in repository and ("." in repository.split("/", 1)[0] or ":" in repository.split("/", 1)[0]) else "https://index.docker.io/v1/"
+    host = (
+        repository.split("/", 1)[0]
+        if "/" in repository and ("." in repository.split("/", 1)[0] or ":" in repository.split("/", 1)[0])
+        else "https://index.docker.io/v1/"
+    )
     entry = auths.get(host)
     if not entry:
         return None

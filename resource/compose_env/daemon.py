@@ -216,7 +216,7 @@ def connect_remote(source: Source, console: Console, config_dir: str) -> DaemonH
             client, load_client = make_clients(base_url, tls)
             info = client.info()
             break
-        except Exception as error:  # noqa: BLE001 - any failure to connect is retried until the deadline
+        except Exception as error:
             if time.monotonic() > deadline:
                 raise RuntimeFailure(
                     f"source.docker_host: cannot reach the engine at {source.docker_host}",
@@ -260,7 +260,10 @@ def diagnose(log_text: str) -> str:
         (("operation not permitted", "permission denied"), "a permission was refused: is the resource type declared `privileged: true`?"),
         (("cgroup", "cgroups"), "cgroups: the container's cgroup tree is not usable; check the worker's cgroup setup (v1/v2) or set source.dockerd.args"),
         (("iptables", "nat", "nf_tables"), "iptables: try source.dockerd.iptables: legacy (or nft); `off` disables NAT"),
-        (("overlay", "storage-driver", "graphdriver", "driver not supported"), "storage: set source.dockerd.storage_driver (fuse-overlayfs or vfs) or move data_root"),
+        (
+            ("overlay", "storage-driver", "graphdriver", "driver not supported"),
+            "storage: set source.dockerd.storage_driver (fuse-overlayfs or vfs) or move data_root",
+        ),
         (("no space left",), "the data root is out of space: free space on the worker or set source.dockerd.data_root_medium: disk"),
         (("address already in use", "pid file found"), "another dockerd is running in this container"),
         (("unknown flag", "flag provided but not defined", "invalid argument"), "dockerd rejected a flag: check source.dockerd.args"),
@@ -429,7 +432,7 @@ class InnerDaemon:
                 thread.start()
             for thread in threads:
                 thread.join(3)
-        except Exception as error:  # noqa: BLE001 - teardown goes on whatever the engine says
+        except Exception as error:
             problems.append(f"listing containers: {error}")
 
     @staticmethod
@@ -463,5 +466,5 @@ class InnerDaemon:
 def _quietly(function: Callable[..., object], *args: object) -> None:
     try:
         function(*args)
-    except Exception:  # noqa: BLE001, S110 - best effort during teardown
+    except Exception:
         pass

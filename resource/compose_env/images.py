@@ -113,7 +113,11 @@ def _tarball_plan(entry: ImageEntry, path: Path, shape: str, file_names: tuple[s
     embedded: tuple[str, ...] = ()
     if compression == "none":
         if not archives.is_tar(path):
-            raise UserError(where, f"{_shown(entry, path)} is not an image: not a tar archive", "give a docker save / OCI tarball (.tar, .tar.gz, .tar.zst) or an image directory")
+            raise UserError(
+                where,
+                f"{_shown(entry, path)} is not an image: not a tar archive",
+                "give a docker save / OCI tarball (.tar, .tar.gz, .tar.zst) or an image directory",
+            )
         manifest = archives.read_manifest(path)
         if manifest is None and not _has_member(path, "index.json"):
             raise UserError(where, f"{_shown(entry, path)} is not an image: a tar without manifest.json or index.json", "is it a docker save or OCI archive?")
@@ -157,8 +161,14 @@ def plan_image(entry: ImageEntry) -> ImagePlan:
     if layout is not None:
         names = tuple(dict.fromkeys([*file_names, *entry.tags]))
         if not names:
-            raise UserError(entry.param_path, f"{entry.given} is an OCI layout without a name (no repository file)", f"add a tag: images: [{{path: {entry.given}, tag: myorg/app:latest}}]")
-        return ImagePlan(entry, "oci-layout", layout, _tree_size(layout / "blobs"), names, (), lambda platform: archives.oci_layout_stream(layout, platform, list(names)))
+            raise UserError(
+                entry.param_path,
+                f"{entry.given} is an OCI layout without a name (no repository file)",
+                f"add a tag: images: [{{path: {entry.given}, tag: myorg/app:latest}}]",
+            )
+        return ImagePlan(
+            entry, "oci-layout", layout, _tree_size(layout / "blobs"), names, (), lambda platform: archives.oci_layout_stream(layout, platform, list(names))
+        )
     if (path / "rootfs").is_dir():
         metadata_file = path / "metadata.json"
         try:
@@ -167,9 +177,15 @@ def plan_image(entry: ImageEntry) -> ImagePlan:
             raise UserError(entry.param_path, f"{entry.given}/metadata.json is not valid JSON: {error}") from None
         names = tuple(dict.fromkeys([*file_names, *entry.tags]))
         if not names:
-            raise UserError(entry.param_path, f"{entry.given} is a rootfs without a name (no repository file)", f"add a tag: images: [{{path: {entry.given}, tag: myorg/app:latest}}]")
+            raise UserError(
+                entry.param_path,
+                f"{entry.given} is a rootfs without a name (no repository file)",
+                f"add a tag: images: [{{path: {entry.given}, tag: myorg/app:latest}}]",
+            )
         rootfs = path / "rootfs"
-        return ImagePlan(entry, "rootfs", rootfs, _tree_size(rootfs), names, (), lambda platform: archives.rootfs_stream(rootfs, metadata, platform[1], list(names)))
+        return ImagePlan(
+            entry, "rootfs", rootfs, _tree_size(rootfs), names, (), lambda platform: archives.rootfs_stream(rootfs, metadata, platform[1], list(names))
+        )
     for candidate, shape in ((path / "image.tar", "image.tar"), (path / "image" / "image.tar", "image.tar"), (path / "image", "docker-image save")):
         if candidate.is_file():
             return _tarball_plan(entry, candidate, shape, file_names)
@@ -234,7 +250,9 @@ def load_one(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIC
     except archives.ArchiveError as error:
         raise RuntimeFailure(f"{where}: {error}") from None
     except docker.errors.APIError as error:
-        raise RuntimeFailure(f"{where}: docker load failed: {error.explanation or error}", "the tarball is corrupt or truncated; rebuild or re-fetch it") from None
+        raise RuntimeFailure(
+            f"{where}: docker load failed: {error.explanation or error}", "the tarball is corrupt or truncated; rebuild or re-fetch it"
+        ) from None
     if not loaded_names and not loaded_ids:
         raise RuntimeFailure(f"{where}: docker load reported no image", "the archive holds no image")
     target = loaded_ids[0] if loaded_ids else loaded_names[0]

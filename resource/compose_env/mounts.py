@@ -64,7 +64,7 @@ def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
         for line in handle:
             before, _, after = line.partition(" - ")
             fields = before.split()
-            fstype, source, *_ = after.split() + [""]
+            fstype, source, *_ = [*after.split(), ""]
             mounts.append(MountInfo(_unescape(fields[4]), fstype, frozenset(fields[5].split(",")), source))
     return mounts
 

@@ -26,7 +26,7 @@ from .signals import ABORT
 def read_request(stdin: TextIO) -> dict[str, Any]:
     text = stdin.read()
     if not text.strip():
-        raise UserError("stdin", "is empty: expected a JSON request such as {\"source\": {}, \"params\": {...}}")
+        raise UserError("stdin", 'is empty: expected a JSON request such as {"source": {}, "params": {...}}')
     try:
         request = json.loads(text)
     except json.JSONDecodeError as error:
@@ -120,7 +120,7 @@ def main(name: str) -> None:
     except Aborted:
         Console(stderr).error("aborted: cleaned up, exiting 143")
         code = EXIT_ABORTED
-    except Exception:  # noqa: BLE001 - an internal bug: one line for the reader, the traceback after it
+    except Exception:
         Console(stderr).error("internal error in compose-env: please report it with the log below")
         traceback.print_exc(file=stderr)
         code = EXIT_FAILED

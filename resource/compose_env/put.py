@@ -16,8 +16,8 @@ from .console import Console
 from .daemon import RUN_DIR, DaemonHandle, InnerDaemon
 from .errors import Aborted
 from .redaction import Redactor, secret_env_values
-from .signals import ABORT
 from .report import RunResult, build_response, format_seconds, new_run_id
+from .signals import ABORT
 
 #: Called after the run and before teardown, while the containers still exist (task artifacts).
 AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]

@@ -82,7 +82,9 @@ def _messages(error: jsonschema.ValidationError, root: str) -> list[tuple[str, s
         choices = ", ".join(str(c) for c in schema.get("enum", []))
         return [(path, f"must be one of {choices}, got {describe(instance)}", "")]
     if error.validator == "pattern" and path.endswith("project_name"):
-        return [(path, f"{describe(instance)} is not a valid compose project name", "use lowercase letters, digits, '-' and '_', starting with a letter or digit")]
+        return [
+            (path, f"{describe(instance)} is not a valid compose project name", "use lowercase letters, digits, '-' and '_', starting with a letter or digit")
+        ]
     if error.validator in ("minimum", "exclusiveMinimum", "maximum", "minLength", "minItems", "pattern"):
         return [(path, f"{describe(instance)} is not allowed: {error.message}", "")]
     return [(path, error.message, "")]

@@ -136,9 +136,7 @@ def write_outputs(outcome: PutOutcome, output_dir: Path) -> None:
         "status": result.status,
         "exit_code": result.exit_code,
         "command": list(result.command),
-        "services": [
-            {"name": s.name, "state": s.state, "exit_code": s.exit_code, "health": s.health or None, "failed": s.failed} for s in result.services
-        ],
+        "services": [{"name": s.name, "state": s.state, "exit_code": s.exit_code, "health": s.health or None, "failed": s.failed} for s in result.services],
         "failing_services": result.failing_services,
         "images": outcome.images,
         "timings": {k: round(v, 3) for k, v in outcome.timings.items()},

@@ -1,0 +1,56 @@
+# compose-env developer entry points. Every target works on a fresh Debian machine as root:
+# it installs and starts what it needs (a private dockerd, the base image) by itself.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+IMAGE ?= compose-env:dev
+BASE_IMAGE ?= debian:trixie-slim
+PYTHON ?= python3
+export IMAGE BASE_IMAGE
+# Each recipe that needs Docker asks the dev engine script (idempotent) for its address.
+WITH_ENGINE = export DOCKER_HOST="$$(scripts/dev-engine.sh)";
+
+.PHONY: try test unit integration lint format image example engine dev-deps bench clean
+
+## try: build the image and the example, run the example put as Concourse would, print the response
+try: example
+	@$(WITH_ENGINE) $(PYTHON) tests/harness.py out --image $(IMAGE) --put-dir example/put --request example/request.json
+
+## test: lint, unit tests, then integration tests against the real image
+test: dev-deps lint image
+	@$(WITH_ENGINE) $(PYTHON) -m pytest tests
+
+unit: dev-deps
+	$(PYTHON) -m pytest tests/unit
+
+integration: dev-deps image
+	@$(WITH_ENGINE) $(PYTHON) -m pytest tests/integration
+
+lint: dev-deps
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format: dev-deps
+	$(PYTHON) -m ruff format .
+	$(PYTHON) -m ruff check --fix .
+
+engine:
+	@scripts/dev-engine.sh
+
+image:
+	@$(WITH_ENGINE) scripts/base-image.sh $(BASE_IMAGE) && \
+	  docker build -q --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) . >/dev/null && \
+	  echo "built $(IMAGE)" >&2
+
+example: image
+	@$(WITH_ENGINE) example/build.sh
+
+## bench: the side-by-side benchmarks (not tests); prints ratios
+bench: example
+	@$(WITH_ENGINE) $(PYTHON) bench/run.py
+
+dev-deps:
+	@$(PYTHON) -c 'import pytest, ruff, yaml, docker, jsonschema, requests' 2>/dev/null || \
+	  $(PYTHON) -m pip install -q -r requirements-dev.txt
+
+clean:
+	rm -rf example/put/redis-image example/put/tests-image .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Shared test settings: `resource/` and `tests/` are on sys.path (see pyproject.toml)."""
