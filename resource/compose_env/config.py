@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 import re
 import shlex
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .schema import validate
+from .schema import PathPart, describe, format_path, validate
 
 DEFAULT_COMMAND = ("up", "--abort-on-container-exit")
 DEFAULT_DATA_ROOT = "/scratch/docker"
@@ -159,36 +160,67 @@ def parse_duration(value: float | int | str, path: str) -> float:
 
 
 class PathResolver:
-    """Resolves user paths inside the put directory and refuses anything that leads out of it."""
+    """Resolves user paths inside the put directory and refuses anything that leads out of it.
+
+    `..` escapes, absolute paths elsewhere and symlinks pointing out are all caught
+    by comparing the real path (symlinks followed) with the real put directory.
+    Nothing is ever written: Concourse may mount the inputs read-only.
+    """
 
     def __init__(self, put_dir: Path) -> None:
         self.put_dir = Path(os.path.realpath(put_dir))
 
     def resolve(self, given: str, path: str, *, kind: str = "file", base: Path | None = None) -> Path:
+        if "\0" in given:
+            raise UserError(path, f"{given!r} contains a NUL character")
         candidate = Path(given) if os.path.isabs(given) else (base or self.put_dir) / given
         real = Path(os.path.realpath(candidate))
-        if not (real == self.put_dir or real.is_relative_to(self.put_dir)):
-            lexical = Path(os.path.normpath(os.path.abspath(candidate)))
-            how = "a symlink that leads" if lexical.is_relative_to(self.put_dir) else "a path"
-            raise UserError(
-                path,
-                f"{given!r} is {how} outside the put directory {self.put_dir}",
-                "paths are relative to the put directory; list the artifact under the put's `inputs` and refer to it as <input>/<file>",
-            )
+        if not self._inside(real):
+            raise self._outside(given, path, candidate, real)
         if not real.exists():
-            raise UserError(path, f"no such {kind}: {given}", self._hint(given))
+            raise UserError(path, f"no such {kind}: {given}", self._hint(candidate))
         if kind == "file" and not real.is_file():
-            raise UserError(path, f"{given} is not a file")
+            raise UserError(path, f"{given} is not a file" + (" but a directory" if real.is_dir() else ""))
         if kind == "directory" and not real.is_dir():
             raise UserError(path, f"{given} is not a directory")
         return real
 
-    def _hint(self, given: str) -> str:
-        first = Path(given).parts[0] if Path(given).parts else given
-        present = sorted(p.name for p in self.put_dir.iterdir()) if self.put_dir.is_dir() else []
-        if first not in present:
-            listing = ", ".join(present[:12]) or "nothing"
-            return f"the put directory holds: {listing}. Is '{first}' among the put's `inputs`?"
+    def _inside(self, real: Path) -> bool:
+        return real == self.put_dir or real.is_relative_to(self.put_dir)
+
+    def _outside(self, given: str, path: str, candidate: Path, real: Path) -> UserError:
+        lexical = Path(os.path.normpath(os.path.abspath(candidate)))
+        if self._inside(lexical):
+            return UserError(
+                path,
+                f"{given!r} is a symlink that leads outside the put directory (to {real})",
+                "an input must hold the file itself: copy it into the artifact instead of linking to it",
+            )
+        how = "an absolute path" if os.path.isabs(given) else "a path that leads"
+        return UserError(
+            path,
+            f"{given!r} is {how} outside the put directory {self.put_dir}",
+            "paths are relative to the put directory, where each of the put's `inputs` is a folder: write <input>/<file>",
+        )
+
+    def _hint(self, candidate: Path) -> str:
+        """Name the first missing component, what its folder holds, and the closest match."""
+        relative = Path(os.path.normpath(candidate)).relative_to(self.put_dir).parts
+        folder = self.put_dir
+        for depth, part in enumerate(relative):
+            if (folder / part).exists():
+                folder = folder / part
+                continue
+            present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+            close = difflib.get_close_matches(part, present, n=1, cutoff=0.6)
+            if close:
+                return f"did you mean {Path(*relative[:depth], close[0])}?"
+            shown = ", ".join(present[:12]) or "nothing"
+            where = "the put directory" if folder == self.put_dir else f"{Path(*relative[:depth])}/"
+            hint = f"{where} holds: {shown}"
+            if depth == 0:
+                hint += f". Is '{part}' among the put's `inputs`?"
+            return hint
         return ""
 
 
@@ -199,8 +231,14 @@ def _as_tuple(value: str | list[str] | None) -> tuple[str, ...]:
 
 
 def parse_source(raw: Mapping[str, Any] | None) -> Source:
+    """`source` → Source; also checks `source.params` (the put params' defaults) on their own."""
     raw = dict(raw or {})
     validate(raw, "source", "source")
+    validate(raw.get("params", {}), "put_params", "source.params", ignore_required=True)
+    return _source_from(raw)
+
+
+def _source_from(raw: Mapping[str, Any]) -> Source:
     dockerd_raw = raw.get("dockerd", {})
     dockerd = DockerdOptions(
         storage_driver=dockerd_raw.get("storage_driver", "auto"),
@@ -227,11 +265,40 @@ def parse_source(raw: Mapping[str, Any] | None) -> Source:
     )
 
 
-def merged_params(source_raw: Mapping[str, Any] | None, params_raw: Mapping[str, Any] | None) -> dict[str, Any]:
+def _has_path(document: Any, parts: tuple[PathPart, ...]) -> bool:
+    for part in parts:
+        in_object = isinstance(document, Mapping) and isinstance(part, str) and part in document
+        in_list = isinstance(document, list) and isinstance(part, int) and part < len(document)
+        if not (in_object or in_list):
+            return False
+        document = document[part]
+    return True
+
+
+@dataclass(frozen=True)
+class MergedParams:
+    """Put params with `source.params` deep-merged under them, remembering where each value came from."""
+
+    values: dict[str, Any]
+    given: Mapping[str, Any]
+    defaults: Mapping[str, Any]
+
+    def root_for(self, parts: tuple[PathPart, ...]) -> str:
+        """`source.params` for a value that only the defaults hold, else `params`."""
+        if not _has_path(self.given, parts) and _has_path(self.defaults, parts):
+            return "source.params"
+        return "params"
+
+    def path(self, *parts: PathPart) -> str:
+        return format_path(self.root_for(parts), parts)
+
+
+def merged_params(source_raw: Mapping[str, Any] | None, params_raw: Mapping[str, Any] | None) -> MergedParams:
     defaults = (source_raw or {}).get("params") or {}
     if not isinstance(defaults, Mapping):
-        raise UserError("source.params", "must be an object of default put params")
-    return deep_merge(defaults, params_raw or {})
+        raise UserError("source.params", f"expected an object of default put params, got {describe(defaults)}")
+    given = params_raw or {}
+    return MergedParams(deep_merge(defaults, given), given, defaults)
 
 
 def parse_command(value: str | list[str] | None) -> tuple[str, ...]:
@@ -248,29 +315,30 @@ def parse_command(value: str | list[str] | None) -> tuple[str, ...]:
     return tuple(words)
 
 
-def parse_put_params(raw: Mapping[str, Any], put_dir: Path, build: BuildMetadata) -> PutParams:
-    validate(dict(raw), "put_params", "params")
+def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) -> PutParams:
+    validate(merged.values, "put_params", merged.root_for)
+    raw = merged.values
     resolver = PathResolver(put_dir)
 
     compose_given = _as_tuple(raw["compose_files"])
+    as_list = isinstance(raw["compose_files"], list)
     compose_files = tuple(
-        resolver.resolve(given, f"params.compose_files[{i}]" if isinstance(raw["compose_files"], list) else "params.compose_files")
-        for i, given in enumerate(compose_given)
+        resolver.resolve(given, merged.path("compose_files", i) if as_list else merged.path("compose_files")) for i, given in enumerate(compose_given)
     )
     if "project_directory" in raw:
-        project_directory = resolver.resolve(raw["project_directory"], "params.project_directory", kind="directory")
+        project_directory = resolver.resolve(raw["project_directory"], merged.path("project_directory"), kind="directory")
     else:
         project_directory = compose_files[0].parent
 
     images = []
     for index, item in enumerate(raw.get("images", ())):
         given = item if isinstance(item, str) else item["path"]
-        where = f"params.images[{index}]" if isinstance(item, str) else f"params.images[{index}].path"
+        where = merged.path("images", index) if isinstance(item, str) else merged.path("images", index, "path")
         resolved = resolver.resolve(given, where, kind="path")
         tags = () if isinstance(item, str) else _as_tuple(item.get("tag"))
         images.append(ImageEntry(index=index, path=resolved, given=given, tags=tags))
 
-    env_files = tuple(resolver.resolve(g, f"params.env_files[{i}]") for i, g in enumerate(raw.get("env_files", ())))
+    env_files = tuple(resolver.resolve(g, merged.path("env_files", i)) for i, g in enumerate(raw.get("env_files", ())))
     logs_raw = raw.get("logs", {})
     return PutParams(
         compose_files=compose_files,
@@ -281,7 +349,7 @@ def parse_put_params(raw: Mapping[str, Any], put_dir: Path, build: BuildMetadata
         env=dict(raw.get("env", {})),
         env_files=env_files,
         profiles=tuple(raw.get("profiles", ())),
-        timeout=parse_duration(raw["timeout"], "params.timeout") if "timeout" in raw else None,
+        timeout=parse_duration(raw["timeout"], merged.path("timeout")) if "timeout" in raw else None,
         fail_on_error=raw.get("fail_on_error", True),
         logs=LogOptions(tail=logs_raw.get("tail", 20), services=tuple(logs_raw["services"]) if "services" in logs_raw else None),
         stop_grace=raw.get("stop_grace", 1),
@@ -289,7 +357,21 @@ def parse_put_params(raw: Mapping[str, Any], put_dir: Path, build: BuildMetadata
 
 
 def parse_put_request(request: Mapping[str, Any], put_dir: Path, build: BuildMetadata) -> PutConfig:
+    """Validate source and the merged params together, so that one run reports every problem."""
     source_raw = request.get("source") or {}
-    source = parse_source(source_raw)
-    params = parse_put_params(merged_params(source_raw, request.get("params")), put_dir, build)
+    problems: list[tuple[str, str, str]] = []
+    try:
+        validate(source_raw, "source", "source")
+    except UserError as error:
+        problems += error.problems
+    merged = merged_params(source_raw, request.get("params")) if isinstance(source_raw.get("params", {}), Mapping) else None
+    if merged is not None:
+        try:
+            validate(merged.values, "put_params", merged.root_for)
+        except UserError as error:
+            problems += error.problems
+    if problems or merged is None:
+        raise UserError.many(problems)
+    source = _source_from(source_raw)
+    params = parse_put_params(merged, put_dir, build)
     return PutConfig(source=source, params=params, build=build, put_dir=Path(put_dir))

@@ -28,6 +28,10 @@ class Console:
         self._redact = redact or (lambda text: text)
         self._lock = threading.Lock()
 
+    @property
+    def stream(self) -> TextIO:
+        return self._stream
+
     def set_redactor(self, redact: Callable[[str], str]) -> None:
         self._redact = redact
 

@@ -12,22 +12,33 @@ class UserError(Exception):
     """A problem with the configuration or the input files: exit 2, no traceback.
 
     `path` names the parameter (`params.images[1].path`) so that the first line of
-    the build log says exactly what to change.
+    the build log says exactly what to change. Schema validation reports every
+    problem at once: `problems` then holds one (path, message, hint) per problem,
+    each rendered on its own line.
     """
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, path: str, message: str, hint: str = "") -> None:
+    def __init__(self, path: str, message: str, hint: str = "", *, problems: list[tuple[str, str, str]] | None = None) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
         self.message = message
         self.hint = hint
+        self.problems = problems or [(path, message, hint)]
+
+    @classmethod
+    def many(cls, problems: list[tuple[str, str, str]]) -> UserError:
+        """One error for several problems; its own path/message are the first problem's."""
+        path, message, hint = problems[0]
+        return cls(path, message, hint, problems=problems)
 
     def render(self) -> str:
-        text = f"error: {self}"
-        if self.hint:
-            text += f"\n  hint: {self.hint}"
-        return text
+        lines = []
+        for path, message, hint in self.problems:
+            lines.append(f"error: {path}: {message}" if path else f"error: {message}")
+            if hint:
+                lines.append(f"  hint: {hint}")
+        return "\n".join(lines)
 
 
 class RuntimeFailure(Exception):

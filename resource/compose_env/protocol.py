@@ -1,7 +1,11 @@
 """Concourse I/O: the check/in/out/task commands, the fd-1 guard, exit codes, signals.
 
 Only this module knows about stdin, stdout and argv. Commands take their streams
-as arguments so that tests drive them in-process.
+as arguments, and `run_command` turns every failure into its exit code and a
+message, so that tests drive check/in/out in-process.
+
+Exit codes: 0 success; 1 the command failed, timed out, or a runtime error
+(or an internal bug); 2 a configuration error; 143 aborted (SIGTERM).
 """
 
 from __future__ import annotations
@@ -10,31 +14,58 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import BuildMetadata, parse_put_request
+from .config import BuildMetadata, parse_put_request, parse_source
 from .console import Console
 from .errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, Aborted, RuntimeFailure, UserError
 from .put import redactor_for, run_put
+from .redaction import Redactor, secret_env_values
 from .report import version_metadata
 from .schema import validate
 from .signals import ABORT
 
+Command = Callable[[TextIO, TextIO, Console, Sequence[str], Mapping[str, str]], int]
+EXAMPLE_REQUEST = '{"source": {}, "params": {"compose_files": ["repo/docker-compose.yml"]}}'
 
-def read_request(stdin: TextIO) -> dict[str, Any]:
-    text = stdin.read()
+
+def read_request(stdin: TextIO, console: Console, schema_name: str = "request") -> dict[str, Any]:
+    """Parse and validate the request; its secrets are masked in everything printed from now on."""
+    try:
+        text = stdin.read()
+    except UnicodeDecodeError as error:
+        raise UserError("stdin", f"is not UTF-8 text ({error.reason} at byte {error.start})", f"expected a JSON request such as {EXAMPLE_REQUEST}") from None
     if not text.strip():
-        raise UserError("stdin", 'is empty: expected a JSON request such as {"source": {}, "params": {...}}')
+        raise UserError("stdin", "is empty", f"expected a JSON request such as {EXAMPLE_REQUEST}")
     try:
         request = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise UserError("stdin", f"is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except (json.JSONDecodeError, RecursionError) as error:
+        where = f" ({error.msg} at line {error.lineno} column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
+        raise UserError("stdin", f"is not valid JSON{where}", f"expected a JSON request such as {EXAMPLE_REQUEST}") from None
     if not isinstance(request, dict):
-        raise UserError("stdin", f"must be a JSON object with source/params, got {type(request).__name__}")
-    validate(request, "request", "")
+        raise UserError("stdin", f"must be a JSON object with source and params, got {type(request).__name__}", f"for example {EXAMPLE_REQUEST}")
+    console.set_redactor(Redactor(secrets_in_request(request)))
+    validate(request, schema_name, "")
     return request
+
+
+def secrets_in_request(request: Mapping[str, Any]) -> list[str]:
+    """Registry passwords, the TLS key and secret-named env values, from a request not yet validated."""
+    source = request.get("source") if isinstance(request.get("source"), dict) else {}
+    secrets: list[str] = []
+    for registry in source.get("registries") or []:
+        if isinstance(registry, dict) and isinstance(registry.get("password"), str):
+            secrets.append(registry["password"])
+    tls = source.get("tls")
+    if isinstance(tls, dict) and isinstance(tls.get("key"), str):
+        secrets.append(tls["key"])
+    for params in (source.get("params"), request.get("params")):
+        env = params.get("env") if isinstance(params, dict) else None
+        if isinstance(env, dict):
+            secrets += secret_env_values({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in env.items()})
+    return secrets
 
 
 def write_json(stdout: TextIO, value: Any) -> None:
@@ -42,22 +73,26 @@ def write_json(stdout: TextIO, value: Any) -> None:
     stdout.flush()
 
 
-def check(stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env: Mapping[str, str]) -> int:
-    """Out-only resource: no versions of its own; echo the one asked about."""
-    request = read_request(stdin)
+def check(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Out-only resource: no versions of its own; echo the one asked about.
+
+    The source is validated anyway: a mistake then shows on the resource page at
+    the first check, before any build runs.
+    """
+    request = read_request(stdin, console)
+    parse_source(request.get("source"))
     version = request.get("version")
     write_json(stdout, [version] if version else [])
     return EXIT_OK
 
 
-def get(stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env: Mapping[str, str]) -> int:
+def get(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     """`in`: write the version into DIR and show its fields as metadata; nothing to fetch."""
     if len(argv) < 2:
         raise UserError("argv", "usage: in DIR")
-    request = read_request(stdin)
-    version = request.get("version")
-    if not version:
-        raise UserError("version", "is missing: `in` needs the version a put produced")
+    request = read_request(stdin, console, "in_request")
+    parse_source(request.get("source"))
+    version = request["version"]
     directory = Path(argv[1])
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "version.json").write_text(json.dumps(version) + "\n")
@@ -67,13 +102,13 @@ def get(stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env:
     return EXIT_OK
 
 
-def put(stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env: Mapping[str, str]) -> int:
+def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     if len(argv) < 2:
         raise UserError("argv", "usage: out DIR (Concourse passes the put directory)")
-    request = read_request(stdin)
+    request = read_request(stdin, console)
     config = parse_put_request(request, Path(argv[1]), BuildMetadata.from_env(env))
     redact = redactor_for(config)
-    console = Console(stderr, redact)
+    console.set_redactor(redact)
     outcome = run_put(config, console, redact)
     if outcome.exit_code == EXIT_OK:
         write_json(stdout, outcome.response)
@@ -82,13 +117,43 @@ def put(stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env:
     return outcome.exit_code
 
 
-def task(stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env: Mapping[str, str]) -> int:
+def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     from .task import run_task
 
-    return run_task(env, Path.cwd(), stderr)
+    try:
+        task_config = json.loads(env.get("COMPOSE_ENV", ""))
+        if isinstance(task_config, str):
+            task_config = json.loads(task_config)
+    except (json.JSONDecodeError, RecursionError):
+        task_config = None
+    if isinstance(task_config, dict):
+        params = {k: v for k, v in task_config.items() if k != "source"}
+        console.set_redactor(Redactor(secrets_in_request({"source": task_config.get("source"), "params": params})))
+    return run_task(env, Path.cwd(), console.stream)
 
 
-COMMANDS = {"check": check, "in": get, "out": put, "task": task}
+COMMANDS: dict[str, Command] = {"check": check, "in": get, "out": put, "task": task}
+
+
+def run_command(name: str, stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env: Mapping[str, str]) -> int:
+    """Run one command and map every way it can end to an exit code; stdout is written only on success.
+
+    A user mistake is one message per problem, never a traceback. An internal bug is
+    one line asking for a report, then the traceback: on stderr only, secrets masked.
+    """
+    console = Console(stderr)
+    try:
+        return COMMANDS[name](stdin, stdout, console, argv, env)
+    except (UserError, RuntimeFailure) as error:
+        console.error(error.render())
+        return error.exit_code
+    except Aborted:
+        console.error("aborted: cleaned up, exiting 143")
+        return EXIT_ABORTED
+    except Exception as error:
+        console.error(f"internal error in compose-env ({type(error).__name__}): please report it with the traceback below")
+        console.line(traceback.format_exc().rstrip())
+        return EXIT_FAILED
 
 
 def guard_stdout() -> TextIO:
@@ -108,22 +173,7 @@ def guard_stdout() -> TextIO:
 def main(name: str) -> None:
     response_stream = guard_stdout()
     ABORT.install()
-    stderr = sys.stderr
-    try:
-        code = COMMANDS[name](sys.stdin, response_stream, stderr, sys.argv, os.environ)
-    except UserError as error:
-        Console(stderr).error(error.render())
-        code = error.exit_code
-    except RuntimeFailure as error:
-        Console(stderr).error(error.render())
-        code = error.exit_code
-    except Aborted:
-        Console(stderr).error("aborted: cleaned up, exiting 143")
-        code = EXIT_ABORTED
-    except Exception:
-        Console(stderr).error("internal error in compose-env: please report it with the log below")
-        traceback.print_exc(file=stderr)
-        code = EXIT_FAILED
-    stderr.flush()
+    code = run_command(name, sys.stdin, response_stream, sys.stderr, sys.argv, os.environ)
+    sys.stderr.flush()
     response_stream.flush()
     sys.exit(code)

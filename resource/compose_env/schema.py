@@ -1,17 +1,39 @@
-"""Validate JSON against the schemas shipped in `schemas/`, one readable line per problem."""
+"""Validate JSON against the schemas shipped in `schemas/`, one readable line per problem.
+
+jsonschema's own messages (`42 is not valid under any of the given schemas`) name
+neither the parameter nor the fix. Each error is translated here into a problem:
+the path inside the document, what is wrong, and a hint (did you mean ...?).
+Schemas carry three extra keywords for this: `x-expected` (what a value must look
+like), `x-hints` (per required key) and `x-unknown-hint` (for unknown keys).
+"""
 
 from __future__ import annotations
 
 import difflib
 import json
-from collections.abc import Iterable
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import jsonschema
+from referencing import Registry, Resource
 
 from .errors import UserError
+
+PathPart = str | int
+#: Maps a problem's path parts to the name of the document it is in (`params`, `source.params`).
+RootFor = Callable[[tuple[PathPart, ...]], str]
+SCHEMA_NAMES = ("source", "put_params", "request", "in_request", "task_config")
+
+
+@dataclass(frozen=True)
+class Problem:
+    parts: tuple[PathPart, ...]
+    message: str
+    hint: str = ""
 
 
 @cache
@@ -20,7 +42,14 @@ def load_schema(name: str) -> dict[str, Any]:
     return json.loads(text)
 
 
-def format_path(root: str, parts: Iterable[Any]) -> str:
+@cache
+def _registry() -> Registry:
+    """All shipped schemas by `$id`, so that `task_config` can `$ref` the put params."""
+    schemas = [load_schema(name) for name in SCHEMA_NAMES]
+    return Registry().with_resources((schema["$id"], Resource.from_contents(schema)) for schema in schemas)
+
+
+def format_path(root: str, parts: Sequence[PathPart]) -> str:
     path = root
     for part in parts:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
@@ -46,62 +75,106 @@ def _type_name(value: Any) -> str:
     return "null"
 
 
-def _messages(error: jsonschema.ValidationError, root: str) -> list[tuple[str, str, str]]:
-    """Turn one jsonschema error into (path, message, hint) triples."""
-    path = format_path(root, error.absolute_path)
+def _with_article(words: str) -> str:
+    return words if words == "null" else ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower().replace("-", "_")
+
+
+def did_you_mean(key: str, allowed: Sequence[str]) -> str | None:
+    """The closest known key: `compose_file` → `compose_files`, `composeFiles` → `compose_files`."""
+    snake = _snake(key)
+    if snake in allowed and snake != key:
+        return snake
+    close = difflib.get_close_matches(snake, allowed, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _branch_for_value(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError] | None:
+    """Errors of the one anyOf/oneOf branch whose type fits the value, if exactly one fits.
+
+    For `images[0]: {path: 1}` the object branch fits, so its precise error
+    (`images[0].path: must be a string`) says more than "expected a path or {path, tag}".
+    """
+    by_branch: dict[int, list[jsonschema.ValidationError]] = {}
+    for inner in error.context or []:
+        by_branch.setdefault(inner.relative_schema_path[0], []).append(inner)
+    depth = len(error.absolute_path)
+    fitting = [errors for errors in by_branch.values() if not any(e.validator == "type" and len(e.absolute_path) == depth for e in errors)]
+    return fitting[0] if len(fitting) == 1 else None
+
+
+def _problems(error: jsonschema.ValidationError) -> list[Problem]:
+    """Turn one jsonschema error into problems, each with its path and a fix."""
+    parts = tuple(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
     instance = error.instance
+    got = describe(instance)
 
-    if error.validator == "additionalProperties":
+    if error.validator == "additionalProperties" and schema.get("additionalProperties") is False:
         allowed = sorted(schema.get("properties", {}))
-        found = []
+        problems = []
         for key in instance:
             if key in allowed:
                 continue
-            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(allowed)}"
-            found.append((format_path(path, [key]), "unknown key", hint))
-        return found
+            close = did_you_mean(key, allowed)
+            hint = f"did you mean '{close}'?" if close else schema.get("x-unknown-hint") or f"known keys: {', '.join(allowed)}"
+            problems.append(Problem((*parts, key), "unknown key", hint))
+        return problems
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return [(format_path(path, [missing]), "is required", "")]
+        return [Problem((*parts, missing), "is required", schema.get("x-hints", {}).get(missing, ""))]
     if error.validator in ("anyOf", "oneOf"):
-        # Where the value is an object and one branch is for objects, the precise
-        # problem lies inside that branch: report it instead of "expected ...".
-        if isinstance(instance, dict):
-            inner = [e for e in error.context or [] if e.validator != "type" and len(e.absolute_path) >= len(error.absolute_path)]
-            if inner:
-                return [m for e in inner for m in _messages(e, root)]
-        expected = schema.get("x-expected", "another type")
-        return [(path, f"expected {expected}, got {describe(instance)}", "")]
+        branch = _branch_for_value(error)
+        if branch:
+            return [problem for inner in branch for problem in _problems(inner)]
+        return [Problem(parts, f"expected {schema.get('x-expected', 'another type')}, got {got}")]
+    if "x-expected" in schema and error.validator in ("type", "pattern"):
+        return [Problem(parts, f"expected {schema['x-expected']}, got {got}")]
     if error.validator == "type":
         wanted = schema.get("type")
-        wanted_text = " or ".join(wanted) if isinstance(wanted, list) else wanted
-        return [(path, f"must be {'an' if str(wanted_text)[0] in 'aeiou' else 'a'} {wanted_text}, got {_type_name(instance)} ({describe(instance)})", "")]
+        wanted_text = " or ".join(_with_article(w) for w in wanted) if isinstance(wanted, list) else _with_article(str(wanted))
+        return [Problem(parts, f"must be {wanted_text}, got {_type_name(instance)} ({got})")]
     if error.validator == "enum":
-        choices = ", ".join(str(c) for c in schema.get("enum", []))
-        return [(path, f"must be one of {choices}, got {describe(instance)}", "")]
-    if error.validator == "pattern" and path.endswith("project_name"):
-        return [
-            (path, f"{describe(instance)} is not a valid compose project name", "use lowercase letters, digits, '-' and '_', starting with a letter or digit")
-        ]
-    if error.validator in ("minimum", "exclusiveMinimum", "maximum", "minLength", "minItems", "pattern"):
-        return [(path, f"{describe(instance)} is not allowed: {error.message}", "")]
-    return [(path, error.message, "")]
+        choices = [str(choice) for choice in schema.get("enum", [])]
+        close = did_you_mean(instance, choices) if isinstance(instance, str) else None
+        return [Problem(parts, f"must be one of {', '.join(choices)}, got {got}", f"did you mean '{close}'?" if close else "")]
+    if error.validator == "minLength":
+        return [Problem(parts, "must not be empty")]
+    if error.validator == "minItems":
+        return [Problem(parts, "must not be an empty list")]
+    if error.validator == "minimum":
+        return [Problem(parts, f"must be at least {schema['minimum']}, got {got}")]
+    if error.validator == "maximum":
+        return [Problem(parts, f"must be at most {schema['maximum']}, got {got}")]
+    if error.validator == "exclusiveMinimum":
+        return [Problem(parts, f"must be more than {schema['exclusiveMinimum']}, got {got}")]
+    return [Problem(parts, error.message)]
 
 
-def validate(instance: Any, schema_name: str, root: str) -> None:
-    """Raise one UserError listing every problem, each line naming its path."""
-    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
-    problems: list[tuple[str, str, str]] = []
-    for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path))):
-        for problem in _messages(error, root):
-            if problem not in problems:
-                problems.append(problem)
+def problems_in(instance: Any, schema_name: str, *, ignore_required: bool = False) -> list[Problem]:
+    """Every problem of `instance` against the named schema, in document order, without duplicates."""
+    validator = jsonschema.Draft202012Validator(load_schema(schema_name), registry=_registry())
+    found: list[Problem] = []
+    for error in sorted(validator.iter_errors(instance), key=lambda e: [(isinstance(p, str), p) for p in e.absolute_path]):
+        for problem in _problems(error):
+            if ignore_required and problem.message == "is required" and len(problem.parts) == 1:
+                continue
+            if problem not in found:
+                found.append(problem)
+    return found
+
+
+def validate(instance: Any, schema_name: str, root: str | RootFor, *, ignore_required: bool = False) -> None:
+    """Raise one UserError listing every problem, each naming its path from `root`.
+
+    `root` is the document's name (`params`), or a function choosing it per problem
+    (put params merged from `params` and `source.params`).
+    """
+    problems = problems_in(instance, schema_name, ignore_required=ignore_required)
     if not problems:
         return
-    first_path, first_message, first_hint = problems[0]
-    if len(problems) == 1:
-        raise UserError(first_path, first_message, first_hint)
-    lines = [f"{p}: {m}" + (f" ({h})" if h else "") for p, m, h in problems]
-    raise UserError("", f"{len(problems)} problems in the configuration:\n  " + "\n  ".join(lines))
+    root_for = root if callable(root) else (lambda _parts: root)
+    raise UserError.many([(format_path(root_for(p.parts), p.parts), p.message, p.hint) for p in problems])
