@@ -1,144 +1,381 @@
-"""Task mode (`/opt/resource/task`): the same put, plus outputs a put cannot have.
+"""Task mode (`/opt/resource/task`): the same put, plus the outputs a put cannot have.
 
-Configuration comes from the COMPOSE_ENV variable: put params plus optional
+Configuration comes from the COMPOSE_ENV variable: the put params plus optional
 `source`, `output_dir` and `artifacts`. Concourse JSON-encodes object-valued task
-params, so the variable holds a JSON object (sometimes encoded twice).
+params; a value given as a string (`fly execute` reads it from the local environment)
+may itself hold JSON, so the variable is decoded once or twice.
+
+The run is `put.run_put`, as for `out`. Only two things are added: a hook that runs
+while the containers still exist (container details, artifacts copied out), and the
+files written into `output_dir` afterwards: report.json, logs/<service>.log, artifacts.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import tarfile
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import docker
 
 from .compose import ComposeProject, analyse_command
-from .config import BuildMetadata, PutConfig, parse_put_request
+from .config import BuildMetadata, PutConfig, deep_merge, parse_put_request
 from .console import Console
 from .daemon import DaemonHandle
-from .errors import UserError
+from .errors import RuntimeFailure, UserError
 from .put import PutOutcome, redactor_for, run_put
+from .redaction import Redactor
 from .report import RunResult
 from .schema import validate
 
+ROOT = "COMPOSE_ENV"
 TASK_KEYS = ("source", "output_dir", "artifacts")
 DEFAULT_OUTPUT_DIR = "compose-env-output"
+DEFAULT_ARTIFACTS_DIR = "artifacts"
+USAGE_HINT = "in the task config: params: {COMPOSE_ENV: {compose_files: [code/docker-compose.yml], ...}}"
+#: Docker reports a container that never finished with this FinishedAt.
+NEVER = "0001-01-01T00:00:00Z"
 
 
 @dataclass(frozen=True)
 class Artifact:
+    """`artifacts[index]`: copy `path` out of a container of `service` into `output_dir/to`."""
+
+    index: int
     service: str
     path: str
     to: str
 
+    @property
+    def param_path(self) -> str:
+        return f"{ROOT}.artifacts[{self.index}]"
 
-def parse_task_env(env: Mapping[str, str]) -> dict[str, Any]:
-    raw = env.get("COMPOSE_ENV")
+
+@dataclass(frozen=True)
+class TaskConfig:
+    put: PutConfig
+    output_dir: Path
+    artifacts: tuple[Artifact, ...] = ()
+
+
+@dataclass
+class ArtifactCopy:
+    """What became of one artifact; goes into report.json."""
+
+    service: str
+    path: str
+    to: str
+    copied: bool = False
+    files: int = 0
+    bytes: int = 0
+    problem: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def decode_compose_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The COMPOSE_ENV object, whether Concourse encoded it once or it was a JSON string encoded again."""
+    raw = env.get(ROOT)
     if raw is None or not raw.strip():
-        raise UserError("COMPOSE_ENV", "is not set", "give the put params as a task param: params: {COMPOSE_ENV: {compose_files: [...]}}")
-    try:
-        value: Any = json.loads(raw)
-        if isinstance(value, str):
+        raise UserError(ROOT, "is not set: the task takes its configuration from this variable", USAGE_HINT)
+    value: Any = raw
+    for _ in range(2):
+        if not isinstance(value, str):
+            break
+        try:
             value = json.loads(value)
-    except json.JSONDecodeError as error:
-        raise UserError("COMPOSE_ENV", f"is not valid JSON ({error.msg} at column {error.colno})") from None
+        except json.JSONDecodeError as error:
+            raise UserError(ROOT, f"is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})", USAGE_HINT) from None
     if not isinstance(value, dict):
-        raise UserError("COMPOSE_ENV", f"must be a JSON object, got {type(value).__name__}")
-    validate({k: v for k, v in value.items() if k in TASK_KEYS}, "task_config", "COMPOSE_ENV")
+        kind = "a string" if isinstance(value, str) else type(value).__name__
+        raise UserError(ROOT, f"must be a JSON object of put params, got {kind}", USAGE_HINT)
     return value
 
 
-def parse_artifacts(raw: list[dict[str, str]]) -> list[Artifact]:
-    return [Artifact(item["service"], item["path"], item.get("to") or f"artifacts/{item['service']}") for item in raw]
+def validate_compose_env(value: Mapping[str, Any]) -> None:
+    """Every schema check, without touching the file system (the pipeline example's test uses it too)."""
+    validate(dict(value), "task_config", ROOT)
+    source_params = (value.get("source") or {}).get("params") or {}
+    params = deep_merge(source_params, {k: v for k, v in value.items() if k not in TASK_KEYS})
+    validate(params, "put_params", ROOT)
+
+
+def parse_task_config(value: Mapping[str, Any], work_dir: Path, build: BuildMetadata) -> TaskConfig:
+    validate_compose_env(value)
+    output_dir = _inside(work_dir, value.get("output_dir", DEFAULT_OUTPUT_DIR), f"{ROOT}.output_dir", "the task's working directory")
+    artifacts = tuple(
+        Artifact(index, item["service"], item["path"], item.get("to") or f"{DEFAULT_ARTIFACTS_DIR}/{item['service']}")
+        for index, item in enumerate(value.get("artifacts", ()))
+    )
+    for artifact in artifacts:
+        _inside(output_dir, artifact.to, f"{artifact.param_path}.to", "output_dir")
+    params = {k: v for k, v in value.items() if k not in TASK_KEYS}
+    try:
+        put = parse_put_request({"source": value.get("source") or {}, "params": params}, work_dir, build)
+    except UserError as error:
+        raise in_task_terms(error) from None
+    return TaskConfig(put, output_dir, artifacts)
+
+
+def _inside(base: Path, given: str, path: str, what: str) -> Path:
+    """`base/given`, refusing anything that leads out of `base` (symlinks followed)."""
+    target = Path(os.path.realpath(base / given))
+    if not target.is_relative_to(os.path.realpath(base)):
+        raise UserError(path, f"{given!r} leads outside {what}", "use a relative path without '..'")
+    return target
+
+
+def in_task_terms(error: UserError) -> UserError:
+    """The put names `params.images[0]`; here the user wrote `COMPOSE_ENV.images[0]`."""
+
+    def rename(path: str) -> str:
+        if path == "params" or path.startswith(("params.", "params[")):
+            return ROOT + path[len("params") :]
+        if path.startswith("source"):
+            return f"{ROOT}.{path}"
+        return path
+
+    return UserError.many([(rename(path), message, hint.replace("put directory", "task's working directory")) for path, message, hint in error.problems])
+
+
+# ---------------------------------------------------------------- the run
 
 
 def run_task(env: Mapping[str, str], work_dir: Path, stderr: TextIO) -> int:
-    task_config = parse_task_env(env)
-    params = {k: v for k, v in task_config.items() if k not in TASK_KEYS}
-    artifacts = parse_artifacts(task_config.get("artifacts", []))
-    output_dir = work_dir / task_config.get("output_dir", DEFAULT_OUTPUT_DIR)
-    for index, artifact in enumerate(artifacts):
-        target = (output_dir / artifact.to).resolve()
-        if not target.is_relative_to(output_dir.resolve()):
-            raise UserError(f"COMPOSE_ENV.artifacts[{index}].to", f"{artifact.to!r} leads outside output_dir")
-    config = parse_put_request({"source": task_config.get("source") or {}, "params": params}, work_dir, BuildMetadata.from_env(env))
-    redact = redactor_for(config)
+    task = parse_task_config(decode_compose_env(env), work_dir, BuildMetadata.from_env(env))
+    redact = redactor_for(task.put)
     console = Console(stderr, redact)
-    output_dir.mkdir(parents=True, exist_ok=True)
-
-    services = {a.service for a in artifacts}
-    config = _keep_run_container(config, services, console)
-
-    def copy_artifacts(project: ComposeProject, handle: DaemonHandle, result: RunResult) -> None:
-        for artifact in artifacts:
-            copy_artifact(handle.client, project.params.project_name, artifact, output_dir, console)
-
-    outcome = run_put(config, console, redact, after_run=copy_artifacts if artifacts else None)
-    write_outputs(outcome, output_dir)
-    console.info(f"wrote {output_dir}/report.json and {len(outcome.logs.services())} service logs")
+    if not task.output_dir.is_dir():
+        console.warn(f"{task.output_dir} does not exist: creating it (declare it as a task output to keep what is written there)")
+    task.output_dir.mkdir(parents=True, exist_ok=True)
+    collector = AfterRunCollector(task, console)
+    try:
+        outcome = run_put(keep_run_container(task, console), console, redact, after_run=collector)
+    except (UserError, RuntimeFailure) as error:
+        write_json(task.output_dir / "report.json", {"status": "error", "error": redact(error.render())})
+        raise
+    write_outputs(outcome, collector, task.output_dir, redact)
+    console.info(f"wrote report.json, {len(outcome.logs.services())} service logs and {sum(a.copied for a in collector.copies)} artifacts to {task.output_dir}")
+    collector.raise_unknown_services()
+    if outcome.exit_code != 0:
+        console.error(f"the task fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: false to report it instead")
     return outcome.exit_code
 
 
-def _keep_run_container(config: PutConfig, services: set[str], console: Console) -> PutConfig:
-    """`run --rm S` would delete S's container before its artifacts are copied: drop `--rm` (teardown removes it)."""
-    command = config.params.command
-    if command and command[0] == "run" and "--rm" in command and services:
-        console.info("artifacts are copied from the run container: keeping it until teardown (ignoring --rm)")
-        kept = tuple(word for index, word in enumerate(command) if not (word == "--rm" and index < _service_index(command)))
-        return replace(config, params=replace(config.params, command=kept))
-    return config
-
-
-def _service_index(command: tuple[str, ...]) -> int:
+def keep_run_container(task: TaskConfig, console: Console) -> PutConfig:
+    """`run --rm S` deletes S's container before its artifacts are copied: drop `--rm` (teardown removes it)."""
+    command = task.put.params.command
     service = analyse_command(command).run_service
-    return command.index(service) if service in command else len(command)
+    if service is None or "--rm" not in command or service not in {a.service for a in task.artifacts}:
+        return task.put
+    options_end = command.index(service, 1)
+    kept = tuple(word for index, word in enumerate(command) if not (word == "--rm" and index < options_end))
+    console.info(f"artifacts come from the run container of {service}: keeping it until teardown (without --rm)")
+    return replace(task.put, params=replace(task.put.params, command=kept))
 
 
-def _service_container(client: docker.APIClient, project: str, service: str) -> str | None:
-    containers = client.containers(all=True, filters={"label": [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]})
+class AfterRunCollector:
+    """put's after_run hook: runs after the command, before teardown, while the containers still exist."""
+
+    def __init__(self, task: TaskConfig, console: Console) -> None:
+        self.task = task
+        self.console = console
+        self.containers: dict[str, list[dict[str, Any]]] = {}
+        self.copies: list[ArtifactCopy] = []
+        self.unknown: list[tuple[Artifact, list[str]]] = []
+
+    def __call__(self, project: ComposeProject, handle: DaemonHandle, result: RunResult) -> None:
+        name = project.params.project_name
+        try:
+            self.containers = container_details(handle.client, name)
+        except docker.errors.APIError as error:
+            self.console.warn(f"could not inspect the containers for report.json: {error.explanation or error}")
+        if not self.task.artifacts:
+            return
+        self.console.header(f"Copying {len(self.task.artifacts)} artifact{'s' if len(self.task.artifacts) > 1 else ''}")
+        known = sorted(project.services())
+        for artifact in self.task.artifacts:
+            if artifact.service not in known:
+                self.unknown.append((artifact, known))
+                self.copies.append(ArtifactCopy(artifact.service, artifact.path, artifact.to, problem="not a service of the project"))
+                continue
+            copy = self._copy(handle.client, name, artifact)
+            self.copies.append(copy)
+            if copy.copied:
+                skipped = f" ({len(copy.skipped)} unsafe entries skipped)" if copy.skipped else ""
+                self.console.info(f"{artifact.service}:{artifact.path} → {copy.to}: {copy.files} files, {copy.bytes / 2**10:.1f} KiB{skipped}")
+            else:
+                self.console.warn(f"{artifact.param_path}: {artifact.service}:{artifact.path}: {copy.problem}")
+            for entry in copy.skipped:
+                self.console.warn(f"{artifact.param_path}: skipped {entry}")
+
+    def _copy(self, client: docker.APIClient, project: str, artifact: Artifact) -> ArtifactCopy:
+        copy = ArtifactCopy(artifact.service, artifact.path, artifact.to)
+        container = service_container(client, project, artifact.service)
+        if container is None:
+            copy.problem = "no container of that service (it did not run)"
+            return copy
+        try:
+            target = _inside(self.task.output_dir, artifact.to, f"{artifact.param_path}.to", "output_dir")
+            chunks, _stat = client.get_archive(container, artifact.path)
+            target.mkdir(parents=True, exist_ok=True)
+            extract_stream(chunks, target, copy)
+        except docker.errors.NotFound:
+            copy.problem = "no such file or directory in the container (did the tests get far enough to write it?)"
+        except (docker.errors.APIError, tarfile.TarError, OSError, UserError) as error:
+            copy.problem = f"copy failed: {error}"
+        else:
+            copy.copied = True
+        return copy
+
+    def raise_unknown_services(self) -> None:
+        if self.unknown:
+            raise UserError.many(
+                [
+                    (f"{a.param_path}.service", f"{a.service!r} is not a service of the project", f"services: {', '.join(known) or 'none'}")
+                    for a, known in self.unknown
+                ]
+            )
+
+
+def service_container(client: docker.APIClient, project: str, service: str) -> str | None:
+    """The newest container of the service: the `run` container when there is one."""
+    labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
+    containers = client.containers(all=True, filters={"label": labels})
     if not containers:
         return None
     return max(containers, key=lambda c: c.get("Created", 0))["Id"]
 
 
-def copy_artifact(client: docker.APIClient, project: str, artifact: Artifact, output_dir: Path, console: Console) -> None:
-    container = _service_container(client, project, artifact.service)
-    if container is None:
-        console.warn(f"artifact {artifact.path} of {artifact.service}: no container of that service")
-        return
-    try:
-        stream, _stat = client.get_archive(container, artifact.path)
-        data = io.BytesIO(b"".join(stream))
-    except docker.errors.NotFound:
-        console.warn(f"artifact {artifact.path} of {artifact.service}: no such path in the container")
-        return
-    target = output_dir / artifact.to
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=data) as archive:
-        archive.extractall(target, filter="data")
-    console.info(f"artifact {artifact.service}:{artifact.path} → {target}")
+class ChunkReader(io.RawIOBase):
+    """A read-only file over docker-py's chunk iterator, so that tarfile reads the archive as it arrives."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = memoryview(chunk)
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
 
 
-def write_outputs(outcome: PutOutcome, output_dir: Path) -> None:
+def extract_stream(chunks: Iterable[bytes], target: Path, copy: ArtifactCopy) -> None:
+    """Unpack a streamed tar archive into `target`: constant memory, nothing lands outside `target`.
+
+    tarfile's `data` filter refuses absolute names, `..`, links that lead out and device
+    files, and drops owners and setuid bits; a refused entry is skipped and reported.
+    """
+    with tarfile.open(fileobj=io.BufferedReader(ChunkReader(chunks), 1 << 20), mode="r|") as archive:
+        for member in archive:
+            try:
+                archive.extract(member, target, filter="data")
+            except tarfile.FilterError as error:
+                copy.skipped.append(f"{member.name}: {error}")
+                continue
+            if member.isfile():
+                copy.files += 1
+                copy.bytes += member.size
+
+
+def container_details(client: docker.APIClient, project: str) -> dict[str, list[dict[str, Any]]]:
+    """Every container of the project by service: state, exit code, OOM kill, health and timings."""
+    details: dict[str, list[dict[str, Any]]] = {}
+    for summary in client.containers(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+        inspected = client.inspect_container(summary["Id"])
+        labels = inspected["Config"]["Labels"] or {}
+        state = inspected["State"]
+        started, finished = state.get("StartedAt", ""), state.get("FinishedAt", "")
+        details.setdefault(labels.get("com.docker.compose.service", "?"), []).append(
+            {
+                "container": inspected["Name"].lstrip("/"),
+                "one_off": labels.get("com.docker.compose.oneoff") == "True",
+                "image": inspected["Config"]["Image"],
+                "state": state.get("Status", ""),
+                "exit_code": state.get("ExitCode"),
+                "oom_killed": state.get("OOMKilled", False),
+                "health": (state.get("Health") or {}).get("Status"),
+                "restarts": inspected.get("RestartCount", 0),
+                "started_at": started if started != NEVER else None,
+                "finished_at": finished if finished != NEVER else None,
+                "duration_seconds": _seconds_between(started, finished),
+            }
+        )
+    return details
+
+
+def _seconds_between(started: str, finished: str) -> float | None:
+    if not started or not finished or NEVER in (started, finished):
+        return None
+    return round((_parse_time(finished) - _parse_time(started)).total_seconds(), 3)
+
+
+def _parse_time(text: str) -> datetime:
+    """Docker's RFC 3339 times carry nanoseconds; datetime takes microseconds."""
+    stamp, _, fraction = text.rstrip("Z").partition(".")
+    return datetime.fromisoformat(f"{stamp}.{(fraction + '000000')[:6]}+00:00")
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_outputs(outcome: PutOutcome, collector: AfterRunCollector, output_dir: Path, redact: Redactor) -> None:
+    """report.json and logs/<service>.log (the put already redacted the log files)."""
     logs_dir = output_dir / "logs"
     logs_dir.mkdir(parents=True, exist_ok=True)
+    log_files = {}
     for service in outcome.logs.services():
         shutil.copyfile(outcome.logs.path(service), logs_dir / f"{service}.log")
+        log_files[service] = f"logs/{service}.log"
+    write_json(output_dir / "report.json", build_report(outcome, collector, log_files, redact))
+
+
+def build_report(outcome: PutOutcome, collector: AfterRunCollector, log_files: Mapping[str, str], redact: Redactor) -> dict[str, Any]:
     result = outcome.result
-    report = {
+    services = []
+    for state in result.services:
+        services.append(
+            {
+                "name": state.name,
+                "state": state.state,
+                "exit_code": state.exit_code,
+                "health": state.health or None,
+                "failed": state.failed,
+                "log": log_files.get(state.name),
+                "containers": collector.containers.get(state.name, []),
+            }
+        )
+    return {
         **outcome.response,
         "status": result.status,
         "exit_code": result.exit_code,
-        "command": list(result.command),
-        "services": [{"name": s.name, "state": s.state, "exit_code": s.exit_code, "health": s.health or None, "failed": s.failed} for s in result.services],
+        "command": [redact(word) for word in result.command],
         "failing_services": result.failing_services,
+        "services": services,
         "images": outcome.images,
-        "timings": {k: round(v, 3) for k, v in outcome.timings.items()},
+        "timings": {phase: round(seconds, 3) for phase, seconds in outcome.timings.items()},
+        "logs": dict(log_files),
+        "artifacts": [asdict(copy) for copy in collector.copies],
     }
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")

@@ -1,0 +1,280 @@
+"""Task mode without Docker: COMPOSE_ENV decoding and validation, `run --rm`, streamed artifact extraction, report.json."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from compose_env.compose import ServiceLogs
+from compose_env.config import BuildMetadata
+from compose_env.console import Console
+from compose_env.errors import UserError
+from compose_env.put import PutOutcome
+from compose_env.redaction import Redactor
+from compose_env.report import RunResult, ServiceState
+from compose_env.task import (
+    AfterRunCollector,
+    ArtifactCopy,
+    ChunkReader,
+    TaskConfig,
+    _parse_time,
+    _seconds_between,
+    build_report,
+    decode_compose_env,
+    extract_stream,
+    keep_run_container,
+    parse_task_config,
+)
+
+PARAMS = {"compose_files": ["code/docker-compose.yml"], "command": ["run", "--rm", "tests"]}
+
+
+@pytest.fixture
+def work_dir(tmp_path: Path) -> Path:
+    """A task working directory with a `code` input holding a compose file."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "docker-compose.yml").write_text("services: {tests: {image: busybox}}\n")
+    return tmp_path
+
+
+def parse(value: dict, work_dir: Path) -> TaskConfig:
+    return parse_task_config(value, work_dir, BuildMetadata())
+
+
+def problem_paths(error: pytest.ExceptionInfo[UserError]) -> list[str]:
+    return [path for path, _message, _hint in error.value.problems]
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def test_compose_env_encoded_once_by_concourse_is_decoded() -> None:
+    assert decode_compose_env({"COMPOSE_ENV": json.dumps(PARAMS)}) == PARAMS
+
+
+def test_compose_env_given_as_a_json_string_and_encoded_again_is_decoded() -> None:
+    assert decode_compose_env({"COMPOSE_ENV": json.dumps(json.dumps(PARAMS))}) == PARAMS
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, "is not set"),
+        ("  ", "is not set"),
+        ("{compose_files: x}", "is not valid JSON"),
+        ('"compose_files: x"', "is not valid JSON"),
+        ("[1, 2]", "must be a JSON object of put params, got list"),
+        (json.dumps(json.dumps(json.dumps({}))), "got a string"),
+    ],
+)
+def test_missing_or_malformed_compose_env_is_a_user_error_naming_it(raw: str | None, expected: str) -> None:
+    env = {} if raw is None else {"COMPOSE_ENV": raw}
+
+    with pytest.raises(UserError) as error:
+        decode_compose_env(env)
+
+    assert error.value.path == "COMPOSE_ENV"
+    assert expected in error.value.message
+    assert "params: {COMPOSE_ENV:" in error.value.hint
+
+
+# ---------------------------------------------------------------- validation
+
+
+def test_defaults_put_outputs_in_compose_env_output_and_artifacts_under_artifacts(work_dir: Path) -> None:
+    task = parse({**PARAMS, "artifacts": [{"service": "tests", "path": "/reports"}]}, work_dir)
+
+    assert task.output_dir == work_dir.resolve() / "compose-env-output"
+    assert task.artifacts[0].to == "artifacts/tests"
+    assert task.put.params.command == ("run", "--rm", "tests")
+    assert task.put.params.compose_files == ((work_dir / "code" / "docker-compose.yml").resolve(),)
+
+
+def test_relative_artifact_path_is_refused_with_its_path(work_dir: Path) -> None:
+    with pytest.raises(UserError) as error:
+        parse({**PARAMS, "artifacts": [{"service": "tests", "path": "reports/junit.xml"}]}, work_dir)
+
+    assert problem_paths(error) == ["COMPOSE_ENV.artifacts[0].path"]
+    assert "absolute path" in error.value.message
+
+
+def test_artifact_without_service_and_with_unknown_key_is_refused(work_dir: Path) -> None:
+    with pytest.raises(UserError) as error:
+        parse({**PARAMS, "artifacts": [{"path": "/reports", "destination": "x"}]}, work_dir)
+
+    assert set(problem_paths(error)) == {"COMPOSE_ENV.artifacts[0].service", "COMPOSE_ENV.artifacts[0].destination"}
+
+
+@pytest.mark.parametrize("to", ["../elsewhere", "/etc", "a/../../b"])
+def test_artifact_destination_outside_output_dir_is_refused(work_dir: Path, to: str) -> None:
+    with pytest.raises(UserError) as error:
+        parse({**PARAMS, "artifacts": [{"service": "tests", "path": "/reports", "to": to}]}, work_dir)
+
+    assert error.value.path == "COMPOSE_ENV.artifacts[0].to"
+    assert "outside output_dir" in error.value.message
+
+
+def test_output_dir_outside_the_working_directory_is_refused(work_dir: Path) -> None:
+    with pytest.raises(UserError) as error:
+        parse({**PARAMS, "output_dir": "../out"}, work_dir)
+
+    assert error.value.path == "COMPOSE_ENV.output_dir"
+
+
+def test_put_param_problems_are_named_under_compose_env(work_dir: Path) -> None:
+    with pytest.raises(UserError) as error:
+        parse({"compose_files": ["code/missing.yml"]}, work_dir)
+
+    assert error.value.path == "COMPOSE_ENV.compose_files[0]"
+    assert "put directory" not in error.value.render()
+
+
+def test_schema_problems_are_all_reported_under_compose_env(work_dir: Path) -> None:
+    with pytest.raises(UserError) as error:
+        parse({"compose_file": "x", "timeout": "soon", "source": {"startup_timeout": "x"}}, work_dir)
+
+    paths = problem_paths(error)
+    assert "COMPOSE_ENV.compose_file" in paths
+    assert "COMPOSE_ENV.timeout" in paths
+    assert "COMPOSE_ENV.source.startup_timeout" in paths
+    assert all(path.startswith("COMPOSE_ENV") for path in paths)
+
+
+def test_compose_files_may_come_from_source_params(work_dir: Path) -> None:
+    task = parse({"source": {"params": {"compose_files": "code/docker-compose.yml"}}}, work_dir)
+
+    assert task.put.params.compose_files[0].name == "docker-compose.yml"
+
+
+def test_missing_compose_files_is_required(work_dir: Path) -> None:
+    with pytest.raises(UserError) as error:
+        parse({"command": "up"}, work_dir)
+
+    assert error.value.path == "COMPOSE_ENV.compose_files"
+
+
+# ---------------------------------------------------------------- run --rm
+
+
+def test_run_rm_is_dropped_only_when_artifacts_come_from_the_run_service(work_dir: Path) -> None:
+    console = Console(io.StringIO())
+    command = ["run", "--rm", "-e", "X=1", "tests", "pytest", "--rm"]
+    from_tests = parse({**PARAMS, "command": command, "artifacts": [{"service": "tests", "path": "/r"}]}, work_dir)
+    from_other = parse({**PARAMS, "command": command, "artifacts": [{"service": "db", "path": "/r"}]}, work_dir)
+
+    assert keep_run_container(from_tests, console).params.command == ("run", "-e", "X=1", "tests", "pytest", "--rm")
+    assert keep_run_container(from_other, console).params.command == tuple(command)
+
+
+# ---------------------------------------------------------------- streamed extraction
+
+
+def tar_bytes(entries: list[tarfile.TarInfo], contents: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for info in entries:
+            data = contents.get(info.name)
+            if data is not None:
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = linkname
+    info.mode = 0o4755 if kind == tarfile.REGTYPE else 0o755
+    info.uid = 1234
+    return info
+
+
+def chunked(data: bytes, size: int) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+def test_archive_is_extracted_from_a_chunk_stream_and_unsafe_entries_are_skipped(tmp_path: Path) -> None:
+    junit = b"<testsuite tests='1' failures='0'/>\n" * 1000
+    data = tar_bytes(
+        [
+            member("reports", tarfile.DIRTYPE),
+            member("reports/junit.xml"),
+            member("reports/escape", tarfile.SYMTYPE, "../../../etc/passwd"),
+            member("../outside.txt"),
+            member("/abs.txt"),
+        ],
+        {"reports/junit.xml": junit, "../outside.txt": b"x", "/abs.txt": b"y"},
+    )
+    copy = ArtifactCopy("tests", "/reports", "out")
+    target = tmp_path / "out"
+    target.mkdir()
+
+    extract_stream(chunked(data, 777), target, copy)
+
+    extracted = target / "reports" / "junit.xml"
+    assert extracted.read_bytes() == junit
+    assert not extracted.stat().st_mode & 0o4000  # setuid dropped
+    assert (target / "abs.txt").read_bytes() == b"y"  # a leading / is stripped: it lands inside
+    assert (copy.files, copy.bytes) == (2, len(junit) + 1)
+    assert len(copy.skipped) == 2
+    assert not (tmp_path / "outside.txt").exists()
+    assert not (target / "reports" / "escape").exists()
+
+
+def test_chunk_reader_reads_across_chunk_boundaries_without_joining_them() -> None:
+    consumed = []
+
+    def chunks() -> Iterator[bytes]:
+        for index in range(5):
+            consumed.append(index)
+            yield bytes([index]) * 3
+
+    reader = io.BufferedReader(ChunkReader(chunks()), 4)
+
+    assert reader.read(4) == b"\x00\x00\x00\x01"
+    assert consumed == [0, 1]  # read on demand, not all at once
+    assert reader.read() == b"\x01\x01" + b"\x02" * 3 + b"\x03" * 3 + b"\x04" * 3
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_docker_times_with_nanoseconds_give_durations() -> None:
+    assert _parse_time("2026-11-28T01:02:03.123456789Z").microsecond == 123456
+    assert _seconds_between("2026-11-28T01:02:03.5Z", "2026-11-28T01:02:05.75Z") == 2.25
+    assert _seconds_between("2026-11-28T01:02:03Z", "0001-01-01T00:00:00Z") is None
+
+
+def test_report_holds_the_response_plus_states_containers_timings_logs_and_artifacts(work_dir: Path) -> None:
+    response = {"version": {"id": "1", "exit_code": "3"}, "metadata": [{"name": "status", "value": "failed"}]}
+    result = RunResult(("run", "tests", "--token=s3cr3t"), 3, "failed", [ServiceState("tests", "exited", 3)], {}, ["tests"])
+    outcome = PutOutcome(response, result, 1, ServiceLogs(work_dir / "logs"), {"daemon": 1.23456, "run": 2.5}, ["example/tests:ci"])
+    collector = AfterRunCollector(parse(PARAMS, work_dir), Console(io.StringIO()))
+    collector.containers = {"tests": [{"container": "p-tests-run-1", "exit_code": 3, "duration_seconds": 2.1}]}
+    collector.copies = [ArtifactCopy("tests", "/reports", "reports", copied=True, files=1, bytes=10)]
+
+    report = build_report(outcome, collector, {"tests": "logs/tests.log"}, Redactor(["s3cr3t"]))
+
+    assert report["version"] == {"id": "1", "exit_code": "3"}
+    assert report["metadata"] == response["metadata"]
+    assert report["status"] == "failed" and report["exit_code"] == 3
+    assert report["command"] == ["run", "tests", "--token=***"]
+    assert report["services"] == [
+        {
+            "name": "tests",
+            "state": "exited",
+            "exit_code": 3,
+            "health": None,
+            "failed": True,
+            "log": "logs/tests.log",
+            "containers": [{"container": "p-tests-run-1", "exit_code": 3, "duration_seconds": 2.1}],
+        }
+    ]
+    assert report["timings"] == {"daemon": 1.235, "run": 2.5}
+    assert report["artifacts"][0]["copied"] is True
+    json.dumps(report)
