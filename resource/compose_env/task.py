@@ -164,7 +164,8 @@ def run_task(env: Mapping[str, str], work_dir: Path, stderr: TextIO) -> int:
         write_json(task.output_dir / "report.json", {"status": "error", "error": redact(error.render())})
         raise
     write_outputs(outcome, collector, task.output_dir, redact)
-    console.info(f"wrote report.json, {len(outcome.logs.services())} service logs and {sum(a.copied for a in collector.copies)} artifacts to {task.output_dir}")
+    copied = sum(copy.copied for copy in collector.copies)
+    console.info(f"wrote report.json, logs/ for {len(outcome.logs.services())} services and {copied} of {len(task.artifacts)} artifacts to {task.output_dir}")
     collector.raise_unknown_services()
     if outcome.exit_code != 0:
         console.error(f"the task fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: false to report it instead")
@@ -212,7 +213,9 @@ class AfterRunCollector:
             self.copies.append(copy)
             if copy.copied:
                 skipped = f" ({len(copy.skipped)} unsafe entries skipped)" if copy.skipped else ""
-                self.console.info(f"{artifact.service}:{artifact.path} → {copy.to}: {copy.files} files, {copy.bytes / 2**10:.1f} KiB{skipped}")
+                where = os.path.normpath(f"{self.task.output_dir.name}/{copy.to}")
+                count = f"{copy.files} file{'s' if copy.files != 1 else ''}"
+                self.console.info(f"{artifact.service}:{artifact.path} → {where}/: {count}, {copy.bytes / 2**10:.1f} KiB{skipped}")
             else:
                 self.console.warn(f"{artifact.param_path}: {artifact.service}:{artifact.path}: {copy.problem}")
             for entry in copy.skipped:
