@@ -1,15 +1,26 @@
-"""Run the compose command like a test runner: validated first, streamed live, exit codes you can trust, always torn down."""
+"""Run the compose command like a test runner: validated first, streamed live, exit codes you can trust, always torn down.
+
+What compose sees is decided here and only here:
+- the argv names everything: `-p`, every `-f`, `--project-directory`, each `--env-file`,
+  each `--profile`, `--ansi never`, `--progress plain`;
+- the environment is ours minus every inherited `COMPOSE_*`, `DOCKER_*` and `BUILDKIT_*`
+  variable, plus `params.env`, plus the engine's address (which `params.env` cannot override);
+- the project's `.env` is used only when `params.env_files` is empty (compose's own rule),
+  and then it is passed explicitly and announced; `COMPOSE_*` settings found in the env
+  files or `params.env` are announced too. Nothing changes what runs without a log line.
+"""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -20,45 +31,45 @@ from .config import PutParams
 from .console import Console
 from .daemon import die_with_parent
 from .errors import UserError
-from .images import split_reference
 from .report import RunResult, ServiceState
 
 TIMED_OUT_EXIT_CODE = 124
-#: Exit codes of a container stopped by compose's cascade (SIGTERM, then SIGKILL).
+#: Exit codes of a container stopped by a signal; used only when the engine's events are unavailable.
 STOPPED_BY_SIGNAL = {137, 143}
-PREFIX = re.compile(r"^(?P<service>[A-Za-z0-9][A-Za-z0-9_.-]*?)(?:-\d+)?\s+\| ?(?P<text>.*)$")
+#: Inherited variables that would change what compose does without anyone asking.
+STRIPPED_PREFIXES = ("COMPOSE_", "DOCKER_", "BUILDKIT_")
+#: Compose 2.26 starts each log line with "erase line" (ESC [2K) even with `--ansi never`.
+ERASE_AT_START = re.compile(r"^(?:\x1b\[[0-9;]*K|\r)+")
+PREFIXED_LINE = re.compile(r"^(?P<prefix>\S+?)\s*\|(?: (?P<text>.*))?$")
+REPLICA_SUFFIX = re.compile(r"-\d+$")
+COMPOSE_SETTING = re.compile(r"^\s*(?:export\s+)?(COMPOSE_[A-Za-z0-9_]+)\s*=")
 #: `run` options that take a value: needed to find the service among the arguments.
 RUN_VALUE_OPTIONS = {
-    "-e",
-    "--env",
-    "--entrypoint",
-    "-l",
-    "--label",
-    "--name",
-    "-p",
-    "--publish",
-    "-u",
-    "--user",
-    "-v",
-    "--volume",
-    "-w",
-    "--workdir",
-    "--cap-add",
-    "--cap-drop",
-    "--pull",
-    "--env-from-file",
-}
+    "-e", "--env", "--entrypoint", "-l", "--label", "--name", "-p", "--publish", "-u", "--user",
+    "-v", "--volume", "-w", "--workdir", "--cap-add", "--cap-drop", "--pull", "--env-from-file",
+}  # fmt: skip
 UP_VALUE_OPTIONS = {"--exit-code-from", "-t", "--timeout", "--scale", "--attach", "--no-attach", "--pull", "--wait-timeout"}
+#: Subcommands that create containers, so their images must exist first.
+CREATING_SUBCOMMANDS = {"up", "run", "create"}
+#: Subcommands whose positional arguments are service names.
+SERVICE_SUBCOMMANDS = {"up", "create", "start", "restart", "stop", "logs", "pull", "build"}
 
 
 @dataclass(frozen=True)
 class CommandShape:
-    """What the user's command is, as far as reporting needs to know."""
+    """What the user's command is, as far as validation and reporting need to know."""
 
     subcommand: str
     services: tuple[str, ...]
     exit_code_from: str | None = None
     run_service: str | None = None
+    no_deps: bool = False
+
+    @property
+    def named_services(self) -> tuple[str, ...]:
+        """Every service the command names, which must exist in the project."""
+        extra = (self.exit_code_from,) if self.exit_code_from and self.exit_code_from not in self.services else ()
+        return self.services + extra
 
 
 def analyse_command(command: Sequence[str]) -> CommandShape:
@@ -68,6 +79,7 @@ def analyse_command(command: Sequence[str]) -> CommandShape:
     value_options = RUN_VALUE_OPTIONS if subcommand == "run" else UP_VALUE_OPTIONS if subcommand == "up" else set()
     positionals: list[str] = []
     exit_code_from = None
+    no_deps = False
     index = 0
     while index < len(args):
         arg = args[index]
@@ -81,6 +93,7 @@ def analyse_command(command: Sequence[str]) -> CommandShape:
                 index += 1
             if option == "--exit-code-from":
                 exit_code_from = value
+            no_deps = no_deps or option == "--no-deps"
             index += 1
             continue
         positionals.append(arg)
@@ -89,13 +102,32 @@ def analyse_command(command: Sequence[str]) -> CommandShape:
         index += 1
     if subcommand == "run":
         service = positionals[0] if positionals else None
-        return CommandShape("run", (service,) if service else (), None, service)
-    services = tuple(positionals) if subcommand in ("up", "start", "restart", "stop", "logs", "create") else ()
-    return CommandShape(subcommand, services + ((exit_code_from,) if exit_code_from and exit_code_from not in services else ()), exit_code_from)
+        return CommandShape("run", (service,) if service else (), None, service, no_deps)
+    services = tuple(positionals) if subcommand in SERVICE_SUBCOMMANDS else ()
+    return CommandShape(subcommand, services, exit_code_from, None, no_deps)
+
+
+def services_started(shape: CommandShape, services: Mapping[str, Any]) -> list[str]:
+    """The services whose containers the command creates: its targets (or all) and their dependencies."""
+    if shape.subcommand not in CREATING_SUBCOMMANDS:
+        return []
+    roots = list(shape.services) or (list(services) if shape.subcommand != "run" else [])
+    if shape.no_deps:
+        return [name for name in roots if name in services]
+    started: list[str] = []
+    pending = list(roots)
+    while pending:
+        name = pending.pop(0)
+        if name in started or name not in services:
+            continue
+        started.append(name)
+        depends_on = services[name].get("depends_on") or {}
+        pending += list(depends_on)  # a map in `config --format json`, a list in older forms: both iterate names
+    return started
 
 
 def parse_ps_json(text: str) -> list[dict[str, Any]]:
-    """`compose ps --format json`: an array in some 2.x releases, NDJSON in others."""
+    """`compose ps --format json`: one JSON array in some 2.x releases, NDJSON (2.21+, so 2.26) in others."""
     text = text.strip()
     if not text:
         return []
@@ -104,15 +136,105 @@ def parse_ps_json(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def service_states(rows: Sequence[Mapping[str, Any]]) -> list[ServiceState]:
+def stopped_by_compose(events: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Names of containers that were sent a signal (`kill` event) before they died: stopped, not exited by themselves.
+
+    Compose's abort cascade and `stop` go through the engine's stop API, which emits
+    `kill` (signal 15, then 9) before `die`; a process that ends on its own only emits `die`.
+    """
+    signalled: set[str] = set()
+    stopped: set[str] = set()
+    for event in sorted(events, key=lambda e: int(e.get("timeNano") or 0)):
+        if event.get("Type", "container") != "container":
+            continue
+        name = str((event.get("Actor") or {}).get("Attributes", {}).get("name", ""))
+        action = str(event.get("Action") or event.get("status") or "")
+        if action == "start":
+            signalled.discard(name)
+            stopped.discard(name)
+        elif action == "kill":
+            signalled.add(name)
+        elif action == "die" and name in signalled:
+            stopped.add(name)
+    return stopped
+
+
+def service_states(rows: Sequence[Mapping[str, Any]], stopped: set[str] | None) -> list[ServiceState]:
+    """ps rows → states; `stopped` names the containers compose stopped (None: unknown, guess from the exit code)."""
     states = []
     for row in rows:
         state = str(row.get("State", "")).lower()
-        exit_code = row.get("ExitCode")
-        states.append(
-            ServiceState(str(row.get("Service", row.get("Name", "?"))), state, int(exit_code) if exit_code is not None else None, str(row.get("Health") or ""))
-        )
-    return sorted(states, key=lambda s: s.name)
+        exit_code = int(row["ExitCode"]) if row.get("ExitCode") is not None else None
+        container = str(row.get("Name", ""))
+        was_stopped = container in stopped if stopped is not None else exit_code in STOPPED_BY_SIGNAL
+        name = str(row.get("Service") or container or "?")
+        states.append(ServiceState(name, state, exit_code, str(row.get("Health") or ""), container, was_stopped and state == "exited"))
+    return sorted(states, key=lambda s: (s.name, s.container))
+
+
+def decide_exit_code(shape: CommandShape, returncode: int, states: Sequence[ServiceState]) -> int:
+    """The exit code the put reports.
+
+    - `run`: compose's own, which is the container's.
+    - `up --exit-code-from S`: S's real exit code from ps. Compose 2.26 returns 0 when S
+      was stopped by the abort cascade (docker/compose#11712), so its answer is not used.
+    - any other `up`: compose's, or else the code of a container that exited non-zero by
+      itself (plain `up` returns 0 whatever the containers did).
+    """
+    if shape.subcommand != "up":
+        return returncode
+    if shape.exit_code_from:
+        exited = [s for s in states if s.name == shape.exit_code_from and s.state == "exited" and s.exit_code is not None]
+        if exited:
+            return next((s.exit_code for s in exited if s.exit_code), 0) or 0
+        return returncode
+    if returncode:
+        return returncode
+    own = [s for s in states if s.exited_by_itself_non_zero]
+    return int(own[0].exit_code or 1) if own else 0
+
+
+def failing_services(shape: CommandShape, exit_code: int, states: Sequence[ServiceState], timed_out: bool) -> list[str]:
+    """Services whose logs explain the failure, most relevant first (also the order of the metadata tails)."""
+    names: list[str] = []
+    primary = shape.run_service or shape.exit_code_from
+    if primary and exit_code != 0:
+        names.append(primary)
+    if timed_out:
+        names += [s.name for s in states if s.state == "running"]
+    names += [s.name for s in states if s.failed]
+    return list(dict.fromkeys(names))
+
+
+def split_prefixed(line: str, services: Iterable[str]) -> tuple[str, str] | None:
+    """`tests-1  | text` → ("tests", "text"); None for compose's own lines."""
+    match = PREFIXED_LINE.match(line)
+    if not match:
+        return None
+    prefix = match.group("prefix")
+    known = set(services)
+    for candidate in (prefix, REPLICA_SUFFIX.sub("", prefix)):
+        if candidate in known:
+            return candidate, match.group("text") or ""
+    return (REPLICA_SUFFIX.sub("", prefix), match.group("text") or "") if not known else None
+
+
+def compose_environment(inherited: Mapping[str, str], params_env: Mapping[str, str], engine_env: Mapping[str, str]) -> dict[str, str]:
+    """Inherited variables minus COMPOSE_*/DOCKER_*/BUILDKIT_*, then params.env, then the engine (which wins)."""
+    env = {key: value for key, value in inherited.items() if not key.startswith(STRIPPED_PREFIXES)}
+    env.update(params_env)
+    env.update(engine_env)
+    env["BUILDKIT_PROGRESS"] = "plain"
+    return env
+
+
+def compose_settings_in(path: Path) -> list[str]:
+    """COMPOSE_* keys an env file sets (compose reads them as its own settings)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [match.group(1) for match in map(COMPOSE_SETTING.match, lines) if match]
 
 
 @dataclass
@@ -130,13 +252,13 @@ class ServiceLogs:
             handle = self._handles.get(service)
             if handle is None:
                 self.directory.mkdir(parents=True, exist_ok=True)
-                handle = self._handles[service] = open(self.directory / f"{_safe(service)}.log", "a")  # noqa: SIM115
+                handle = self._handles[service] = open(self.path(service), "a")  # noqa: SIM115
                 self.captured.add(service)
             handle.write(self.redact(text) + "\n")
 
     def write_whole(self, service: str, text: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / f"{_safe(service)}.log").write_text(self.redact(text))
+        self.path(service).write_text("\n".join(self.redact(line) for line in text.splitlines()) + "\n")
 
     def close(self) -> None:
         with self._lock:
@@ -151,6 +273,7 @@ class ServiceLogs:
         return sorted(p.stem for p in self.directory.glob("*.log")) if self.directory.is_dir() else []
 
     def tail(self, service: str, lines: int) -> list[str]:
+        """The last `lines` lines, reading only the end of the file (logs can be gigabytes)."""
         if lines <= 0:
             return []
         path = self.path(service)
@@ -175,161 +298,185 @@ class ComposeProject:
         self.params = params
         self.console = console
         self.logs = logs
-        self.env = self._environment({})
+        self.redact = logs.redact
+        self.env = compose_environment(os.environ, params.env, {})
         self.config: dict[str, Any] = {}
+        self.shape = analyse_command(params.command)
+        self._all_services: dict[str, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- argv and environment
 
-    def _environment(self, daemon_env: Mapping[str, str]) -> dict[str, str]:
-        """Our environment without inherited COMPOSE_* / DOCKER_* (they would silently change what runs)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
-        env.update(daemon_env)
-        env.update(self.params.env)
-        env["BUILDKIT_PROGRESS"] = "plain"
-        return env
-
-    def use_engine(self, daemon_env: Mapping[str, str]) -> None:
+    def use_engine(self, engine_env: Mapping[str, str]) -> None:
         """From now on talk to this engine (DOCKER_HOST, DOCKER_CONFIG, TLS)."""
-        self.env = self._environment(daemon_env)
+        self.env = compose_environment(os.environ, self.params.env, engine_env)
 
     def env_files(self) -> list[Path]:
-        """params.env_files, or the project's .env named explicitly, so that it is never a silent input."""
+        """params.env_files, or else the project's .env (compose's default), named explicitly."""
         if self.params.env_files:
             return list(self.params.env_files)
         dotenv = self.params.project_directory / ".env"
         return [dotenv] if dotenv.is_file() else []
 
-    def base_argv(self) -> list[str]:
-        argv = [
-            "docker",
-            "compose",
-            "--ansi",
-            "never",
-            "--progress",
-            "plain",
-            "-p",
-            self.params.project_name,
-            "--project-directory",
-            str(self.params.project_directory),
-        ]
+    def base_argv(self, profiles: Sequence[str] | None = None) -> list[str]:
+        argv = ["docker", "compose", "--ansi", "never", "--progress", "plain", "-p", self.params.project_name]
+        argv += ["--project-directory", str(self.params.project_directory)]
         for compose_file in self.params.compose_files:
             argv += ["-f", str(compose_file)]
         for env_file in self.env_files():
             argv += ["--env-file", str(env_file)]
-        for profile in self.params.profiles:
+        for profile in self.params.profiles if profiles is None else profiles:
             argv += ["--profile", profile]
         return argv
 
-    def _run_quiet(self, args: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def _run_quiet(self, args: Sequence[str], timeout: float = 60, profiles: Sequence[str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*self.base_argv(), *args], env=self.env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent
+            [*self.base_argv(profiles), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
 
     # -- before the run
 
     def load_config(self) -> dict[str, Any]:
         """`compose config`: validates the files (no engine needed) and tells the services and images."""
+        self._announce_inputs()
+        self.config = self._config(self.params.profiles)
+        return self.config
+
+    def _announce_inputs(self) -> None:
         if self.env_files() and not self.params.env_files:
-            self.console.info(f"using {self.env_files()[0].name} from the project directory (list params.env_files to choose another)")
-        result = self._run_quiet(["config", "--format", "json"])
+            self.console.info(f"env file: {self.env_files()[0]} (compose's default .env; list params.env_files to use others instead)")
+        for env_file in self.env_files():
+            settings = compose_settings_in(env_file)
+            if settings:
+                self.console.info(f"{env_file.name} sets compose settings: {', '.join(settings)} (-p and -f from params still win)")
+        from_params = [key for key in self.params.env if key.startswith(STRIPPED_PREFIXES)]
+        if from_params:
+            self.console.info(f"params.env sets {', '.join(sorted(from_params))} for compose (engine address excepted)")
+
+    def _config(self, profiles: Sequence[str]) -> dict[str, Any]:
+        result = self._run_quiet(["config", "--format", "json"], profiles=profiles)
         if result.returncode != 0:
-            message = _compose_error(result.stderr)
+            lines = [self.redact(line.strip()) for line in result.stderr.splitlines() if line.strip()] or ["(no message)"]
             raise UserError(
-                "params.compose_files", f"docker compose rejects the project: {message}", "fix the compose file, or the env/env_files/profiles it depends on"
+                "params.compose_files",
+                "docker compose rejects the project:\n    " + "\n    ".join(lines),
+                "fix the compose file, or the env / env_files / profiles it depends on; nothing was started",
             )
         for line in result.stderr.splitlines():
             if line.strip():
                 self.console.warn(line.strip())
-        self.config = json.loads(result.stdout)
-        return self.config
+        return json.loads(result.stdout)
 
     def services(self) -> dict[str, Any]:
+        """The services of the active profiles."""
         return dict(self.config.get("services") or {})
 
+    def all_services(self) -> dict[str, Any]:
+        """Every service, whatever its profile (compose starts a targeted service even if its profile is off)."""
+        if self._all_services is None:
+            self._all_services = dict(self._config(["*"]).get("services") or {})
+        return self._all_services
+
     def check_command(self) -> CommandShape:
-        shape = analyse_command(self.params.command)
-        known = self.services()
-        for service in shape.services:
-            if service not in known:
+        shape = self.shape
+        active = self.services()
+        for service in shape.named_services:
+            if service in active:
+                continue
+            every = self.all_services()
+            if service not in every:
                 raise UserError(
                     "params.command",
                     f"unknown service {service!r} in `{' '.join(self.params.command)}`",
-                    f"services in the project: {', '.join(sorted(known)) or 'none'}" + ("; a service behind a profile needs params.profiles" if known else ""),
+                    f"services in the project: {', '.join(sorted(every)) or 'none'}",
                 )
+            profiles = ", ".join(every[service].get("profiles") or [])
+            self.console.info(f"{service} belongs to profile {profiles}: compose starts it because the command names it")
         return shape
 
+    def _services_for(self, names: Iterable[str]) -> dict[str, Any]:
+        active = self.services()
+        return active if all(name in active for name in names) else {**self.all_services(), **active}
+
     def ensure_images(self, client: docker.APIClient) -> None:
-        """Every service image is loaded, buildable or pullable: otherwise say which and how to provide it."""
-        missing = []
-        for name, service in sorted(self.services().items()):
+        """Every image the command needs is loaded, buildable or pullable: otherwise say which and how to provide it."""
+        services = self._services_for(self.shape.named_services)
+        needed = services_started(self.shape, services)
+        missing: list[tuple[str, str, str]] = []
+        checked: dict[str, str] = {}
+        for name in needed:
+            service = services[name]
             image = service.get("image")
-            if not image or service.get("build"):
-                continue
-            try:
-                client.inspect_image(image)
-                continue
-            except docker.errors.ImageNotFound:
-                pass
-            except docker.errors.APIError:
-                pass
-            if service.get("pull_policy") in ("never",):
-                missing.append((name, image, "pull_policy is never"))
-                continue
-            self.console.info(f"{image} (service {name}) is not loaded: pulling it")
-            reason = _try_pull(client, image, self.env.get("DOCKER_CONFIG"))
-            if reason:
-                missing.append((name, image, reason))
+            policy = service.get("pull_policy", "")
+            if not image or service.get("build") or policy == "build":
+                continue  # compose builds it
+            if image not in checked:
+                checked[image] = self._provide(client, name, image, policy)
+            if checked[image]:
+                missing.append((name, image, checked[image]))
         if missing:
-            lines = "; ".join(f"service {s} needs {i} ({why})" for s, i, why in missing)
-            raise UserError(
-                "params.images",
-                f"image not available: {lines}",
-                "add the image's artifact to params.images (with tag: "
-                + missing[0][1]
-                + " if it carries no name), or give source.registries credentials for it",
-            )
+            raise UserError("params.images", _missing_message(missing), _missing_hint(missing, _tags_in(client)))
+
+    def _provide(self, client: docker.APIClient, service: str, image: str, policy: str) -> str:
+        """'' when `image` is there or could be pulled; else why not."""
+        try:
+            client.inspect_image(image)
+            return ""
+        except docker.errors.APIError:
+            pass
+        if policy == "never":
+            return "pull_policy: never"
+        self.console.info(f"{image} (service {service}) is not loaded: pulling it")
+        return _pull(client, image, self.env.get("DOCKER_CONFIG"))
 
     # -- the run
 
     def run(self, shape: CommandShape, client: docker.APIClient) -> RunResult:
         argv = [*self.base_argv(), *self.params.command]
-        self.console.line(f"$ docker compose {' '.join(self.params.command)}")
+        self.console.info("$ " + " ".join(shlex.quote(word) for word in argv))
+        since = time.time()
         process = subprocess.Popen(
             argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent, start_new_session=True
         )
         self._process = process
         assert process.stdout is not None and process.stderr is not None
+        known = set(self._services_for(shape.named_services))
         readers = [
-            threading.Thread(target=self._pump, args=(process.stdout, shape, True), daemon=True),
-            threading.Thread(target=self._pump, args=(process.stderr, shape, False), daemon=True),
+            threading.Thread(target=self._pump, args=(process.stdout, shape, known, True), daemon=True),
+            threading.Thread(target=self._pump, args=(process.stderr, shape, known, False), daemon=True),
         ]
         for reader in readers:
             reader.start()
         timed_out = False
         try:
-            process.wait(timeout=self.params.timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            self.console.error(f"timed out after {self.params.timeout:g}s (params.timeout): stopping the run")
-            self.kill()
+            try:
+                process.wait(timeout=self.params.timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                self.console.error(f"timed out after {self.params.timeout:g}s (params.timeout): stopping the run")
+                self.kill()
+        except BaseException:
+            self.kill()  # aborted: compose must not outlive us, and the readers end with it
+            raise
         finally:
             for reader in readers:
                 reader.join(5)
             self._process = None
-        states = self.states()
-        exit_code = TIMED_OUT_EXIT_CODE if timed_out else self._exit_code(shape, process.returncode, states, client)
-        status = "timed_out" if timed_out else "passed" if exit_code == 0 else "failed"
+        stopped = self._stopped_containers(client, since)
+        states = self.states(stopped)
+        exit_code = TIMED_OUT_EXIT_CODE if timed_out else decide_exit_code(shape, process.returncode, states)
         if shape.run_service and not timed_out and shape.run_service not in {s.name for s in states}:
             # `run --rm` removed its container: report what it did from compose's exit code.
-            states = sorted([*states, ServiceState(shape.run_service, "exited", exit_code)], key=lambda s: s.name)
-        failing = [s.name for s in states if s.failed]
-        if shape.run_service and exit_code != 0 and shape.run_service not in failing:
-            failing.insert(0, shape.run_service)
-        if shape.exit_code_from and exit_code != 0 and shape.exit_code_from not in failing:
-            failing.insert(0, shape.exit_code_from)
+            states = sorted([*states, ServiceState(shape.run_service, "exited", exit_code)], key=lambda s: (s.name, s.container))
+        status = "timed_out" if timed_out else "passed" if exit_code == 0 else "failed"
         self.collect_logs(client)
-        return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing)
+        return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing_services(shape, exit_code, states, timed_out))
 
     def kill(self) -> None:
         """Stop the compose process now (timeout or abort); the containers go at teardown."""
@@ -340,77 +487,54 @@ class ComposeProject:
             except ProcessLookupError:
                 pass
 
-    def _pump(self, stream: IO[bytes], shape: CommandShape, is_stdout: bool) -> None:
+    def _pump(self, stream: IO[bytes], shape: CommandShape, known: set[str], is_stdout: bool) -> None:
+        """Print each line as it comes; stdout lines also go to their service's log file."""
         for raw in iter(stream.readline, b""):
-            line = raw.decode(errors="replace").rstrip("\r\n")
+            line = ERASE_AT_START.sub("", raw.decode(errors="replace").rstrip("\r\n"))
             self.console.line(line)
             if not is_stdout:
                 continue
-            match = PREFIX.match(line) if shape.subcommand != "run" else None
-            if match:
-                self.logs.append(match.group("service"), match.group("text"))
-            elif shape.run_service:
+            if shape.run_service:
                 self.logs.append(shape.run_service, line)
+                continue
+            prefixed = split_prefixed(line, known)
+            if prefixed:
+                self.logs.append(*prefixed)
 
-    def _exit_code(self, shape: CommandShape, returncode: int, states: list[ServiceState], client: docker.APIClient) -> int:
-        if shape.subcommand != "up":
-            return returncode
-        by_name = {s.name: s for s in states}
-        if shape.exit_code_from:
-            # compose 2.26 returns 0 when that service was stopped by the cascade (docker/compose#11712).
-            target = by_name.get(shape.exit_code_from)
-            if target is not None and target.state == "exited" and target.exit_code is not None:
-                return target.exit_code
-            return returncode
-        if returncode != 0:
-            return returncode
-        return self._first_own_failure(states, client)
+    def _stopped_containers(self, client: docker.APIClient, since: float) -> set[str] | None:
+        """Containers compose stopped during the run, from the engine's events (None if they cannot be read)."""
+        now = time.time_ns()
+        filters = {"type": ["container"], "label": [f"com.docker.compose.project={self.params.project_name}"]}
+        try:
+            events = client.events(since=int(since) - 1, until=f"{now // 10**9}.{now % 10**9:09d}", filters=filters, decode=True)
+            return stopped_by_compose(list(events))
+        except (docker.errors.DockerException, OSError, ValueError) as error:
+            self.console.warn(f"cannot read the engine's events ({error}): treating exit codes 137/143 as stopped by compose")
+            return None
 
-    def _first_own_failure(self, states: list[ServiceState], client: docker.APIClient) -> int:
-        """Without --exit-code-from: fail if a container exited non-zero by itself, not by the cascade."""
-        exited = [s for s in states if s.state == "exited" and s.exit_code]
-        if not exited:
-            return 0
-        finished = self._finish_times(client)
-        first_exit = min(finished.values()) if finished else None
-        for state in exited:
-            by_itself = state.exit_code not in STOPPED_BY_SIGNAL or (first_exit is not None and finished.get(state.name) == first_exit)
-            if by_itself:
-                return int(state.exit_code or 1)
-        return 0
+    # -- after the run
 
-    def _finish_times(self, client: docker.APIClient) -> dict[str, str]:
-        times = {}
-        for container in self._containers(client):
-            details = client.inspect_container(container["Id"])
-            service = details["Config"]["Labels"].get("com.docker.compose.service", "")
-            finished = details["State"].get("FinishedAt", "")
-            if details["State"].get("Status") == "exited" and finished:
-                times[service] = finished
-        return times
+    def states(self, stopped: set[str] | None = None) -> list[ServiceState]:
+        try:
+            result = self._run_quiet(["ps", "-a", "--format", "json"], timeout=30, profiles=["*"])
+            return service_states(parse_ps_json(result.stdout), stopped) if result.returncode == 0 else []
+        except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError):
+            return []
 
     def _containers(self, client: docker.APIClient) -> list[dict[str, Any]]:
         return client.containers(all=True, filters={"label": f"com.docker.compose.project={self.params.project_name}"})
 
-    # -- after the run
-
-    def states(self) -> list[ServiceState]:
-        try:
-            result = self._run_quiet(["ps", "-a", "--format", "json"], timeout=30)
-            return service_states(parse_ps_json(result.stdout)) if result.returncode == 0 else []
-        except (subprocess.TimeoutExpired, json.JSONDecodeError, OSError):
-            return []
-
     def collect_logs(self, client: docker.APIClient) -> None:
-        """Complete the log files with the services the stream did not show (dependencies of `run`)."""
+        """Complete the log files with the services the stream did not show (the dependencies of `run`)."""
         self.logs.close()
         try:
             containers = self._containers(client)
         except docker.errors.APIError:
             return
         for container in containers:
-            service = container["Labels"].get("com.docker.compose.service", "")
-            if not service or service in self.logs.captured or container["Labels"].get("com.docker.compose.oneoff") == "True":
+            labels = container.get("Labels") or {}
+            service = labels.get("com.docker.compose.service", "")
+            if not service or service in self.logs.captured or labels.get("com.docker.compose.oneoff") == "True":
                 continue
             try:
                 text = client.logs(container["Id"], stdout=True, stderr=True).decode(errors="replace")
@@ -419,58 +543,62 @@ class ComposeProject:
             self.logs.write_whole(service, text)
 
     def print_failure_details(self, result: RunResult, tail: int) -> None:
+        """Each failing service's last lines, then a ps table: what a reader needs to see why."""
         for service in result.failing_services:
             lines = self.logs.tail(service, max(tail, 20))
             self.console.header(f"last {len(lines)} log lines of {service}")
             for line in lines:
                 self.console.line(f"    {line}")
         if result.services:
-            self.console.header("services")
-            self.console.line(f"    {'SERVICE':<24} {'STATE':<12} {'EXIT':<5} HEALTH")
+            self.console.header("services (docker compose ps -a)")
+            self.console.line(f"    {'SERVICE':<20} {'CONTAINER':<32} {'STATE':<10} {'EXIT':<5} {'HEALTH':<10} NOTE")
             for state in result.services:
                 exit_text = "" if state.exit_code is None or state.state != "exited" else str(state.exit_code)
-                self.console.line(f"    {state.name:<24} {state.state:<12} {exit_text:<5} {state.health}")
+                note = "stopped by compose" if state.stopped else "failed" if state.failed else ""
+                self.console.line(f"    {state.name:<20} {state.container:<32} {state.state:<10} {exit_text:<5} {state.health:<10} {note}".rstrip())
 
     def down(self, grace: int) -> str:
-        """`down --volumes --remove-orphans`; returns a problem description, or ''."""
+        """`down --volumes --remove-orphans` with a short stop timeout; returns a problem description, or ''."""
         try:
-            result = self._run_quiet(["down", "--volumes", "--remove-orphans", "--timeout", str(grace)], timeout=grace + 20)
+            result = self._run_quiet(["down", "--volumes", "--remove-orphans", "--timeout", str(grace)], timeout=grace + 20, profiles=["*"])
         except subprocess.TimeoutExpired:
             return "compose down did not finish in time"
-        return "" if result.returncode == 0 else _compose_error(result.stderr)
+        if result.returncode == 0:
+            return ""
+        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+        return " / ".join(lines[-3:]) or f"exit code {result.returncode}"
 
 
-def _compose_error(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return " / ".join(lines[-3:]) if lines else "no message"
+def _missing_message(missing: Sequence[tuple[str, str, str]]) -> str:
+    return "; ".join(f"service {service} needs image {image}, which is not loaded ({why})" for service, image, why in missing)
 
 
-def _try_pull(client: docker.APIClient, image: str, docker_config: str | None) -> str:
-    repository, tag = split_reference(image)
-    auth = _auth_for(repository, docker_config)
+def _missing_hint(missing: Sequence[tuple[str, str, str]], present: Sequence[str]) -> str:
+    image = missing[0][1]
+    hint = (
+        f"add the artifact that holds it to params.images, e.g. {{path: <input>/image.tar, tag: {image}}} (tag is needed when the tarball "
+        "carries no name, as oci-build-task's do); or, for a private registry, add a login to source.registries"
+    )
+    return hint + (f". Images in the daemon: {', '.join(present)}" if present else ". No image is loaded")
+
+
+def _tags_in(client: docker.APIClient) -> list[str]:
     try:
-        for message in client.pull(repository, tag, stream=True, decode=True, auth_config=auth):
+        return sorted(tag for image in client.images() for tag in image.get("RepoTags") or [] if tag != "<none>:<none>")
+    except docker.errors.APIError:
+        return []
+
+
+def _pull(client: docker.APIClient, image: str, docker_config: str | None) -> str:
+    """Pull `image` with the login source.registries gave for its registry; '' on success, else why not."""
+    auth = None
+    if docker_config:
+        registry, _ = docker.auth.resolve_repository_name(image.split("@")[0])
+        auth = docker.auth.resolve_authconfig(docker.auth.load_config(os.path.join(docker_config, "config.json")), registry)
+    try:
+        for message in client.pull(image, stream=True, decode=True, auth_config=auth):
             if "error" in message:
                 return f"pull failed: {message['error']}"
     except docker.errors.APIError as error:
         return f"pull failed: {error.explanation or error}"
     return ""
-
-
-def _auth_for(repository: str, docker_config: str | None) -> dict[str, str] | None:
-    if not docker_config:
-        return None
-    try:
-        auths = json.loads(Path(docker_config, "config.json").read_text()).get("auths", {})
-    except (OSError, json.JSONDecodeError):
-        return None
-    host = (
-        repository.split("/", 1)[0]
-        if "/" in repository and ("." in repository.split("/", 1)[0] or ":" in repository.split("/", 1)[0])
-        else "https://index.docker.io/v1/"
-    )
-    entry = auths.get(host)
-    if not entry:
-        return None
-    username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-    return {"username": username, "password": password}

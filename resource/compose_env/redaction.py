@@ -1,4 +1,8 @@
-"""Secrets never reach the build log or the metadata: one place decides what is secret."""
+"""Secrets never reach the build log, the log files or the metadata: one place decides what is secret.
+
+Every text we print or store goes through one `Redactor`: the console (our lines and every
+line compose or a container writes), the per-service log files, and the metadata values.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,30 @@ from collections.abc import Iterable, Mapping
 
 SECRET_KEY_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")
 MASK = "***"
+#: Shorter values ("", "1", "on") would mask half the log and protect nothing.
+MIN_SECRET_LENGTH = 3
+
+
+def is_secret_key(key: str) -> bool:
+    """`params.env` keys whose value is a secret: they contain PASSWORD, SECRET, TOKEN or KEY."""
+    return any(word in key.upper() for word in SECRET_KEY_WORDS)
 
 
 def secret_env_values(env: Mapping[str, str]) -> list[str]:
-    """Values of `params.env` whose key names a secret (PASSWORD, SECRET, TOKEN or KEY)."""
-    return [value for key, value in env.items() if any(word in key.upper() for word in SECRET_KEY_WORDS)]
+    """Values of `params.env` whose key names a secret."""
+    return [value for key, value in env.items() if is_secret_key(key)]
+
+
+def _forms(secret: str) -> list[str]:
+    """The secret itself, and each line of a multi-line one (a PEM key is printed line by line)."""
+    forms = [secret]
+    if "\n" in secret:
+        forms += [line.strip() for line in secret.splitlines()]
+    return [form for form in forms if len(form) >= MIN_SECRET_LENGTH]
 
 
 class Redactor:
-    """Replaces every known secret with `***`. Callable, so it plugs into the console."""
+    """Replaces every known secret with `***`. Callable, so it plugs into the console and the logs."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
@@ -23,9 +42,10 @@ class Redactor:
         self.add(secrets)
 
     def add(self, secrets: Iterable[str]) -> None:
-        # Very short values (""/"1") would mask half the log and protect nothing.
-        self._secrets.update(s for s in secrets if len(s) >= 3)
+        for secret in secrets:
+            self._secrets.update(_forms(secret))
         if self._secrets:
+            # Longest first, so that a secret containing another is masked whole.
             ordered = sorted(self._secrets, key=len, reverse=True)
             self._pattern = re.compile("|".join(re.escape(s) for s in ordered))
 

@@ -1,4 +1,10 @@
-"""The put response: version, metadata, redaction and the 4000-byte budget."""
+"""The put response: version, metadata, redaction and the 4000-byte budget.
+
+Concourse stores the response as containerd labels of at most 4096 bytes, so the whole
+stdout line (JSON plus newline) stays under `RESPONSE_BUDGET` whatever the logs are. The
+summary entries come first and are cut only in extreme cases; the `logs/<service>` tails
+share what is left fairly, failing services first.
+"""
 
 from __future__ import annotations
 
@@ -11,22 +17,38 @@ from typing import Any
 
 RESPONSE_BUDGET = 4000
 LOG_ENTRY_PREFIX = "logs/"
+#: Below this many bytes a log tail says nothing useful: rather show fewer services.
+MIN_LOG_SHARE = 160
+#: What the summary entries may use at most, so that logs always keep some room.
+SUMMARY_BUDGET = RESPONSE_BUDGET - 2 * MIN_LOG_SHARE - 200
+ELLIPSIS = "…"
 
 
 @dataclass(frozen=True)
 class ServiceState:
-    """One compose service's container after the run, as `compose ps -a` shows it."""
+    """One compose service's container after the run, as `compose ps -a` shows it.
+
+    `stopped` says the container was stopped by compose (the abort cascade, a timeout),
+    not by itself: its non-zero exit code (143, 137) is then not a failure of its own.
+    """
 
     name: str
     state: str
     exit_code: int | None = None
     health: str = ""
+    container: str = ""
+    stopped: bool = False
+
+    @property
+    def exited_by_itself_non_zero(self) -> bool:
+        return self.state == "exited" and bool(self.exit_code) and not self.stopped
 
     @property
     def failed(self) -> bool:
-        return (self.state == "exited" and bool(self.exit_code)) or self.health == "unhealthy" or self.state in ("dead", "restarting")
+        return self.exited_by_itself_non_zero or self.health == "unhealthy" or self.state in ("dead", "restarting")
 
     def summary(self) -> str:
+        """`name=state(exit code or health)`, e.g. `tests=exited(3)`, `redis=running(healthy)`."""
         detail = self.health or (str(self.exit_code) if self.exit_code is not None and self.state == "exited" else "")
         return f"{self.name}={self.state}({detail})" if detail else f"{self.name}={self.state}"
 
@@ -57,25 +79,61 @@ def format_timings(timings: Mapping[str, float]) -> str:
     return " ".join(f"{name}={format_seconds(value)}" for name, value in timings.items())
 
 
-def _size(entries: Sequence[Mapping[str, str]], version: Mapping[str, str]) -> int:
-    return len(json.dumps({"version": version, "metadata": list(entries)}).encode())
+def response_size(entries: Sequence[Mapping[str, str]], version: Mapping[str, str]) -> int:
+    """Bytes of the stdout line protocol writes: `json.dumps(response)` plus the newline."""
+    return len(json.dumps({"version": version, "metadata": list(entries)}).encode()) + 1
 
 
-def _tail_within(lines: Sequence[str], budget: int) -> str:
-    """The longest tail of `lines` whose JSON-encoded size fits `budget` bytes."""
+def _encoded_length(text: str) -> int:
+    """Bytes `text` takes inside a JSON string (escapes included, quotes excluded)."""
+    return len(json.dumps(text).encode()) - 2
+
+
+def tail_within(lines: Sequence[str], room: int) -> str:
+    """The longest tail of `lines` (joined by newlines) whose JSON-encoded size fits `room` bytes."""
     kept: list[str] = []
-    used = 2  # the quotes
+    used = 0
     for line in reversed(lines):
-        cost = len(json.dumps(line).encode()) - 2 + 1  # escaped text plus "\n"
-        if used + cost > budget:
-            if not kept and budget > 20:
-                # A single huge line: keep its end, the part nearest the failure.
-                room = budget - used - 4
-                kept.append("…" + line[-max(room // 2, 1) :])
+        cost = _encoded_length(line) + (2 if kept else 0)  # the joining newline is `\n` in JSON
+        if used + cost > room:
+            if not kept:
+                kept.append(_line_end_within(line, room))
             break
         kept.append(line)
         used += cost
     return "\n".join(reversed(kept))
+
+
+def _line_end_within(line: str, room: int) -> str:
+    """A single line too long for `room`: keep its end (nearest the failure), marked with an ellipsis."""
+    marker = _encoded_length(ELLIPSIS)
+    if room <= marker:
+        return ""
+    low, high = 0, len(line)
+    while low < high:  # the longest suffix that fits
+        middle = (low + high + 1) // 2
+        if _encoded_length(line[len(line) - middle :]) + marker <= room:
+            low = middle
+        else:
+            high = middle - 1
+    return ELLIPSIS + line[len(line) - low :] if low else ""
+
+
+def fair_shares(needs: Mapping[str, int], room: int) -> dict[str, int]:
+    """Max-min fair split of `room`: whoever needs less than an equal share gets its need, the rest is shared again."""
+    shares: dict[str, int] = {}
+    pending = sorted(needs, key=lambda name: needs[name])
+    while pending:
+        equal = room // len(pending)
+        name = pending[0]
+        if needs[name] > equal:
+            for rest in pending:
+                shares[rest] = equal
+            break
+        shares[name] = needs[name]
+        room -= needs[name]
+        pending.pop(0)
+    return shares
 
 
 def fit_logs(
@@ -85,23 +143,30 @@ def fit_logs(
     order: Sequence[str],
     budget: int = RESPONSE_BUDGET,
 ) -> list[dict[str, str]]:
-    """Append `logs/<service>` entries in `order`, sharing what the budget leaves fairly.
+    """Append `logs/<service>` entries in `order`, trimmed so the response stays under `budget`.
 
-    Each service gets an equal share of the room that is left; a service that needs
-    less hands the rest on to the ones after it. `order` puts failing services first,
-    so when the room runs out it is the passing ones that go.
+    The room left after the summary is split max-min fairly: a service with a short log
+    keeps all of it, the others get equal shares of the rest. When there are too many
+    services for each to get `MIN_LOG_SHARE`, the last ones in `order` are left out:
+    `order` puts failing services first, so it is the passing ones that go.
     """
-    entries = list(base)
     names = [name for name in order if logs.get(name)]
-    for position, name in enumerate(names):
-        overhead = _size([*entries, {"name": LOG_ENTRY_PREFIX + name, "value": ""}], version)
-        room = budget - overhead
-        if room <= 40:
+    while names:
+        empty_entries = [{"name": LOG_ENTRY_PREFIX + name, "value": ""} for name in names]
+        room = budget - 1 - response_size([*base, *empty_entries], version)
+        if room >= MIN_LOG_SHARE * len(names):
             break
-        share = room // (len(names) - position)
-        text = _tail_within(logs[name], share)
-        if text:
-            entries.append({"name": LOG_ENTRY_PREFIX + name, "value": text})
+        names.pop()
+    if not names:
+        return list(base)
+    needs = {name: _encoded_length("\n".join(logs[name])) for name in names}
+    shares = fair_shares(needs, room)
+    entries = list(base)
+    for name in names:
+        text = "\n".join(logs[name]) if needs[name] <= shares[name] else tail_within(logs[name], shares[name])
+        entries.append({"name": LOG_ENTRY_PREFIX + name, "value": text})
+    while response_size(entries, version) >= budget and len(entries) > len(base):
+        entries.pop()  # cannot happen by construction; the budget is a hard limit all the same
     return entries
 
 
@@ -128,22 +193,22 @@ def build_response(
         ("dockerd", dockerd),
     ]
     base = [{"name": name, "value": redact(value)} for name, value in summary]
-    base = _shrink_to_fit(base, version, budget - 200)
-    failing = [name for name in result.failing_services if name in result.logs]
+    base = shrink_to_fit(base, version, budget - (RESPONSE_BUDGET - SUMMARY_BUDGET))
+    failing = [name for name in dict.fromkeys(result.failing_services) if name in result.logs]
     order = failing + sorted(name for name in result.logs if name not in failing)
     redacted_logs = {name: [redact(line) for line in lines] for name, lines in result.logs.items()}
     metadata = fit_logs(base, version, redacted_logs, order, budget)
     return {"version": version, "metadata": metadata}
 
 
-def _shrink_to_fit(entries: list[dict[str, str]], version: Mapping[str, str], budget: int) -> list[dict[str, str]]:
-    """Cut the longest summary values until the summary alone leaves room for logs."""
+def shrink_to_fit(entries: list[dict[str, str]], version: Mapping[str, str], budget: int) -> list[dict[str, str]]:
+    """Cut the longest summary values (keeping their start) until the summary fits `budget` bytes."""
     entries = [dict(e) for e in entries]
-    while _size(entries, version) > budget:
+    while response_size(entries, version) > budget:
         longest = max(entries, key=lambda e: len(e["value"]))
         if len(longest["value"]) <= 40:
             break
-        longest["value"] = longest["value"][: len(longest["value"]) // 2] + "…"
+        longest["value"] = longest["value"][: len(longest["value"]) // 2] + ELLIPSIS
     return entries
 
 

@@ -1,0 +1,240 @@
+"""compose.py without an engine: argv, environment, command analysis, ps/events parsing, exit codes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from compose_env.compose import (
+    ComposeProject,
+    ServiceLogs,
+    analyse_command,
+    compose_environment,
+    compose_settings_in,
+    decide_exit_code,
+    failing_services,
+    parse_ps_json,
+    service_states,
+    services_started,
+    split_prefixed,
+    stopped_by_compose,
+)
+from compose_env.config import PutParams
+from compose_env.console import Console
+from compose_env.redaction import Redactor
+from compose_env.report import ServiceState
+
+
+def make_project(tmp_path: Path, **overrides: object) -> ComposeProject:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    values: dict[str, object] = {
+        "compose_files": (tmp_path / "src/a.yml", tmp_path / "src/b.yml"),
+        "project_directory": tmp_path / "src",
+        "project_name": "pipe-job-7",
+    }
+    values.update(overrides)
+    return ComposeProject(PutParams(**values), Console(), ServiceLogs(tmp_path / "logs"))  # type: ignore[arg-type]
+
+
+# -- argv and environment
+
+
+def test_argv_names_project_every_file_env_file_and_profile_and_turns_off_ansi_and_tty_progress(tmp_path: Path) -> None:
+    project = make_project(tmp_path, env_files=(tmp_path / "one.env", tmp_path / "two.env"), profiles=("db", "extra"))
+
+    argv = project.base_argv()
+
+    assert argv[:2] == ["docker", "compose"]
+    pairs = list(itertools.pairwise(argv))
+    assert ("--ansi", "never") in pairs and ("--progress", "plain") in pairs
+    assert ("-p", "pipe-job-7") in pairs
+    assert ("--project-directory", str(tmp_path / "src")) in pairs
+    assert [argv[i + 1] for i, word in enumerate(argv) if word == "-f"] == [str(tmp_path / "src/a.yml"), str(tmp_path / "src/b.yml")]
+    assert [argv[i + 1] for i, word in enumerate(argv) if word == "--env-file"] == [str(tmp_path / "one.env"), str(tmp_path / "two.env")]
+    assert [argv[i + 1] for i, word in enumerate(argv) if word == "--profile"] == ["db", "extra"]
+
+
+def test_the_projects_dotenv_is_passed_explicitly_only_when_no_env_files_are_given(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    (tmp_path / "src/.env").write_text("A=1\n")
+    assert project.env_files() == [tmp_path / "src/.env"]
+    assert "--env-file" in project.base_argv()
+
+    chosen = make_project(tmp_path, env_files=(tmp_path / "ci.env",))
+    assert chosen.env_files() == [tmp_path / "ci.env"]
+
+
+def test_inherited_compose_docker_and_buildkit_variables_are_dropped_and_the_engine_wins_over_params_env() -> None:
+    inherited = {"PATH": "/bin", "COMPOSE_FILE": "evil.yml", "COMPOSE_PROFILES": "x", "DOCKER_HOST": "tcp://elsewhere", "BUILDKIT_PROGRESS": "tty"}
+    params_env = {"APP_MODE": "ci", "COMPOSE_PARALLEL_LIMIT": "2", "DOCKER_HOST": "tcp://user"}
+
+    env = compose_environment(inherited, params_env, {"DOCKER_HOST": "unix:///run/inner.sock"})
+
+    assert env["PATH"] == "/bin" and env["APP_MODE"] == "ci"
+    assert "COMPOSE_FILE" not in env and "COMPOSE_PROFILES" not in env
+    assert env["COMPOSE_PARALLEL_LIMIT"] == "2"  # asked for explicitly
+    assert env["DOCKER_HOST"] == "unix:///run/inner.sock"
+    assert env["BUILDKIT_PROGRESS"] == "plain"
+
+
+def test_compose_settings_in_an_env_file_are_found(tmp_path: Path) -> None:
+    env_file = tmp_path / "ci.env"
+    env_file.write_text("# COMPOSE_IGNORED=1\nCOMPOSE_PROFILES=db\nexport COMPOSE_PARALLEL_LIMIT = 3\nOTHER=1\n")
+
+    assert compose_settings_in(env_file) == ["COMPOSE_PROFILES", "COMPOSE_PARALLEL_LIMIT"]
+    assert compose_settings_in(tmp_path / "missing.env") == []
+
+
+# -- command analysis
+
+
+@pytest.mark.parametrize(
+    ("command", "subcommand", "services", "exit_code_from", "run_service"),
+    [
+        (["up", "--abort-on-container-exit"], "up", (), None, None),
+        (["up", "--exit-code-from", "tests"], "up", (), "tests", None),
+        (["up", "--exit-code-from=tests", "redis", "tests"], "up", ("redis", "tests"), "tests", None),
+        (["up", "-t", "3", "web"], "up", ("web",), None, None),
+        (["run", "--rm", "-e", "A=1", "tests", "pytest", "-x"], "run", ("tests",), None, "tests"),
+        (["run", "--rm", "--", "tests"], "run", ("tests",), None, "tests"),
+        (["config"], "config", (), None, None),
+    ],
+)
+def test_analyse_command_finds_the_services_it_names(
+    command: list[str], subcommand: str, services: tuple[str, ...], exit_code_from: str | None, run_service: str | None
+) -> None:
+    shape = analyse_command(command)
+
+    assert (shape.subcommand, shape.services, shape.exit_code_from, shape.run_service) == (subcommand, services, exit_code_from, run_service)
+
+
+def test_exit_code_from_is_a_named_service_but_does_not_limit_what_up_starts() -> None:
+    shape = analyse_command(["up", "--exit-code-from", "tests"])
+    services = {"redis": {}, "tests": {"depends_on": {"redis": {"condition": "service_healthy"}}}, "docs": {}}
+
+    assert shape.named_services == ("tests",)
+    assert sorted(services_started(shape, services)) == ["docs", "redis", "tests"]
+
+
+def test_run_starts_its_service_and_the_dependencies_unless_no_deps() -> None:
+    services = {"db": {}, "cache": {}, "api": {"depends_on": {"db": {}}}, "tests": {"depends_on": {"api": {}, "cache": {}}}, "docs": {}}
+
+    assert sorted(services_started(analyse_command(["run", "tests"]), services)) == ["api", "cache", "db", "tests"]
+    assert services_started(analyse_command(["run", "--no-deps", "tests"]), services) == ["tests"]
+    assert services_started(analyse_command(["ps"]), services) == []
+
+
+# -- ps and events
+
+
+PS_ROWS = [
+    {"Name": "p-redis-1", "Service": "redis", "State": "exited", "ExitCode": 0, "Health": ""},
+    {"Name": "p-tests-1", "Service": "tests", "State": "exited", "ExitCode": 143, "Health": ""},
+    {"Name": "p-db-1", "Service": "db", "State": "running", "ExitCode": 0, "Health": "healthy"},
+]
+
+
+def test_ps_json_is_read_in_both_the_array_and_the_ndjson_forms() -> None:
+    array = json.dumps(PS_ROWS)
+    ndjson = "\n".join(json.dumps(row) for row in PS_ROWS) + "\n"
+
+    assert parse_ps_json(array) == PS_ROWS
+    assert parse_ps_json(ndjson) == PS_ROWS
+    assert parse_ps_json("  \n") == []
+
+
+def event(action: str, name: str, at: int, **attributes: str) -> dict[str, object]:
+    return {"Type": "container", "Action": action, "Actor": {"Attributes": {"name": name, **attributes}}, "timeNano": at}
+
+
+def test_a_container_signalled_before_it_died_was_stopped_by_compose_the_others_exited_by_themselves() -> None:
+    events = [
+        event("die", "p-tests-1", 3, exitCode="3"),
+        event("start", "p-redis-1", 1),
+        event("kill", "p-redis-1", 4, signal="15"),
+        event("die", "p-redis-1", 5, exitCode="0"),
+        event("kill", "p-slow-1", 4, signal="15"),
+        event("kill", "p-slow-1", 6, signal="9"),
+        event("die", "p-slow-1", 7, exitCode="137"),
+        # killed in an earlier life, then restarted and exited by itself
+        event("kill", "p-again-1", 1),
+        event("die", "p-again-1", 2),
+        event("start", "p-again-1", 3),
+        event("die", "p-again-1", 4),
+    ]
+
+    assert stopped_by_compose(events) == {"p-redis-1", "p-slow-1"}
+
+
+def test_service_states_mark_stopped_containers_from_events_or_else_from_signal_exit_codes() -> None:
+    from_events = {s.name: s for s in service_states(PS_ROWS, {"p-tests-1"})}
+    assert from_events["tests"].stopped and not from_events["tests"].failed
+    assert from_events["db"].summary() == "db=running(healthy)"
+
+    guessed = {s.name: s for s in service_states(PS_ROWS, None)}
+    assert guessed["tests"].stopped
+
+
+# -- exit codes
+
+
+def states(*items: tuple[str, int, bool]) -> list[ServiceState]:
+    return [ServiceState(name, "exited", code, container=f"p-{name}-1", stopped=stopped) for name, code, stopped in items]
+
+
+def test_run_reports_the_containers_exit_code_which_compose_returns() -> None:
+    assert decide_exit_code(analyse_command(["run", "--rm", "tests"]), 3, []) == 3
+
+
+def test_exit_code_from_reports_the_services_real_code_even_when_compose_says_0_after_the_cascade() -> None:
+    shape = analyse_command(["up", "--exit-code-from", "tests"])
+    cascade = states(("other", 0, False), ("tests", 143, True))
+
+    assert decide_exit_code(shape, 0, cascade) == 143
+    assert decide_exit_code(shape, 0, states(("tests", 0, False))) == 0
+    assert decide_exit_code(shape, 1, []) == 1  # never started: compose's word
+
+
+def test_plain_up_fails_when_a_container_exited_non_zero_by_itself_but_not_for_one_compose_stopped() -> None:
+    shape = analyse_command(["up", "--abort-on-container-exit"])
+
+    assert decide_exit_code(shape, 0, states(("migrate", 0, False), ("tests", 4, False))) == 4
+    assert decide_exit_code(shape, 0, states(("tests", 0, False), ("redis", 137, True))) == 0
+    assert decide_exit_code(shape, 2, states(("tests", 2, False))) == 2
+
+
+def test_failing_services_put_the_command_target_first_then_own_failures_then_on_timeout_the_running_ones() -> None:
+    shape = analyse_command(["up", "--exit-code-from", "tests"])
+    result_states = [*states(("tests", 143, True), ("worker", 5, False)), ServiceState("redis", "running", 0, "unhealthy")]
+
+    assert failing_services(shape, 143, result_states, False) == ["tests", "worker", "redis"]
+    assert failing_services(analyse_command(["up"]), 124, [ServiceState("slow", "running", 0)], True) == ["slow"]
+
+
+# -- streaming
+
+
+def test_prefixed_lines_are_split_by_known_service_even_with_replica_numbers_and_bars_in_the_text() -> None:
+    known = {"tests", "db-2", "redis"}
+
+    assert split_prefixed("tests-1  | ok | fine", known) == ("tests", "ok | fine")
+    assert split_prefixed("db-2-1   | ready", known) == ("db-2", "ready")
+    assert split_prefixed("redis-1  |", known) == ("redis", "")
+    assert split_prefixed("tests-1 exited with code 0", known) is None
+    assert split_prefixed("Attaching to redis-1, tests-1", known) is None
+    assert split_prefixed("nginx-1  | x", known) is None
+
+
+def test_service_logs_are_redacted_and_tailed_from_the_end(tmp_path: Path) -> None:
+    logs = ServiceLogs(tmp_path / "logs", Redactor(["hunter22"]))
+    for number in range(5000):
+        logs.append("tests", f"line {number} pw=hunter22")
+    logs.write_whole("redis", "a\nb hunter22\n")
+    logs.close()
+
+    assert logs.tail("tests", 2) == ["line 4998 pw=***", "line 4999 pw=***"]
+    assert logs.tail("redis", 5) == ["a", "b ***"]
+    assert logs.services() == ["redis", "tests"]
+    assert "hunter22" not in (tmp_path / "logs/tests.log").read_text()
