@@ -155,16 +155,16 @@ def _problems(error: jsonschema.ValidationError) -> list[Problem]:
 
 
 def problems_in(instance: Any, schema_name: str, *, ignore_required: bool = False) -> list[Problem]:
-    """Every problem of `instance` against the named schema, in document order, without duplicates."""
+    """Every problem of `instance` against the named schema, sorted by path, without duplicates."""
     validator = jsonschema.Draft202012Validator(load_schema(schema_name), registry=_registry())
     found: list[Problem] = []
-    for error in sorted(validator.iter_errors(instance), key=lambda e: [(isinstance(p, str), p) for p in e.absolute_path]):
+    for error in validator.iter_errors(instance):
         for problem in _problems(error):
             if ignore_required and problem.message == "is required" and len(problem.parts) == 1:
                 continue
             if problem not in found:
                 found.append(problem)
-    return found
+    return sorted(found, key=lambda problem: [(isinstance(part, str), part) for part in problem.parts])
 
 
 def validate(instance: Any, schema_name: str, root: str | RootFor, *, ignore_required: bool = False) -> None:

@@ -1,0 +1,317 @@
+"""Every bad input gets a clear answer: exit code, the key phrase and the parameter path on
+stderr, nothing on stdout, no traceback, and nothing left running.
+
+The rows run against the real image. Rows that fail before the daemon starts are cheap and
+share one container; rows that get as far as starting the daemon (runtime rows) run a real
+put each, in the same container, and the leftovers probe runs after every one of them.
+A row with `needs` expects a message that another module does not give yet: it is an
+expected failure (strict) until that module says it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import PUT_DIR, Container, RunOutcome, run_script
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
+TINY = "compose-env-test/tiny:ci"
+APP = {"compose_files": ["app/docker-compose.yml"], "images": ["tiny.tar"]}
+SMALL_TMPFS = "/small"
+SMALL_TMPFS_BYTES = 32 * 2**20
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    stdin: dict[str, Any] | str
+    exit_code: int
+    phrases: tuple[str, ...]
+    script: str = "out"
+    #: "module: the message it must give", for a message another module does not give yet.
+    needs: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def put(params: dict[str, Any] | None = None, source: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
+    request: dict[str, Any] = {"source": source or {}, **extra}
+    if params is not None:
+        request["params"] = params
+    return request
+
+
+CONFIG_ROWS = [
+    # stdin and the request itself
+    Row("stdin-not-json", "compose_files: app/docker-compose.yml", 2, ("stdin: is not valid JSON", "expected a JSON request")),
+    Row("stdin-a-list", "[1, 2]", 2, ("stdin: must be a JSON object",)),
+    Row("stdin-empty", "", 2, ("stdin: is empty",)),
+    Row("request-unknown-key", {"source": {}, "parms": APP}, 2, ("parms: unknown key", "did you mean 'params'?")),
+    # source
+    Row("source-unknown-nested-key", put(APP, {"dockerd": {"storage_drvier": "vfs"}}), 2, ("source.dockerd.storage_drvier: unknown key", "'storage_driver'")),
+    Row("source-wrong-type", put(APP, {"startup_timeout": "60"}), 2, ("source.startup_timeout: must be a number, got a string",)),
+    Row("source-bad-choice", put(APP, {"dockerd": {"data_root_medium": "ram"}}), 2, ("source.dockerd.data_root_medium: must be one of auto, memory, disk",)),
+    Row("source-registry-no-password", put(APP, {"registries": [{"host": "r.example", "username": "ci"}]}), 2, ("source.registries[0].password: is required",)),
+    Row("source-docker-host-no-scheme", put(APP, {"docker_host": "localhost:2375"}), 2, ("source.docker_host: expected an engine address",)),
+    Row("source-tls-without-host", put(APP, {"tls": {"ca": "x"}}), 2, ("source.tls: is only used with source.docker_host",)),
+    Row("source-mtu-too-small", put(APP, {"dockerd": {"mtu": 100}}), 2, ("source.dockerd.mtu: must be at least 576, got 100",)),
+    Row("source-params-unknown-key", put(APP, {"params": {"compose_file": "x.yml"}}), 2, ("source.params.compose_file: unknown key", "'compose_files'")),
+    Row("source-params-not-object", put(APP, {"params": ["x.yml"]}), 2, ("source.params: expected an object of default put params",)),
+    Row("check-validates-source", {"source": {"dockerd": {"storage_drvier": "vfs"}}}, 2, ("source.dockerd.storage_drvier: unknown key",), "check"),
+    # params
+    Row("params-missing", put(None), 2, ("params.compose_files: is required", "name the compose file(s)")),
+    Row("params-typo", put({"compose_file": "app/docker-compose.yml"}), 2, ("params.compose_file: unknown key", "did you mean 'compose_files'?")),
+    Row("params-image-not-path", put({**APP, "images": ["tiny.tar", "tiny.tar", 42]}), 2, ("params.images[2]: expected a path or {path, tag}, got 42",)),
+    Row("params-image-tag-typo", put({**APP, "images": [{"path": "tiny.tar", "tags": TINY}]}), 2, ("params.images[0].tags: unknown key", "'tag'")),
+    Row(
+        "params-image-tag-number",
+        put({**APP, "images": [{"path": "tiny.tar", "tag": 5}]}),
+        2,
+        ("params.images[0].tag: expected a string or a list of strings",),
+    ),
+    Row(
+        "params-image-tag-invalid",
+        put({**APP, "images": [{"path": "tiny.tar", "tag": "Not Valid:1"}]}),
+        2,
+        ("params.images[0].tag", "not a valid image reference"),
+    ),
+    Row("params-timeout-words", put({**APP, "timeout": "soon"}), 2, ('params.timeout: expected a duration such as "90s"',)),
+    Row("params-timeout-zero", put({**APP, "timeout": 0}), 2, ("params.timeout: must be more than 0",)),
+    Row("params-env-number", put({**APP, "env": {"PORT": 8080}}), 2, ("params.env.PORT: must be a string, got a number",)),
+    Row("params-command-empty", put({**APP, "command": ""}), 2, ("params.command: must not be empty",)),
+    Row("params-command-quotes", put({**APP, "command": "run 'app"}), 2, ("params.command: cannot split", "check the quotes")),
+    Row("params-logs-typo", put({**APP, "logs": {"tial": 5}}), 2, ("params.logs.tial: unknown key", "'tail'")),
+    Row("params-project-name", put({**APP, "project_name": "My Project"}), 2, ("params.project_name: expected a compose project name",)),
+    Row("params-bool-as-string", put({**APP, "fail_on_error": "false"}), 2, ("params.fail_on_error: must be a boolean",)),
+    Row("in-without-version", {"source": {}}, 2, ("version: is required",), "in"),
+    Row("in-with-params", {"source": {}, "version": {"id": "1"}, "params": {"skip_download": True}}, 2, ("params.skip_download: unknown key",), "in"),
+    # files
+    Row(
+        "path-dotdot",
+        put({"compose_files": "../../../etc/hostname"}),
+        2,
+        ("params.compose_files: '../../../etc/hostname' is a path that leads outside the put directory",),
+    ),
+    Row(
+        "path-absolute",
+        put({"compose_files": ["/etc/hostname"]}),
+        2,
+        ("params.compose_files[0]: '/etc/hostname' is an absolute path outside the put directory",),
+    ),
+    Row(
+        "path-symlink-out",
+        put({"compose_files": ["escape.yml"]}),
+        2,
+        ("params.compose_files[0]: 'escape.yml' is a symlink that leads outside the put directory",),
+    ),
+    Row("path-image-symlink-out", put({**APP, "images": ["usr-link"]}), 2, ("params.images[0]: 'usr-link' is a symlink that leads outside",)),
+    Row("path-typo", put({"compose_files": ["app/docker-compose.yaml"]}), 2, ("params.compose_files[0]: no such file", "did you mean app/docker-compose.yml?")),
+    Row(
+        "path-input-missing",
+        put({"compose_files": ["repo/docker-compose.yml"]}),
+        2,
+        ("no such file: repo/docker-compose.yml", "Is 'repo' among the put's `inputs`?"),
+    ),
+    Row("path-directory-not-file", put({"compose_files": ["app"]}), 2, ("params.compose_files[0]: app is not a file but a directory",)),
+    Row("path-env-file-missing", put({**APP, "env_files": ["app/missing.env"]}), 2, ("params.env_files[0]: no such file: app/missing.env",)),
+    Row("path-project-dir-a-file", put({**APP, "project_directory": "app/good.env"}), 2, ("params.project_directory: app/good.env is not a directory",)),
+    Row(
+        "path-source-params-outside",
+        put(None, {"params": {"compose_files": "/etc/hostname"}}),
+        2,
+        ("source.params.compose_files: '/etc/hostname' is an absolute path outside",),
+    ),
+    Row("image-not-a-tar", put({**APP, "images": ["not-an-image.txt"]}), 2, ("params.images[0]", "not an image: not a tar archive")),
+    Row("image-dir-without-image", put({**APP, "images": ["not-an-image-dir"]}), 2, ("params.images[0]", "is not an image: no image.tar")),
+    Row("image-rootfs-bad-metadata", put({**APP, "images": ["rootfs-bad"]}), 2, ("params.images[0]", "metadata.json is not valid JSON")),
+    Row(
+        "image-truncated",
+        put({**APP, "images": ["truncated.tar"]}),
+        2,
+        ("params.images[0]", "truncated"),
+        needs="images.py: `params.images[0]: truncated.tar is truncated or corrupt (the tar ends early)`, not `a tar without manifest.json`",
+    ),
+    Row("compose-invalid-yaml", put({"compose_files": ["broken-yaml/docker-compose.yml"]}), 2, ("params.compose_files: docker compose rejects the project",)),
+    Row(
+        "command-unknown-service",
+        put({**APP, "command": ["run", "--rm", "nope"]}),
+        2,
+        ("params.command: unknown service 'nope'", "services in the project: app"),
+    ),
+]
+
+SCRATCH_DATA_ROOT = {"data_root": f"{SMALL_TMPFS}/docker", "data_root_medium": "disk"}
+RUNTIME_ROWS = [
+    Row(
+        "daemon-rejects-flag",
+        put(APP, {"dockerd": {"args": ["--bogus-flag"]}}),
+        1,
+        ("the inner Docker daemon did not start", "bogus-flag", "check source.dockerd.args"),
+    ),
+    Row(
+        "data-root-out-of-space",
+        put({**APP, "images": ["big.tar"]}, {"dockerd": SCRATCH_DATA_ROOT}),
+        1,
+        ("params.images", "out of space", "data_root"),
+        needs="images.py check_free_space: name the image param in the message, e.g. `params.images: 27.6 MiB of images need about 55 MiB, "
+        "the data root /small/docker has 31 MiB free` (it says GiB with one decimal: `0.0 GiB free, about 0.1 GiB needed`)",
+    ),
+    Row("tarball-corrupt", put({**APP, "images": ["corrupt.tar"]}), 1, ("params.images[0] (corrupt.tar): docker load failed", "corrupt or truncated")),
+    Row(
+        "service-image-missing",
+        put({"compose_files": ["missing-image/docker-compose.yml"], "images": ["tiny.tar"]}),
+        2,
+        ("params.images: image not available", "service app needs compose-env-test/absent:1.0", "add the image's artifact to params.images"),
+    ),
+    Row(
+        "port-conflict",
+        put({"compose_files": ["ports/docker-compose.yml"], "images": ["tiny.tar"]}),
+        1,
+        ("port is already allocated", "18080", "change the published port"),
+        needs="compose.py/report.py: after a failed run whose output says `port is already allocated`, print "
+        "`service second: host port 18080 is already in use (published twice, or taken on the worker): change the published port`",
+    ),
+    Row(
+        "timeout",
+        put({**APP, "command": ["run", "--rm", "app", "sleep", "60"], "timeout": "3s"}),
+        1,
+        ("timed out after 3s (params.timeout)", "timed_out"),
+    ),
+]
+
+
+def _rows(rows: list[Row]) -> list[Any]:
+    return [pytest.param(row, id=row.name, marks=[pytest.mark.xfail(reason=row.needs, strict=True)] if row.needs else []) for row in rows]
+
+
+def _save(image: str, target: Path) -> None:
+    subprocess.run(["docker", "save", image, "-o", str(target)], check=True, capture_output=True)
+
+
+def _corrupt_layers(source: Path, target: Path) -> None:
+    """The same tar with every layer's bytes overwritten: the structure is intact, the content is not."""
+    with tarfile.open(source) as original, tarfile.open(target, "w") as corrupt:
+        for member in original:
+            data = original.extractfile(member) if member.isfile() else None
+            if data is not None and member.name.endswith("layer.tar"):
+                corrupt.addfile(member, _Repeating(b"\xde\xad\xbe\xef", member.size))
+            else:
+                corrupt.addfile(member, data)
+
+
+class _Repeating:
+    def __init__(self, pattern: bytes, size: int) -> None:
+        self.data = (pattern * (size // len(pattern) + 1))[:size]
+        self.offset = 0
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.data) if size < 0 else self.offset + size
+        chunk, self.offset = self.data[self.offset : end], min(end, len(self.data))
+        return chunk
+
+
+@pytest.fixture(scope="module")
+def bad_put_dir(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
+    """tests/data/bad_inputs/put plus what cannot live in git: image tarballs and symlinks."""
+    put_dir = tmp_path_factory.mktemp("bad-inputs") / "put"
+    shutil.copytree(DATA / "put", put_dir)
+    for target in ("tiny", "big"):
+        subprocess.run(["docker", "build", "-q", "--target", target, "-t", f"compose-env-test/{target}:ci", str(DATA)], check=True, capture_output=True)
+        _save(f"compose-env-test/{target}:ci", put_dir / f"{target}.tar")
+    _corrupt_layers(put_dir / "tiny.tar", put_dir / "corrupt.tar")
+    whole = (put_dir / "tiny.tar").read_bytes()
+    (put_dir / "truncated.tar").write_bytes(whole[: len(whole) // 2])
+    os.symlink("/etc/hostname", put_dir / "escape.yml")
+    os.symlink("/usr", put_dir / "usr-link")
+    return put_dir
+
+
+@pytest.fixture(scope="module")
+def resource(image: str, bad_put_dir: Path) -> Iterator[Container]:
+    """One privileged resource container for all rows: the put dir read-only, a small tmpfs for the out-of-space row."""
+    tmpfs = f"type=tmpfs,dst={SMALL_TMPFS},tmpfs-size={SMALL_TMPFS_BYTES}"
+    with Container(image, [(str(bad_put_dir), PUT_DIR, True)], extra_args=["--mount", tmpfs]) as container:
+        yield container
+
+
+def run_row(container: Container, row: Row) -> RunOutcome:
+    argv = {"check": ["/opt/resource/check"], "in": ["/opt/resource/in", "/tmp/build/get"], "out": ["/opt/resource/out", PUT_DIR]}[row.script]
+    stdin = row.stdin if isinstance(row.stdin, str) else json.dumps(row.stdin)
+    env = {} if row.script == "check" else {"BUILD_ID": "7", "BUILD_PIPELINE_NAME": "bad-inputs", **row.env}
+    return container.exec(argv, env=env, stdin=stdin, timeout=300)
+
+
+def assert_clear_failure(outcome: RunOutcome, row: Row) -> None:
+    log = ANSI.sub("", outcome.stderr)
+    assert outcome.exit_code == row.exit_code, log
+    assert outcome.stdout == "", "stdout must stay empty on error"
+    for phrase in row.phrases:
+        assert phrase in log, f"{phrase!r} not in stderr:\n{log}"
+    assert "Traceback" not in log
+    assert outcome.leftovers == [], f"left running: {outcome.leftovers}"
+
+
+def first_error_line(log: str) -> str:
+    return next((line for line in ANSI.sub("", log).splitlines() if line.startswith("error:")), "")
+
+
+@pytest.mark.parametrize("row", _rows(CONFIG_ROWS))
+def test_configuration_error_is_one_clear_line_and_exit_2(resource: Container, row: Row) -> None:
+    outcome = run_row(resource, row)
+
+    assert_clear_failure(outcome, row)
+    # The first error line names the parameter: what to change, in the first line of the log.
+    assert row.phrases[0].split(":")[0] in first_error_line(outcome.stderr)
+
+
+@pytest.mark.parametrize("row", _rows(RUNTIME_ROWS))
+def test_runtime_failure_says_what_to_change_and_leaves_nothing_running(resource: Container, row: Row) -> None:
+    outcome = run_row(resource, row)
+
+    assert_clear_failure(outcome, row)
+
+
+def test_not_privileged_says_to_declare_the_resource_type_privileged(image: str, bad_put_dir: Path) -> None:
+    outcome = run_script(image, "out", put(APP), put_dir=str(bad_put_dir), privileged=False)
+
+    assert_clear_failure(outcome, Row("not-privileged", "", 1, ("this container is not privileged", "privileged: true")))
+
+
+def test_inputs_are_left_unchanged(resource: Container, bad_put_dir: Path) -> None:
+    """The put directory is mounted read-only like Concourse's inputs; a successful put must not need to write there."""
+    before = {p: p.lstat().st_mtime_ns for p in bad_put_dir.rglob("*")}
+
+    outcome = run_row(resource, Row("passing", put(APP), 0, ()))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert {p: p.lstat().st_mtime_ns for p in bad_put_dir.rglob("*")} == before
+
+
+SECRETS = {"registry": "hunter2-registry-pass", "token": "tok-0123456789abcdef", "password": "pw-correct-horse-battery"}
+
+
+def test_secrets_never_reach_stdout_or_stderr(resource: Container) -> None:
+    """The service echoes its secrets; the build log must show them masked, the response not at all."""
+    request = put(
+        {**APP, "env": {"SECRET_TOKEN": SECRETS["token"], "DB_PASSWORD": SECRETS["password"]}},
+        {"registries": [{"host": "registry.example", "username": "ci", "password": SECRETS["registry"]}]},
+    )
+
+    outcome = run_row(resource, Row("secrets", request, 0, ()))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    everything = outcome.stdout + outcome.stderr
+    for name, secret in SECRETS.items():
+        assert secret not in everything, f"the {name} secret leaked"
+    assert "token=*** password=***" in ANSI.sub("", outcome.stderr)
+    assert "token=*** password=***" in outcome.metadata().get("logs/app", "")

@@ -1,0 +1,164 @@
+"""Configuration: source.params merged under params, every path confined to the put directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from compose_env.config import BuildMetadata, PathResolver, deep_merge, merged_params, parse_put_request, parse_source
+from compose_env.errors import UserError
+
+BUILD = BuildMetadata(pipeline_name="pipe", job_name="job", build_name="3")
+
+
+@pytest.fixture
+def put_dir(tmp_path: Path) -> Path:
+    put = tmp_path / "put"
+    (put / "repo" / "ci").mkdir(parents=True)
+    (put / "repo" / "ci" / "docker-compose.yml").write_text("services: {}\n")
+    (put / "repo" / "ci" / ".env").write_text("A=1\n")
+    (put / "image").mkdir()
+    (put / "image" / "image.tar").write_bytes(b"")
+    (tmp_path / "outside.yml").write_text("services: {}\n")
+    return put
+
+
+def error_of(request: dict[str, object], put_dir: Path) -> UserError:
+    with pytest.raises(UserError) as caught:
+        parse_put_request(request, put_dir, BUILD)
+    return caught.value
+
+
+def rendered(request: dict[str, object], put_dir: Path) -> str:
+    return error_of(request, put_dir).render()
+
+
+# -- paths
+
+
+def test_paths_inside_resolve_to_real_paths(put_dir: Path) -> None:
+    config = parse_put_request({"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["image"]}}, put_dir, BUILD)
+
+    assert config.params.compose_files == (put_dir / "repo/ci/docker-compose.yml",)
+    assert config.params.project_directory == put_dir / "repo/ci"
+    assert config.params.images[0].path == put_dir / "image"
+    assert config.params.project_name == "pipe-job-3"
+
+
+def test_an_absolute_path_inside_the_put_directory_is_fine(put_dir: Path) -> None:
+    given = str(put_dir / "repo/ci/docker-compose.yml")
+    assert PathResolver(put_dir).resolve(given, "params.compose_files") == put_dir / "repo/ci/docker-compose.yml"
+
+
+def test_dotdot_escape_is_refused_with_the_param_path(put_dir: Path) -> None:
+    text = rendered({"params": {"compose_files": ["repo/../../outside.yml"]}}, put_dir)
+    assert text.startswith("error: params.compose_files[0]: 'repo/../../outside.yml' is a path that leads outside the put directory")
+    assert "<input>/<file>" in text
+
+
+def test_absolute_path_outside_is_refused(put_dir: Path, tmp_path: Path) -> None:
+    outside = str(tmp_path / "outside.yml")
+    assert f"'{outside}' is an absolute path outside the put directory" in rendered({"params": {"compose_files": outside}}, put_dir)
+
+
+def test_a_symlink_leading_outside_is_refused(put_dir: Path, tmp_path: Path) -> None:
+    os.symlink(tmp_path / "outside.yml", put_dir / "link.yml")
+    os.symlink(tmp_path, put_dir / "dir-link")
+
+    assert "'link.yml' is a symlink that leads outside the put directory" in rendered({"params": {"compose_files": "link.yml"}}, put_dir)
+    text = rendered({"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["dir-link/outside.yml"]}}, put_dir)
+    assert text.startswith("error: params.images[0]: 'dir-link/outside.yml' is a symlink that leads outside")
+
+
+def test_a_symlink_inside_the_put_directory_is_followed(put_dir: Path) -> None:
+    os.symlink("repo/ci/docker-compose.yml", put_dir / "compose.yml")
+    config = parse_put_request({"params": {"compose_files": "compose.yml"}}, put_dir, BUILD)
+    assert config.params.compose_files == (put_dir / "repo/ci/docker-compose.yml",)
+
+
+def test_a_nul_character_is_a_user_error_not_a_crash(put_dir: Path) -> None:
+    assert "contains a NUL character" in rendered({"params": {"compose_files": "a\0b"}}, put_dir)
+
+
+@pytest.mark.parametrize(
+    ("given", "hint"),
+    [
+        ("repo/ci/docker-compose.yaml", "did you mean repo/ci/docker-compose.yml?"),
+        ("rpeo/ci/docker-compose.yml", "did you mean repo?"),
+        ("src/docker-compose.yml", "the put directory holds: image, repo. Is 'src' among the put's `inputs`?"),
+        ("repo/deploy/docker-compose.yml", "repo/ holds: ci"),
+    ],
+)
+def test_a_missing_path_says_where_it_stops_and_what_is_there(put_dir: Path, given: str, hint: str) -> None:
+    error = error_of({"params": {"compose_files": given}}, put_dir)
+    assert error.message == f"no such file: {given}"
+    assert error.hint == hint
+
+
+def test_kinds_are_checked(put_dir: Path) -> None:
+    assert "repo is not a file but a directory" in rendered({"params": {"compose_files": "repo"}}, put_dir)
+    text = rendered({"params": {"compose_files": "repo/ci/docker-compose.yml", "project_directory": "image/image.tar"}}, put_dir)
+    assert "params.project_directory: image/image.tar is not a directory" in text
+    assert "params.env_files[1]: no such file: nope.env" in rendered(
+        {"params": {"compose_files": "repo/ci/docker-compose.yml", "env_files": ["repo/ci/.env", "nope.env"]}}, put_dir
+    )
+
+
+def test_parsing_never_writes_into_the_put_directory(put_dir: Path) -> None:
+    before = {p: (p.lstat().st_mtime_ns, p.lstat().st_size) for p in put_dir.rglob("*")}
+    parse_put_request({"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["image"], "env_files": ["repo/ci/.env"]}}, put_dir, BUILD)
+    assert {p: (p.lstat().st_mtime_ns, p.lstat().st_size) for p in put_dir.rglob("*")} == before
+
+
+# -- source.params
+
+
+def test_source_params_are_deep_merged_under_params() -> None:
+    merged = merged_params(
+        {"params": {"compose_files": ["a.yml"], "env": {"A": "1", "B": "1"}, "logs": {"tail": 5}, "profiles": ["x"]}},
+        {"env": {"B": "2"}, "profiles": ["y"]},
+    )
+    assert merged.values == {"compose_files": ["a.yml"], "env": {"A": "1", "B": "2"}, "logs": {"tail": 5}, "profiles": ["y"]}
+
+
+def test_deep_merge_copies_so_inputs_stay_untouched() -> None:
+    base = {"env": {"A": "1"}}
+    deep_merge(base, {"env": {"B": "2"}})["env"]["C"] = "3"
+    assert base == {"env": {"A": "1"}}
+
+
+def test_a_problem_in_a_default_is_named_under_source_params(put_dir: Path) -> None:
+    error = error_of({"source": {"params": {"timeout": "soon", "logs": {"tial": 1}}}, "params": {"compose_files": 3, "logs": {"tail": 2}}}, put_dir)
+    assert [path for path, _message, _hint in error.problems] == ["params.compose_files", "source.params.logs.tial", "source.params.timeout"]
+
+
+def test_a_path_from_source_params_is_named_there(put_dir: Path) -> None:
+    text = rendered({"source": {"params": {"compose_files": "nope.yml"}}}, put_dir)
+    assert text.startswith("error: source.params.compose_files: no such file: nope.yml")
+
+
+def test_compose_files_may_come_from_source_params_alone(put_dir: Path) -> None:
+    config = parse_put_request({"source": {"params": {"compose_files": "repo/ci/docker-compose.yml"}}}, put_dir, BUILD)
+    assert config.params.compose_files == (put_dir / "repo/ci/docker-compose.yml",)
+
+
+def test_source_and_params_problems_are_reported_together(put_dir: Path) -> None:
+    error = error_of({"source": {"dockerd": {"debug": "yes"}}, "params": {"compose_file": "x"}}, put_dir)
+    assert [path for path, _m, _h in error.problems] == ["source.dockerd.debug", "params.compose_file", "params.compose_files"]
+
+
+def test_parse_source_checks_the_defaults_without_requiring_compose_files() -> None:
+    assert parse_source({"params": {"timeout": "5m"}}).startup_timeout == 60
+    with pytest.raises(UserError, match=r"source\.params\.timout: unknown key"):
+        parse_source({"params": {"timout": "5m"}})
+
+
+def test_tls_needs_a_docker_host() -> None:
+    with pytest.raises(UserError, match=r"source\.tls: is only used with source\.docker_host"):
+        parse_source({"tls": {"ca": "x"}})
+
+
+def test_a_duration_in_minutes_is_read_as_seconds(put_dir: Path) -> None:
+    config = parse_put_request({"params": {"compose_files": "repo/ci/docker-compose.yml", "timeout": "1.5m"}}, put_dir, BUILD)
+    assert config.params.timeout == 90
