@@ -1,8 +1,9 @@
 """Byte streams of docker-save archives, made on the fly from whatever shape an input has.
 
 Everything here yields chunks: a 1 GB tarball never sits in memory, and nothing is
-copied to disk. `docker load` extracts the whole archive before reading it, so the
-order of entries in a synthesised archive does not matter.
+copied to disk. The classic image store's `docker load` unpacks the whole archive
+before it reads `manifest.json`, so the order of entries in a made-up archive does not
+matter, but it cannot read an OCI layout: those get a `manifest.json` added here.
 """
 
 from __future__ import annotations
@@ -14,20 +15,33 @@ import os
 import subprocess
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 CHUNK = 1024 * 1024
+BLOCK = tarfile.BLOCKSIZE
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+#: JSON blobs (index, manifest, config) are read into memory; nothing bigger is.
+MAX_JSON_BLOB = 4 * 1024 * 1024
 
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
 MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"}
+#: (os, architecture, variant) as Docker reports them; variant may be "".
+Platform = tuple[str, str, str]
 
 
 class ArchiveError(Exception):
-    """The input is not what its shape promised (bad JSON, missing blob, no platform)."""
+    """The input is not what its shape promised: truncated, corrupt, a blob missing, no platform."""
+
+
+class NoMatchingPlatform(ArchiveError):
+    """An index offers no image for the daemon's platform (a user mistake, not damage)."""
+
+
+# ---------------------------------------------------------------- reading files
 
 
 def compression_of(path: Path) -> str:
@@ -40,10 +54,20 @@ def compression_of(path: Path) -> str:
     return "none"
 
 
-def file_chunks(path: Path) -> Iterator[bytes]:
+def file_chunks(path: Path, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
+    """The bytes of a file (or of `size` bytes from `offset`), CHUNK at a time."""
     with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
+        handle.seek(offset)
+        left = size
+        while left is None or left > 0:
+            chunk = handle.read(CHUNK if left is None else min(CHUNK, left))
+            if not chunk:
+                break
+            if left is not None:
+                left -= len(chunk)
             yield chunk
+        if left:
+            raise ArchiveError(f"{path.name} ended {left} bytes early")
 
 
 def gunzip_chunks(path: Path) -> Iterator[bytes]:
@@ -67,17 +91,19 @@ def gunzip_chunks(path: Path) -> Iterator[bytes]:
 def unzstd_chunks(path: Path) -> Iterator[bytes]:
     """zstd has no stdlib module before Python 3.14: stream through the zstd tool."""
     process = subprocess.Popen(["zstd", "-dcq", "--", str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdout is not None
+    assert process.stdout is not None and process.stderr is not None
     try:
         while chunk := process.stdout.read(CHUNK):
             yield chunk
+        if process.wait() != 0:
+            problem = process.stderr.read().decode(errors="replace").strip()
+            raise ArchiveError(f"{path.name} is not valid zstd or is truncated ({problem})")
     finally:
-        process.stdout.close()
         if process.poll() is None:
             process.kill()
-        process.wait()
-        if process.returncode not in (0, -9):
-            raise ArchiveError(f"zstd could not decompress {path.name}: {process.stderr.read().decode(errors='replace').strip()}")
+            process.wait()
+        process.stdout.close()
+        process.stderr.close()
 
 
 def decompressed_chunks(path: Path) -> Iterator[bytes]:
@@ -89,17 +115,68 @@ def decompressed_chunks(path: Path) -> Iterator[bytes]:
     return file_chunks(path)
 
 
-def read_manifest(path: Path) -> list[dict[str, Any]] | None:
-    """manifest.json of an uncompressed docker-save tar, by seeking over the members (cheap)."""
+# ---------------------------------------------------------------- tar structure
+
+
+@dataclass(frozen=True)
+class TarListing:
+    """Where each member of an uncompressed tar is: name → (data offset, size)."""
+
+    path: Path
+    members: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def has(self, name: str) -> bool:
+        return name in self.members
+
+    def read(self, name: str) -> bytes:
+        offset, size = self.members[name]
+        if size > MAX_JSON_BLOB:
+            raise ArchiveError(f"{name} in {self.path.name} is {size} bytes: too big for a JSON document")
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads(self.read(name))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ArchiveError(f"{name} in {self.path.name} is not valid JSON ({error})") from None
+
+
+def _member_name(name: str) -> str:
+    return name[2:] if name.startswith("./") else name
+
+
+def list_tar(path: Path) -> TarListing:
+    """Every member of an uncompressed tar, checked for truncation and corrupt headers.
+
+    Cheap: it seeks over the data. Python's tarfile silently stops at a bad header or at
+    the end of the file, so the end is checked here: the last member must be complete
+    and be followed by end-of-archive zeros or nothing.
+    """
+    size = path.stat().st_size
+    listing = TarListing(path)
+    last = "the start of the archive"
     try:
         with tarfile.open(path, mode="r:") as archive:
             for member in archive:
-                if member.name.lstrip("./") == "manifest.json":
-                    handle = archive.extractfile(member)
-                    return json.load(handle) if handle else None
-    except (tarfile.TarError, json.JSONDecodeError, OSError, EOFError):
-        return None
-    return None
+                end = member.offset_data + (member.size if member.isreg() else 0)
+                if end > size:
+                    raise ArchiveError(f"{path.name} is truncated inside {member.name} ({size - member.offset_data} of {member.size} bytes present)")
+                if member.isreg():
+                    listing.members[_member_name(member.name)] = (member.offset_data, member.size)
+                last = member.name
+            stop = archive.offset
+    except tarfile.ReadError as error:
+        raise ArchiveError(f"{path.name} is not a readable tar ({error})") from None
+    with open(path, "rb") as handle:
+        handle.seek(stop)
+        tail = handle.read(2 * BLOCK)
+    if tail.strip(b"\0"):
+        if len(tail) < BLOCK:
+            raise ArchiveError(f"{path.name} is truncated inside the tar header after {last}")
+        raise ArchiveError(f"{path.name} is corrupt: the tar header after {last} is damaged")
+    return listing
 
 
 def is_tar(path: Path) -> bool:
@@ -108,7 +185,86 @@ def is_tar(path: Path) -> bool:
         return handle.read(5) == b"ustar"
 
 
-# ---------------------------------------------------------------- building archives
+class TarStreamChecker:
+    """Follows the tar structure of a stream as it passes, to name the member where it breaks.
+
+    Used on compressed inputs, whose structure cannot be checked before loading: the
+    stream stops with an ArchiveError instead of handing the daemon a broken archive.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.pending = b""  # bytes of a header not yet complete
+        self.skip = 0  # data and padding of the current member still to pass
+        self.current = ""
+        self.current_size = 0
+        self.ended = False
+        self.long_name: str | None = None
+        self.meta_kind = b""
+        self.meta_left = 0
+        self.meta = b""
+
+    def feed(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self._parse(chunk)
+            yield chunk
+        if not self.ended and (self.skip or self.pending):
+            got = self.current_size - max(self.skip - (-self.current_size % BLOCK), 0)
+            where = f"inside {self.current} ({got} of {self.current_size} bytes present)" if self.skip else "inside a tar header"
+            raise ArchiveError(f"{self.label} is truncated {where}")
+
+    def _parse(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view and not self.ended:
+            if self.skip:
+                taken = min(self.skip, len(view))
+                if self.meta_left:
+                    keep = min(self.meta_left, taken)
+                    self.meta += bytes(view[:keep])
+                    self.meta_left -= keep
+                self.skip -= taken
+                view = view[taken:]
+                if not self.skip and self.meta:
+                    self._read_meta()
+                continue
+            need = BLOCK - len(self.pending)
+            self.pending += bytes(view[:need])
+            view = view[need:]
+            if len(self.pending) == BLOCK:
+                self._header(self.pending)
+                self.pending = b""
+
+    def _header(self, block: bytes) -> None:
+        if not block.strip(b"\0"):
+            self.ended = True
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as error:
+            after = f"after {self.current}" if self.current else "at the start"
+            raise ArchiveError(f"{self.label} is corrupt: the tar header {after} is damaged ({error})") from None
+        self.meta_kind = info.type
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME):
+            self.meta_left = min(info.size, 65536)
+        else:
+            self.current = self.long_name or info.name
+            self.long_name = None
+        self.current_size = info.size if info.type not in (tarfile.LNKTYPE, tarfile.SYMTYPE, tarfile.DIRTYPE) else 0
+        self.skip = self.current_size + (-self.current_size % BLOCK)
+
+    def _read_meta(self) -> None:
+        text = self.meta.decode("utf-8", "replace")
+        self.meta = b""
+        if self.meta_kind == tarfile.GNUTYPE_LONGNAME:
+            self.long_name = text.rstrip("\0")
+            return
+        for record in text.split("\n"):
+            _, _, keyword_value = record.partition(" ")
+            if keyword_value.startswith("path="):
+                self.long_name = keyword_value[5:]
+
+
+# ---------------------------------------------------------------- writing archives
 
 
 def _header(name: str, size: int, mode: int = 0o644) -> bytes:
@@ -120,7 +276,7 @@ def _header(name: str, size: int, mode: int = 0o644) -> bytes:
 
 
 def _padding(size: int) -> bytes:
-    return b"\0" * (-size % tarfile.BLOCKSIZE)
+    return b"\0" * (-size % BLOCK)
 
 
 def bytes_entry(name: str, data: bytes) -> Iterator[bytes]:
@@ -129,144 +285,209 @@ def bytes_entry(name: str, data: bytes) -> Iterator[bytes]:
     yield _padding(len(data))
 
 
-def file_entry(name: str, path: Path) -> Iterator[bytes]:
-    size = path.stat().st_size
+def file_entry(name: str, path: Path, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
+    """A tar entry whose data is a file (or a slice of one, e.g. a member of another tar)."""
+    size = path.stat().st_size if size is None else size
     yield _header(name, size)
-    yield from file_chunks(path)
+    yield from file_chunks(path, offset, size)
     yield _padding(size)
 
 
 def end_of_archive() -> bytes:
-    return b"\0" * (tarfile.BLOCKSIZE * 2)
+    return b"\0" * (BLOCK * 2)
 
 
 def docker_save_manifest(config: str, layers: list[str], repo_tags: list[str]) -> bytes:
     return json.dumps([{"Config": config, "RepoTags": repo_tags, "Layers": layers}]).encode()
 
 
-# ---------------------------------------------------------------- OCI layout
+# ---------------------------------------------------------------- OCI layouts (a directory or inside a tar)
 
 
-def _blob_path(layout: Path, digest: str) -> Path:
-    algorithm, _, hexdigest = digest.partition(":")
-    path = layout / "blobs" / algorithm / hexdigest
-    if not hexdigest or not path.is_file():
-        raise ArchiveError(f"blob {digest} is missing from {layout.name}/blobs")
-    return path
+@dataclass(frozen=True)
+class Blob:
+    """Where a blob's bytes are: a file, or a slice of a tar."""
+
+    path: Path
+    offset: int
+    size: int
+
+
+class LayoutReader:
+    """The blobs of an OCI image layout, wherever it lives."""
+
+    def __init__(self, label: str, read_index: Callable[[], Any], locate: Callable[[str], Blob | None]) -> None:
+        self.label = label
+        self._read_index = read_index
+        self._locate = locate
+
+    @classmethod
+    def directory(cls, layout: Path) -> LayoutReader:
+        def locate(relative: str) -> Blob | None:
+            path = layout / relative
+            return Blob(path, 0, path.stat().st_size) if path.is_file() else None
+
+        return cls(f"{layout.name}/", lambda: _load_json(layout / "index.json"), locate)
+
+    @classmethod
+    def tar(cls, listing: TarListing) -> LayoutReader:
+        def locate(relative: str) -> Blob | None:
+            where = listing.members.get(relative)
+            return Blob(listing.path, *where) if where else None
+
+        return cls(listing.path.name, lambda: listing.read_json("index.json"), locate)
+
+    def index(self) -> Any:
+        return self._read_index()
+
+    def blob(self, digest: str) -> Blob:
+        algorithm, _, hexdigest = digest.partition(":")
+        found = self._locate(f"blobs/{algorithm}/{hexdigest}") if hexdigest and "/" not in hexdigest else None
+        if found is None:
+            raise ArchiveError(f"blob {digest} is missing from {self.label}")
+        return found
+
+    def json_blob(self, digest: str) -> Any:
+        blob = self.blob(digest)
+        if blob.size > MAX_JSON_BLOB:
+            raise ArchiveError(f"blob {digest} in {self.label} is too big for a manifest")
+        with open(blob.path, "rb") as handle:
+            handle.seek(blob.offset)
+            data = handle.read(blob.size)
+        try:
+            return json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ArchiveError(f"blob {digest} in {self.label} is not valid JSON ({error})") from None
 
 
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ArchiveError(f"{path.name}: {error}") from None
 
 
-def _platform_text(platform: dict[str, str]) -> str:
+def platform_text(platform: dict[str, str] | Platform) -> str:
+    if isinstance(platform, tuple):
+        platform = {"os": platform[0], "architecture": platform[1], "variant": platform[2]}
     text = f"{platform.get('os', '?')}/{platform.get('architecture', '?')}"
     return text + (f"/{platform['variant']}" if platform.get("variant") else "")
 
 
 def _is_attestation(descriptor: dict[str, Any]) -> bool:
+    """buildx attaches provenance/SBOM as manifests for platform unknown/unknown."""
     annotations = descriptor.get("annotations") or {}
     platform = descriptor.get("platform") or {}
     return "vnd.docker.reference.type" in annotations or platform.get("os") == "unknown"
 
 
-def select_manifest(layout: Path, platform: tuple[str, str, str]) -> dict[str, Any]:
-    """The image manifest for the daemon's (os, architecture, variant), through nested indexes."""
-    wanted_os, wanted_arch, wanted_variant = platform
-    seen: list[str] = []
+def _platform_matches(described: dict[str, str], wanted: Platform) -> bool:
+    wanted_os, wanted_arch, wanted_variant = wanted
+    if described.get("os") != wanted_os or described.get("architecture") != wanted_arch:
+        return False
+    return not wanted_variant or described.get("variant") in (None, "", wanted_variant)
 
-    def walk(index: dict[str, Any]) -> dict[str, Any] | None:
-        candidates = []
-        for descriptor in index.get("manifests", []):
+
+def select_manifest(layout: LayoutReader, platform: Platform) -> dict[str, Any]:
+    """The image manifest for the daemon's platform, through nested indexes, skipping attestations."""
+    offered: list[str] = []
+
+    def walk(index: dict[str, Any], depth: int) -> dict[str, Any] | None:
+        if depth > 8:
+            raise ArchiveError(f"{layout.label}: indexes nested more than 8 deep")
+        matching, unlabelled = [], []
+        for descriptor in index.get("manifests") or []:
             if _is_attestation(descriptor):
                 continue
-            media_type = descriptor.get("mediaType", "")
             described = descriptor.get("platform")
-            if described:
-                seen.append(_platform_text(described))
-                if described.get("os") != wanted_os or described.get("architecture") != wanted_arch:
-                    continue
-                if wanted_variant and described.get("variant") not in (None, "", wanted_variant):
-                    continue
-            candidates.append((0 if described else 1, media_type, descriptor))
-        for _, media_type, descriptor in sorted(candidates, key=lambda c: c[0]):
-            document = _load_json(_blob_path(layout, descriptor["digest"]))
-            kind = media_type or document.get("mediaType", "")
+            if not described:
+                unlabelled.append(descriptor)
+            elif _platform_matches(described, platform):
+                matching.append(descriptor)
+            else:
+                offered.append(platform_text(described))
+        for descriptor in matching + unlabelled:
+            document = layout.json_blob(descriptor["digest"])
+            kind = descriptor.get("mediaType") or document.get("mediaType", "")
             if kind in INDEX_TYPES or "manifests" in document:
-                found = walk(document)
-                if found:
-                    return found
+                found = walk(document, depth + 1)
             elif kind in MANIFEST_TYPES or "layers" in document:
-                return document
+                found = document if descriptor.get("platform") or _config_matches(layout, document, platform, offered) else None
+            else:
+                found = None
+            if found:
+                return found
         return None
 
-    manifest = walk(_load_json(layout / "index.json"))
+    manifest = walk(layout.index(), 0)
     if manifest is None:
-        offered = ", ".join(sorted(set(seen))) or "none"
-        wanted = _platform_text({"os": wanted_os, "architecture": wanted_arch, "variant": wanted_variant})
-        raise ArchiveError(f"no image for the daemon's platform {wanted} (the index offers: {offered})")
+        choices = ", ".join(sorted(set(offered))) or "no image manifest at all"
+        raise NoMatchingPlatform(f"{layout.label} has no image for the daemon's platform {platform_text(platform)}; it offers: {choices}")
     return manifest
 
 
-def oci_layout_stream(layout: Path, platform: tuple[str, str, str], repo_tags: list[str]) -> Iterator[bytes]:
-    """An OCI image layout turned into a docker-save archive that the classic image store loads."""
+def _config_matches(layout: LayoutReader, manifest: dict[str, Any], platform: Platform, offered: list[str]) -> bool:
+    """A manifest without a platform label (single-image layout): its config says what it is."""
+    config = layout.json_blob(manifest["config"]["digest"])
+    described = {"os": config.get("os", ""), "architecture": config.get("architecture", ""), "variant": config.get("variant", "")}
+    if not described["os"] and not described["architecture"]:
+        return True
+    if _platform_matches(described, platform):
+        return True
+    offered.append(platform_text(described))
+    return False
+
+
+def oci_stream(layout: LayoutReader, platform: Platform, repo_tags: list[str]) -> Iterator[bytes]:
+    """An OCI image layout turned into a docker-save archive that the classic image store loads.
+
+    Only the chosen platform's config and layers are sent, each under its blob path,
+    plus a `manifest.json` naming them. The manifest is chosen before the first byte.
+    """
     manifest = select_manifest(layout, platform)
     config_digest = manifest["config"]["digest"]
     layer_digests = [layer["digest"] for layer in manifest.get("layers", [])]
-    paths = {digest: _blob_path(layout, digest) for digest in [config_digest, *layer_digests]}
+    blobs = {digest: layout.blob(digest) for digest in [config_digest, *layer_digests]}
 
     def name(digest: str) -> str:
         return "blobs/" + digest.replace(":", "/", 1)
 
     yield from bytes_entry("manifest.json", docker_save_manifest(name(config_digest), [name(d) for d in layer_digests], repo_tags))
-    for digest in dict.fromkeys([config_digest, *layer_digests]):
-        yield from file_entry(name(digest), paths[digest])
+    for digest, blob in blobs.items():
+        yield from file_entry(name(digest), blob.path, blob.offset, blob.size)
     yield end_of_archive()
 
 
 # ---------------------------------------------------------------- rootfs
 
 
-class _Sink(io.RawIOBase):
-    """A write-only file that hands what tarfile writes to a callback."""
-
-    def __init__(self) -> None:
-        self.pending: list[bytes] = []
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.pending.append(bytes(data))
-        return len(data)
-
-
-def _rootfs_tar(rootfs: Path) -> Iterator[bytes]:
-    """A deterministic tar of `rootfs` (sorted, same metadata every time), as chunks."""
-    sink = _Sink()
-    with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT, bufsize=CHUNK) as archive:
+def _rootfs_entries(rootfs: Path) -> Iterator[tuple[tarfile.TarInfo, str]]:
+    """Every file under `rootfs` in a fixed order, as tar headers (hard links recognised)."""
+    # A TarFile only for gettarinfo and its hard-link table; nothing is written to it.
+    with tarfile.open(fileobj=io.BytesIO(), mode="w") as namer:
         for directory, dirnames, filenames in os.walk(rootfs):
             dirnames.sort()
             relative_dir = os.path.relpath(directory, rootfs)
             for name in sorted(dirnames) + sorted(filenames):
                 full = os.path.join(directory, name)
-                arcname = name if relative_dir == "." else f"{relative_dir}/{name}"
-                info = archive.gettarinfo(full, arcname)
-                if info is None:  # sockets
+                info = namer.gettarinfo(full, name if relative_dir == "." else f"{relative_dir}/{name}")
+                if info is None:  # sockets cannot be archived
                     continue
-                if info.isreg():
-                    with open(full, "rb") as handle:
-                        archive.addfile(info, handle)
-                else:
-                    archive.addfile(info)
-                if sink.pending:
-                    yield b"".join(sink.pending)
-                    sink.pending.clear()
-    if sink.pending:
-        yield b"".join(sink.pending)
+                info.uname = info.gname = ""  # numeric ids only: the image's /etc/passwd decides names
+                yield info, full
+
+
+def _rootfs_tar(rootfs: Path) -> Iterator[bytes]:
+    """A deterministic tar of `rootfs`, file data streamed in chunks (never a whole file in memory)."""
+    for info, full in _rootfs_entries(rootfs):
+        yield info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+        if info.isreg() and info.size:
+            sent = 0
+            for chunk in file_chunks(Path(full), 0, info.size):
+                sent += len(chunk)
+                yield chunk
+            yield _padding(sent)
+    yield end_of_archive()
 
 
 def _measure(chunks: Iterator[bytes]) -> tuple[int, str]:
@@ -279,12 +500,15 @@ def _measure(chunks: Iterator[bytes]) -> tuple[int, str]:
 
 
 def rootfs_config(metadata: dict[str, Any], diff_id: str, architecture: str) -> dict[str, Any]:
-    config: dict[str, Any] = {"Env": list(metadata.get("env") or [])}
+    """An image config from registry-image's metadata.json: env and user, plus workdir/cmd/entrypoint when given."""
+    config: dict[str, Any] = {"Env": [str(item) for item in metadata.get("env") or []]}
     if metadata.get("user"):
         config["User"] = str(metadata["user"])
-    for ours, theirs in (("WorkingDir", "workdir"), ("WorkingDir", "working_dir"), ("Cmd", "cmd"), ("Entrypoint", "entrypoint")):
-        if metadata.get(theirs):
-            config[ours] = metadata[theirs]
+    for ours, keys in (("WorkingDir", ("workdir", "working_dir")), ("Cmd", ("cmd",)), ("Entrypoint", ("entrypoint",))):
+        for key in keys:
+            if metadata.get(key):
+                config[ours] = metadata[key]
+                break
     return {
         "architecture": architecture,
         "os": "linux",

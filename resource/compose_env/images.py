@@ -1,42 +1,53 @@
 """`params.images`: recognise each input's shape from its files, then stream it into the daemon and name it.
 
 Shapes (DESIGN.md §3), recognised by their files, never by who made them:
-- a tarball file (`.tar`, `.tar.gz`, `.tgz`, `.tar.zst`): docker save or OCI archive;
-- a directory with `image.tar` (registry-image `format: oci`, oci-build-task) or
-  `image/image.tar` (an oci-build-task output given by its parent);
-- a directory with `image` and `image-id` (docker-image `save: true`);
+- a tarball file (`.tar`, `.tar.gz`, `.tgz`, `.tar.zst`): docker save, or an OCI archive;
+- a directory with `image.tar` (registry-image `format: oci`, oci-build-task), `image/image.tar`
+  (an oci-build-task output given by its parent) or `image` (docker-image `save: true`);
 - a directory with `oci/index.json`, or an OCI layout itself (registry-image `format: oci-layout`);
 - a directory with `rootfs/` and `metadata.json` (registry-image's default format).
 `repository` and `tag` files, where present, name the image; an entry's `tag` adds names.
+
+Planning (`plan_images`) needs no daemon: it runs before the daemon starts, so that a bad
+entry fails before anything is loaded. Loading streams each input into `docker load`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform as host
 import re
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
+import requests
 
 from . import archives
+from .archives import ArchiveError, NoMatchingPlatform, Platform
 from .config import ImageEntry
 from .console import Console
 from .errors import RuntimeFailure, UserError
 
-#: Loads run one after another: on the reference VM three parallel `docker load`s of
-#: 300 MB each took 6.0-9.0 s against 5.1-7.4 s in sequence (the daemon's layer
-#: extraction is disk- and CPU-bound), so parallel loading only adds contention.
+#: How many loads run at once. Measured with bench/bench_images.py on the 2-core reference
+#: VM: the daemon's layer extraction is disk- and CPU-bound, so parallel loads only add
+#: contention (see the README's figures). Change it here and nowhere else.
 LOAD_CONCURRENCY = 1
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?"
 REFERENCE = re.compile(rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[\w][\w.-]{{0,127}})?$")
-TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.zst", ".tzst")
-Platform = tuple[str, str, str]
+DOCKER_HUB_PREFIXES = ("docker.io/library/", "index.docker.io/library/", "docker.io/", "index.docker.io/")
+#: Go's names for `uname -m`, as Docker reports a daemon's architecture.
+GO_ARCHITECTURES = {"x86_64": ("amd64", ""), "aarch64": ("arm64", ""), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "i686": ("386", "")}
+LOAD_HINT = "the file is damaged (an interrupted download or copy?): re-run the step that produced it. Nothing from it was loaded."
+PLATFORM_HINT = "fetch the image for this worker's platform (registry-image's `platform` source option), or use a multi-platform image"
+NAME_HINT = "say which name the compose file uses, e.g. images: [{{path: {given}, tag: myorg/app:latest}}]"
 
 
 def split_reference(reference: str) -> tuple[str, str]:
@@ -48,10 +59,44 @@ def split_reference(reference: str) -> tuple[str, str]:
     return reference, "latest"
 
 
+def familiar(reference: str) -> str:
+    """The name a compose file uses: `index.docker.io/library/redis:7` → `redis:7`, tag `latest` made explicit."""
+    repository, tag = split_reference(reference)
+    for prefix in DOCKER_HUB_PREFIXES:
+        if repository.startswith(prefix):
+            repository = repository[len(prefix) :]
+            break
+    return f"{repository}:{tag}"
+
+
+def _looks_like_a_registry(component: str) -> bool:
+    """Docker's rule: the first component is a registry only with a dot, a port or as `localhost`."""
+    return "." in component or ":" in component or component == "localhost"
+
+
 def check_reference(reference: str, path: str) -> str:
-    if len(reference) > 255 or not REFERENCE.match(reference):
-        raise UserError(path, f"{reference!r} is not a valid image reference", "use name[:tag] in lowercase, e.g. myorg/app:1.2 or registry.local:5000/app:ci")
-    return reference
+    first, slash, _ = reference.partition("/")
+    lowercase_first = not slash or _looks_like_a_registry(first) or re.fullmatch(_COMPONENT, first)
+    if len(reference) > 255 or not REFERENCE.match(reference) or not lowercase_first:
+        raise UserError(
+            path,
+            f"{reference!r} is not a valid image reference",
+            "use name[:tag] with a lowercase name, e.g. myorg/app:1.2 or registry.local:5000/app:ci (no digest, no spaces)",
+        )
+    return familiar(reference)
+
+
+def local_platform() -> Platform:
+    """The platform of this machine, which the inner daemon shares."""
+    architecture, variant = GO_ARCHITECTURES.get(host.machine(), (host.machine(), ""))
+    return ("linux", architecture, variant)
+
+
+def daemon_platform(client: docker.APIClient) -> Platform:
+    version = client.version()
+    here = local_platform()
+    architecture = version.get("Arch") or here[1]
+    return (version.get("Os") or "linux", architecture, here[2] if architecture == here[1] else "")
 
 
 @dataclass(frozen=True)
@@ -69,8 +114,12 @@ class ImagePlan:
 
     @property
     def estimated_bytes(self) -> int:
-        """Unpacked size guess for the memory decision: compressed inputs grow about 3×."""
+        """Space the load needs on the data root: docker load unpacks the archive, then the layers (compressed inputs grow about 3×)."""
         return self.size * (3 if self.compressed else 2)
+
+    @property
+    def where(self) -> str:
+        return f"{self.entry.param_path} ({self.entry.given})"
 
 
 @dataclass(frozen=True)
@@ -82,6 +131,13 @@ class LoadedImage:
     size: int
 
 
+# ---------------------------------------------------------------- planning
+
+
+def _shown(entry: ImageEntry, path: Path) -> str:
+    return entry.given if path == entry.path else f"{entry.given}/{path.relative_to(entry.path)}"
+
+
 def _read_name_files(directory: Path, entry: ImageEntry) -> tuple[str, ...]:
     repository_file = directory / "repository"
     if not repository_file.is_file():
@@ -91,8 +147,14 @@ def _read_name_files(directory: Path, entry: ImageEntry) -> tuple[str, ...]:
         return ()
     tag_file = directory / "tag"
     tag = tag_file.read_text().strip() if tag_file.is_file() else ""
-    reference = f"{repository}:{tag or 'latest'}"
-    return (check_reference(reference, f"{entry.param_path} (the repository and tag files)"),)
+    return (check_reference(f"{repository}:{tag or 'latest'}", f"{entry.param_path} ({entry.given}/repository and tag)"),)
+
+
+def _explicit_names(entry: ImageEntry) -> tuple[str, ...]:
+    where = f"{entry.param_path}.tag"
+    if len(entry.tags) == 1:
+        return (check_reference(entry.tags[0], where),)
+    return tuple(check_reference(tag, f"{where}[{index}]") for index, tag in enumerate(entry.tags))
 
 
 def _tree_size(root: Path) -> int:
@@ -106,89 +168,108 @@ def _tree_size(root: Path) -> int:
     return total
 
 
-def _tarball_plan(entry: ImageEntry, path: Path, shape: str, file_names: tuple[str, ...]) -> ImagePlan:
-    where = entry.param_path
+def _damaged(entry: ImageEntry, error: ArchiveError) -> RuntimeFailure:
+    return RuntimeFailure(f"{entry.param_path} ({entry.given}): {error}", LOAD_HINT)
+
+
+def _unnamed(entry: ImageEntry, what: str) -> UserError:
+    return UserError(
+        entry.param_path, f"{what} carries no image name (no RepoTags, no repository file) and the entry has no tag", NAME_HINT.format(given=entry.given)
+    )
+
+
+def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...]) -> ImagePlan:
+    shown = _shown(entry, path)
     size = path.stat().st_size
     compression = archives.compression_of(path)
-    embedded: tuple[str, ...] = ()
-    if compression == "none":
-        if not archives.is_tar(path):
-            raise UserError(
-                where,
-                f"{_shown(entry, path)} is not an image: not a tar archive",
-                "give a docker save / OCI tarball (.tar, .tar.gz, .tar.zst) or an image directory",
-            )
-        manifest = archives.read_manifest(path)
-        if manifest is None and not _has_member(path, "index.json"):
-            raise UserError(where, f"{_shown(entry, path)} is not an image: a tar without manifest.json or index.json", "is it a docker save or OCI archive?")
-        if manifest:
-            embedded = tuple(tag for image in manifest for tag in image.get("RepoTags") or [])
-    names = tuple(dict.fromkeys([*file_names, *entry.tags]))
-    if not names and compression == "none" and not embedded:
+    if compression != "none":
+
+        def decompressed(_platform: Platform) -> Iterator[bytes]:
+            return archives.TarStreamChecker(shown).feed(archives.decompressed_chunks(path))
+
+        return ImagePlan(entry, f"{compression}-compressed tarball", path, size, names, (), decompressed, compressed=True)
+    if not archives.is_tar(path):
         raise UserError(
-            where,
-            f"{_shown(entry, path)} carries no image name (no RepoTags, no repository file)",
-            f"say which name the compose file uses: images: [{{path: {entry.given}, tag: myorg/app:latest}}]",
+            entry.param_path,
+            f"{shown} is not an image: not a tar archive",
+            "give a docker save / OCI tarball (.tar, .tar.gz, .tgz, .tar.zst) or an image directory",
         )
-    return ImagePlan(entry, shape, path, size, names, embedded, lambda _platform: archives.decompressed_chunks(path), compression != "none")
-
-
-def _has_member(path: Path, name: str) -> bool:
-    import tarfile
-
     try:
-        with tarfile.open(path, mode="r:") as archive:
-            return any(member.name.lstrip("./") == name for member in archive)
-    except (tarfile.TarError, OSError, EOFError):
-        return False
+        listing = archives.list_tar(path)
+        if listing.has("manifest.json"):
+            manifest = listing.read_json("manifest.json")
+            embedded = tuple(familiar(tag) for image in manifest if isinstance(image, dict) for tag in image.get("RepoTags") or [])
+            if not names and not embedded:
+                raise _unnamed(entry, shown)
+            return ImagePlan(entry, "docker-save tarball", path, size, names, embedded, lambda _platform: archives.file_chunks(path))
+        if listing.has("index.json"):
+            if not names:
+                raise _unnamed(entry, f"{shown} (an OCI archive)")
+            layout = archives.LayoutReader.tar(listing)
+            archives.select_manifest(layout, local_platform())
+            return ImagePlan(entry, "OCI archive (converted while streaming)", path, size, names, (), lambda p: archives.oci_stream(layout, p, list(names)))
+    except NoMatchingPlatform as error:
+        raise UserError(entry.param_path, f"{shown}: {error}", PLATFORM_HINT) from None
+    except ArchiveError as error:
+        raise _damaged(entry, error) from None
+    raise UserError(entry.param_path, f"{shown} is not an image: a tar without manifest.json or index.json", "is it a docker save or OCI archive?")
 
 
-def _shown(entry: ImageEntry, path: Path) -> str:
-    return entry.given if path == entry.path else f"{entry.given}/{path.relative_to(entry.path)}"
+def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> ImagePlan:
+    if not names:
+        raise UserError(
+            entry.param_path,
+            f"{entry.given} is an OCI layout without a name (no repository file)",
+            NAME_HINT.format(given=entry.given),
+        )
+    reader = archives.LayoutReader.directory(layout)
+    try:
+        archives.select_manifest(reader, local_platform())
+    except NoMatchingPlatform as error:
+        raise UserError(entry.param_path, f"{entry.given}: {error}", PLATFORM_HINT) from None
+    except ArchiveError as error:
+        raise _damaged(entry, error) from None
+    return ImagePlan(
+        entry, "OCI layout (converted while streaming)", layout, _tree_size(layout / "blobs"), names, (), lambda p: archives.oci_stream(reader, p, list(names))
+    )
+
+
+def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> ImagePlan:
+    if not names:
+        raise UserError(entry.param_path, f"{entry.given} is a rootfs without a name (no repository file)", NAME_HINT.format(given=entry.given))
+    metadata_file = directory / "metadata.json"
+    metadata: dict[str, Any] = {}
+    if metadata_file.is_file():
+        try:
+            metadata = json.loads(metadata_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UserError(entry.param_path, f"{entry.given}/metadata.json is not valid JSON: {error}") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("env") or [], list) or not isinstance(metadata.get("user") or "", str):
+        raise UserError(entry.param_path, f"{entry.given}/metadata.json should be an object with env (a list) and user (a string)")
+    rootfs = directory / "rootfs"
+    return ImagePlan(
+        entry, "rootfs (archived while streaming)", rootfs, _tree_size(rootfs), names, (), lambda p: archives.rootfs_stream(rootfs, metadata, p[1], list(names))
+    )
 
 
 def plan_image(entry: ImageEntry) -> ImagePlan:
     """Recognise the shape of one entry and check it, without a daemon."""
-    for tag_index, tag in enumerate(entry.tags):
-        check_reference(tag, f"{entry.param_path}.tag" + (f"[{tag_index}]" if len(entry.tags) > 1 else ""))
+    explicit = _explicit_names(entry)
     path = entry.path
     if path.is_file():
-        return _tarball_plan(entry, path, "tarball", ())
+        return _tarball_plan(entry, path, explicit)
     if not path.is_dir():
         raise UserError(entry.param_path, f"{entry.given} is neither a file nor a directory")
-    file_names = _read_name_files(path, entry)
-    layout = path / "oci" if (path / "oci" / "index.json").is_file() else path if (path / "index.json").is_file() and (path / "oci-layout").is_file() else None
-    if layout is not None:
-        names = tuple(dict.fromkeys([*file_names, *entry.tags]))
-        if not names:
-            raise UserError(
-                entry.param_path,
-                f"{entry.given} is an OCI layout without a name (no repository file)",
-                f"add a tag: images: [{{path: {entry.given}, tag: myorg/app:latest}}]",
-            )
-        return ImagePlan(
-            entry, "oci-layout", layout, _tree_size(layout / "blobs"), names, (), lambda platform: archives.oci_layout_stream(layout, platform, list(names))
-        )
+    names = tuple(dict.fromkeys([*_read_name_files(path, entry), *explicit]))
+    if (path / "oci" / "index.json").is_file():
+        return _layout_plan(entry, path / "oci", names)
+    if (path / "index.json").is_file() and (path / "oci-layout").is_file():
+        return _layout_plan(entry, path, names)
     if (path / "rootfs").is_dir():
-        metadata_file = path / "metadata.json"
-        try:
-            metadata = json.loads(metadata_file.read_text()) if metadata_file.is_file() else {}
-        except json.JSONDecodeError as error:
-            raise UserError(entry.param_path, f"{entry.given}/metadata.json is not valid JSON: {error}") from None
-        names = tuple(dict.fromkeys([*file_names, *entry.tags]))
-        if not names:
-            raise UserError(
-                entry.param_path,
-                f"{entry.given} is a rootfs without a name (no repository file)",
-                f"add a tag: images: [{{path: {entry.given}, tag: myorg/app:latest}}]",
-            )
-        rootfs = path / "rootfs"
-        return ImagePlan(
-            entry, "rootfs", rootfs, _tree_size(rootfs), names, (), lambda platform: archives.rootfs_stream(rootfs, metadata, platform[1], list(names))
-        )
-    for candidate, shape in ((path / "image.tar", "image.tar"), (path / "image" / "image.tar", "image.tar"), (path / "image", "docker-image save")):
+        return _rootfs_plan(entry, path, names)
+    for candidate in (path / "image.tar", path / "image" / "image.tar", path / "image"):
         if candidate.is_file():
-            return _tarball_plan(entry, candidate, shape, file_names)
+            return _tarball_plan(entry, candidate, names)
     present = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
     raise UserError(
         entry.param_path,
@@ -202,9 +283,10 @@ def plan_images(entries: tuple[ImageEntry, ...]) -> list[ImagePlan]:
 
 
 def check_free_space(plans: list[ImagePlan], data_root: str) -> None:
+    """About 2× each tarball (3× compressed): docker load unpacks the archive, then the layers."""
     if not plans:
         return
-    needed = sum(2 * plan.size for plan in plans)
+    needed = sum(plan.estimated_bytes for plan in plans)
     stats = os.statvfs(data_root)
     free = stats.f_bavail * stats.f_frsize
     if free < needed:
@@ -214,9 +296,7 @@ def check_free_space(plans: list[ImagePlan], data_root: str) -> None:
         )
 
 
-def daemon_platform(client: docker.APIClient) -> Platform:
-    version = client.version()
-    return (version.get("Os", "linux"), version.get("Arch", "amd64"), "")
+# ---------------------------------------------------------------- loading
 
 
 class _Counter:
@@ -230,46 +310,74 @@ class _Counter:
             yield chunk
 
 
+def _archive_error(error: BaseException) -> ArchiveError | None:
+    """Our stream's own failure, however the HTTP stack wrapped it."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ArchiveError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _read_load_response(plan: ImagePlan, messages: Iterator[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Names and ids from `docker load`'s messages. Failures arrive inside a 200 response: every message is checked."""
+    names: list[str] = []
+    ids: list[str] = []
+    for message in messages:
+        if message.get("error") or message.get("errorDetail"):
+            detail = message.get("error") or message.get("errorDetail", {}).get("message", "")
+            raise RuntimeFailure(f"{plan.where}: docker load failed: {detail}", LOAD_HINT)
+        text = str(message.get("stream", "")).strip()
+        if text.startswith("Loaded image ID:"):
+            ids.append(text.split(":", 1)[1].strip())
+        elif text.startswith("Loaded image:"):
+            names.append(text.split(":", 1)[1].strip())
+    return names, ids
+
+
 def load_one(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIClient, platform: Platform) -> LoadedImage:
     started = time.monotonic()
-    where = f"{plan.entry.param_path} ({plan.entry.given})"
     counter = _Counter(plan.stream(platform))
-    loaded_names: list[str] = []
-    loaded_ids: list[str] = []
     try:
-        for message in load_client.load_image(iter(counter)):
-            # Failures arrive inside a 200 response: look at every message.
-            if "error" in message or "errorDetail" in message:
-                detail = message.get("error") or message.get("errorDetail", {}).get("message", "")
-                raise RuntimeFailure(f"{where}: docker load failed: {detail}", "the tarball is corrupt or truncated; rebuild or re-fetch it")
-            text = message.get("stream", "").strip()
-            if text.startswith("Loaded image ID:"):
-                loaded_ids.append(text.split(":", 1)[1].strip())
-            elif text.startswith("Loaded image:"):
-                loaded_names.append(text.split(":", 1)[1].strip())
-    except archives.ArchiveError as error:
-        raise RuntimeFailure(f"{where}: {error}") from None
-    except docker.errors.APIError as error:
-        raise RuntimeFailure(
-            f"{where}: docker load failed: {error.explanation or error}", "the tarball is corrupt or truncated; rebuild or re-fetch it"
-        ) from None
+        loaded_names, loaded_ids = _read_load_response(plan, load_client.load_image(iter(counter)))
+    except (docker.errors.APIError, requests.exceptions.RequestException, ArchiveError, OSError) as error:
+        damaged = _archive_error(error)
+        if damaged is not None:
+            raise RuntimeFailure(f"{plan.where}: {damaged}", LOAD_HINT) from None
+        explanation = getattr(error, "explanation", None) or error
+        raise RuntimeFailure(f"{plan.where}: docker load failed: {explanation}", LOAD_HINT) from None
     if not loaded_names and not loaded_ids:
-        raise RuntimeFailure(f"{where}: docker load reported no image", "the archive holds no image")
-    target = loaded_ids[0] if loaded_ids else loaded_names[0]
-    image_id = client.inspect_image(target)["Id"]
-    for name in plan.names:
-        repository, tag = split_reference(name)
-        client.tag(image_id, repository, tag)
-    names = tuple(dict.fromkeys([*loaded_names, *plan.names]))
+        raise RuntimeFailure(f"{plan.where}: docker load reported no image", "the archive holds no image")
+    if not loaded_names and not plan.names:
+        raise _unnamed(plan.entry, _shown(plan.entry, plan.source_path))
+    image_id = client.inspect_image(loaded_ids[0] if loaded_ids else loaded_names[0])["Id"]
+    names = tuple(dict.fromkeys([*(familiar(name) for name in loaded_names), *plan.names]))
+    for name in names:
+        if name not in loaded_names:
+            repository, tag = split_reference(name)
+            client.tag(image_id, repository, tag)
     return LoadedImage(plan.entry, image_id, names, time.monotonic() - started, counter.sent)
 
 
-def load_images(plans: list[ImagePlan], client: docker.APIClient, load_client: docker.APIClient, console: Console) -> list[LoadedImage]:
-    platform = daemon_platform(client) if plans else ("linux", "amd64", "")
-    loaded = []
-    for plan in plans:
-        console.info(f"{plan.entry.param_path}: {plan.entry.given} ({plan.shape}, {plan.size / 2**20:.1f} MiB on disk)")
+def load_images(
+    plans: list[ImagePlan], client: docker.APIClient, load_client: docker.APIClient, console: Console, concurrency: int = LOAD_CONCURRENCY
+) -> list[LoadedImage]:
+    """Load every plan (LOAD_CONCURRENCY at a time); the first failure stops the rest."""
+    if not plans:
+        return []
+    platform = daemon_platform(client)
+
+    def load(plan: ImagePlan) -> LoadedImage:
         image = load_one(plan, client, load_client, platform)
-        console.info(f"  loaded {image.size / 2**20:.1f} MiB in {image.seconds:.2f}s as {', '.join(image.names) or image.image_id[:19]}")
-        loaded.append(image)
-    return loaded
+        rate = image.size / 2**20 / max(image.seconds, 0.001)
+        console.info(f"{plan.where}: {image.size / 2**20:.1f} MiB in {image.seconds:.2f}s ({rate:.0f} MiB/s) → {', '.join(image.names)}")
+        return image
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load") as pool:
+        futures = [pool.submit(load, plan) for plan in plans]
+        try:
+            return [future.result() for future in futures]
+        finally:
+            for future in futures:
+                future.cancel()

@@ -1,0 +1,178 @@
+"""Every image shape Concourse steps leave, loaded by real puts and used by compose under the expected names.
+
+Puts are expensive, so one put loads all the good shapes and runs one compose service per
+expected name; each service prints its /shape marker, uid and environment. The failure
+cases each stop early (most before the daemon starts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from harness import run_script
+from image_fixtures import (
+    ImageParts,
+    build_marked_image,
+    compress,
+    docker_image_save_dir,
+    docker_save_tarball,
+    oci_archive_tarball,
+    oci_build_task_dir,
+    oci_layout_dir,
+    parts_from_docker,
+    registry_image_oci_dir,
+    rootfs_dir,
+    truncated_copy,
+)
+
+PRINT = "echo shape=$$(cat /shape) uid=$$(id -u) greeting=$${GREETING:-none} pwd=$$(pwd)"
+#: service → (image name the compose file uses, /shape marker, uid, greeting)
+EXPECTED = {
+    "redis": ("redis:7", "registry-oci", "0", "none"),
+    "redis-pinned": ("example/redis:pinned", "registry-oci", "0", "none"),
+    "redis-extra": ("example/redis:extra", "registry-oci", "0", "none"),
+    "layout": ("example/layout:ci", "oci-layout", "0", "none"),
+    "rootfs": ("example/rootfs:ci", "rootfs", "1234", "hello from metadata"),
+    "saved": ("example/saved:ci", "docker-image-save", "0", "none"),
+    "built": ("example/built:ci", "oci-build-task", "0", "none"),
+    "gz": ("example/gz:ci", "plain-gz", "0", "none"),
+    "tgz": ("example/tgz:ci", "plain-tgz", "0", "none"),
+    "zst": ("example/zst:ci", "plain-zst", "0", "none"),
+    "oci-archive": ("example/oci:ci", "oci-archive", "0", "none"),
+}
+
+
+def _parts(name: str, work: Path) -> ImageParts:
+    return parts_from_docker(build_marked_image(name, name), work / name)
+
+
+def _compose_file(put: Path, services: dict[str, str], command: str | None = PRINT) -> None:
+    """A compose file (JSON is YAML) with one service per image name."""
+    document = {"services": {name: {"image": image, **({"command": ["sh", "-c", command]} if command else {})} for name, image in services.items()}}
+    (put / "src").mkdir(exist_ok=True)
+    (put / "src" / "docker-compose.yml").write_text(json.dumps(document, indent=2))
+
+
+def _put(put: Path, images: list, command: list[str] | None = None) -> dict:
+    return {"source": {}, "params": {"compose_files": ["src/docker-compose.yml"], "images": images, "command": command or ["up"]}}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
+    return tmp_path_factory.mktemp("image-shapes")
+
+
+@pytest.fixture(scope="module")
+def shapes_put(work: Path) -> tuple[Path, list]:
+    """A put directory with every good shape, and the `params.images` that loads them."""
+    put = work / "put"
+    registry_image_oci_dir(_parts("registry-oci", work), put / "redis-image", "redis", "7", "index.docker.io/library/redis:7")
+    oci_layout_dir(_parts("oci-layout", work), put / "layout-image", "example/layout", "ci")
+    rootfs_dir(_parts("rootfs", work), put / "rootfs-image", "example/rootfs", "ci", {"env": ["GREETING=hello from metadata", "PATH=/bin"], "user": "app"})
+    docker_image_save_dir(_parts("docker-image-save", work), put / "saved-image", "example/saved", "ci")
+    oci_build_task_dir(_parts("oci-build-task", work), put / "built" / "image")
+    files = put / "files"
+    compress(docker_save_tarball(_parts("plain-gz", work), files / "gz.tar", ["example/gz:ci"]), ".tar.gz")
+    compress(docker_save_tarball(_parts("plain-tgz", work), files / "tgz.tar", []), ".tgz")
+    compress(docker_save_tarball(_parts("plain-zst", work), files / "zst.tar", ["example/zst:ci"]), ".tar.zst")
+    oci_archive_tarball(_parts("oci-archive", work), files / "oci.tar", with_docker_manifest=False)
+    _compose_file(put, {service: expected[0] for service, expected in EXPECTED.items()})
+    images = [
+        {"path": "redis-image", "tag": ["example/redis:pinned", "example/redis:extra"]},
+        "layout-image",
+        "rootfs-image",
+        "saved-image",
+        {"path": "built", "tag": "example/built:ci"},
+        "files/gz.tar.gz",
+        {"path": "files/tgz.tgz", "tag": "example/tgz:ci"},
+        "files/zst.tar.zst",
+        {"path": "files/oci.tar", "tag": "example/oci:ci"},
+    ]
+    return put, images
+
+
+def test_every_shape_loads_and_runs_under_the_names_compose_uses(image: str, shapes_put: tuple[Path, list]) -> None:
+    put, images = shapes_put
+
+    outcome = run_script(image, "out", _put(put, images), put_dir=str(put))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    for service, (name, marker, uid, greeting) in EXPECTED.items():
+        line = re.search(rf"^{re.escape(service)}-1\s+\| (shape=.*)$", outcome.stderr, re.MULTILINE)
+        assert line, f"no output from {service} ({name})\n{outcome.stderr}"
+        assert line.group(1).startswith(f"shape={marker} uid={uid} greeting={greeting} "), (service, line.group(1))
+    loaded = outcome.metadata()["images"]
+    for name, *_ in EXPECTED.values():
+        assert name in loaded
+    assert "example/saved:ci" in loaded and "redis:7" in loaded
+    # the build log shows each load with its size, time and names
+    assert re.search(r"params\.images\[1\] \(layout-image\): [0-9.]+ MiB in [0-9.]+s .* → example/layout:ci", outcome.stderr)
+    assert outcome.leftovers == []
+
+
+def test_a_truncated_tarball_fails_before_anything_is_loaded(image: str, work: Path) -> None:
+    put = work / "truncated-put"
+    good = docker_save_tarball(_parts("plain-gz", work), put / "good.tar", ["example/good:ci"])
+    truncated_copy(good, put / "bad.tar")
+    _compose_file(put, {"good": "example/good:ci"})
+
+    outcome = run_script(image, "out", _put(put, ["good.tar", {"path": "bad.tar", "tag": "example/bad:ci"}]), put_dir=str(put))
+
+    assert outcome.exit_code == 1
+    assert "params.images[1] (bad.tar): bad.tar is truncated inside" in outcome.stderr
+    assert "Starting the Docker daemon" not in outcome.stderr
+    assert outcome.stdout == ""
+    assert outcome.leftovers == []
+
+
+def test_a_truncated_compressed_tarball_fails_the_load_and_leaves_nothing_running(image: str, work: Path) -> None:
+    put = work / "truncated-gz-put"
+    good = docker_save_tarball(_parts("plain-gz", work), put / "good.tar", ["example/good:ci"])
+    truncated_copy(compress(docker_save_tarball(_parts("plain-tgz", work), put / "bad.tar", ["example/bad:ci"]), ".tar.gz"), put / "bad-cut.tar.gz")
+    _compose_file(put, {"good": "example/good:ci", "bad": "example/bad:ci"})
+
+    outcome = run_script(image, "out", _put(put, [good.name, "bad-cut.tar.gz"]), put_dir=str(put))
+
+    assert outcome.exit_code == 1
+    assert re.search(r"error: params\.images\[1\] \(bad-cut\.tar\.gz\): bad-cut\.tar\.gz is truncated", outcome.stderr), outcome.stderr
+    assert "Running docker compose" not in outcome.stderr
+    assert outcome.stdout == ""
+    assert outcome.leftovers == []
+
+
+def test_an_index_without_the_daemons_platform_names_the_platforms_it_offers(image: str, work: Path) -> None:
+    put = work / "platform-put"
+    oci_layout_dir(_parts("oci-layout", work), put / "s390x-image", "example/s390x", "ci", platform=("linux", "s390x"))
+    _compose_file(put, {"app": "example/s390x:ci"})
+
+    outcome = run_script(image, "out", _put(put, ["s390x-image"]), put_dir=str(put))
+
+    assert outcome.exit_code == 2
+    assert "params.images[0]: s390x-image: oci/ has no image for the daemon's platform linux/amd64; it offers: linux/arm64/v8, linux/s390x" in outcome.stderr
+    assert outcome.leftovers == []
+
+
+def test_an_unnamed_oci_build_task_output_asks_for_a_tag(image: str, work: Path) -> None:
+    put = work / "unnamed-put"
+    oci_build_task_dir(_parts("oci-build-task", work), put / "image")
+    _compose_file(put, {"app": "example/built:ci"})
+
+    outcome = run_script(image, "out", _put(put, ["image"]), put_dir=str(put))
+
+    assert outcome.exit_code == 2
+    assert "params.images[0]: image/image.tar carries no image name" in outcome.stderr
+    assert "hint: say which name the compose file uses, e.g. images: [{path: image, tag: myorg/app:latest}]" in outcome.stderr
+
+
+def test_an_invalid_tag_names_the_parameter(image: str, work: Path) -> None:
+    put = work / "bad-tag-put"
+    docker_save_tarball(_parts("plain-gz", work), put / "app.tar", [])
+    _compose_file(put, {"app": "example/app:ci"})
+
+    outcome = run_script(image, "out", _put(put, [{"path": "app.tar", "tag": ["example/app:ci", "Bad Name!"]}]), put_dir=str(put))
+
+    assert outcome.exit_code == 2
+    assert "params.images[0].tag[1]: 'Bad Name!' is not a valid image reference" in outcome.stderr
