@@ -1,0 +1,170 @@
+"""pipeline-example.yml and tasks/compose-env.yml: valid YAML whose every compose-env block passes our own validation.
+
+Paths are not resolved here (that needs the real inputs); what is checked instead is
+that every path starts with an input the step actually receives.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from compose_env.config import merged_params, parse_source
+from compose_env.errors import UserError
+from compose_env.schema import validate
+from compose_env.task import DEFAULT_OUTPUT_DIR, validate_compose_env
+
+ROOT = Path(__file__).resolve().parents[2]
+PIPELINE = yaml.safe_load((ROOT / "pipeline-example.yml").read_text())
+TASK_FILE = yaml.safe_load((ROOT / "tasks" / "compose-env.yml").read_text())
+TASK_PATH = "/opt/resource/task"
+#: Keys of a step that hold further steps.
+NESTED_STEPS = ("ensure", "on_success", "on_failure", "on_error", "on_abort", "try")
+
+
+def steps(plan: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every step of a plan, nested ones (in_parallel, do, hooks) included."""
+    for step in plan:
+        yield step
+        for key in ("in_parallel", "do", "aggregate"):
+            nested = step.get(key)
+            if isinstance(nested, dict):
+                nested = nested.get("steps", [])
+            if nested:
+                yield from steps(nested)
+        for key in NESTED_STEPS:
+            if key in step:
+                yield from steps([step[key]])
+
+
+def all_steps() -> list[dict[str, Any]]:
+    return [step for job in PIPELINE["jobs"] for step in steps(job["plan"])]
+
+
+def resource_types() -> dict[str, str]:
+    return {resource["name"]: resource["type"] for resource in PIPELINE["resources"]}
+
+
+def compose_env_type() -> dict[str, Any]:
+    return next(t for t in PIPELINE["resource_types"] if t["source"]["repository"].endswith("compose-env"))
+
+
+def compose_env_puts() -> list[dict[str, Any]]:
+    kind = compose_env_type()["name"]
+    return [step for step in all_steps() if "put" in step and resource_types()[step.get("resource", step["put"])] == kind]
+
+
+def compose_env_tasks() -> list[dict[str, Any]]:
+    return [step["config"] for step in all_steps() if "task" in step and step.get("config", {}).get("run", {}).get("path") == TASK_PATH]
+
+
+def validate_put(resource_name: str, params: dict[str, Any]) -> None:
+    """What `out` checks before it resolves paths: source, source.params, and the merged params."""
+    source = next(r for r in PIPELINE["resources"] if r["name"] == resource_name)["source"]
+    parse_source(source)
+    merged = merged_params(source, params)
+    validate(merged.values, "put_params", merged.root_for)
+
+
+def image_paths(params: dict[str, Any]) -> list[str]:
+    return [item if isinstance(item, str) else item["path"] for item in params.get("images", [])]
+
+
+def first_components(params: dict[str, Any], defaults: dict[str, Any]) -> set[str]:
+    merged = {**defaults, **params}
+    compose_files = merged["compose_files"]
+    paths = [*([compose_files] if isinstance(compose_files, str) else compose_files), *image_paths(merged), *merged.get("env_files", [])]
+    return {Path(path).parts[0] for path in paths}
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+def test_the_pipeline_declares_the_resource_type_privileged() -> None:
+    assert compose_env_type()["privileged"] is True
+    assert compose_env_type()["type"] == "registry-image"
+
+
+def test_every_compose_env_put_passes_validation_and_streams_only_what_it_reads() -> None:
+    puts = compose_env_puts()
+    assert puts, "the example has no compose-env put"
+    for step in puts:
+        resource = step.get("resource", step["put"])
+        validate_put(resource, step["params"])
+        assert step["no_get"] is True
+        defaults = next(r for r in PIPELINE["resources"] if r["name"] == resource)["source"].get("params", {})
+        assert first_components(step["params"], defaults) <= set(step["inputs"]), f"put {resource}: a path outside its inputs"
+
+
+def test_every_compose_env_task_passes_validation_and_has_its_inputs_and_output() -> None:
+    tasks = compose_env_tasks()
+    assert tasks, "the example has no compose-env task"
+    for config in tasks:
+        compose_env = config["params"]["COMPOSE_ENV"]
+        validate_compose_env(compose_env)
+        inputs = {item["name"] for item in config["inputs"]}
+        assert first_components(compose_env, {}) <= inputs
+        assert compose_env.get("output_dir", DEFAULT_OUTPUT_DIR) in {item["name"] for item in config["outputs"]}
+
+
+def test_compose_env_tasks_run_privileged_from_the_published_image() -> None:
+    for step in all_steps():
+        if step.get("config", {}).get("run", {}).get("path") == TASK_PATH:
+            assert step["privileged"] is True
+            assert step["config"]["image_resource"]["source"]["repository"] == compose_env_type()["source"]["repository"]
+
+
+def test_the_pipeline_shows_every_image_producer_shape() -> None:
+    types = resource_types()
+    gets = [step for step in all_steps() if "get" in step]
+    assert any(types[s["get"]] == "registry-image" and s.get("params", {}).get("format") == "oci" for s in gets)
+    assert any(types[s["get"]] == "docker-image" and s.get("params", {}).get("save") is True for s in gets)
+    builds = [s for s in all_steps() if "task" in s and "oci-build-task" in str(s.get("config", {}).get("image_resource"))]
+    assert builds and all(s["privileged"] for s in builds)
+    built = {s.get("output_mapping", {}).get("image", "image") for s in builds}
+    for params in [step["params"] for step in compose_env_puts()] + [c["params"]["COMPOSE_ENV"] for c in compose_env_tasks()]:
+        explicit = [item for item in params["images"] if isinstance(item, dict) and Path(item["path"]).parts[0] in built]
+        assert explicit and all(item.get("tag") for item in explicit), "oci-build-task output needs an explicit tag"
+
+
+def test_the_task_variant_keeps_the_junit_report_even_when_the_tests_fail() -> None:
+    task_steps = [s for s in all_steps() if s.get("config", {}).get("run", {}).get("path") == TASK_PATH]
+    artifacts = [a for s in task_steps for a in s["config"]["params"]["COMPOSE_ENV"].get("artifacts", [])]
+    assert any(a["path"].endswith(".xml") for a in artifacts)
+    assert all("ensure" in s for s in task_steps), "the report must be published whether the task passes or not"
+
+
+def test_validation_is_not_vacuous_a_typo_in_the_example_would_be_caught() -> None:
+    step = copy.deepcopy(compose_env_puts()[0])
+    step["params"]["comand"] = step["params"].pop("command")
+    with pytest.raises(UserError) as error:
+        validate_put(step["put"], step["params"])
+    assert error.value.path == "params.comand"
+
+    compose_env = copy.deepcopy(compose_env_tasks()[0]["params"]["COMPOSE_ENV"])
+    compose_env["artifacts"][0]["path"] = "reports/junit.xml"
+    with pytest.raises(UserError) as error:
+        validate_compose_env(compose_env)
+    assert error.value.path == "COMPOSE_ENV.artifacts[0].path"
+
+
+# ---------------------------------------------------------------- tasks/compose-env.yml
+
+
+def test_the_shipped_task_config_is_runnable_by_fly_execute() -> None:
+    assert TASK_FILE["platform"] == "linux"
+    assert TASK_FILE["image_resource"]["type"] == "registry-image"
+    assert TASK_FILE["image_resource"]["source"]["repository"] == compose_env_type()["source"]["repository"]
+    assert TASK_FILE["run"]["path"] == TASK_PATH
+    assert [item["name"] for item in TASK_FILE["inputs"]] == ["code"]
+    assert [item["name"] for item in TASK_FILE["outputs"]] == [DEFAULT_OUTPUT_DIR]
+
+
+def test_the_shipped_task_configs_compose_env_passes_validation() -> None:
+    compose_env = TASK_FILE["params"]["COMPOSE_ENV"]
+    validate_compose_env(compose_env)
+    assert first_components(compose_env, {}) <= {item["name"] for item in TASK_FILE["inputs"]}
