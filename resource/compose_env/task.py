@@ -29,7 +29,7 @@ from .compose import ComposeProject, analyse_command
 from .config import BuildMetadata, PutConfig, deep_merge, parse_put_request
 from .console import Console
 from .daemon import DaemonHandle
-from .errors import RuntimeFailure, UserError
+from .errors import Aborted, RuntimeFailure, UserError
 from .put import PutOutcome, redactor_for, run_put
 from .redaction import Redactor
 from .report import RunResult
@@ -158,10 +158,19 @@ def run_task(env: Mapping[str, str], work_dir: Path, stderr: TextIO) -> int:
         console.warn(f"{task.output_dir} does not exist: creating it (declare it as a task output to keep what is written there)")
     task.output_dir.mkdir(parents=True, exist_ok=True)
     collector = AfterRunCollector(task, console)
+    report_file = task.output_dir / "report.json"
     try:
         outcome = run_put(keep_run_container(task, console), console, redact, after_run=collector)
-    except (UserError, RuntimeFailure) as error:
-        write_json(task.output_dir / "report.json", {"status": "error", "error": redact(error.render())})
+    except UserError as error:
+        renamed = in_task_terms(error)
+        write_json(report_file, {"status": "error", "exit_code": renamed.exit_code, "error": redact(renamed.render())})
+        raise renamed from None
+    except RuntimeFailure as error:
+        write_json(report_file, {"status": "error", "exit_code": error.exit_code, "error": redact(error.render())})
+        raise
+    except Aborted:
+        # Concourse keeps the outputs of an aborted task too: say what happened.
+        write_json(report_file, {"status": "aborted", "exit_code": Aborted.exit_code})
         raise
     write_outputs(outcome, collector, task.output_dir, redact)
     copied = sum(copy.copied for copy in collector.copies)

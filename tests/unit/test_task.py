@@ -28,6 +28,7 @@ from compose_env.task import (
     extract_stream,
     keep_run_container,
     parse_task_config,
+    run_task,
 )
 
 PARAMS = {"compose_files": ["code/docker-compose.yml"], "command": ["run", "--rm", "tests"]}
@@ -155,6 +156,19 @@ def test_missing_compose_files_is_required(work_dir: Path) -> None:
         parse({"command": "up"}, work_dir)
 
     assert error.value.path == "COMPOSE_ENV.compose_files"
+
+
+def test_a_user_error_during_the_run_is_named_under_compose_env_and_written_to_report_json(work_dir: Path) -> None:
+    (work_dir / "code" / "image.tar").write_text("not an image")
+    env = {"COMPOSE_ENV": json.dumps({**PARAMS, "images": ["code/image.tar"]})}
+
+    with pytest.raises(UserError) as error:
+        run_task(env, work_dir, io.StringIO())
+
+    assert error.value.path == "COMPOSE_ENV.images[0]"
+    report = json.loads((work_dir / "compose-env-output" / "report.json").read_text())
+    assert report["status"] == "error" and report["exit_code"] == 2
+    assert "COMPOSE_ENV.images[0]" in report["error"]
 
 
 # ---------------------------------------------------------------- run --rm
