@@ -202,6 +202,7 @@ class AfterRunCollector:
         self.containers: dict[str, list[dict[str, Any]]] = {}
         self.copies: list[ArtifactCopy] = []
         self.unknown: list[tuple[Artifact, list[str]]] = []
+        self.timings: dict[str, float] = {}
 
     def __call__(self, project: ComposeProject, handle: DaemonHandle, result: RunResult) -> None:
         name = project.params.project_name
@@ -211,20 +212,23 @@ class AfterRunCollector:
             self.console.warn(f"could not inspect the containers for report.json: {error.explanation or error}")
         if not self.task.artifacts:
             return
-        self.console.header(f"Copying {len(self.task.artifacts)} artifact{'s' if len(self.task.artifacts) > 1 else ''}")
-        known = sorted(project.services())
+        count = len(self.task.artifacts)
+        with self.console.phase(f"Copying {count} artifact{'s' if count > 1 else ''}", self.timings, "artifacts"):
+            self._copy_all(handle.client, name, sorted(project.services()))
+
+    def _copy_all(self, client: docker.APIClient, project: str, known: list[str]) -> None:
         for artifact in self.task.artifacts:
             if artifact.service not in known:
                 self.unknown.append((artifact, known))
                 self.copies.append(ArtifactCopy(artifact.service, artifact.path, artifact.to, problem="not a service of the project"))
                 continue
-            copy = self._copy(handle.client, name, artifact)
+            copy = self._copy(client, project, artifact)
             self.copies.append(copy)
             if copy.copied:
                 skipped = f" ({len(copy.skipped)} unsafe entries skipped)" if copy.skipped else ""
                 where = os.path.normpath(f"{self.task.output_dir.name}/{copy.to}")
                 count = f"{copy.files} file{'s' if copy.files != 1 else ''}"
-                self.console.info(f"{artifact.service}:{artifact.path} → {where}/: {count}, {copy.bytes / 2**10:.1f} KiB{skipped}")
+                self.console.info(f"{artifact.service}:{artifact.path} → {where}/: {count}, {_human_size(copy.bytes)}{skipped}")
             else:
                 self.console.warn(f"{artifact.param_path}: {artifact.service}:{artifact.path}: {copy.problem}")
             for entry in copy.skipped:
@@ -257,6 +261,10 @@ class AfterRunCollector:
                     for a, known in self.unknown
                 ]
             )
+
+
+def _human_size(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
 def service_container(client: docker.APIClient, project: str, service: str) -> str | None:
@@ -383,7 +391,7 @@ def build_report(outcome: PutOutcome, collector: AfterRunCollector, log_files: M
         "failing_services": result.failing_services,
         "services": services,
         "images": outcome.images,
-        "timings": {phase: round(seconds, 3) for phase, seconds in outcome.timings.items()},
+        "timings": {phase: round(seconds, 3) for phase, seconds in {**outcome.timings, **collector.timings}.items()},
         "logs": dict(log_files),
         "artifacts": [asdict(copy) for copy in collector.copies],
     }

@@ -58,7 +58,7 @@ def test_passing_run_rm_keeps_the_junit_report_full_redacted_logs_and_a_report(i
     run_container = services["tests"]["containers"][0]
     assert run_container["one_off"] is True and run_container["exit_code"] == 0
     assert run_container["duration_seconds"] is not None
-    assert set(report["timings"]) >= {"daemon", "load", "run", "teardown"}
+    assert set(report["timings"]) >= {"daemon", "load", "run", "artifacts", "teardown"}
     assert report["logs"]["tests"] == "logs/tests.log"
     assert report["artifacts"] == [
         {"service": "tests", "path": "/reports/junit.xml", "to": "reports", "copied": True, "files": 1, "bytes": len(junit), "problem": "", "skipped": []}
