@@ -145,6 +145,25 @@ def synthetic_image(workdir: Path, files: dict[str, bytes], config: dict[str, An
     return ImageParts(json.dumps(document).encode(), (layer,))
 
 
+def random_image(workdir: Path, layer_sizes: Sequence[int]) -> ImageParts:
+    """An image of incompressible layers (one random file each), written in chunks: for benchmarks."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    layers = []
+    for index, size in enumerate(layer_sizes):
+        layer = workdir / f"layer{index}.tar"
+        with open(layer, "wb") as sink:
+            info = tarfile.TarInfo(f"data/blob{index}.bin")
+            info.size = size
+            sink.write(info.tobuf(format=tarfile.PAX_FORMAT))
+            for offset in range(0, size, 1 << 20):
+                sink.write(os.urandom(min(1 << 20, size - offset)))
+            sink.write(b"\0" * (-size % tarfile.BLOCKSIZE) + b"\0" * 2 * tarfile.BLOCKSIZE)
+        layers.append(layer)
+    diff_ids = ["sha256:" + _file_sha256(layer) for layer in layers]
+    document = {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    return ImageParts(json.dumps(document).encode(), tuple(layers))
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

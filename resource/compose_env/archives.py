@@ -71,20 +71,33 @@ def file_chunks(path: Path, offset: int = 0, size: int | None = None) -> Iterato
 
 
 def gunzip_chunks(path: Path) -> Iterator[bytes]:
-    """Streaming gunzip that also handles multi-member files (pigz, concatenated gzip)."""
+    """Streaming gunzip of multi-member files (pigz, concatenated gzip), at most CHUNK of output at a time.
+
+    The output bound matters: a megabyte of gzip can hold a gigabyte of zeros.
+    """
     decompressor = zlib.decompressobj(wbits=31)
-    for chunk in file_chunks(path):
-        while chunk:
-            if decompressor.eof:
-                decompressor = zlib.decompressobj(wbits=31)
+    in_member = False
+    for compressed in file_chunks(path):
+        pending = compressed
+        while True:
+            if not in_member:
+                if not pending.strip(b"\0"):
+                    break  # the end of this chunk, or zero padding after the last member
+                in_member = True
             try:
-                data = decompressor.decompress(chunk)
+                data = decompressor.decompress(pending, CHUNK)
             except zlib.error as error:
                 raise ArchiveError(f"{path.name} is not valid gzip ({error})") from None
             if data:
                 yield data
-            chunk = decompressor.unused_data if decompressor.eof else b""
-    if not decompressor.eof:
+            if decompressor.eof:
+                pending, in_member = decompressor.unused_data, False
+                decompressor = zlib.decompressobj(wbits=31)
+            else:
+                pending = decompressor.unconsumed_tail
+                if not pending and len(data) < CHUNK:
+                    break
+    if in_member:
         raise ArchiveError(f"{path.name} is truncated: its gzip stream ends early")
 
 

@@ -187,7 +187,7 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...]) -> Imag
         def decompressed(_platform: Platform) -> Iterator[bytes]:
             return archives.TarStreamChecker(shown).feed(archives.decompressed_chunks(path))
 
-        return ImagePlan(entry, f"{compression}-compressed tarball", path, size, names, (), decompressed, compressed=True)
+        return ImagePlan(entry, f"tarball, {compression}-compressed (decompressed while streaming)", path, size, names, (), decompressed, compressed=True)
     if not archives.is_tar(path):
         raise UserError(
             entry.param_path,
@@ -207,7 +207,8 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...]) -> Imag
                 raise _unnamed(entry, f"{shown} (an OCI archive)")
             layout = archives.LayoutReader.tar(listing)
             archives.select_manifest(layout, local_platform())
-            return ImagePlan(entry, "OCI archive (converted while streaming)", path, size, names, (), lambda p: archives.oci_stream(layout, p, list(names)))
+            shape = f"tarball with an OCI layout (the {archives.platform_text(local_platform())} image, converted while streaming)"
+            return ImagePlan(entry, shape, path, size, names, (), lambda p: archives.oci_stream(layout, p, list(names)))
     except NoMatchingPlatform as error:
         raise UserError(entry.param_path, f"{shown}: {error}", PLATFORM_HINT) from None
     except ArchiveError as error:
@@ -230,7 +231,13 @@ def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> Ima
     except ArchiveError as error:
         raise _damaged(entry, error) from None
     return ImagePlan(
-        entry, "OCI layout (converted while streaming)", layout, _tree_size(layout / "blobs"), names, (), lambda p: archives.oci_stream(reader, p, list(names))
+        entry,
+        f"directory with an OCI layout (the {archives.platform_text(local_platform())} image, converted while streaming)",
+        layout,
+        _tree_size(layout / "blobs"),
+        names,
+        (),
+        lambda p: archives.oci_stream(reader, p, list(names)),
     )
 
 
@@ -248,7 +255,13 @@ def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> 
         raise UserError(entry.param_path, f"{entry.given}/metadata.json should be an object with env (a list) and user (a string)")
     rootfs = directory / "rootfs"
     return ImagePlan(
-        entry, "rootfs (archived while streaming)", rootfs, _tree_size(rootfs), names, (), lambda p: archives.rootfs_stream(rootfs, metadata, p[1], list(names))
+        entry,
+        "rootfs directory (archived while streaming, with metadata.json's env and user)",
+        rootfs,
+        _tree_size(rootfs),
+        names,
+        (),
+        lambda p: archives.rootfs_stream(rootfs, metadata, p[1], list(names)),
     )
 
 
@@ -371,7 +384,7 @@ def load_images(
     def load(plan: ImagePlan) -> LoadedImage:
         image = load_one(plan, client, load_client, platform)
         rate = image.size / 2**20 / max(image.seconds, 0.001)
-        console.info(f"{plan.where}: {image.size / 2**20:.1f} MiB in {image.seconds:.2f}s ({rate:.0f} MiB/s) → {', '.join(image.names)}")
+        console.info(f"{plan.where}: {image.size / 2**20:.1f} MiB streamed in {image.seconds:.2f}s ({rate:.0f} MiB/s) → {', '.join(image.names)}")
         return image
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load") as pool:

@@ -109,7 +109,7 @@ def test_every_shape_loads_and_runs_under_the_names_compose_uses(image: str, sha
         assert name in loaded
     assert "example/saved:ci" in loaded and "redis:7" in loaded
     # the build log shows each load with its size, time and names
-    assert re.search(r"params\.images\[1\] \(layout-image\): [0-9.]+ MiB in [0-9.]+s .* → example/layout:ci", outcome.stderr)
+    assert re.search(r"params\.images\[1\] \(layout-image\): [0-9.]+ MiB streamed in [0-9.]+s .* → example/layout:ci", outcome.stderr)
     assert outcome.leftovers == []
 
 

@@ -126,6 +126,18 @@ def test_gunzip_streams_multi_member_files(tmp_path: Path) -> None:
     assert b"".join(archives.decompressed_chunks(path)) == b"first second"
 
 
+def test_gunzip_output_stays_bounded_for_highly_compressed_data(tmp_path: Path) -> None:
+    path = tmp_path / "zeros.tar.gz"
+    with gzip.open(path, "wb", compresslevel=1) as sink:
+        for _ in range(64):
+            sink.write(bytes(archives.CHUNK))
+
+    sizes = [len(chunk) for chunk in archives.decompressed_chunks(path)]
+
+    assert sum(sizes) == 64 * archives.CHUNK
+    assert max(sizes) <= archives.CHUNK
+
+
 def test_gunzip_reports_a_truncated_stream(tmp_path: Path) -> None:
     path = tmp_path / "x.tar.gz"
     path.write_bytes(gzip.compress(bytes(range(256)) * 1000)[:300])

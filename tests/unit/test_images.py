@@ -130,7 +130,7 @@ def test_oci_layout_dir_is_converted_for_the_platform_and_named_from_files(tmp_p
 
     plan = images.plan_image(entry(directory))
 
-    assert plan.shape.startswith("OCI layout")
+    assert plan.shape.startswith("directory with an OCI layout (the linux/amd64 image")
     assert plan.names == ("example/layout:ci",)
     assert _is_docker_save(b"".join(plan.stream(AMD64)))
 
@@ -157,7 +157,7 @@ def test_an_oci_only_archive_is_converted_while_streaming(tmp_path: Path, parts:
 
     plan = images.plan_image(entry(tarball, ("example/oci:1",)))
 
-    assert plan.shape.startswith("OCI archive")
+    assert plan.shape.startswith("tarball with an OCI layout")
     assert _is_docker_save(b"".join(plan.stream(AMD64)))
 
 
@@ -166,7 +166,7 @@ def test_rootfs_dir_is_synthesised_with_its_metadata(tmp_path: Path, parts: Imag
 
     plan = images.plan_image(entry(directory))
 
-    assert plan.shape.startswith("rootfs")
+    assert plan.shape.startswith("rootfs directory")
     assert plan.names == ("example/rootfs:ci",)
     assert _is_docker_save(b"".join(plan.stream(AMD64)))
 
@@ -317,5 +317,5 @@ def test_the_build_log_shows_size_time_and_names(tmp_path: Path, parts: ImagePar
 
     images.load_images([_plan(tmp_path, parts, ["a:1"])], engine, engine, Console(log))  # type: ignore[arg-type]
 
-    assert "params.images[0] (app.tar): 0.0 MiB in " in log.getvalue()
+    assert "params.images[0] (app.tar): 0.0 MiB streamed in " in log.getvalue()
     assert log.getvalue().rstrip().endswith("→ a:1")

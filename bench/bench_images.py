@@ -1,0 +1,175 @@
+"""Image loading: ours against the naive `docker load -i` loop, and our memory on a 1 GiB tarball.
+
+One run, inside one resource container (the real image, started like Concourse does):
+1. the three-shape bench set (registry-image `format: oci` dir with gzip layers, docker-image
+   `save: true` dir, oci-build-task output), about 3 × 256 MiB of incompressible layers, loaded
+   by our planner and loader (sequential, as LOAD_CONCURRENCY says, and 3 at once), then by
+   `docker load -i` + `docker tag` per image through the CLI, in alternating order, twice;
+2. a 1 GiB docker-save tarball loaded by a fresh Python process running our loader, whose
+   peak RSS (VmHWM in /proc/self/status) is read when it finishes; then by the CLI.
+The inner daemon is our own (compose_env.daemon), its data root chosen as a put would.
+
+    python3 bench/bench_images.py [--image compose-env:dev] [--layer-mib 64] [--big-mib 1024]
+
+The inputs are cached in /tmp/compose-env-bench-images (delete it to rebuild).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import PUT_DIR, Container  # noqa: E402
+from image_fixtures import (  # noqa: E402
+    docker_image_save_dir,
+    docker_save_tarball,
+    oci_build_task_dir,
+    random_image,
+    registry_image_oci_dir,
+)
+
+CACHE = Path("/tmp/compose-env-bench-images")
+#: `params.images` for the three-shape set, and the naive equivalent: (file, names to tag).
+BENCH_SET = [
+    {"path": "redis-image", "tag": []},
+    {"path": "saved-image", "tag": []},
+    {"path": "built", "tag": ["bench/built:ci"]},
+]
+NAIVE_SET = [("redis-image/image.tar", []), ("saved-image/image", ["bench/saved:ci"]), ("built/image/image.tar", ["bench/built:ci"])]
+BIG = {"path": "big/big.tar", "tag": []}
+
+# Runs inside the resource container (python3.13 with the package installed).
+DRIVER = r"""
+import json, os, re, subprocess, sys, time
+from pathlib import Path
+from compose_env import images
+from compose_env.config import ImageEntry, Source
+from compose_env.console import Console
+from compose_env.daemon import InnerDaemon
+
+PUT = Path(sys.argv[1])
+spec = json.loads(sys.argv[2])
+console = Console()
+inner = InnerDaemon(Source(), console)
+placement, driver = inner.prepare(spec["bytes"])
+handle = inner.start(placement, driver, "/run/compose-env/docker-config")
+env = {**os.environ, **handle.env}
+quiet = Console(open(os.devnull, "w"))
+
+def entries(items):
+    return tuple(ImageEntry(i, PUT / e["path"], e["path"], tuple(e["tag"])) for i, e in enumerate(items))
+
+def wipe():
+    for image in handle.client.images(quiet=True):
+        handle.client.remove_image(image, force=True)
+
+def ours(items, concurrency):
+    started = time.monotonic()
+    images.load_images(images.plan_images(entries(items)), handle.client, handle.load_client, quiet, concurrency)
+    return time.monotonic() - started
+
+def naive(steps):
+    started = time.monotonic()
+    for path, names in steps:
+        out = subprocess.run(["docker", "load", "-i", str(PUT / path)], env=env, check=True, capture_output=True, text=True).stdout
+        loaded = re.findall(r"Loaded image(?: ID)?: (\S+)", out)
+        for name in names:
+            subprocess.run(["docker", "tag", loaded[0], name], env=env, check=True, capture_output=True)
+    return time.monotonic() - started
+
+results = {"ours": [], "ours_parallel": [], "naive": []}
+try:
+    for round_ in range(spec["rounds"]):
+        order = ["naive", "ours", "ours_parallel"] if round_ % 2 == 0 else ["ours", "ours_parallel", "naive"]
+        for name in order:
+            if name == "naive":
+                results[name].append(naive(spec["naive"]))
+            else:
+                results[name].append(ours(spec["set"], 1 if name == "ours" else 3))
+            wipe()
+    # The 1 GiB tarball in a fresh process: its VmHWM is the peak RSS of loading alone.
+    probe = '''
+import json, os, re, sys, time
+from pathlib import Path
+import docker
+from compose_env import images
+from compose_env.config import ImageEntry
+from compose_env.console import Console
+def hwm():
+    return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+before = hwm()
+client = docker.APIClient(base_url=sys.argv[1], version="auto", timeout=60)
+load_client = docker.APIClient(base_url=sys.argv[1], version=client.api_version, timeout=None)
+started = time.monotonic()
+plans = images.plan_images((ImageEntry(0, Path(sys.argv[2]), "big.tar", ()),))
+images.load_images(plans, client, load_client, Console(open(os.devnull, "w")))
+print(json.dumps({"seconds": time.monotonic() - started, "hwm_kb": hwm(), "before_kb": before, "bytes": plans[0].size}))
+'''
+    big = subprocess.run(["python3", "-c", probe, handle.docker_host, str(PUT / spec["big"]["path"])], check=True, capture_output=True, text=True)
+    results["big"] = json.loads(big.stdout)
+    wipe()
+    results["big_naive"] = naive([(spec["big"]["path"], [])])
+    wipe()
+finally:
+    handle.stop()
+print("BENCH " + json.dumps(results))
+"""
+
+
+def build_inputs(layer_mib: int, big_mib: int) -> int:
+    """The bench set and the big tarball in CACHE (built once); returns their total size."""
+    marker = CACHE / f"ready-{layer_mib}-{big_mib}"
+    if not marker.exists():
+        shutil.rmtree(CACHE, ignore_errors=True)
+        CACHE.mkdir(parents=True)
+        with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
+            work = Path(scratch)
+            sizes = [layer_mib << 20] * 4
+            registry_image_oci_dir(random_image(work / "a", sizes), CACHE / "redis-image", "bench/redis", "7", "index.docker.io/bench/redis:7")
+            docker_image_save_dir(random_image(work / "b", sizes), CACHE / "saved-image", "bench/saved", "ci")
+            oci_build_task_dir(random_image(work / "c", sizes), CACHE / "built" / "image")
+            docker_save_tarball(random_image(work / "d", [big_mib << 20 >> 2] * 4), CACHE / "big" / "big.tar", ["bench/big:1"])
+        marker.touch()
+    return sum(path.stat().st_size for path in CACHE.rglob("*") if path.is_file())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default=os.environ.get("IMAGE", "compose-env:dev"))
+    parser.add_argument("--layer-mib", type=int, default=64, help="each of the 4 layers of each bench-set image")
+    parser.add_argument("--big-mib", type=int, default=1024, help="size of the big tarball")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    total = build_inputs(args.layer_mib, args.big_mib)
+    spec = {"set": BENCH_SET, "naive": NAIVE_SET, "big": BIG, "rounds": args.rounds, "bytes": 2 * total}
+    with Container(args.image, [(str(CACHE), PUT_DIR, True)]) as container:
+        outcome = container.exec(["python3", "-c", DRIVER, PUT_DIR, json.dumps(spec)], timeout=1800)
+    line = next((line for line in outcome.stdout.splitlines() if line.startswith("BENCH ")), None)
+    if outcome.exit_code != 0 or line is None:
+        sys.stderr.write(outcome.stderr[-4000:])
+        return 1
+    results = json.loads(line[len("BENCH ") :])
+    set_mib = sum(p.stat().st_size for name in ("redis-image", "saved-image", "built") for p in (CACHE / name).rglob("*") if p.is_file()) / 2**20
+    ours, parallel, naive = min(results["ours"]), min(results["ours_parallel"]), min(results["naive"])
+    big = results["big"]
+    print(f"three-shape set ({set_mib:.0f} MiB on disk), best of {args.rounds}:")
+    print(f"  ours, sequential (LOAD_CONCURRENCY=1) {ours:6.2f}s   all: {' '.join(f'{s:.2f}' for s in results['ours'])}")
+    print(f"  ours, 3 at once                       {parallel:6.2f}s   all: {' '.join(f'{s:.2f}' for s in results['ours_parallel'])}")
+    print(f"  docker load -i + docker tag, in turn  {naive:6.2f}s   all: {' '.join(f'{s:.2f}' for s in results['naive'])}")
+    print(f"  ratio ours/naive: {ours / naive:.2f}  (parallel/sequential: {parallel / ours:.2f})")
+    print(f"big tarball ({big['bytes'] / 2**20:.0f} MiB): ours {big['seconds']:.2f}s, docker load -i {results['big_naive']:.2f}s")
+    print(f"  peak RSS of our loading process: {big['hwm_kb'] / 1024:.1f} MiB (after imports, before loading: {big['before_kb'] / 1024:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
