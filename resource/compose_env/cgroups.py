@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,11 @@ def in_own_cgroup_namespace(proc_self_cgroup: str = "/proc/self/cgroup") -> bool
     return lines == ["0::/"]
 
 
-def enable_v2_controllers(root: str, attempts: int = 20) -> list[str]:
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def enable_v2_controllers(root: str, attempts: int = 50, write: Callable[[Path, str], None] = _write) -> list[str]:
     """The nesting dance of docker:dind: move our processes to `init`, then enable controllers.
 
     Only for the root of our own cgroup namespace, never for a host's root cgroup.
@@ -47,21 +52,23 @@ def enable_v2_controllers(root: str, attempts: int = 20) -> list[str]:
     init.mkdir(exist_ok=True)
     controllers = (base / "cgroup.controllers").read_text().split()
     wanted = " ".join(f"+{c}" for c in controllers)
+    moved = 0
     for _ in range(attempts):
         for pid in (base / "cgroup.procs").read_text().split():
             try:
-                (init / "cgroup.procs").write_text(pid)
+                write(init / "cgroup.procs", pid)
+                moved += 1
             except OSError:
                 pass  # it exited meanwhile, or is a kernel thread we may not move
         try:
             if wanted:
-                (base / "cgroup.subtree_control").write_text(wanted)
-            return [f"moved our processes to {init}", f"enabled controllers: {' '.join(controllers)}"]
+                write(base / "cgroup.subtree_control", wanted)
+            return [f"moved {moved} process{'es' if moved != 1 else ''} to {init}", f"enabled controllers: {' '.join(controllers) or 'none'}"]
         except OSError as error:
             if error.errno != errno.EBUSY:
                 raise
             time.sleep(0.01)
-    raise OSError(errno.EBUSY, f"{base}/cgroup.subtree_control stayed busy")
+    raise OSError(errno.EBUSY, f"{base}/cgroup.subtree_control stayed busy after {attempts} attempts")
 
 
 def _mounted_v1_hierarchies(root: str) -> dict[str, tuple[str, bool]]:
@@ -124,23 +131,34 @@ def prepare_v1(root: str, tracker: MountTracker) -> list[str]:
     return actions
 
 
-def prepare_v2(root: str) -> list[str]:
+def prepare_v2(root: str, proc_self_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Writable cgroup2 root, and the nesting dance when (and only when) we own the namespace."""
     actions = []
-    info = next((m for m in read_mountinfo() if m.mount_point == root), None)
+    info = next((m for m in read_mountinfo(mountinfo) if m.mount_point == root), None)
     if info is not None and "ro" in info.options:
         remount_read_write(root)
         actions.append(f"remounted {root} read-write")
-    if in_own_cgroup_namespace():
+    if in_own_cgroup_namespace(proc_self_cgroup):
         actions += enable_v2_controllers(root)
     else:
-        actions.append("not in our own cgroup namespace: left the cgroup tree as it is")
+        actions.append("not at the root of our own cgroup namespace: left the (host's) cgroup tree as it is")
     return actions
+
+
+def unified_only(proc_self_cgroup: str = "/proc/self/cgroup") -> bool:
+    """A cgroup v2-only host: our /proc/self/cgroup has the single `0::` line."""
+    with open(proc_self_cgroup) as handle:
+        lines = [line.strip() for line in handle if line.strip()]
+    return len(lines) == 1 and lines[0].startswith("0::")
 
 
 def prepare(tracker: MountTracker, root: str = CGROUP_ROOT) -> CgroupReport:
     try:
         if cgroup_version(root) == 2:
             return CgroupReport(2, tuple(prepare_v2(root)))
+        if unified_only() and not any(m.mount_point == root for m in read_mountinfo()):
+            tracker.mount("cgroup", root, "cgroup2")
+            return CgroupReport(2, (f"mounted cgroup2 at {root}", *prepare_v2(root)))
         return CgroupReport(1, tuple(prepare_v1(root, tracker)))
     except (OSError, MountError) as error:
         raise OSError(error.errno, f"preparing cgroups: {error}") from error

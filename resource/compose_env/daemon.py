@@ -1,9 +1,13 @@
 """The Docker engine a put runs against: an inner dockerd we start (and stop), or a remote one.
 
-Start order, chosen for speed: containerd first, then dockerd pointed at it with
-`--containerd` (dockerd's own managed containerd costs about a second of waiting),
-readiness by polling `/_ping` on the unix socket every few milliseconds while
-checking that both processes are still alive.
+Start order, chosen for speed (dockerd with its own managed containerd spends about a
+second waiting for it): the cheap checks and mounts, then containerd, then, while
+containerd boots, the storage and iptables probes, then dockerd pointed at containerd
+with `--containerd` and every choice passed explicitly. Readiness: one `/_ping` request
+waits in the socket's backlog and is answered the moment the API serves; the processes
+are checked for life between attempts.
+
+Stop: one idempotent function, bounded in time, for every way a put ends.
 """
 
 from __future__ import annotations
@@ -29,15 +33,20 @@ from . import cgroups, storage
 from .config import RegistryLogin, Source
 from .console import Console
 from .errors import RuntimeFailure
-from .mounts import MountError, MountTracker, is_mount_point, read_mountinfo, remount_read_write
+from .mounts import MountError, MountTracker, is_mount_point, mount, read_mountinfo, remount_read_write, umount
 
 RUN_DIR = "/run/compose-env"
 DOCKER_SOCKET = "/var/run/docker.sock"
+DOCKERD_PIDFILE = f"{RUN_DIR}/dockerd.pid"
 CONTAINERD_SOCKET = f"{RUN_DIR}/containerd/containerd.sock"
 CAP_SYS_ADMIN = 21
 PR_SET_PDEATHSIG = 1
 API_TIMEOUT = 30
-STOP_GRACE_SECONDS = 2.0
+#: Seconds dockerd and containerd get after SIGTERM before SIGKILL.
+DAEMON_GRACE_SECONDS = 1.5
+#: Bound on the container stop/kill calls at teardown (on top of stop_grace).
+CONTAINER_STOP_SECONDS = 2.0
+NOT_PRIVILEGED_HINT = "the resource type must be declared `privileged: true` (in resource_types; for a task, `privileged: true` on the task step)"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -70,27 +79,27 @@ def effective_capabilities(status: str = "/proc/self/status") -> int:
     return 0
 
 
-def check_privileged(scratch: str) -> None:
-    not_privileged = RuntimeFailure(
-        "this container is not privileged: the inner Docker daemon cannot start",
-        "the resource type must be declared `privileged: true` in resource_types\n"
-        "(for `fly execute` or a task: `privileged: true` on the task step; locally: docker run --privileged)",
-    )
-    if not effective_capabilities() & (1 << CAP_SYS_ADMIN):
-        raise not_privileged
-    probe = tempfile.mkdtemp(prefix=".mount-probe-", dir=scratch if os.path.isdir(scratch) else None)
-    try:
-        from .mounts import mount, umount
-
-        mount("compose-env-probe", probe, "tmpfs", 0, "size=4k")
-        umount(probe)
-    except MountError:
-        raise not_privileged from None
-    finally:
-        os.rmdir(probe)
+def check_privileged(scratch: str, status: str = "/proc/self/status") -> None:
+    """Fail at once, with the fix, when the container cannot run a daemon: no CAP_SYS_ADMIN or no mounts."""
+    missing = "CAP_SYS_ADMIN is missing" if not effective_capabilities(status) & (1 << CAP_SYS_ADMIN) else ""
+    if not missing:
+        probe = tempfile.mkdtemp(prefix=".mount-probe-", dir=scratch if os.path.isdir(scratch) else None)
+        try:
+            mount("compose-env-probe", probe, "tmpfs", 0, "size=4k")
+            umount(probe)
+        except MountError as error:
+            missing = f"a test mount failed ({error.strerror})"
+        finally:
+            os.rmdir(probe)
+    if missing:
+        raise RuntimeFailure(
+            f"this container is not privileged ({missing}): the resource type must be declared `privileged: true`",
+            f"{NOT_PRIVILEGED_HINT}\nor set source.docker_host to use an existing engine instead of an inner one",
+        )
 
 
 def prepare_kernel_interfaces(tracker: MountTracker) -> list[str]:
+    """securityfs (AppArmor/seccomp checks in runc) and a writable /proc/sys (dockerd sets sysctls)."""
     actions = []
     if os.path.isdir("/sys/kernel/security") and not is_mount_point("/sys/kernel/security"):
         try:
@@ -126,32 +135,47 @@ def default_route_mtu(proc_route: str = "/proc/net/route", sys_net: str = "/sys/
     return None, ""
 
 
-def _iptables_works(binary: str) -> tuple[bool, bool]:
-    """(usable, has rules) for an iptables variant in this network namespace."""
+def iptables_lists(binary: str) -> tuple[bool, str]:
+    """(works, first error line) for `<binary> -nL` in this network namespace."""
     if shutil.which(binary) is None:
-        return False, False
+        return False, f"{binary} is not installed"
     try:
-        listed = subprocess.run([binary, "-nL"], capture_output=True, timeout=5)
-        if listed.returncode != 0:
-            return False, False
-        saved = subprocess.run([f"{binary}-save"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return False, False
-    rules = [line for line in saved.stdout.splitlines() if line.startswith("-")]
-    return True, bool(rules)
+        listed = subprocess.run([binary, "-nL"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        return False, str(error)
+    return listed.returncode == 0, (listed.stderr.strip().splitlines() or [""])[0]
 
 
-def choose_iptables(requested: str) -> tuple[str, str]:
-    """nft or legacy, like docker:dind: prefer nft unless only legacy works or only legacy has rules."""
-    if requested in ("nft", "legacy", "off"):
+def legacy_tables_in_use(proc_net: str = "/proc/net") -> str:
+    """The legacy (x_tables) tables already present here, as docker:dind's entrypoint checks them."""
+    for name in ("ip_tables_names", "ip6_tables_names", "arp_tables_names"):
+        try:
+            tables = Path(proc_net, name).read_text().split()
+        except OSError:
+            continue
+        if tables:
+            return f"{name}: {' '.join(tables)}"
+    return ""
+
+
+def choose_iptables(requested: str, proc_net: str = "/proc/net", works: Callable[[str], tuple[bool, str]] = iptables_lists) -> tuple[str, str]:
+    """nft or legacy, decided like docker:dind's entrypoint, or what source.dockerd.iptables says.
+
+    Legacy when legacy tables already exist in this network namespace (mixing both breaks
+    NAT), or when iptables-nft cannot list and iptables-legacy can; nft otherwise.
+    """
+    if requested != "auto":
         return requested, f"source.dockerd.iptables is {requested}"
-    nft_ok, nft_rules = _iptables_works("iptables-nft")
-    legacy_ok, legacy_rules = _iptables_works("iptables-legacy")
-    if nft_ok and (nft_rules or not legacy_rules):
-        return "nft", "iptables-nft works" + (" and holds the rules" if nft_rules else "")
+    in_use = legacy_tables_in_use(proc_net)
+    if in_use:
+        return "legacy", f"legacy tables are already in use ({in_use})"
+    nft_ok, nft_error = works("iptables-nft")
+    if nft_ok:
+        return "nft", "iptables-nft works and no legacy tables are in use"
+    legacy_ok, legacy_error = works("iptables-legacy")
     if legacy_ok:
-        return "legacy", "iptables-legacy holds the rules" if legacy_rules else "iptables-nft does not work here"
-    return "off", "neither iptables-nft nor iptables-legacy works: containers get no NAT (their network still works between them)"
+        return "legacy", f"iptables-nft fails here ({nft_error or 'no message'}); iptables-legacy works"
+    return "off", f"neither iptables-nft ({nft_error}) nor iptables-legacy ({legacy_error}) works: containers get no NAT"
 
 
 def iptables_path_dir(variant: str) -> str:
@@ -188,27 +212,36 @@ def write_docker_config(registries: tuple[RegistryLogin, ...], directory: str) -
     return directory
 
 
-def make_clients(base_url: str, tls: docker.tls.TLSConfig | bool = False) -> tuple[docker.APIClient, docker.APIClient]:
+def make_clients(base_url: str, tls: docker.tls.TLSConfig | bool = False, version: str = "auto") -> tuple[docker.APIClient, docker.APIClient]:
     """A client for short calls, and one without a read timeout for image loads."""
-    client = docker.APIClient(base_url=base_url, version="auto", timeout=API_TIMEOUT, tls=tls)
+    client = docker.APIClient(base_url=base_url, version=version, timeout=API_TIMEOUT, tls=tls)
     load_client = docker.APIClient(base_url=base_url, version=client.api_version, timeout=None, tls=tls)
     return client, load_client
 
 
+def remote_tls(source: Source, cert_dir: str) -> tuple[docker.tls.TLSConfig | bool, dict[str, str]]:
+    """TLS for docker-py and the same settings as DOCKER_* variables for the CLI (compose)."""
+    if not source.tls:
+        return False, {}
+    os.makedirs(cert_dir, mode=0o700, exist_ok=True)
+    for name, value in (("ca.pem", source.tls.ca), ("cert.pem", source.tls.cert), ("key.pem", source.tls.key)):
+        if value:
+            fd = os.open(os.path.join(cert_dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value)
+    client_cert = (f"{cert_dir}/cert.pem", f"{cert_dir}/key.pem") if source.tls.cert and source.tls.key else None
+    verify = bool(source.tls.ca)
+    tls = docker.tls.TLSConfig(client_cert=client_cert, ca_cert=f"{cert_dir}/ca.pem" if verify else None, verify=verify)
+    env = {"DOCKER_CERT_PATH": cert_dir, "DOCKER_TLS_VERIFY" if verify else "DOCKER_TLS": "1"}
+    return tls, env
+
+
 def connect_remote(source: Source, console: Console, config_dir: str) -> DaemonHandle:
-    """`source.docker_host`: use that engine, start nothing, stop nothing."""
+    """`source.docker_host`: use that engine, start nothing; compose down is the whole cleanup."""
     assert source.docker_host
-    env = {"DOCKER_HOST": source.docker_host, "DOCKER_CONFIG": write_docker_config(source.registries, config_dir)}
-    tls: docker.tls.TLSConfig | bool = False
-    if source.tls:
-        cert_dir = tempfile.mkdtemp(prefix="compose-env-tls-")
-        for name, value in (("ca.pem", source.tls.ca), ("cert.pem", source.tls.cert), ("key.pem", source.tls.key)):
-            if value:
-                Path(cert_dir, name).write_text(value)
-                os.chmod(Path(cert_dir, name), 0o600)
-        client_cert = (f"{cert_dir}/cert.pem", f"{cert_dir}/key.pem") if source.tls.cert and source.tls.key else None
-        tls = docker.tls.TLSConfig(client_cert=client_cert, ca_cert=f"{cert_dir}/ca.pem" if source.tls.ca else None, verify=bool(source.tls.ca))
-        env.update({"DOCKER_TLS_VERIFY": "1" if source.tls.ca else "", "DOCKER_CERT_PATH": cert_dir})
+    cert_dir = f"{RUN_DIR}/tls"
+    tls, tls_env = remote_tls(source, cert_dir)
+    env = {"DOCKER_HOST": source.docker_host, "DOCKER_CONFIG": write_docker_config(source.registries, config_dir), **tls_env}
     base_url = source.docker_host.replace("tcp://", "https://", 1) if source.tls else source.docker_host
     deadline = time.monotonic() + source.startup_timeout
     while True:
@@ -220,27 +253,47 @@ def connect_remote(source: Source, console: Console, config_dir: str) -> DaemonH
             if time.monotonic() > deadline:
                 raise RuntimeFailure(
                     f"source.docker_host: cannot reach the engine at {source.docker_host}",
-                    f"{error}\ncheck the address, that the engine listens there, and the tls settings",
+                    f"{error}\ncheck the address, that the engine listens there, and source.tls",
                 ) from None
             time.sleep(0.5)
-    description = f"remote {info.get('ServerVersion', '?')} {info.get('Driver', '?')}"
-    console.info(f"using the engine at {source.docker_host}: Docker {info.get('ServerVersion')}, storage driver {info.get('Driver')}")
-    return DaemonHandle(source.docker_host, env, client, load_client, description)
+    description = f"remote {info.get('ServerVersion', '?')} {info.get('Driver', '?')} at {source.docker_host}"
+    console.info(f"using the engine at {source.docker_host} (source.docker_host): Docker {info.get('ServerVersion')}, storage driver {info.get('Driver')}")
+    console.info("no inner daemon: nothing started, compose down is the whole cleanup")
+
+    def forget_certificates() -> list[str]:
+        shutil.rmtree(cert_dir, ignore_errors=True)
+        return []
+
+    return DaemonHandle(source.docker_host, env, client, load_client, description, forget_certificates)
 
 
-# ---------------------------------------------------------------- the inner daemon
+# ---------------------------------------------------------------- readiness and diagnosis
 
 
-def _ping(socket_path: str, timeout: float = 0.5) -> bool:
+def ping(socket_path: str, timeout: float) -> str | None:
+    """GET /_ping on the unix socket: the API version when it answers 200, else None.
+
+    dockerd creates its listener early and serves only when ready, so the request waits
+    in the backlog and returns the moment the API is up: no polling interval to lose.
+    """
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             conn.settimeout(timeout)
             conn.connect(socket_path)
             conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            status_line = conn.recv(64).split(b"\r\n", 1)[0]
-            return status_line.startswith(b"HTTP/1.") and b" 200" in status_line
+            response = b""
+            while b"\r\n\r\n" not in response:
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                response += chunk
     except OSError:
-        return False
+        return None
+    head = response.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
+    if not head or not head[0].startswith("HTTP/1.") or " 200" not in head[0]:
+        return None
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in head[1:])}
+    return headers.get("api-version", "auto")
 
 
 def tail_file(path: str, lines: int = 25) -> str:
@@ -254,23 +307,44 @@ def tail_file(path: str, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+#: (words in an error line, what to change). Checked against error/fatal lines only, so
+#: that the usual info lines mentioning cgroups or iptables do not produce false hints.
+DIAGNOSES = (
+    (("operation not permitted", "permission denied", "read-only file system"), f"a permission was refused: {NOT_PRIVILEGED_HINT}"),
+    (("cgroup",), "cgroups: the container's cgroup tree is not usable; check the worker's cgroup setup (v1/v2)"),
+    (("iptables", "nf_tables", "xtables", "ip_tables"), "iptables: set source.dockerd.iptables to legacy (or nft); `off` runs without NAT"),
+    (
+        ("overlay", "storage-driver", "storage driver", "graphdriver", "driver not supported", "fuse"),
+        "storage: set source.dockerd.storage_driver (fuse-overlayfs or vfs) or move source.dockerd.data_root",
+    ),
+    (("no space left",), "the data root is out of space: set source.dockerd.data_root_medium: disk, or free space on the worker"),
+    (("address already in use", "pid file found", "is still running"), "another dockerd is running in this container"),
+    (("unknown flag", "flag provided but not defined", "invalid argument", "unknown shorthand flag"), "dockerd rejected a flag: check source.dockerd.args"),
+    (("containerd",), "dockerd could not reach containerd: see the containerd log above"),
+)
+
+
+def error_lines(log_text: str) -> list[str]:
+    markers = (
+        "level=fatal",
+        "level=error",
+        "failed to start daemon",
+        "error starting daemon",
+        "unknown flag",
+        "flag provided but not defined",
+        "invalid argument",
+    )
+    return [line for line in log_text.splitlines() if any(marker in line.lower() for marker in markers)]
+
+
 def diagnose(log_text: str) -> str:
     """Known dockerd/containerd start failures → what to change."""
-    checks = [
-        (("operation not permitted", "permission denied"), "a permission was refused: is the resource type declared `privileged: true`?"),
-        (("cgroup", "cgroups"), "cgroups: the container's cgroup tree is not usable; check the worker's cgroup setup (v1/v2) or set source.dockerd.args"),
-        (("iptables", "nat", "nf_tables"), "iptables: try source.dockerd.iptables: legacy (or nft); `off` disables NAT"),
-        (
-            ("overlay", "storage-driver", "graphdriver", "driver not supported"),
-            "storage: set source.dockerd.storage_driver (fuse-overlayfs or vfs) or move data_root",
-        ),
-        (("no space left",), "the data root is out of space: free space on the worker or set source.dockerd.data_root_medium: disk"),
-        (("address already in use", "pid file found"), "another dockerd is running in this container"),
-        (("unknown flag", "flag provided but not defined", "invalid argument"), "dockerd rejected a flag: check source.dockerd.args"),
-    ]
-    lowered = log_text.lower()
-    hints = [hint for words, hint in checks if any(word in lowered for word in words)]
-    return "\n".join(hints) or "see the daemon log above"
+    lowered = "\n".join(error_lines(log_text)).lower()
+    hints = [hint for words, hint in DIAGNOSES if any(word in lowered for word in words)]
+    return "\n".join(dict.fromkeys(hints)) or "no known cause in the logs: see the log lines above (source.dockerd.debug: true shows more)"
+
+
+# ---------------------------------------------------------------- the inner daemon
 
 
 class InnerDaemon:
@@ -290,31 +364,104 @@ class InnerDaemon:
 
     # -- start
 
-    def prepare(self, images_bytes: int) -> tuple[storage.Placement, storage.DriverChoice]:
-        """Everything before spawning: privileges, cgroups, storage. Pure setup, no daemon yet."""
+    def start(self, images_bytes: int, config_dir: str) -> DaemonHandle:
+        """Pre-flight, cgroups, data root, containerd, probes, dockerd, readiness; all decisions logged."""
+        started = time.monotonic()
         check_privileged(self.scratch)
-        for directory in (RUN_DIR, self.log_dir):
+        for directory in (RUN_DIR, self.log_dir, os.path.dirname(CONTAINERD_SOCKET)):
             os.makedirs(directory, exist_ok=True)
-        report = cgroups.prepare(self.mounts)
+        self._remove_stale_files()
+        try:
+            report = cgroups.prepare(self.mounts)
+        except OSError as error:
+            raise RuntimeFailure(f"cannot prepare cgroups for the inner daemon: {error}", NOT_PRIVILEGED_HINT) from None
         self.console.info(f"cgroup v{report.version}: " + ("; ".join(report.actions) or "ready as they are"))
         for action in prepare_kernel_interfaces(self.mounts):
             self.console.info(action)
-        placement = storage.choose_placement(self.options.data_root_medium, self.data_root, images_bytes, None)
-        storage.mount_placement(placement, self.mounts)
-        self.console.info(f"data root {placement.data_root} on {placement.medium}: {placement.reason}")
+
+        placement = storage.choose_placement(self.options.data_root_medium, self.data_root, images_bytes)
+        (self.console.warn if placement.short_of_memory else self.console.info)(f"data root {placement.data_root} on {placement.medium}: {placement.reason}")
+        try:
+            storage.mount_placement(placement, self.mounts)
+        except MountError as error:
+            raise RuntimeFailure(f"cannot mount a tmpfs for the data root: {error}", "set source.dockerd.data_root_medium: disk") from None
+
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        containerd = self._spawn("containerd", self.containerd_argv(), base_env)
+
+        # containerd boots meanwhile (about 0.1-0.2 s): probe storage and iptables now.
         try:
             driver = storage.choose_driver(self.options.storage_driver, placement.data_root)
         except OSError as error:
             raise RuntimeFailure(f"cannot use the data root {placement.data_root}: {error}") from None
         (self.console.warn if driver.driver == "vfs" else self.console.info)(f"storage driver {driver.driver}: {driver.reason}")
-        return placement, driver
+        iptables, iptables_why = choose_iptables(self.options.iptables)
+        (self.console.warn if iptables == "off" else self.console.info)(f"iptables: {iptables} ({iptables_why})")
+        mtu, mtu_why = self._mtu()
+        self.console.info(f"mtu: {mtu or 1500} ({mtu_why})")
+
+        dockerd_env = dict(base_env)
+        if iptables != "off":
+            dockerd_env["PATH"] = iptables_path_dir(iptables) + ":" + base_env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        spawned = time.monotonic()
+        dockerd = self._spawn("dockerd", self.dockerd_argv(driver.driver, iptables, mtu), dockerd_env)
+        api_version = self._wait_ready(containerd, dockerd)
+        ready = time.monotonic()
+
+        client, load_client = make_clients(f"unix://{DOCKER_SOCKET}", version=api_version)
+        info = client.info()
+        if info.get("Driver") != driver.driver:
+            raise RuntimeFailure(
+                f"dockerd runs with storage driver {info.get('Driver')}, not the {driver.driver} it was given",
+                "set source.dockerd.storage_driver explicitly",
+            )
+        self.console.info(
+            f"dockerd {info.get('ServerVersion', '?')} answered {ready - spawned:.2f}s after it was spawned"
+            f" ({spawned - started:.2f}s of checks and probes before, containerd started first)"
+        )
+        description = f"{info.get('ServerVersion', '?')} {driver.driver}, data root on {placement.summary()}, iptables {iptables}, mtu {mtu or 1500}"
+        env = {"DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "DOCKER_CONFIG": write_docker_config(self.source.registries, config_dir)}
+        return DaemonHandle(f"unix://{DOCKER_SOCKET}", env, client, load_client, description, self.stop)
+
+    def _mtu(self) -> tuple[int | None, str]:
+        if self.options.mtu:
+            return self.options.mtu, "source.dockerd.mtu"
+        mtu, interface = default_route_mtu()
+        return mtu, f"from {interface}, the default-route interface" if mtu else "no default route: dockerd's default"
+
+    def _remove_stale_files(self) -> None:
+        """Leftovers of an earlier daemon in this container; a live one is an error, not a leftover."""
+        try:
+            pid = int(Path(DOCKERD_PIDFILE).read_text().strip())
+            alive = Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd"
+        except (OSError, ValueError):
+            alive = False
+        if alive:
+            raise RuntimeFailure(f"a dockerd (pid {pid}) is already running in this container", f"stop it, or remove {DOCKERD_PIDFILE}")
+        for path in (DOCKER_SOCKET, DOCKERD_PIDFILE, CONTAINERD_SOCKET, f"{CONTAINERD_SOCKET}.ttrpc", f"{self.data_root}/docker.pid"):
+            if os.path.lexists(path):
+                os.unlink(path)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """A child with its log in a file (never fd 1), its own session, and PDEATHSIG."""
         log = open(f"{self.log_dir}/{name}.log", "ab")  # noqa: SIM115 - the child owns it
         with log:
             process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, preexec_fn=die_with_parent, start_new_session=True)
         self.processes.append((name, process))
         return process
+
+    def containerd_argv(self) -> list[str]:
+        config_path = f"{RUN_DIR}/containerd.toml"
+        Path(config_path).write_text(
+            "version = 2\n"
+            # dockerd (graphdriver mode) uses containerd for tasks only: skip what it never calls.
+            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",'
+            ' "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.blockfile",'
+            ' "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]\n'
+            f'root = "{os.path.join(self.data_root, "containerd")}"\nstate = "{RUN_DIR}/containerd/state"\n'
+            f'[grpc]\n  address = "{CONTAINERD_SOCKET}"\n'
+        )
+        return ["containerd", "--config", config_path] + (["--log-level", "debug"] if self.options.debug else [])
 
     def dockerd_argv(self, driver: str, iptables: str, mtu: int | None) -> list[str]:
         argv = [
@@ -322,7 +469,7 @@ class InnerDaemon:
             f"--containerd={CONTAINERD_SOCKET}",
             f"--data-root={self.data_root}",
             f"--exec-root={RUN_DIR}/docker",
-            f"--pidfile={RUN_DIR}/dockerd.pid",
+            f"--pidfile={DOCKERD_PIDFILE}",
             f"--host=unix://{DOCKER_SOCKET}",
             f"--storage-driver={driver}",
             "--shutdown-timeout=1",
@@ -337,108 +484,102 @@ class InnerDaemon:
             argv.append("--debug")
         return argv + list(self.options.args)
 
-    def _remove_stale_files(self) -> None:
-        for path in (DOCKER_SOCKET, f"{RUN_DIR}/dockerd.pid", CONTAINERD_SOCKET, f"{self.data_root}/docker.pid"):
-            if os.path.lexists(path):
-                os.unlink(path)
-
-    def start(self, placement: storage.Placement, driver: storage.DriverChoice, config_dir: str) -> DaemonHandle:
-        iptables, why = choose_iptables(self.options.iptables)
-        self.console.info(f"iptables: {iptables} ({why})")
-        if self.options.mtu:
-            mtu, mtu_why = self.options.mtu, "source.dockerd.mtu"
-        else:
-            mtu, interface = default_route_mtu()
-            mtu_why = f"from {interface}, the default-route interface" if mtu else "no default route: dockerd's default"
-        self.console.info(f"mtu: {mtu or 1500} ({mtu_why})")
-
-        self._remove_stale_files()
-        env = dict(os.environ)
-        env.pop("DOCKER_HOST", None)
-        if iptables != "off":
-            env["PATH"] = iptables_path_dir(iptables) + ":" + env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        containerd_root = os.path.join(self.data_root, "containerd")
-        os.makedirs(os.path.dirname(CONTAINERD_SOCKET), exist_ok=True)
-        config_path = f"{RUN_DIR}/containerd.toml"
-        Path(config_path).write_text(
-            'version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-            f'root = "{containerd_root}"\nstate = "{RUN_DIR}/containerd/state"\n'
-            f'[grpc]\n  address = "{CONTAINERD_SOCKET}"\n'
-        )
-        containerd = self._spawn("containerd", ["containerd", "--config", config_path] + (["--log-level", "debug"] if self.options.debug else []), env)
-        # dockerd retries its containerd connection, so it can start alongside.
-        dockerd = self._spawn("dockerd", self.dockerd_argv(driver.driver, iptables, mtu), env)
-        self._wait_ready(containerd, dockerd)
-
-        client, load_client = make_clients(f"unix://{DOCKER_SOCKET}")
-        info = client.info()
-        if info.get("Driver") != driver.driver:
-            raise RuntimeFailure(
-                f"dockerd started with storage driver {info.get('Driver')}, not {driver.driver}",
-                "set source.dockerd.storage_driver explicitly",
-            )
-        description = f"{info.get('ServerVersion', '?')} {driver.driver} {placement.medium}"
-        env_out = {"DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "DOCKER_CONFIG": write_docker_config(self.source.registries, config_dir)}
-        return DaemonHandle(f"unix://{DOCKER_SOCKET}", env_out, client, load_client, description, self.stop)
-
-    def _wait_ready(self, containerd: subprocess.Popen[bytes], dockerd: subprocess.Popen[bytes]) -> None:
+    def _wait_ready(self, containerd: subprocess.Popen[bytes], dockerd: subprocess.Popen[bytes]) -> str:
         deadline = time.monotonic() + self.source.startup_timeout
-        delay = 0.005
         while True:
             for name, process in (("containerd", containerd), ("dockerd", dockerd)):
                 if process.poll() is not None:
                     self._fail_start(f"{name} exited with code {process.returncode} while starting", name)
-            if os.path.exists(DOCKER_SOCKET) and _ping(DOCKER_SOCKET):
-                return
-            if time.monotonic() > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 self._fail_start(f"dockerd did not answer within source.startup_timeout ({self.source.startup_timeout:g}s)", "dockerd")
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            attempt = time.monotonic()
+            version = ping(DOCKER_SOCKET, min(0.25, remaining)) if os.path.exists(DOCKER_SOCKET) else None
+            if version:
+                return version
+            if time.monotonic() - attempt < 0.004:
+                time.sleep(0.004)
 
     def _fail_start(self, message: str, name: str) -> None:
         logs = {n: tail_file(f"{self.log_dir}/{n}.log") for n in ("containerd", "dockerd")}
-        shown = f"last lines of the {name} log:\n{logs[name]}"
+        other = "containerd" if name == "dockerd" else "dockerd"
+        shown = f"last lines of the {name} log ({self.log_dir}/{name}.log):\n{logs[name]}"
+        if error_lines(logs[other]):
+            shown += f"\n\nerrors in the {other} log:\n" + "\n".join(error_lines(logs[other])[-5:])
         raise RuntimeFailure(f"the inner Docker daemon did not start: {message}", f"{shown}\n\ndiagnosis: {diagnose(logs['dockerd'] + logs['containerd'])}")
 
     # -- stop
 
-    def stop(self) -> list[str]:
-        """Idempotent, bounded teardown: kill containers, stop dockerd and containerd, unmount."""
+    def stop(self, grace: float = 0) -> list[str]:
+        """Idempotent, bounded teardown: containers, dockerd, containerd, shims, mounts.
+
+        `grace` is what containers get to stop (params.stop_grace; 0 on abort). Every step
+        has a deadline, so the whole stop fits in Concourse's 10 s between SIGTERM and SIGKILL.
+        """
         with self._lock:
             if self._stopped:
                 return []
             self._stopped = True
         problems: list[str] = []
-        self._kill_containers(problems)
+        steps: list[str] = []
+        clock = time.monotonic()
+
+        def lap(what: str) -> None:
+            nonlocal clock
+            now = time.monotonic()
+            steps.append(f"{what} {now - clock:.2f}s")
+            clock = now
+
+        stopped = self._stop_containers(grace, problems)
+        lap(f"{stopped} container{'s' if stopped != 1 else ''}")
         for name in ("dockerd", "containerd"):
             for process_name, process in self.processes:
-                if process_name == name:
-                    self._terminate(process, STOP_GRACE_SECONDS)
-        self._kill_shims()
+                if process_name == name and process.poll() is None:
+                    self._terminate(process, DAEMON_GRACE_SECONDS)
+                    lap(name)
+        killed = self._kill_strays()
+        if killed:
+            lap(f"{killed} stray process{'es' if killed > 1 else ''}")
+        undone = len(self.mounts.made)
         problems += self.mounts.undo(also_below=(self.data_root, RUN_DIR))
-        for path in (DOCKER_SOCKET,):
+        lap(f"{undone} mount{'s' if undone != 1 else ''}")
+        for path in (DOCKER_SOCKET, DOCKERD_PIDFILE):
             if os.path.lexists(path):
                 os.unlink(path)
+        if self.processes:
+            self.console.info("inner daemon stopped: " + ", ".join(steps))
         return problems
 
-    def _kill_containers(self, problems: list[str]) -> None:
+    def _stop_containers(self, grace: float, problems: list[str]) -> int:
+        """Stop (or kill, with no grace) every container at once through the API."""
         if not any(p.poll() is None for n, p in self.processes if n == "dockerd") or not os.path.exists(DOCKER_SOCKET):
-            return
+            return 0
         try:
-            client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version="auto", timeout=3)
+            client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version="auto", timeout=CONTAINER_STOP_SECONDS + grace)
             running = client.containers(quiet=True)
-            threads = [threading.Thread(target=_quietly, args=(client.kill, c["Id"])) for c in running]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join(3)
         except Exception as error:
             problems.append(f"listing containers: {error}")
+            return 0
+
+        def stop_one(container_id: str) -> None:
+            try:
+                if grace > 0:
+                    client.stop(container_id, timeout=int(grace))
+                else:
+                    client.kill(container_id)
+            except Exception:
+                pass  # the shim sweep after the daemons are down catches what survives
+
+        threads = [threading.Thread(target=stop_one, args=(c["Id"],), daemon=True) for c in running]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + CONTAINER_STOP_SECONDS + grace
+        for thread in threads:
+            thread.join(max(deadline - time.monotonic(), 0))
+        return len(running)
 
     @staticmethod
     def _terminate(process: subprocess.Popen[bytes], grace: float) -> None:
-        if process.poll() is not None:
-            return
         process.terminate()
         try:
             process.wait(grace)
@@ -446,25 +587,52 @@ class InnerDaemon:
             process.kill()
             process.wait(2)
 
-    def _kill_shims(self) -> None:
-        """containerd shims outlive containerd by design: kill the ones that belong to ours."""
-        marker = CONTAINERD_SOCKET.encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+    def _kill_strays(self) -> int:
+        """What outlives containerd and dockerd by design: our shims with their containers, fuse-overlayfs helpers."""
+        table = process_table()
+        roots = [
+            pid
+            for pid, (_, cmdline) in table.items()
+            if (b"containerd-shim" in cmdline and CONTAINERD_SOCKET.encode() in cmdline)
+            or (cmdline.startswith(b"fuse-overlayfs") and self.data_root.encode() in cmdline)
+        ]
+        doomed = descendants(table, roots)
+        for pid in doomed:
             try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"containerd-shim" in cmdline and marker in cmdline:
-                try:
-                    os.kill(int(entry.name), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return len(doomed)
 
 
-def _quietly(function: Callable[..., object], *args: object) -> None:
-    try:
-        function(*args)
-    except Exception:
-        pass
+def process_table(proc: str = "/proc") -> dict[int, tuple[int, bytes]]:
+    """pid → (parent pid, cmdline with spaces) for every process we can see."""
+    table = {}
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc}/{entry}/stat", "rb") as handle:
+                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
+            with open(f"{proc}/{entry}/cmdline", "rb") as handle:
+                cmdline = handle.read().replace(b"\0", b" ")
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(entry)] = (parent, cmdline)
+    return table
+
+
+def descendants(table: dict[int, tuple[int, bytes]], roots: list[int]) -> list[int]:
+    """`roots` and all their descendants, children first (so nothing is reparented mid-kill)."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    ordered: list[int] = []
+    stack = list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid in ordered:
+            continue
+        ordered.append(pid)
+        stack += children.get(pid, [])
+    return list(reversed(ordered))

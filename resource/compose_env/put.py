@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,12 @@ from .errors import Aborted
 from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
 from .signals import ABORT
+
+#: Deadlines for compose down after SIGTERM, inside Concourse's 10 s before SIGKILL.
+ABORT_DOWN_SECONDS = 2.5
+ABORT_REMOTE_DOWN_SECONDS = 7.0
+#: compose down's deadline after a normal run, on top of params.stop_grace.
+NORMAL_DOWN_SECONDS = 20.0
 
 #: Called after the run and before teardown, while the containers still exist (task artifacts).
 AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]
@@ -58,6 +65,7 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     inner: InnerDaemon | None = None
     handle: DaemonHandle | None = None
     result: RunResult | None = None
+    loaded: list[images_module.LoadedImage] = []
     loaded_names: list[str] = []
     aborted = False
     try:
@@ -66,17 +74,15 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
                 handle = daemon_module.connect_remote(config.source, console, f"{RUN_DIR}/docker-config")
             else:
                 inner = InnerDaemon(config.source, console)
-                placement, driver = inner.prepare(sum(plan.estimated_bytes for plan in plans))
-                handle = inner.start(placement, driver, f"{RUN_DIR}/docker-config")
-                console.info(f"dockerd {handle.description} ready")
+                handle = inner.start(sum(plan.estimated_bytes for plan in plans), f"{RUN_DIR}/docker-config")
         project.use_engine(handle.env)
 
         if plans:
             with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
                 if inner is not None:
                     images_module.check_free_space(plans, inner.data_root)
-                for image in images_module.load_images(plans, handle.client, handle.load_client, console):
-                    loaded_names += image.names
+                loaded = images_module.load_images(plans, handle.client, handle.load_client, console)
+                loaded_names += [name for image in loaded for name in image.names]
         project.ensure_images(handle.client)
 
         with console.phase(f"Running docker compose {' '.join(params.command)}", timings, "run"):
@@ -92,17 +98,11 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
         raise
     finally:
         with ABORT.deferred(), console.phase("Tearing down", timings, "teardown"):
-            project.kill()
-            if handle is not None:
-                problem = project.down(0 if aborted else params.stop_grace)
-                if problem:
-                    console.warn(f"compose down: {problem}")
-                for problem in handle.stop():
-                    console.warn(f"teardown: {problem}")
+            teardown(project, handle, inner, console, 0 if aborted else params.stop_grace, aborted)
             logs.close()
 
     duration = time.monotonic() - started
-    _print_timings(console, timings, duration)
+    _print_timings(console, timings, duration, loaded)
     response = build_response(
         run_id=new_run_id(config.build.build_id),
         result=_with_log_tails(result, logs, params.logs.tail, params.logs.services),
@@ -129,8 +129,41 @@ def _print_verdict(console: Console, result: RunResult) -> None:
     (console.success if result.status == "passed" else console.error)(text)
 
 
-def _print_timings(console: Console, timings: dict[str, float], total: float) -> None:
+def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerDaemon | None, console: Console, grace: int, aborted: bool) -> None:
+    """The one cleanup for every ending (success, failure, error, SIGTERM), bounded in time.
+
+    compose down removes the project from the engine; then the inner daemon's stop kills
+    whatever is left, stops dockerd and containerd and undoes our mounts. After SIGTERM
+    Concourse sends SIGKILL 10 s later, so compose down gets a deadline: with an inner
+    daemon its stop cleans up anyway; with a remote engine compose down is all there is.
+    """
+    project.kill()
+    if handle is not None:
+        budget = (ABORT_DOWN_SECONDS if inner is not None else ABORT_REMOTE_DOWN_SECONDS) if aborted else grace + NORMAL_DOWN_SECONDS
+        problem = _within(budget, lambda: project.down(grace))
+        if problem is None:
+            console.warn(f"compose down did not finish within {budget:g}s: stopping the engine's containers directly")
+        elif problem:
+            console.warn(f"compose down: {problem}")
+    stop = inner.stop if inner is not None else handle.stop if handle is not None else None
+    for problem in stop() if stop else []:
+        console.warn(f"teardown: {problem}")
+
+
+def _within(seconds: float, function: Callable[[], str]) -> str | None:
+    """function()'s result, or None when it takes longer than `seconds` (it is left to finish alone)."""
+    result: list[str] = []
+    worker = threading.Thread(target=lambda: result.append(function()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return result[0] if result else None
+
+
+def _print_timings(console: Console, timings: dict[str, float], total: float, loaded: list[images_module.LoadedImage]) -> None:
     console.header("Timings")
     for name, seconds in timings.items():
         console.info(f"{name:<10} {format_seconds(seconds):>8}")
+        if name == "load" and len(loaded) > 1:
+            for image in loaded:
+                console.info(f"  {image.entry.given:<30} {format_seconds(image.seconds):>8}  {image.size / 2**20:.0f} MiB")
     console.info(f"{'total':<10} {format_seconds(total):>8}")

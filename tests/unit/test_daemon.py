@@ -1,0 +1,245 @@
+"""Inner daemon decisions that need no daemon: iptables, MTU, argv, diagnosis, readiness, logins."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from compose_env import daemon
+from compose_env.config import DockerdOptions, RegistryLogin, Source, TlsFiles
+from compose_env.console import Console
+from compose_env.errors import RuntimeFailure
+
+
+def fake_proc_net(tmp_path: Path, **tables: str) -> str:
+    for name, text in tables.items():
+        (tmp_path / name).write_text(text)
+    return str(tmp_path)
+
+
+def works_for(*binaries: str):
+    calls: list[str] = []
+
+    def works(binary: str) -> tuple[bool, str]:
+        calls.append(binary)
+        return (True, "") if binary in binaries else (False, f"{binary}: Failed to initialize nft: Protocol not supported")
+
+    return works, calls
+
+
+# ---------------------------------------------------------------- iptables
+
+
+def test_iptables_override_is_taken_without_probing(tmp_path: Path) -> None:
+    works, calls = works_for()
+
+    assert daemon.choose_iptables("legacy", str(tmp_path), works) == ("legacy", "source.dockerd.iptables is legacy")
+    assert calls == []
+
+
+def test_iptables_prefers_nft_when_it_works_and_no_legacy_tables_exist(tmp_path: Path) -> None:
+    works, calls = works_for("iptables-nft", "iptables-legacy")
+
+    variant, why = daemon.choose_iptables("auto", fake_proc_net(tmp_path, ip_tables_names=""), works)
+
+    assert variant == "nft"
+    assert calls == ["iptables-nft"]  # never probe legacy: listing creates legacy tables
+    assert "no legacy tables" in why
+
+
+def test_iptables_existing_legacy_tables_win_like_docker_dind(tmp_path: Path) -> None:
+    works, calls = works_for("iptables-nft", "iptables-legacy")
+
+    variant, why = daemon.choose_iptables("auto", fake_proc_net(tmp_path, ip_tables_names="nat\nfilter\n"), works)
+
+    assert variant == "legacy"
+    assert "ip_tables_names: nat filter" in why
+    assert calls == []
+
+
+def test_iptables_falls_back_to_legacy_when_nft_fails(tmp_path: Path) -> None:
+    works, _ = works_for("iptables-legacy")
+
+    variant, why = daemon.choose_iptables("auto", str(tmp_path), works)
+
+    assert variant == "legacy"
+    assert "Protocol not supported" in why
+
+
+def test_iptables_off_when_nothing_works(tmp_path: Path) -> None:
+    works, _ = works_for()
+
+    assert daemon.choose_iptables("auto", str(tmp_path), works)[0] == "off"
+
+
+# ---------------------------------------------------------------- MTU
+
+
+def test_mtu_comes_from_the_default_route_interface(tmp_path: Path) -> None:
+    route = tmp_path / "route"
+    route.write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+        "eth1\t0011A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n"
+        "eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+    )
+    (tmp_path / "net" / "eth0").mkdir(parents=True)
+    (tmp_path / "net" / "eth0" / "mtu").write_text("1450\n")
+
+    assert daemon.default_route_mtu(str(route), str(tmp_path / "net")) == (1450, "eth0")
+
+
+def test_mtu_unknown_without_a_default_route(tmp_path: Path) -> None:
+    route = tmp_path / "route"
+    route.write_text("Iface\tDestination\n")
+
+    assert daemon.default_route_mtu(str(route), str(tmp_path)) == (None, "")
+
+
+# ---------------------------------------------------------------- dockerd argv
+
+
+def test_dockerd_argv_passes_every_choice_explicitly_and_user_args_last() -> None:
+    options = DockerdOptions(
+        data_root="/scratch/d", registry_mirrors=("https://mirror.example",), insecure_registries=("reg.local:5000",), debug=True, args=("--log-level=warn",)
+    )
+    inner = daemon.InnerDaemon(Source(dockerd=options), Console())
+
+    argv = inner.dockerd_argv("overlay2", "nft", 1450)
+
+    assert argv[0] == "dockerd"
+    assert f"--containerd={daemon.CONTAINERD_SOCKET}" in argv
+    assert "--storage-driver=overlay2" in argv
+    assert "--data-root=/scratch/d" in argv
+    assert "--mtu=1450" in argv
+    assert "--default-network-opt=bridge=com.docker.network.driver.mtu=1450" in argv
+    assert "--registry-mirror=https://mirror.example" in argv
+    assert "--insecure-registry=reg.local:5000" in argv
+    assert "--debug" in argv
+    assert "--iptables=false" not in argv
+    assert argv[-1] == "--log-level=warn"
+
+
+def test_dockerd_argv_without_iptables() -> None:
+    argv = daemon.InnerDaemon(Source(), Console()).dockerd_argv("vfs", "off", None)
+
+    assert "--iptables=false" in argv
+    assert not any(a.startswith("--mtu") for a in argv)
+
+
+# ---------------------------------------------------------------- pre-flight and diagnosis
+
+
+def test_not_privileged_is_reported_with_the_fix(tmp_path: Path) -> None:
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython3\nCapEff:\t00000000a80425fb\n")  # Docker's default set: no CAP_SYS_ADMIN
+
+    with pytest.raises(RuntimeFailure) as raised:
+        daemon.check_privileged(str(tmp_path), str(status))
+
+    assert "the resource type must be declared `privileged: true`" in raised.value.message
+    assert "CAP_SYS_ADMIN" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("log", "hint"),
+    [
+        ('level=fatal msg="failed to start daemon: error initializing graphdriver: driver not supported: overlay2"', "storage"),
+        ("unknown flag: --no-such-flag", "check source.dockerd.args"),
+        ('level=error msg="failed to create NAT chain DOCKER: iptables failed: iptables -t nat -N DOCKER: iptables v1.8.9 (nf_tables)"', "iptables"),
+        ('level=fatal msg="mkdir /sys/fs/cgroup/cpuset/docker: read-only file system"', "privileged: true"),
+    ],
+)
+def test_diagnosis_names_the_cause(log: str, hint: str) -> None:
+    assert hint in daemon.diagnose(log)
+
+
+def test_diagnosis_ignores_info_lines_that_mention_cgroups_or_iptables() -> None:
+    log = 'level=info msg="cgroup driver cgroupfs"\nlevel=debug msg="/usr/sbin/iptables, [--wait -t nat -L]"\nlevel=fatal msg="something new"'
+
+    assert daemon.diagnose(log).startswith("no known cause")
+
+
+# ---------------------------------------------------------------- readiness
+
+
+def serve_once(path: str, delay: float, response: bytes) -> threading.Thread:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+
+    def answer() -> None:
+        time.sleep(delay)
+        conn, _ = server.accept()
+        conn.recv(1024)
+        conn.sendall(response)
+        conn.close()
+        server.close()
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ping_waits_in_the_backlog_and_returns_the_api_version(tmp_path: Path) -> None:
+    path = str(tmp_path / "d.sock")
+    serve_once(path, 0.1, b"HTTP/1.1 200 OK\r\nApi-Version: 1.45\r\nContent-Length: 2\r\n\r\nOK")
+
+    started = time.monotonic()
+    assert daemon.ping(path, 2) == "1.45"
+    assert 0.09 < time.monotonic() - started < 1
+
+
+def test_ping_is_none_without_an_answer_or_on_errors(tmp_path: Path) -> None:
+    assert daemon.ping(str(tmp_path / "missing.sock"), 0.1) is None
+    path = str(tmp_path / "d.sock")
+    serve_once(path, 0, b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    assert daemon.ping(path, 1) is None
+
+
+# ---------------------------------------------------------------- logins, TLS, process tree
+
+
+def test_registry_logins_go_to_a_private_docker_config(tmp_path: Path) -> None:
+    registries = (RegistryLogin("docker.io", "me", "s3cret"), RegistryLogin("ghcr.io", "bot", "t0ken"))
+
+    directory = daemon.write_docker_config(registries, str(tmp_path / "cfg"))
+
+    config_file = Path(directory) / "config.json"
+    assert config_file.stat().st_mode & 0o777 == 0o600
+    auths = json.loads(config_file.read_text())["auths"]
+    assert base64.b64decode(auths["ghcr.io"]["auth"]).decode() == "bot:t0ken"
+    assert "https://index.docker.io/v1/" in auths
+
+
+def test_remote_tls_sets_the_cli_variables(tmp_path: Path) -> None:
+    source = Source(docker_host="tcp://engine:2376", tls=TlsFiles(ca="CA", cert="CERT", key="KEY"))
+
+    _, env = daemon.remote_tls(source, str(tmp_path / "tls"))
+
+    assert env == {"DOCKER_CERT_PATH": str(tmp_path / "tls"), "DOCKER_TLS_VERIFY": "1"}
+    assert (tmp_path / "tls" / "key.pem").read_text() == "KEY"
+    assert (tmp_path / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_remote_tls_without_a_ca_encrypts_without_verifying(tmp_path: Path) -> None:
+    source = Source(docker_host="tcp://engine:2376", tls=TlsFiles(cert="CERT", key="KEY"))
+
+    _, env = daemon.remote_tls(source, str(tmp_path / "tls"))
+
+    assert env["DOCKER_TLS"] == "1"
+    assert "DOCKER_TLS_VERIFY" not in env
+
+
+def test_descendants_lists_children_before_parents() -> None:
+    table = {10: (1, b"containerd-shim"), 11: (10, b"redis-server"), 12: (11, b"worker"), 20: (1, b"other")}
+
+    doomed = daemon.descendants(table, [10])
+
+    assert set(doomed) == {10, 11, 12}
+    assert doomed.index(12) < doomed.index(11) < doomed.index(10)
