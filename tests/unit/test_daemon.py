@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from compose_env import daemon
 from compose_env.config import DockerdOptions, RegistryLogin, Source, TlsFiles
 from compose_env.console import Console

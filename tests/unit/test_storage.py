@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from compose_env import storage
 from compose_env.errors import UserError
 from compose_env.storage import GIB, MemoryBudget, choose_placement, memory_available
