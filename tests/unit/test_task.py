@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -238,6 +239,30 @@ def test_archive_is_extracted_from_a_chunk_stream_and_unsafe_entries_are_skipped
     assert len(copy.skipped) == 2
     assert not (tmp_path / "outside.txt").exists()
     assert not (target / "reports" / "escape").exists()
+
+
+def test_extraction_memory_stays_flat_whatever_the_archive_size(tmp_path: Path) -> None:
+    size = 64 * 2**20
+    archive = tmp_path / "big.tar"
+    with tarfile.open(archive, "w") as writer:
+        info = tarfile.TarInfo("big.bin")
+        info.size = size
+        writer.addfile(info, io.BytesIO(bytes(size)))
+
+    def chunks() -> Iterator[bytes]:
+        with open(archive, "rb") as handle:
+            while chunk := handle.read(2 * 2**20):  # docker-py's default chunk size
+                yield chunk
+
+    target = tmp_path / "out"
+    target.mkdir()
+    tracemalloc.start()
+    extract_stream(chunks(), target, ArtifactCopy("tests", "/big.bin", "out"))
+    _current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    assert (target / "big.bin").stat().st_size == size
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB archive"
 
 
 def test_chunk_reader_reads_across_chunk_boundaries_without_joining_them() -> None:
