@@ -144,7 +144,10 @@ def in_task_terms(error: UserError) -> UserError:
             return f"{ROOT}.{path}"
         return path
 
-    return UserError.many([(rename(path), message, hint.replace("put directory", "task's working directory")) for path, message, hint in error.problems])
+    def reword(text: str) -> str:
+        return text.replace("put directory", "task's working directory").replace("the put's `inputs`", "the task's `inputs`")
+
+    return UserError.many([(rename(path), reword(message), reword(hint)) for path, message, hint in error.problems])
 
 
 # ---------------------------------------------------------------- the run

@@ -127,12 +127,13 @@ def test_output_dir_outside_the_working_directory_is_refused(work_dir: Path) -> 
     assert error.value.path == "COMPOSE_ENV.output_dir"
 
 
-def test_put_param_problems_are_named_under_compose_env(work_dir: Path) -> None:
+def test_put_param_problems_are_named_under_compose_env_in_task_words(work_dir: Path) -> None:
     with pytest.raises(UserError) as error:
-        parse({"compose_files": ["code/missing.yml"]}, work_dir)
+        parse({"compose_files": ["code/docker-compose.yml", "../elsewhere.yml"]}, work_dir)
 
-    assert error.value.path == "COMPOSE_ENV.compose_files[0]"
-    assert "put directory" not in error.value.render()
+    assert error.value.path == "COMPOSE_ENV.compose_files[1]"
+    assert "put directory" not in error.value.render() and "put's" not in error.value.render()
+    assert "outside the task's working directory" in error.value.render()
 
 
 def test_schema_problems_are_all_reported_under_compose_env(work_dir: Path) -> None:
