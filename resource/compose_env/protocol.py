@@ -23,7 +23,7 @@ from .console import Console
 from .errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, Aborted, RuntimeFailure, UserError
 from .put import redactor_for, run_put
 from .redaction import Redactor, secret_env_values
-from .report import version_metadata
+from .report import RunResult, format_seconds, version_metadata
 from .schema import validate
 from .signals import ABORT
 
@@ -113,8 +113,23 @@ def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
     if outcome.exit_code == EXIT_OK:
         write_json(stdout, outcome.response)
     else:
-        console.error(f"the put fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: false to report it instead")
+        console.error(why_the_put_fails(outcome.result, config.params.timeout))
     return outcome.exit_code
+
+
+def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
+    """The last line of a failed put: what happened and what to change (the details are above it)."""
+    command = f"`docker compose {' '.join(result.command)}`"
+    if result.status == "timed_out":
+        return (
+            f"error: the put fails: {command} timed out after {format_seconds(timeout or 0)} (params.timeout)\n"
+            "  hint: raise params.timeout, or see in the logs above what kept it from finishing"
+        )
+    failing = f" (failing: {', '.join(result.failing_services)})" if result.failing_services else ""
+    return (
+        f"error: the put fails: {command} exited with code {result.exit_code}{failing}\n"
+        "  hint: its output and the failing services' logs are above; set params.fail_on_error: false to report the exit code instead of failing"
+    )
 
 
 def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:

@@ -156,8 +156,6 @@ DAEMON_ROWS = [
         put(APP, {"dockerd": {"args": ["--bogus-flag"]}}),
         1,
         ("the inner Docker daemon did not start", "unknown flag: --bogus-flag", "dockerd rejected a flag: check source.dockerd.args"),
-        needs="put.py: when InnerDaemon.start() raises, nothing calls InnerDaemon.stop(), so the data-root tmpfs that prepare() mounted "
-        "stays (`mount /scratch/docker` is left): in run_put's finally, stop `inner` when `handle` is None",
     ),
     Row(
         "data-root-out-of-space",
@@ -192,7 +190,7 @@ DAEMON_ROWS = [
         "timeout",
         put({**APP, "command": ["run", "--rm", "app", "sleep", "60"], "timeout": "3s"}),
         1,
-        ("timed out after 3s (params.timeout)", "timed_out"),
+        ("timed out after 3s (params.timeout)", "timed_out", "raise params.timeout"),
     ),
 ]
 

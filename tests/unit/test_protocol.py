@@ -14,6 +14,7 @@ import pytest
 from compose_env import protocol
 from compose_env.errors import EXIT_ABORTED, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, Aborted, RuntimeFailure
 from compose_env.protocol import run_command
+from compose_env.report import RunResult
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -195,3 +196,15 @@ def test_the_fd1_guard_sends_child_output_to_stderr_and_keeps_stdout_for_the_res
 
     assert result.stdout == '{"version": {"id": "1"}}\n'
     assert "from print" in result.stderr and "from a child" in result.stderr
+
+
+def test_a_failed_put_ends_with_what_happened_and_what_to_change() -> None:
+    failed = RunResult(("run", "--rm", "tests"), 3, "failed", failing_services=["tests"])
+    timed_out = RunResult(("up",), 124, "timed_out")
+
+    assert protocol.why_the_put_fails(failed, None).splitlines() == [
+        "error: the put fails: `docker compose run --rm tests` exited with code 3 (failing: tests)",
+        "  hint: its output and the failing services' logs are above; set params.fail_on_error: false to report the exit code instead of failing",
+    ]
+    assert protocol.why_the_put_fails(timed_out, 90).splitlines()[0] == "error: the put fails: `docker compose up` timed out after 1m30.0s (params.timeout)"
+    assert "raise params.timeout" in protocol.why_the_put_fails(timed_out, 90)
