@@ -1,0 +1,162 @@
+"""The inner daemon against the real image: start, storage choices, privileges, start failures, SIGTERM, docker_host.
+
+Every put here loads one small image (the base image, saved by the outer engine) so that
+the daemon's own behaviour dominates the run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import DEFAULT_BUILD_ENV, PUT_DIR, Container, run_script
+
+BASE_IMAGE = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
+COMPOSE_FILE = f"""\
+services:
+  probe:
+    image: {BASE_IMAGE}
+    command: ["sh", "-c", "echo probe-ok"]
+  sleeper:
+    image: {BASE_IMAGE}
+    command: ["sh", "-c", "echo sleeper-up; exec sleep 300"]
+"""
+
+
+@pytest.fixture(scope="module")
+def daemon_put_dir(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A put directory: the compose file and the base image as a `docker save` tarball."""
+    put = tmp_path_factory.mktemp("daemon-put")
+    (put / "src").mkdir()
+    (put / "src" / "docker-compose.yml").write_text(COMPOSE_FILE)
+    (put / "base").mkdir()
+    subprocess.run(["docker", "save", BASE_IMAGE, "-o", str(put / "base" / "image.tar")], check=True)
+    return put
+
+
+def request(command: list[str], **source: Any) -> dict[str, Any]:
+    params = {"compose_files": ["src/docker-compose.yml"], "images": ["base/image.tar"], "command": command}
+    return {"source": source, "params": params}
+
+
+def phase_lines(stderr: str, header: str) -> str:
+    """The log lines of one phase (from its header to the next)."""
+    after = stderr.split(f"==> {header}", 1)[1]
+    return after.split("==> ", 1)[0]
+
+
+def test_start_path_memory_medium_logs_every_choice_and_reports_the_daemon(image: str, daemon_put_dir: Path) -> None:
+    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"data_root_medium": "memory"}), put_dir=str(daemon_put_dir))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    start = phase_lines(outcome.stderr, "Starting the Docker daemon")
+    assert "cgroup v1" in start or "cgroup v2" in start
+    assert "data root /scratch/docker on memory: source.dockerd.data_root_medium is memory; need" in start
+    assert "storage driver overlay2: a test overlay mount on the data root (tmpfs) worked" in start
+    assert "iptables: nft" in start or "iptables: legacy" in start
+    assert "mtu: " in start
+    assert "answered" in start and "containerd started first" in start
+    metadata = outcome.metadata()
+    assert metadata["dockerd"].startswith("26.") and " overlay2, data root on memory (need " in metadata["dockerd"]
+    assert set(dict(item.split("=") for item in metadata["timings"].split())) == {"daemon", "load", "run", "teardown"}
+    assert "==> Timings" in outcome.stderr
+    assert "inner daemon stopped:" in outcome.stderr
+    assert outcome.leftovers == []
+
+
+def test_disk_medium_keeps_the_data_root_on_the_scratch_volume_with_overlay2(image: str, daemon_put_dir: Path) -> None:
+    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"data_root_medium": "disk"}), put_dir=str(daemon_put_dir))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    start = phase_lines(outcome.stderr, "Starting the Docker daemon")
+    assert "data root /scratch/docker on disk: source.dockerd.data_root_medium is disk" in start
+    assert "storage driver overlay2: a test overlay mount on the data root" in start
+    assert "(tmpfs)" not in start
+    assert outcome.metadata()["dockerd"].split(",")[0].endswith("overlay2")
+    assert "data root on disk" in outcome.metadata()["dockerd"]
+    assert outcome.leftovers == []
+
+
+def test_data_root_on_the_container_overlay_gets_fuse_overlayfs_or_vfs_never_a_silent_fallback(image: str, daemon_put_dir: Path) -> None:
+    dockerd = {"data_root": "/var/lib/inner-docker", "data_root_medium": "disk"}
+    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd=dockerd), put_dir=str(daemon_put_dir))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    start = phase_lines(outcome.stderr, "Starting the Docker daemon")
+    assert "overlay cannot mount on the data root (overlay)" in start
+    driver = "fuse-overlayfs" if "storage driver fuse-overlayfs" in start else "vfs"
+    if driver == "vfs":
+        assert "warning: storage driver vfs" in start and "slow" in start
+    assert outcome.metadata()["dockerd"].split(",")[0].endswith(driver)
+    assert outcome.leftovers == []
+
+
+def test_explicit_storage_driver_is_passed_and_verified(image: str, daemon_put_dir: Path) -> None:
+    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"storage_driver": "vfs"}), put_dir=str(daemon_put_dir))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "storage driver vfs: source.dockerd.storage_driver is vfs" in outcome.stderr
+    assert outcome.metadata()["dockerd"].split(",")[0].endswith("vfs")
+
+
+def test_not_privileged_fails_at_once_with_the_fix(image: str, daemon_put_dir: Path) -> None:
+    outcome = run_script(image, "out", request(["run", "--rm", "probe"]), put_dir=str(daemon_put_dir), privileged=False)
+
+    assert outcome.exit_code == 1
+    assert "the resource type must be declared `privileged: true`" in outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    assert outcome.stdout == ""
+    assert outcome.leftovers == []
+
+
+def test_a_daemon_that_dies_at_start_fails_with_its_log_tail_and_a_diagnosis(image: str, daemon_put_dir: Path) -> None:
+    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"args": ["--no-such-flag"]}), put_dir=str(daemon_put_dir))
+
+    assert outcome.exit_code == 1
+    assert "the inner Docker daemon did not start: dockerd exited with code" in outcome.stderr
+    assert "last lines of the dockerd log" in outcome.stderr
+    assert "unknown flag: --no-such-flag" in outcome.stderr
+    assert "diagnosis: dockerd rejected a flag: check source.dockerd.args" in outcome.stderr
+    assert "Traceback" not in outcome.stderr
+    # containerd was already running: the same teardown stopped it and undid the mounts
+    assert outcome.leftovers == []
+
+
+def test_sigterm_during_a_run_exits_143_within_5_seconds_with_nothing_left(image: str, daemon_put_dir: Path) -> None:
+    outcome = run_script(image, "out", request(["up", "sleeper"]), put_dir=str(daemon_put_dir), sigterm_after=12)
+
+    assert "sleeper-up" in outcome.stderr, "the signal should arrive while the service runs: " + outcome.stderr[-2000:]
+    assert outcome.exit_code == 143, outcome.stderr[-3000:]
+    assert outcome.signal_to_exit is not None and outcome.signal_to_exit <= 5, outcome.signal_to_exit
+    assert outcome.leftovers == []
+    assert "aborted (SIGTERM): tearing down" in outcome.stderr and "inner daemon stopped:" in outcome.stderr
+
+
+@pytest.fixture
+def outer_engine_socket(engine: str) -> Iterator[str]:
+    """The outer engine's unix socket on the host, to bind into the resource container."""
+    assert engine.startswith("unix://"), f"this test binds the outer engine's unix socket; DOCKER_HOST is {engine}"
+    yield engine.removeprefix("unix://")
+
+
+def test_docker_host_mode_uses_the_outer_engine_and_starts_no_daemon(image: str, daemon_put_dir: Path, outer_engine_socket: str) -> None:
+    project = "compose-env-daemon-remote"
+    params = request(["run", "--rm", "probe"], docker_host="unix:///run/outer/docker.sock")
+    params["params"]["project_name"] = project
+    mounts = [(str(daemon_put_dir), PUT_DIR, True), (outer_engine_socket, "/run/outer/docker.sock", False)]
+    # not privileged on purpose: a remote engine needs no privileges
+    with Container(image, mounts, privileged=False) as container:
+        outcome = container.exec(["/opt/resource/out", PUT_DIR], env=DEFAULT_BUILD_ENV, stdin=json.dumps(params))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert "using the engine at unix:///run/outer/docker.sock (source.docker_host)" in outcome.stderr
+    assert "probe-ok" in outcome.stderr
+    assert outcome.metadata()["dockerd"].startswith("remote ")
+    assert outcome.leftovers == []
+    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"], capture_output=True, text=True, check=True)
+    assert left.stdout.strip() == ""
