@@ -242,6 +242,17 @@ def test_archive_is_extracted_from_a_chunk_stream_and_unsafe_entries_are_skipped
     assert not (target / "reports" / "escape").exists()
 
 
+def test_a_path_ending_in_slash_dot_copies_the_directory_contents(tmp_path: Path) -> None:
+    # `get_archive(container, "/reports/.")` names its entries "." and "./junit.xml", as `docker cp` does.
+    data = tar_bytes([member(".", tarfile.DIRTYPE), member("./junit.xml")], {"./junit.xml": b"<testsuite/>"})
+    copy = ArtifactCopy("tests", "/reports/.", "reports")
+
+    extract_stream(chunked(data, 100), tmp_path, copy)
+
+    assert (tmp_path / "junit.xml").read_bytes() == b"<testsuite/>"
+    assert copy.skipped == []
+
+
 def test_extraction_memory_stays_flat_whatever_the_archive_size(tmp_path: Path) -> None:
     size = 64 * 2**20
     archive = tmp_path / "big.tar"
