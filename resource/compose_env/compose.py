@@ -20,7 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +34,8 @@ from .errors import UserError
 from .report import RunResult, ServiceState
 
 TIMED_OUT_EXIT_CODE = 124
+#: Compose has ended but its output still arrives: wait as long as lines keep coming this often.
+STREAM_STALL_SECONDS = 5
 #: Exit codes of a container stopped by a signal; used only when the engine's events are unavailable.
 STOPPED_BY_SIGNAL = {137, 143}
 #: Inherited variables that would change what compose does without anyone asking.
@@ -64,6 +66,18 @@ class CommandShape:
     exit_code_from: str | None = None
     run_service: str | None = None
     no_deps: bool = False
+    #: every option given, with its value ("" for flags)
+    options: tuple[tuple[str, str], ...] = ()
+
+    def values_of(self, *names: str) -> list[str]:
+        return [value for option, value in self.options if option in names]
+
+    def follows_output_of(self, service: str) -> bool:
+        """Whether compose prints this service's output with a prefix (attached `up`)."""
+        if self.subcommand != "up" or self.values_of("-d", "--detach", "--wait", "--no-log-prefix"):
+            return False
+        attach = self.values_of("--attach")
+        return (not attach or service in attach) and service not in self.values_of("--no-attach")
 
     @property
     def named_services(self) -> tuple[str, ...]:
@@ -79,7 +93,7 @@ def analyse_command(command: Sequence[str]) -> CommandShape:
     value_options = RUN_VALUE_OPTIONS if subcommand == "run" else UP_VALUE_OPTIONS if subcommand == "up" else set()
     positionals: list[str] = []
     exit_code_from = None
-    no_deps = False
+    options: list[tuple[str, str]] = []
     index = 0
     while index < len(args):
         arg = args[index]
@@ -93,18 +107,19 @@ def analyse_command(command: Sequence[str]) -> CommandShape:
                 index += 1
             if option == "--exit-code-from":
                 exit_code_from = value
-            no_deps = no_deps or option == "--no-deps"
+            options.append((option, value))
             index += 1
             continue
         positionals.append(arg)
         if subcommand == "run":
             break  # the rest is the command run inside the container
         index += 1
+    no_deps = any(option == "--no-deps" for option, _ in options)
     if subcommand == "run":
         service = positionals[0] if positionals else None
-        return CommandShape("run", (service,) if service else (), None, service, no_deps)
+        return CommandShape("run", (service,) if service else (), None, service, no_deps, tuple(options))
     services = tuple(positionals) if subcommand in SERVICE_SUBCOMMANDS else ()
-    return CommandShape(subcommand, services, exit_code_from, None, no_deps)
+    return CommandShape(subcommand, services, exit_code_from, None, no_deps, tuple(options))
 
 
 def services_started(shape: CommandShape, services: Mapping[str, Any]) -> list[str]:
@@ -206,17 +221,26 @@ def failing_services(shape: CommandShape, exit_code: int, states: Sequence[Servi
     return list(dict.fromkeys(names))
 
 
-def split_prefixed(line: str, services: Iterable[str]) -> tuple[str, str] | None:
-    """`tests-1  | text` → ("tests", "text"); None for compose's own lines."""
+@dataclass(frozen=True)
+class PrefixedLine:
+    """A line of a container's output as compose prints it: `source  | text`, source being `service-N`."""
+
+    service: str
+    source: str
+    text: str
+
+
+def split_prefixed(line: str, services: Iterable[str]) -> PrefixedLine | None:
+    """`tests-1  | text` → PrefixedLine("tests", "tests-1", "text"); None for compose's own lines."""
     match = PREFIXED_LINE.match(line)
     if not match:
         return None
-    prefix = match.group("prefix")
+    source = match.group("prefix")
     known = set(services)
-    for candidate in (prefix, REPLICA_SUFFIX.sub("", prefix)):
-        if candidate in known:
-            return candidate, match.group("text") or ""
-    return (REPLICA_SUFFIX.sub("", prefix), match.group("text") or "") if not known else None
+    for candidate in (source, REPLICA_SUFFIX.sub("", source)):
+        if candidate in known or not known:
+            return PrefixedLine(candidate if known else REPLICA_SUFFIX.sub("", source), source, match.group("text") or "")
+    return None
 
 
 def compose_environment(inherited: Mapping[str, str], params_env: Mapping[str, str], engine_env: Mapping[str, str]) -> dict[str, str]:
@@ -304,6 +328,9 @@ class ComposeProject:
         self.shape = analyse_command(params.command)
         self._all_services: dict[str, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._lines_streamed = 0
+        #: lines compose printed per source (`service-N`), to find what it did not print
+        self._streamed: dict[str, int] = {}
 
     # -- argv and environment
 
@@ -465,9 +492,9 @@ class ComposeProject:
             self.kill()  # aborted: compose must not outlive us, and the readers end with it
             raise
         finally:
-            for reader in readers:
-                reader.join(5)
+            self._drain(readers)
             self._process = None
+        self._print_what_compose_dropped(shape, client)
         stopped = self._stopped_containers(client, since)
         states = self.states(stopped)
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else decide_exit_code(shape, process.returncode, states)
@@ -487,9 +514,26 @@ class ComposeProject:
             except ProcessLookupError:
                 pass
 
+    def _drain(self, readers: Sequence[threading.Thread]) -> None:
+        """Wait until the readers have printed all of compose's output (megabytes can lag behind its exit).
+
+        Give up only when the output stops moving: a process that inherited the pipes
+        could otherwise hold us forever.
+        """
+        while True:
+            alive = [reader for reader in readers if reader.is_alive()]
+            if not alive:
+                return
+            before = self._lines_streamed
+            alive[0].join(STREAM_STALL_SECONDS)
+            if alive[0].is_alive() and self._lines_streamed == before:
+                self.console.warn(f"compose's output stalled for {STREAM_STALL_SECONDS}s after it ended: not waiting for the rest")
+                return
+
     def _pump(self, stream: IO[bytes], shape: CommandShape, known: set[str], is_stdout: bool) -> None:
         """Print each line as it comes; stdout lines also go to their service's log file."""
         for raw in iter(stream.readline, b""):
+            self._lines_streamed += 1
             line = ERASE_AT_START.sub("", raw.decode(errors="replace").rstrip("\r\n"))
             self.console.line(line)
             if not is_stdout:
@@ -499,7 +543,29 @@ class ComposeProject:
                 continue
             prefixed = split_prefixed(line, known)
             if prefixed:
-                self.logs.append(*prefixed)
+                self.logs.append(prefixed.service, prefixed.text)
+                self._streamed[prefixed.source] = self._streamed.get(prefixed.source, 0) + 1
+
+    def _print_what_compose_dropped(self, shape: CommandShape, client: docker.APIClient) -> None:
+        """Print the end of each followed container's output that compose did not.
+
+        Compose 2.26's `up` returns as soon as the containers have exited, before its log
+        stream has caught up: with fast output the last lines (the test summary!) are lost.
+        The engine's log has them all; skip the lines compose printed, print the rest with
+        the same prefix, in the same order.
+        """
+        try:
+            containers = [c for c in self._containers(client) if shape.follows_output_of(_label(c, "service"))]
+        except docker.errors.APIError:
+            return
+        for container in sorted(containers, key=lambda c: _source(c)):
+            source, service = _source(container), _label(container, "service")
+            printed = self._streamed.get(source, 0)
+            for count, line in enumerate(_engine_log_lines(client, container["Id"], skip=printed)):
+                if count == 0:
+                    self.console.info(f"(compose stopped following {source} after {printed} lines: the rest from the engine's log)")
+                self.console.line(f"{source} | {line}")
+                self.logs.append(service, line)
 
     def _stopped_containers(self, client: docker.APIClient, since: float) -> set[str] | None:
         """Containers compose stopped during the run, from the engine's events (None if they cannot be read)."""
@@ -551,11 +617,8 @@ class ComposeProject:
                 self.console.line(f"    {line}")
         if result.services:
             self.console.header("services (docker compose ps -a)")
-            self.console.line(f"    {'SERVICE':<20} {'CONTAINER':<32} {'STATE':<10} {'EXIT':<5} {'HEALTH':<10} NOTE")
-            for state in result.services:
-                exit_text = "" if state.exit_code is None or state.state != "exited" else str(state.exit_code)
-                note = "stopped by compose" if state.stopped else "failed" if state.failed else ""
-                self.console.line(f"    {state.name:<20} {state.container:<32} {state.state:<10} {exit_text:<5} {state.health:<10} {note}".rstrip())
+            for row in ps_table(result.services):
+                self.console.line(f"    {row}")
 
     def down(self, grace: int) -> str:
         """`down --volumes --remove-orphans` with a short stop timeout; returns a problem description, or ''."""
@@ -567,6 +630,47 @@ class ComposeProject:
             return ""
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         return " / ".join(lines[-3:]) or f"exit code {result.returncode}"
+
+
+def _label(container: Mapping[str, Any], name: str) -> str:
+    return str((container.get("Labels") or {}).get(f"com.docker.compose.{name}", ""))
+
+
+def _source(container: Mapping[str, Any]) -> str:
+    """The prefix compose prints for a container: `service-N`, or its `container_name` if it has one."""
+    source = f"{_label(container, 'service')}-{_label(container, 'container-number') or 1}"
+    name = str((container.get("Names") or [""])[0]).lstrip("/")
+    return source if not name or name == f"{_label(container, 'project')}-{source}" else name
+
+
+def _engine_log_lines(client: docker.APIClient, container_id: str, skip: int) -> Iterator[str]:
+    """The container's logged lines (stdout and stderr) after the first `skip`, read as a stream."""
+    try:
+        chunks = client.logs(container_id, stdout=True, stderr=True, stream=True, follow=False)
+        pending = b""
+        seen = 0
+        for chunk in chunks:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                seen += 1
+                if seen > skip:
+                    yield raw.decode(errors="replace").rstrip("\r")
+        if pending and seen + 1 > skip:
+            yield pending.decode(errors="replace").rstrip("\r")
+    except docker.errors.APIError:
+        return
+
+
+def ps_table(states: Sequence[ServiceState]) -> list[str]:
+    """Aligned rows: service, container, state, exit code, health, and whether compose stopped it."""
+    rows = [("SERVICE", "CONTAINER", "STATE", "EXIT", "HEALTH", "NOTE")]
+    for state in states:
+        exit_text = "" if state.exit_code is None or state.state != "exited" else str(state.exit_code)
+        note = "stopped by compose" if state.stopped else "failed" if state.failed else ""
+        rows.append((state.name, state.container, state.state, exit_text, state.health, note))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def _missing_message(missing: Sequence[tuple[str, str, str]]) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from compose_env.compose import (
     ComposeProject,
+    PrefixedLine,
     ServiceLogs,
     analyse_command,
     compose_environment,
@@ -16,6 +17,7 @@ from compose_env.compose import (
     decide_exit_code,
     failing_services,
     parse_ps_json,
+    ps_table,
     service_states,
     services_started,
     split_prefixed,
@@ -108,6 +110,16 @@ def test_analyse_command_finds_the_services_it_names(
     shape = analyse_command(command)
 
     assert (shape.subcommand, shape.services, shape.exit_code_from, shape.run_service) == (subcommand, services, exit_code_from, run_service)
+
+
+def test_only_an_attached_up_follows_the_output_of_its_services() -> None:
+    assert analyse_command(["up"]).follows_output_of("db")
+    assert not analyse_command(["up", "-d"]).follows_output_of("db")
+    assert not analyse_command(["up", "--wait"]).follows_output_of("db")
+    assert not analyse_command(["run", "db"]).follows_output_of("db")
+    assert analyse_command(["up", "--attach", "tests"]).follows_output_of("tests")
+    assert not analyse_command(["up", "--attach", "tests"]).follows_output_of("db")
+    assert not analyse_command(["up", "--no-attach=db"]).follows_output_of("db")
 
 
 def test_exit_code_from_is_a_named_service_but_does_not_limit_what_up_starts() -> None:
@@ -219,9 +231,10 @@ def test_failing_services_put_the_command_target_first_then_own_failures_then_on
 def test_prefixed_lines_are_split_by_known_service_even_with_replica_numbers_and_bars_in_the_text() -> None:
     known = {"tests", "db-2", "redis"}
 
-    assert split_prefixed("tests-1  | ok | fine", known) == ("tests", "ok | fine")
-    assert split_prefixed("db-2-1   | ready", known) == ("db-2", "ready")
-    assert split_prefixed("redis-1  |", known) == ("redis", "")
+    assert split_prefixed("tests-1  | ok | fine", known) == PrefixedLine("tests", "tests-1", "ok | fine")
+    assert split_prefixed("db-2-1   | ready", known) == PrefixedLine("db-2", "db-2-1", "ready")
+    assert split_prefixed("redis-1  |", known) == PrefixedLine("redis", "redis-1", "")
+    assert split_prefixed("web-3 | up", set()) == PrefixedLine("web", "web-3", "up")
     assert split_prefixed("tests-1 exited with code 0", known) is None
     assert split_prefixed("Attaching to redis-1, tests-1", known) is None
     assert split_prefixed("nginx-1  | x", known) is None
@@ -238,3 +251,12 @@ def test_service_logs_are_redacted_and_tailed_from_the_end(tmp_path: Path) -> No
     assert logs.tail("redis", 5) == ["a", "b ***"]
     assert logs.services() == ["redis", "tests"]
     assert "hunter22" not in (tmp_path / "logs/tests.log").read_text()
+
+
+def test_ps_table_aligns_columns_and_says_which_containers_compose_stopped() -> None:
+    rows = ps_table([ServiceState("redis", "exited", 0, "", "project-redis-1", True), ServiceState("tests", "exited", 3, "", "project-tests-1")])
+
+    assert rows[0].split() == ["SERVICE", "CONTAINER", "STATE", "EXIT", "HEALTH", "NOTE"]
+    assert rows[1].split() == ["redis", "project-redis-1", "exited", "0", "stopped", "by", "compose"]
+    assert rows[2].split() == ["tests", "project-tests-1", "exited", "3", "failed"]
+    assert rows[1].index("exited") == rows[2].index("exited") == rows[0].index("STATE")
