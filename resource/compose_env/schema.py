@@ -27,6 +27,8 @@ PathPart = str | int
 #: Maps a problem's path parts to the name of the document it is in (`params`, `source.params`).
 RootFor = Callable[[tuple[PathPart, ...]], str]
 SCHEMA_NAMES = ("source", "put_params", "request", "in_request", "task_config")
+#: Beyond this many, a wrong document (the wrong file passed as params?) would flood the log.
+MAX_PROBLEMS = 20
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,8 @@ def _problems(error: jsonschema.ValidationError) -> list[Problem]:
     if error.validator == "type":
         wanted = schema.get("type")
         wanted_text = " or ".join(_with_article(w) for w in wanted) if isinstance(wanted, list) else _with_article(str(wanted))
-        return [Problem(parts, f"must be {wanted_text}, got {_type_name(instance)} ({got})")]
+        shown = "" if instance is None else f" ({got})"
+        return [Problem(parts, f"must be {wanted_text}, got {_type_name(instance)}{shown}")]
     if error.validator == "enum":
         choices = [str(choice) for choice in schema.get("enum", [])]
         close = did_you_mean(instance, choices) if isinstance(instance, str) else None
@@ -177,4 +180,7 @@ def validate(instance: Any, schema_name: str, root: str | RootFor, *, ignore_req
     if not problems:
         return
     root_for = root if callable(root) else (lambda _parts: root)
-    raise UserError.many([(format_path(root_for(p.parts), p.parts), p.message, p.hint) for p in problems])
+    lines = [(format_path(root_for(p.parts), p.parts), p.message, p.hint) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        lines.append(("", f"... and {len(problems) - MAX_PROBLEMS} more problems", ""))
+    raise UserError.many(lines)

@@ -13,7 +13,7 @@ from compose_env.schema import SCHEMA_NAMES, did_you_mean, problems_in, validate
 def lines(instance: object, schema: str = "put_params", root: str = "params") -> list[str]:
     with pytest.raises(UserError) as caught:
         validate(instance, schema, root)
-    return [f"{path}: {message}" + (f" ({hint})" if hint else "") for path, message, hint in caught.value.problems]
+    return [(f"{path}: {message}" if path else message) + (f" ({hint})" if hint else "") for path, message, hint in caught.value.problems]
 
 
 def test_every_schema_ships_as_json_in_the_package() -> None:
@@ -122,3 +122,13 @@ def test_ignoring_required_checks_defaults_alone() -> None:
 def test_did_you_mean_needs_a_close_match() -> None:
     assert did_you_mean("compose_file", ["compose_files", "command"]) == "compose_files"
     assert did_you_mean("banana", ["compose_files", "command"]) is None
+
+
+def test_null_is_named_once() -> None:
+    assert lines({"compose_files": "a", "env": {"A": None}}) == ["params.env.A: must be a string, got null"]
+
+
+def test_a_flood_of_problems_is_cut_short() -> None:
+    found = lines({"compose_files": "a", "env": {f"K{i}": i for i in range(30)}})
+    assert len(found) == 21
+    assert found[-1] == "... and 10 more problems"
