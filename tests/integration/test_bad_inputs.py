@@ -93,6 +93,14 @@ BEFORE_DAEMON_ROWS = [
     Row("params-logs-typo", put({**APP, "logs": {"tial": 5}}), 2, ("params.logs.tial: unknown key", "'tail'")),
     Row("params-project-name", put({**APP, "project_name": "My Project"}), 2, ("params.project_name: expected a compose project name",)),
     Row("params-bool-as-string", put({**APP, "fail_on_error": "false"}), 2, ("params.fail_on_error: must be a boolean",)),
+    Row(
+        "task-compose-env-typo",
+        "",
+        2,
+        ("COMPOSE_ENV.compose_file: unknown key", "did you mean 'compose_files'?"),
+        "task",
+        env={"COMPOSE_ENV": json.dumps({"compose_file": "app/docker-compose.yml"})},
+    ),
     Row("in-without-version", {"source": {}}, 2, ("version: is required",), "in"),
     Row("in-with-params", {"source": {}, "version": {"id": "1"}, "params": {"skip_download": True}}, 2, ("params.skip_download: unknown key",), "in"),
     # files
@@ -265,7 +273,12 @@ def resource(image: str, bad_put_dir: Path) -> Iterator[Container]:
 
 
 def run_row(container: Container, row: Row) -> RunOutcome:
-    argv = {"check": ["/opt/resource/check"], "in": ["/opt/resource/in", "/tmp/build/get"], "out": ["/opt/resource/out", PUT_DIR]}[row.script]
+    argv = {
+        "check": ["/opt/resource/check"],
+        "in": ["/opt/resource/in", "/tmp/build/get"],
+        "out": ["/opt/resource/out", PUT_DIR],
+        "task": ["/opt/resource/task"],
+    }[row.script]
     stdin = row.stdin if isinstance(row.stdin, str) else json.dumps(row.stdin)
     env = {} if row.script == "check" else {"BUILD_ID": "7", "BUILD_PIPELINE_NAME": "bad-inputs", **row.env}
     return container.exec(argv, env=env, stdin=stdin, timeout=300)
