@@ -33,9 +33,11 @@ def run(image: str, put_dir: Path, out: Path, compose_env: dict) -> tuple:
     return outcome, report
 
 
-def test_passing_run_rm_keeps_the_junit_report_full_redacted_logs_and_a_report(image: str, put_dir: Path, tmp_path: Path) -> None:
+def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_report(image: str, put_dir: Path, tmp_path: Path) -> None:
+    # tasks/compose-env.yml as is (run --rm tests, /reports → compose-env-output/reports), plus the
+    # images this fixture needs, as `COMPOSE_ENV=... fly execute` would override it.
     out = tmp_path / "out"
-    compose_env = {**BASE, "command": "run --rm tests", "artifacts": [{"service": "tests", "path": "/reports/junit.xml", "to": "reports"}]}
+    compose_env = {**TASK_CONFIG["params"]["COMPOSE_ENV"], **BASE}
 
     outcome, report = run(image, put_dir, out, compose_env)
 
@@ -61,7 +63,7 @@ def test_passing_run_rm_keeps_the_junit_report_full_redacted_logs_and_a_report(i
     assert set(report["timings"]) >= {"daemon", "load", "run", "artifacts", "teardown"}
     assert report["logs"]["tests"] == "logs/tests.log"
     assert report["artifacts"] == [
-        {"service": "tests", "path": "/reports/junit.xml", "to": "reports", "copied": True, "files": 1, "bytes": len(junit), "problem": "", "skipped": []}
+        {"service": "tests", "path": "/reports", "to": ".", "copied": True, "files": 1, "bytes": len(junit), "problem": "", "skipped": []}
     ]
 
 
