@@ -239,11 +239,11 @@ class AfterRunCollector:
 
     def _copy(self, client: docker.APIClient, project: str, artifact: Artifact) -> ArtifactCopy:
         copy = ArtifactCopy(artifact.service, artifact.path, artifact.to)
-        container = service_container(client, project, artifact.service)
-        if container is None:
-            copy.problem = "no container of that service (it did not run)"
-            return copy
         try:
+            container = service_container(client, project, artifact.service)
+            if container is None:
+                copy.problem = "no container of that service (it did not run)"
+                return copy
             target = _inside(self.task.output_dir, artifact.to, f"{artifact.param_path}.to", "output_dir")
             chunks, _stat = client.get_archive(container, artifact.path)
             target.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,9 @@ import tarfile
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import docker
 import pytest
 from compose_env.compose import ServiceLogs
 from compose_env.config import BuildMetadata
@@ -290,6 +292,67 @@ def test_chunk_reader_reads_across_chunk_boundaries_without_joining_them() -> No
     assert reader.read(4) == b"\x00\x00\x00\x01"
     assert consumed == [0, 1]  # read on demand, not all at once
     assert reader.read() == b"\x01\x01" + b"\x02" * 3 + b"\x03" * 3 + b"\x04" * 3
+
+
+# ---------------------------------------------------------------- the after-run hook
+
+
+class FakeEngine:
+    """The three engine calls the hook makes, answered from memory: one `tests` container holding /reports."""
+
+    def __init__(self, archive: bytes) -> None:
+        self.archive = archive
+
+    def containers(self, all: bool, filters: dict) -> list[dict]:
+        labels = filters["label"]
+        wanted = labels if isinstance(labels, list) else [labels]
+        if any(label.endswith("service=db") for label in wanted):
+            return []
+        return [{"Id": "c1", "Created": 1}]
+
+    def inspect_container(self, container: str) -> dict:
+        labels = {"com.docker.compose.service": "tests", "com.docker.compose.oneoff": "True"}
+        state = {"Status": "exited", "ExitCode": 3, "StartedAt": "2026-11-28T01:00:00.5Z", "FinishedAt": "2026-11-28T01:00:02Z"}
+        return {"Name": "/p-tests-run-1", "Config": {"Labels": labels, "Image": "example/tests:ci"}, "State": state, "RestartCount": 0}
+
+    def get_archive(self, container: str, path: str) -> tuple[Iterator[bytes], dict]:
+        if path != "/reports":
+            raise docker.errors.NotFound("no such path")
+        return chunked(self.archive, 512), {}
+
+
+class FakeProject:
+    params = SimpleNamespace(project_name="p")
+
+    def services(self) -> dict:
+        return {"tests": {}, "db": {}}
+
+
+def test_after_run_copies_what_exists_reports_what_does_not_and_refuses_unknown_services(work_dir: Path) -> None:
+    artifacts = [
+        {"service": "tests", "path": "/reports"},
+        {"service": "tests", "path": "/coverage"},
+        {"service": "db", "path": "/var/log"},
+        {"service": "test", "path": "/reports"},
+    ]
+    task = parse({**PARAMS, "artifacts": artifacts}, work_dir)
+    collector = AfterRunCollector(task, Console(io.StringIO()))
+    engine = FakeEngine(tar_bytes([member("reports", tarfile.DIRTYPE), member("reports/junit.xml")], {"reports/junit.xml": b"<testsuite/>"}))
+
+    collector(FakeProject(), SimpleNamespace(client=engine), RunResult(("run", "tests"), 3, "failed"))
+
+    assert (task.output_dir / "artifacts" / "tests" / "reports" / "junit.xml").read_bytes() == b"<testsuite/>"
+    copied, missing, not_run, unknown = collector.copies
+    assert copied.copied and copied.files == 1
+    assert not missing.copied and "no such file" in missing.problem
+    assert not not_run.copied and "did not run" in not_run.problem
+    assert not unknown.copied
+    assert collector.containers["tests"][0]["duration_seconds"] == 1.5
+    assert "artifacts" in collector.timings
+    with pytest.raises(UserError) as error:
+        collector.raise_unknown_services()
+    assert error.value.path == "COMPOSE_ENV.artifacts[3].service"
+    assert "services: db, tests" in error.value.hint
 
 
 # ---------------------------------------------------------------- report
