@@ -36,6 +36,8 @@ from .report import RunResult, ServiceState
 TIMED_OUT_EXIT_CODE = 124
 #: Compose has ended but its output still arrives: wait as long as lines keep coming this often.
 STREAM_STALL_SECONDS = 5
+#: Lines of each failing service printed again after the run (the whole log streamed already).
+FAILURE_TAIL_MIN, FAILURE_TAIL_MAX = 20, 200
 #: Exit codes of a container stopped by a signal; used only when the engine's events are unavailable.
 STOPPED_BY_SIGNAL = {137, 143}
 #: Inherited variables that would change what compose does without anyone asking.
@@ -425,6 +427,11 @@ class ComposeProject:
                 )
             profiles = ", ".join(every[service].get("profiles") or [])
             self.console.info(f"{service} belongs to profile {profiles}: compose starts it because the command names it")
+        for index, service in enumerate(self.params.logs.services or ()):
+            if service not in active and service not in self.all_services():
+                raise UserError(
+                    f"params.logs.services[{index}]", f"unknown service {service!r}", f"services in the project: {', '.join(sorted(self.all_services()))}"
+                )
         return shape
 
     def _services_for(self, names: Iterable[str]) -> dict[str, Any]:
@@ -611,7 +618,7 @@ class ComposeProject:
     def print_failure_details(self, result: RunResult, tail: int) -> None:
         """Each failing service's last lines, then a ps table: what a reader needs to see why."""
         for service in result.failing_services:
-            lines = self.logs.tail(service, max(tail, 20))
+            lines = self.logs.tail(service, min(max(tail, FAILURE_TAIL_MIN), FAILURE_TAIL_MAX))
             self.console.header(f"last {len(lines)} log lines of {service}")
             for line in lines:
                 self.console.line(f"    {line}")

@@ -80,7 +80,7 @@ def test_failing_client_shows_its_last_lines_and_ps_and_no_secret_appears_anywhe
 
 
 def test_exit_code_from_reports_the_real_code_of_a_service_stopped_by_the_cascade(image: str, put_dir: Path) -> None:
-    params = {"images": [TESTS_IMAGE], "command": ["up", "--exit-code-from", "tests"], "fail_on_error": False}
+    params = {"images": [TESTS_IMAGE], "command": ["up", "--exit-code-from", "tests"], "fail_on_error": False, "logs": {"services": ["tests"]}}
 
     outcome = put(image, put_dir, "cascade", params)
 
@@ -90,6 +90,7 @@ def test_exit_code_from_reports_the_real_code_of_a_service_stopped_by_the_cascad
     assert metadata["exit_code"] == "137" and metadata["status"] == "failed"
     assert "tests=exited(137)" in metadata["services"] and "setup=exited(0)" in metadata["services"]
     assert "never comes" in metadata["logs/tests"]
+    assert "logs/setup" not in metadata  # params.logs.services
     assert re.search(r"^ +tests +\S+ +exited +137 .*stopped by compose$", outcome.stderr, re.MULTILINE)
 
 
@@ -112,18 +113,17 @@ def test_five_megabytes_of_logs_stream_whole_while_the_response_stays_small(imag
         assert numbers == list(range(1, 25001)), f"noisy-{prefix}: {len(numbers)} lines, in order: {numbers == sorted(numbers)}"
 
 
-def test_timeout_stops_the_run_and_keeps_its_logs(image: str, put_dir: Path) -> None:
-    params = {"images": [TESTS_IMAGE], "command": ["run", "--rm", "tests"], "timeout": "4s", "fail_on_error": False}
+def test_timeout_stops_the_run_fails_the_put_and_keeps_the_logs(image: str, put_dir: Path) -> None:
+    params = {"images": [TESTS_IMAGE], "command": ["run", "--rm", "tests"], "timeout": "4s"}
 
     outcome = put(image, put_dir, "slow", params)
 
-    assert outcome.exit_code == 0, outcome.stderr
-    metadata = outcome.metadata()
-    assert metadata["status"] == "timed_out"
-    assert metadata["exit_code"] == "124"
-    assert "tests: started, now hanging" in metadata["logs/tests"]
+    assert outcome.exit_code == 1
+    assert outcome.stdout == ""
     assert "timed out after 4s (params.timeout)" in outcome.stderr
-    assert "log lines of tests" in outcome.stderr
+    assert "the put fails: timed_out (exit code 124)" in outcome.stderr
+    tail = outcome.stderr[outcome.stderr.index("log lines of tests") :]
+    assert "tests: started, now hanging" in tail
     assert outcome.duration < 60
     assert outcome.leftovers == []
 
