@@ -79,11 +79,12 @@ def effective_capabilities(status: str = "/proc/self/status") -> int:
     return 0
 
 
-def check_privileged(scratch: str, status: str = "/proc/self/status") -> None:
+def check_privileged(status: str = "/proc/self/status") -> None:
     """Fail at once, with the fix, when the container cannot run a daemon: no CAP_SYS_ADMIN or no mounts."""
     missing = "CAP_SYS_ADMIN is missing" if not effective_capabilities(status) & (1 << CAP_SYS_ADMIN) else ""
     if not missing:
-        probe = tempfile.mkdtemp(prefix=".mount-probe-", dir=scratch if os.path.isdir(scratch) else None)
+        os.makedirs(RUN_DIR, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=".mount-probe-", dir=RUN_DIR)
         try:
             mount("compose-env-probe", probe, "tmpfs", 0, "size=4k")
             umount(probe)
@@ -350,11 +351,10 @@ def diagnose(log_text: str) -> str:
 class InnerDaemon:
     """containerd + dockerd in this container, with everything needed to undo them."""
 
-    def __init__(self, source: Source, console: Console, scratch: str = "/scratch") -> None:
+    def __init__(self, source: Source, console: Console) -> None:
         self.source = source
         self.options = source.dockerd
         self.console = console
-        self.scratch = scratch
         self.mounts = MountTracker()
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.log_dir = f"{RUN_DIR}/logs"
@@ -367,7 +367,7 @@ class InnerDaemon:
     def start(self, images_bytes: int, config_dir: str) -> DaemonHandle:
         """Pre-flight, cgroups, data root, containerd, probes, dockerd, readiness; all decisions logged."""
         started = time.monotonic()
-        check_privileged(self.scratch)
+        check_privileged()
         for directory in (RUN_DIR, self.log_dir, os.path.dirname(CONTAINERD_SOCKET)):
             os.makedirs(directory, exist_ok=True)
         self._remove_stale_files()
@@ -532,10 +532,12 @@ class InnerDaemon:
 
         stopped = self._stop_containers(grace, problems)
         lap(f"{stopped} container{'s' if stopped != 1 else ''}")
-        for name in ("dockerd", "containerd"):
+        # dockerd gets SIGTERM (it unmounts and removes its network namespaces itself);
+        # containerd's graceful stop only tidies state in the data root we throw away.
+        for name, grace in (("dockerd", DAEMON_GRACE_SECONDS), ("containerd", 0.0)):
             for process_name, process in self.processes:
                 if process_name == name and process.poll() is None:
-                    self._terminate(process, DAEMON_GRACE_SECONDS)
+                    self._terminate(process, grace)
                     lap(name)
         killed = self._kill_strays()
         if killed:
@@ -580,12 +582,16 @@ class InnerDaemon:
 
     @staticmethod
     def _terminate(process: subprocess.Popen[bytes], grace: float) -> None:
-        process.terminate()
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(2)
+        """SIGTERM and `grace` seconds, then SIGKILL (at once when `grace` is 0)."""
+        if grace > 0:
+            process.terminate()
+            try:
+                process.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        process.kill()
+        process.wait(2)
 
     def _kill_strays(self) -> int:
         """What outlives containerd and dockerd by design: our shims with their containers, fuse-overlayfs helpers."""

@@ -139,7 +139,7 @@ def test_not_privileged_is_reported_with_the_fix(tmp_path: Path) -> None:
     status.write_text("Name:\tpython3\nCapEff:\t00000000a80425fb\n")  # Docker's default set: no CAP_SYS_ADMIN
 
     with pytest.raises(RuntimeFailure) as raised:
-        daemon.check_privileged(str(tmp_path), str(status))
+        daemon.check_privileged(str(status))
 
     assert "the resource type must be declared `privileged: true`" in raised.value.message
     assert "CAP_SYS_ADMIN" in raised.value.message

@@ -1,0 +1,250 @@
+"""Side-by-side benchmarks, ours against the dcind way, on the same image and inputs, in one run.
+
+1. Inner daemon ready time, in one resource container, alternating:
+   - ours: `InnerDaemon.start` (pre-flight, cgroups, data root, containerd first, probes,
+     dockerd, the API answering), then its stop;
+   - naive: `dockerd` with its managed containerd, `sleep 1` then `docker info` every second
+     as the dcind-family scripts do; the moment the API really started serving (from the
+     dockerd log) is recorded too.
+2. The seed scenario end to end, each run in a fresh resource container (as Concourse gives
+   each step), alternating which goes first: a redis server from a registry-image `format: oci`
+   tarball (gzip layers, ~150 MB) and a test client from a docker-image `save: true` tarball
+   (~330 MB), `docker compose run --rm tests`:
+   - ours: `/opt/resource/out` through the Concourse-style harness;
+   - dcind: bench/dcind.sh (start dockerd, poll every second, `docker load` each, run, down).
+
+    python3 bench/run.py [--image compose-env:dev] [--daemon-runs 7] [--e2e-runs 3]
+
+The seed inputs are built from the base image with Debian packages (bench/images) and
+cached in /tmp/compose-env-bench-seed. Results also go to bench/results/ as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import DEFAULT_BUILD_ENV, PUT_DIR, Container  # noqa: E402
+from image_fixtures import docker_image_save_dir, parts_from_docker, registry_image_oci_dir  # noqa: E402
+
+SEED = Path("/tmp/compose-env-bench-seed")
+BENCH_MOUNT = "/bench"
+SERVER_TAG, CLIENT_TAG = "bench/redis:7", "bench/tests:ci"
+COMPOSE_FILE = f"""\
+# The seed scenario: a redis server and a test client that talks to it.
+services:
+  redis:
+    image: {SERVER_TAG}
+  tests:
+    image: {CLIENT_TAG}
+    depends_on: [redis]
+    environment:
+      REDIS_HOST: redis
+"""
+REQUEST = {"source": {}, "params": {"compose_files": ["src/docker-compose.yml"], "images": ["redis-image", "tests-image"], "command": ["run", "--rm", "tests"]}}
+
+OURS_READY = r"""
+import io, json, time
+from compose_env.config import Source
+from compose_env.console import Console
+from compose_env.daemon import InnerDaemon
+inner = InnerDaemon(Source(), Console(io.StringIO()))
+started = time.monotonic()
+inner.start(0, "/run/compose-env/docker-config")
+ready = time.monotonic() - started
+started = time.monotonic()
+inner.stop()
+print(json.dumps({"ready": ready, "stop": time.monotonic() - started}))
+"""
+
+NAIVE_READY = r"""
+import datetime, json, re, subprocess, sys, time
+run = sys.argv[1]
+log_path = f"/tmp/naive-{run}.log"
+with open(log_path, "w") as log:
+    wall, started = time.time(), time.monotonic()
+    dockerd = subprocess.Popen(["dockerd", f"--data-root=/scratch/naive-{run}"], stdout=log, stderr=log)
+time.sleep(1)
+while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+    time.sleep(1)
+detected = time.monotonic() - started
+stamp = re.search(r'time="([^".]+)\.(\d{6})\d*Z" level=info msg="API listen on', open(log_path).read())
+serving = datetime.datetime.fromisoformat(f"{stamp[1]}.{stamp[2]}+00:00").timestamp() - wall
+dockerd.terminate()
+dockerd.wait(20)
+print(json.dumps({"ready": detected, "serving": serving}))
+"""
+
+
+def docker(*args: str) -> str:
+    return subprocess.run(["docker", *args], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def seed_put_dir() -> Path:
+    """Build the two images (cached by Docker) and lay them out as the earlier steps would."""
+    base = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
+    images = ROOT / "bench" / "images"
+    for target, tag in (("server", SERVER_TAG), ("client", CLIENT_TAG)):
+        subprocess.run(
+            ["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "--target", target, "-t", tag, str(images)], check=True, capture_output=True
+        )
+    key = docker("image", "inspect", "-f", "{{.Id}}", SERVER_TAG) + docker("image", "inspect", "-f", "{{.Id}}", CLIENT_TAG)
+    put = SEED / "put"
+    if (SEED / "key").is_file() and (SEED / "key").read_text() == key:
+        return put
+    subprocess.run(["rm", "-rf", str(SEED)], check=True)
+    (put / "src").mkdir(parents=True)
+    (put / "src" / "docker-compose.yml").write_text(COMPOSE_FILE)
+    with tempfile.TemporaryDirectory(dir="/tmp") as work:
+        server = parts_from_docker(SERVER_TAG, Path(work) / "server")
+        registry_image_oci_dir(server, put / "redis-image", "bench/redis", "7", SERVER_TAG)
+        client = parts_from_docker(CLIENT_TAG, Path(work) / "client")
+        docker_image_save_dir(client, put / "tests-image", "bench/tests", "ci")
+    (SEED / "key").write_text(key)
+    return put
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def daemon_ready(image: str, runs: int) -> dict[str, list[float]]:
+    results: dict[str, list[float]] = {"ours": [], "ours_stop": [], "naive": [], "naive_serving": []}
+    with Container(image) as container:
+        for run in range(runs):
+            ours = container.exec(["python3", "-c", OURS_READY], workdir="/")
+            naive = container.exec(["python3", "-c", NAIVE_READY, str(run)], workdir="/")
+            for outcome in (ours, naive):
+                if outcome.exit_code != 0:
+                    raise SystemExit(f"daemon bench run failed:\n{outcome.stderr[-3000:]}")
+            ours_numbers, naive_numbers = json.loads(ours.stdout), json.loads(naive.stdout)
+            results["ours"].append(ours_numbers["ready"])
+            results["ours_stop"].append(ours_numbers["stop"])
+            results["naive"].append(naive_numbers["ready"])
+            results["naive_serving"].append(naive_numbers["serving"])
+            print(
+                f"  daemon run {run + 1}: ours {ours_numbers['ready']:.3f}s, naive {naive_numbers['ready']:.2f}s (API up {naive_numbers['serving']:.2f}s)",
+                file=sys.stderr,
+            )
+    return results
+
+
+def run_ours(image: str, put: Path) -> dict[str, float]:
+    with Container(image, [(str(put), PUT_DIR, True)]) as container:
+        outcome = container.exec(["/opt/resource/out", PUT_DIR], env=DEFAULT_BUILD_ENV, stdin=json.dumps(REQUEST))
+    if outcome.exit_code != 0 or outcome.leftovers:
+        raise SystemExit(f"our put failed (exit {outcome.exit_code}, left {outcome.leftovers}):\n{outcome.stderr[-3000:]}")
+    timings = {name: float(value.rstrip("s")) for name, value in (item.split("=") for item in outcome.metadata()["timings"].split())}
+    return {"total": outcome.duration, **timings}
+
+
+def run_dcind(image: str, put: Path) -> dict[str, float]:
+    mounts = [(str(put), PUT_DIR, True), (str(ROOT / "bench"), BENCH_MOUNT, True)]
+    with Container(image, mounts) as container:
+        outcome = container.exec([f"{BENCH_MOUNT}/dcind.sh", PUT_DIR])
+    phases = json.loads(outcome.stdout.strip().splitlines()[-1]) if outcome.stdout.strip() else {}
+    if outcome.exit_code != 0 or phases.get("exit_code") != 0:
+        raise SystemExit(f"the dcind run failed (exit {outcome.exit_code}):\n{outcome.stderr[-3000:]}")
+    return {
+        "total": outcome.duration,
+        "daemon": phases["daemon"],
+        "load": phases["load_server"] + phases["load_client"],
+        "run": phases["run"],
+        "teardown": phases["teardown"],
+    }
+
+
+def end_to_end(image: str, put: Path, runs: int) -> dict[str, list[dict[str, float]]]:
+    results: dict[str, list[dict[str, float]]] = {"ours": [], "dcind": []}
+    for run in range(runs):
+        order = [("ours", run_ours), ("dcind", run_dcind)]
+        for name, function in order if run % 2 == 0 else reversed(order):
+            numbers = function(image, put)
+            results[name].append(numbers)
+            print(f"  e2e run {run + 1} {name}: " + " ".join(f"{k}={v:.2f}s" for k, v in numbers.items()), file=sys.stderr)
+    return results
+
+
+def size_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def report(ready: dict[str, list[float]], e2e: dict[str, list[dict[str, float]]], put: Path, args: argparse.Namespace) -> str:
+    lines = [
+        f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.release()}; image {args.image}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+    ]
+    ours, naive = median(ready["ours"]), median(ready["naive"])
+    listed = {name: " ".join(f"{v:.2f}" for v in values) for name, values in ready.items()}
+    lines += [
+        f"## Inner daemon ready ({len(ready['ours'])} runs each, alternating, one container)",
+        "",
+        "| | median | runs |",
+        "|---|---|---|",
+        f"| ours (containerd first, every choice explicit) | {ours:.3f} s | {listed['ours']} |",
+        f"| naive dcind (managed containerd, 1 s polling) | {naive:.2f} s | {listed['naive']} |",
+        f"| naive, API serving per its log (no polling loss) | {median(ready['naive_serving']):.2f} s | {listed['naive_serving']} |",
+        "",
+        f"ratio ours/naive: {ours / naive:.2f}× (against the naive API-serving time: {ours / median(ready['naive_serving']):.2f}×);"
+        f" our stop: median {median(ready['ours_stop']):.3f} s",
+        "",
+    ]
+    phases = ("daemon", "load", "run", "teardown", "total")
+    lines += [
+        f"## Seed scenario end to end ({len(e2e['ours'])} runs each, alternating, fresh container per run)",
+        "",
+        f"inputs: redis-image/ (registry-image oci tarball, gzip layers) {size_mib(put / 'redis-image'):.0f} MiB,"
+        f" tests-image/ (docker-image save) {size_mib(put / 'tests-image'):.0f} MiB; command: run --rm tests",
+        "",
+        "| median | " + " | ".join(phases) + " |",
+        "|---|" + "---|" * len(phases),
+    ]
+    for name in ("ours", "dcind"):
+        lines.append(f"| {name} | " + " | ".join(f"{median([r[p] for r in e2e[name]]):.2f} s" for p in phases) + " |")
+    ours_total, dcind_total = median([r["total"] for r in e2e["ours"]]), median([r["total"] for r in e2e["dcind"]])
+    overhead = median([r["total"] - r["load"] - r["run"] for r in e2e["ours"]])
+    totals = {name: " ".join(f"{r['total']:.2f}" for r in e2e[name]) for name in ("ours", "dcind")}
+    lines += [
+        "",
+        f"ratio ours/dcind: {ours_total / dcind_total:.2f}×; totals ours {totals['ours']}, dcind {totals['dcind']}",
+        f"our overhead beyond loading the images and compose's run (total - load - run): median {overhead:.2f} s",
+        "(totals are the wall time of the `docker exec` of each, in a fresh container; phases as each side measured them)",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image", default=os.environ.get("IMAGE", "compose-env:dev"))
+    parser.add_argument("--daemon-runs", type=int, default=7)
+    parser.add_argument("--e2e-runs", type=int, default=3)
+    args = parser.parse_args()
+    started = time.monotonic()
+    print("preparing the seed inputs...", file=sys.stderr)
+    put = seed_put_dir()
+    print(f"daemon ready time, {args.daemon_runs} runs each...", file=sys.stderr)
+    ready = daemon_ready(args.image, args.daemon_runs)
+    print(f"seed scenario end to end, {args.e2e_runs} runs each...", file=sys.stderr)
+    e2e = end_to_end(args.image, put, args.e2e_runs)
+    text = report(ready, e2e, put, args)
+    print(text)
+    print(f"(bench took {time.monotonic() - started:.0f}s)", file=sys.stderr)
+    results = ROOT / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    (results / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps({"daemon_ready": ready, "end_to_end": e2e, "report": text}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
