@@ -3,7 +3,7 @@
 One run, inside one resource container (the real image, started like Concourse does):
 1. the three-shape bench set (registry-image `format: oci` dir with gzip layers, docker-image
    `save: true` dir, oci-build-task output), about 3 × 256 MiB of incompressible layers, loaded
-   by our planner and loader (sequential, as LOAD_CONCURRENCY says, and 3 at once), then by
+   by our planner and loader (1, 2 and 3 loads at once; LOAD_CONCURRENCY is the one a put uses), then by
    `docker load -i` + `docker tag` per image through the CLI, in alternating order, twice;
 2. a 1 GiB docker-save tarball loaded by a fresh Python process running our loader, whose
    peak RSS (VmHWM in /proc/self/status) is read when it finishes; then by the CLI.
@@ -27,6 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
+sys.path.insert(0, str(ROOT / "resource"))
+
+from compose_env.images import LOAD_CONCURRENCY  # noqa: E402
 from harness import PUT_DIR, Container  # noqa: E402
 from image_fixtures import (  # noqa: E402
     docker_image_save_dir,
@@ -51,16 +54,15 @@ DRIVER = r"""
 import json, os, re, subprocess, sys, time
 from pathlib import Path
 from compose_env import images
-from compose_env.config import ImageEntry, Source
+from compose_env.config import DockerdOptions, ImageEntry, Source
 from compose_env.console import Console
 from compose_env.daemon import InnerDaemon
 
 PUT = Path(sys.argv[1])
 spec = json.loads(sys.argv[2])
 console = Console()
-inner = InnerDaemon(Source(), console)
-placement, driver = inner.prepare(spec["bytes"])
-handle = inner.start(placement, driver, "/run/compose-env/docker-config")
+inner = InnerDaemon(Source(dockerd=DockerdOptions(data_root_medium=spec["medium"])), console)
+handle = inner.start(spec["bytes"], "/run/compose-env/docker-config")
 env = {**os.environ, **handle.env}
 quiet = Console(open(os.devnull, "w"))
 
@@ -85,15 +87,15 @@ def naive(steps):
             subprocess.run(["docker", "tag", loaded[0], name], env=env, check=True, capture_output=True)
     return time.monotonic() - started
 
-results = {"ours": [], "ours_parallel": [], "naive": []}
+variants = ["naive"] + [f"ours@{n}" for n in spec["concurrency"]]
+results = {name: [] for name in variants}
 try:
     for round_ in range(spec["rounds"]):
-        order = ["naive", "ours", "ours_parallel"] if round_ % 2 == 0 else ["ours", "ours_parallel", "naive"]
-        for name in order:
+        for name in (variants if round_ % 2 == 0 else variants[::-1]):
             if name == "naive":
                 results[name].append(naive(spec["naive"]))
             else:
-                results[name].append(ours(spec["set"], 1 if name == "ours" else 3))
+                results[name].append(ours(spec["set"], int(name.split("@")[1])))
             wipe()
     # The 1 GiB tarball in a fresh process: its VmHWM is the peak RSS of loading alone.
     probe = '''
@@ -113,13 +115,17 @@ plans = images.plan_images((ImageEntry(0, Path(sys.argv[2]), "big.tar", ()),))
 images.load_images(plans, client, load_client, Console(open(os.devnull, "w")))
 print(json.dumps({"seconds": time.monotonic() - started, "hwm_kb": hwm(), "before_kb": before, "bytes": plans[0].size}))
 '''
-    big = subprocess.run(["python3", "-c", probe, handle.docker_host, str(PUT / spec["big"]["path"])], check=True, capture_output=True, text=True)
-    results["big"] = json.loads(big.stdout)
-    wipe()
-    results["big_naive"] = naive([(spec["big"]["path"], [])])
-    wipe()
+    results["big"], results["big_naive"] = [], []
+    for round_ in range(spec["rounds"]):
+        for name in (["ours", "naive"] if round_ % 2 == 0 else ["naive", "ours"]):
+            if name == "ours":
+                big = subprocess.run(["python3", "-c", probe, handle.docker_host, str(PUT / spec["big"]["path"])], check=True, capture_output=True, text=True)
+                results["big"].append(json.loads(big.stdout))
+            else:
+                results["big_naive"].append(naive([(spec["big"]["path"], [])]))
+            wipe()
 finally:
-    handle.stop()
+    inner.stop()
 print("BENCH " + json.dumps(results))
 """
 
@@ -141,16 +147,23 @@ def build_inputs(layer_mib: int, big_mib: int) -> int:
     return sum(path.stat().st_size for path in CACHE.rglob("*") if path.is_file())
 
 
+def _all(seconds: list[float]) -> str:
+    return " ".join(f"{value:.2f}" for value in seconds)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default=os.environ.get("IMAGE", "compose-env:dev"))
     parser.add_argument("--layer-mib", type=int, default=64, help="each of the 4 layers of each bench-set image")
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the big tarball")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each variant, in alternating order")
+    parser.add_argument("--concurrency", default="1,2,3", help="the numbers of parallel loads to try")
+    parser.add_argument("--medium", default="auto", choices=["auto", "memory", "disk"], help="the inner daemon's data root medium")
     args = parser.parse_args()
 
     total = build_inputs(args.layer_mib, args.big_mib)
-    spec = {"set": BENCH_SET, "naive": NAIVE_SET, "big": BIG, "rounds": args.rounds, "bytes": 2 * total}
+    concurrency = [int(n) for n in args.concurrency.split(",")]
+    spec = {"set": BENCH_SET, "naive": NAIVE_SET, "big": BIG, "rounds": args.rounds, "bytes": 2 * total, "concurrency": concurrency, "medium": args.medium}
     with Container(args.image, [(str(CACHE), PUT_DIR, True)]) as container:
         outcome = container.exec(["python3", "-c", DRIVER, PUT_DIR, json.dumps(spec)], timeout=1800)
     line = next((line for line in outcome.stdout.splitlines() if line.startswith("BENCH ")), None)
@@ -159,15 +172,24 @@ def main() -> int:
         return 1
     results = json.loads(line[len("BENCH ") :])
     set_mib = sum(p.stat().st_size for name in ("redis-image", "saved-image", "built") for p in (CACHE / name).rglob("*") if p.is_file()) / 2**20
-    ours, parallel, naive = min(results["ours"]), min(results["ours_parallel"]), min(results["naive"])
-    big = results["big"]
-    print(f"three-shape set ({set_mib:.0f} MiB on disk), best of {args.rounds}:")
-    print(f"  ours, sequential (LOAD_CONCURRENCY=1) {ours:6.2f}s   all: {' '.join(f'{s:.2f}' for s in results['ours'])}")
-    print(f"  ours, 3 at once                       {parallel:6.2f}s   all: {' '.join(f'{s:.2f}' for s in results['ours_parallel'])}")
-    print(f"  docker load -i + docker tag, in turn  {naive:6.2f}s   all: {' '.join(f'{s:.2f}' for s in results['naive'])}")
-    print(f"  ratio ours/naive: {ours / naive:.2f}  (parallel/sequential: {parallel / ours:.2f})")
-    print(f"big tarball ({big['bytes'] / 2**20:.0f} MiB): ours {big['seconds']:.2f}s, docker load -i {results['big_naive']:.2f}s")
-    print(f"  peak RSS of our loading process: {big['hwm_kb'] / 1024:.1f} MiB (after imports, before loading: {big['before_kb'] / 1024:.1f} MiB)")
+    naive = min(results["naive"])
+    ours = min(results[f"ours@{LOAD_CONCURRENCY}"]) if f"ours@{LOAD_CONCURRENCY}" in results else None
+    big = min(results["big"], key=lambda run: run["seconds"])
+    big_naive = min(results["big_naive"])
+    print(f"three-shape set ({set_mib:.0f} MiB on disk), data root medium {args.medium}, best of {args.rounds}:")
+    print(f"  docker load -i + docker tag, in turn   {naive:6.2f}s   all: {_all(results['naive'])}")
+    for n in concurrency:
+        runs = results[f"ours@{n}"]
+        mark = "  <- LOAD_CONCURRENCY" if n == LOAD_CONCURRENCY else ""
+        print(f"  ours, {n} at once                      {min(runs):6.2f}s   all: {_all(runs)}   ratio to naive {min(runs) / naive:.2f}{mark}")
+    if ours is not None:
+        print(f"  ratio ours (LOAD_CONCURRENCY={LOAD_CONCURRENCY}) / naive: {ours / naive:.2f}")
+    print(f"big tarball ({big['bytes'] / 2**20:.0f} MiB), best of {args.rounds}:")
+    print(f"  ours {big['seconds']:6.2f}s   all: {_all([run['seconds'] for run in results['big']])}")
+    print(f"  docker load -i {big_naive:6.2f}s   all: {_all(results['big_naive'])}")
+    print(f"  ratio ours/naive: {big['seconds'] / big_naive:.2f}")
+    peak = max(run["hwm_kb"] for run in results["big"]) / 1024
+    print(f"  peak RSS of our loading process: {peak:.1f} MiB (after imports, before loading: {big['before_kb'] / 1024:.1f} MiB)")
     return 0
 
 

@@ -17,6 +17,7 @@ from image_fixtures import (
     ImageParts,
     build_marked_image,
     compress,
+    corrupt_gzip_layer_copy,
     docker_image_save_dir,
     docker_save_tarball,
     oci_archive_tarball,
@@ -140,6 +141,21 @@ def test_a_truncated_compressed_tarball_fails_the_load_and_leaves_nothing_runnin
     assert re.search(r"error: params\.images\[1\] \(bad-cut\.tar\.gz\): bad-cut\.tar\.gz is truncated", outcome.stderr), outcome.stderr
     assert "Running docker compose" not in outcome.stderr
     assert outcome.stdout == ""
+    assert outcome.leftovers == []
+
+
+def test_a_layer_the_daemon_rejects_fails_the_put_with_the_daemons_reason(image: str, work: Path) -> None:
+    put = work / "corrupt-layer-put"
+    registry_image_oci_dir(_parts("registry-oci", work), work / "intact", "redis", "7", "index.docker.io/library/redis:7")
+    (put / "redis-image").mkdir(parents=True)
+    corrupt_gzip_layer_copy(work / "intact" / "image.tar", put / "redis-image" / "image.tar")
+    _compose_file(put, {"redis": "redis:7"})
+
+    outcome = run_script(image, "out", _put(put, ["redis-image"]), put_dir=str(put))
+
+    assert outcome.exit_code == 1
+    assert "error: params.images[0] (redis-image): docker load failed: " in outcome.stderr, outcome.stderr
+    assert "Running docker compose" not in outcome.stderr
     assert outcome.leftovers == []
 
 

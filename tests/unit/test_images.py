@@ -44,6 +44,14 @@ def entry(path: Path, tags: tuple[str, ...] = (), index: int = 0) -> ImageEntry:
     return ImageEntry(index=index, path=path, given=path.name, tags=tags)
 
 
+def _streamed(plan: images.ImagePlan) -> bytes:
+    body = plan.stream(AMD64)
+    if isinstance(body, io.IOBase):
+        with body:
+            return body.read()
+    return b"".join(body)
+
+
 def _is_docker_save(data: bytes) -> bool:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return "manifest.json" in tar.getnames()
@@ -98,7 +106,7 @@ def test_registry_image_oci_dir_is_named_from_repo_tags_and_files(tmp_path: Path
     assert plan.source_path == directory / "image.tar"
     assert plan.embedded_names == ("redis:7",)
     assert plan.names == ("redis:7", "example/redis:pinned")
-    assert b"".join(plan.stream(AMD64)) == (directory / "image.tar").read_bytes()
+    assert _streamed(plan) == (directory / "image.tar").read_bytes()
 
 
 def test_docker_image_save_dir_is_named_from_its_repository_and_tag_files(tmp_path: Path, parts: ImageParts) -> None:
@@ -132,7 +140,7 @@ def test_oci_layout_dir_is_converted_for_the_platform_and_named_from_files(tmp_p
 
     assert plan.shape.startswith("directory with an OCI layout (the linux/amd64 image")
     assert plan.names == ("example/layout:ci",)
-    assert _is_docker_save(b"".join(plan.stream(AMD64)))
+    assert _is_docker_save(_streamed(plan))
 
 
 def test_oci_layout_without_a_match_for_this_platform_is_a_user_error(tmp_path: Path, parts: ImageParts) -> None:
@@ -158,7 +166,7 @@ def test_an_oci_only_archive_is_converted_while_streaming(tmp_path: Path, parts:
     plan = images.plan_image(entry(tarball, ("example/oci:1",)))
 
     assert plan.shape.startswith("tarball with an OCI layout")
-    assert _is_docker_save(b"".join(plan.stream(AMD64)))
+    assert _is_docker_save(_streamed(plan))
 
 
 def test_rootfs_dir_is_synthesised_with_its_metadata(tmp_path: Path, parts: ImageParts) -> None:
@@ -168,7 +176,7 @@ def test_rootfs_dir_is_synthesised_with_its_metadata(tmp_path: Path, parts: Imag
 
     assert plan.shape.startswith("rootfs directory")
     assert plan.names == ("example/rootfs:ci",)
-    assert _is_docker_save(b"".join(plan.stream(AMD64)))
+    assert _is_docker_save(_streamed(plan))
 
 
 def test_rootfs_metadata_of_the_wrong_shape_is_a_user_error(tmp_path: Path, parts: ImageParts) -> None:
@@ -188,7 +196,7 @@ def test_compressed_tarballs_are_decompressed_while_streaming(tmp_path: Path, pa
 
     assert plan.compressed
     assert plan.estimated_bytes == 3 * compressed.stat().st_size
-    assert b"".join(plan.stream(AMD64)) == expected
+    assert _streamed(plan) == expected
 
 
 def test_a_truncated_tarball_fails_at_planning_naming_the_entry(tmp_path: Path, parts: ImageParts) -> None:
@@ -206,7 +214,7 @@ def test_a_truncated_compressed_tarball_fails_while_streaming(tmp_path: Path, pa
     plan = images.plan_image(entry(cut))
 
     with pytest.raises(images.ArchiveError, match=r"cut.tar.gz is truncated"):
-        b"".join(plan.stream(AMD64))
+        _streamed(plan)
 
 
 def test_files_and_directories_that_are_not_images_are_named(tmp_path: Path) -> None:
@@ -247,8 +255,8 @@ class FakeEngine:
     def version(self) -> dict[str, str]:
         return {"Os": "linux", "Arch": "amd64"}
 
-    def load_image(self, data: Iterator[bytes]) -> Iterator[dict[str, Any]]:
-        self.received = b"".join(data)
+    def load_image(self, data: Iterator[bytes] | io.BufferedReader) -> Iterator[dict[str, Any]]:
+        self.received = data.read() if isinstance(data, io.BufferedReader) else b"".join(data)
         return iter(self.messages)
 
     def inspect_image(self, name: str) -> dict[str, str]:
@@ -291,6 +299,14 @@ def test_an_error_inside_a_successful_response_fails_the_load(tmp_path: Path, pa
     with pytest.raises(RuntimeFailure, match=r"params.images\[0\] \(app.tar\): docker load failed: unexpected EOF"):
         images.load_images([plan], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
     assert engine.tags == []
+
+
+def test_a_full_data_root_is_diagnosed_as_such(tmp_path: Path, parts: ImageParts) -> None:
+    engine = FakeEngine([{"error": "write /scratch/docker/tmp/x: no space left on device"}])
+
+    with pytest.raises(RuntimeFailure) as raised:
+        images.load_images([_plan(tmp_path, parts, ["a:1"])], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
+    assert "the data root is full" in raised.value.diagnosis
 
 
 def test_a_stream_failure_is_reported_for_its_entry(tmp_path: Path, parts: ImageParts) -> None:
