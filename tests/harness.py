@@ -183,11 +183,14 @@ def run_task(
     output_name: str = "compose-env-output",
     env: Mapping[str, str] | None = None,
 ) -> RunOutcome:
-    """Like `fly execute -c tasks/compose-env.yml -i NAME=DIR -o OUTPUT=DIR`: inputs and the output under the working dir."""
+    """Like `fly execute -c tasks/compose-env.yml -i NAME=DIR -o OUTPUT=DIR`: inputs and the output under the working dir.
+
+    Concourse gives tasks no BUILD_* variables, so neither does this (unless `env` sets them).
+    """
     workdir = "/tmp/build/task"
     mounts = [(host, f"{workdir}/{name}", True) for name, host in inputs.items()]
     mounts.append((output_dir, f"{workdir}/{output_name}", False))
-    task_env = {**DEFAULT_BUILD_ENV, **(env or {}), "COMPOSE_ENV": json.dumps(compose_env)}
+    task_env = {**(env or {}), "COMPOSE_ENV": json.dumps(compose_env)}
     with Container(image, mounts) as container:
         return container.exec(["/opt/resource/task"], env=task_env, workdir=workdir)
 
