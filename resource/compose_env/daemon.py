@@ -1,8 +1,10 @@
 """The Docker engine a put runs against: an inner dockerd we start (and stop), or a remote one.
 
-Start order, chosen for speed (dockerd with its own managed containerd spends about a
-second waiting for it): the cheap checks and mounts, then containerd, then, while
-containerd boots, the storage and iptables probes, then dockerd pointed at containerd
+Start order, chosen for speed. dockerd with its own managed containerd spends about a
+second waiting: it dials containerd before containerd listens, and gRPC's first retry
+comes after a 1 s backoff. So containerd starts first, right after the privilege check
+(its state lives under /run, not in the data root); the cgroup, storage and iptables work
+overlaps its boot; dockerd starts the moment containerd's socket exists, pointed at it
 with `--containerd` and every choice passed explicitly. Readiness: one `/_ping` request
 waits in the socket's backlog and is answered the moment the API serves; the processes
 are checked for life between attempts.
@@ -365,12 +367,16 @@ class InnerDaemon:
     # -- start
 
     def start(self, images_bytes: int, config_dir: str) -> DaemonHandle:
-        """Pre-flight, cgroups, data root, containerd, probes, dockerd, readiness; all decisions logged."""
+        """Pre-flight, containerd, cgroups, data root, probes, dockerd, readiness; all decisions logged."""
         started = time.monotonic()
         check_privileged()
         for directory in (RUN_DIR, self.log_dir, os.path.dirname(CONTAINERD_SOCKET)):
             os.makedirs(directory, exist_ok=True)
         self._remove_stale_files()
+        # containerd boots in 0.1-0.3 s and needs none of what follows: start it now.
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        containerd = self._spawn("containerd", self.containerd_argv(), base_env)
+
         try:
             report = cgroups.prepare(self.mounts)
         except OSError as error:
@@ -378,18 +384,12 @@ class InnerDaemon:
         self.console.info(f"cgroup v{report.version}: " + ("; ".join(report.actions) or "ready as they are"))
         for action in prepare_kernel_interfaces(self.mounts):
             self.console.info(action)
-
         placement = storage.choose_placement(self.options.data_root_medium, self.data_root, images_bytes)
         (self.console.warn if placement.short_of_memory else self.console.info)(f"data root {placement.data_root} on {placement.medium}: {placement.reason}")
         try:
             storage.mount_placement(placement, self.mounts)
         except MountError as error:
             raise RuntimeFailure(f"cannot mount a tmpfs for the data root: {error}", "set source.dockerd.data_root_medium: disk") from None
-
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        containerd = self._spawn("containerd", self.containerd_argv(), base_env)
-
-        # containerd boots meanwhile (about 0.1-0.2 s): probe storage and iptables now.
         try:
             driver = storage.choose_driver(self.options.storage_driver, placement.data_root)
         except OSError as error:
@@ -403,6 +403,8 @@ class InnerDaemon:
         dockerd_env = dict(base_env)
         if iptables != "off":
             dockerd_env["PATH"] = iptables_path_dir(iptables) + ":" + base_env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        probed = time.monotonic()
+        self._wait_for(lambda: os.path.exists(CONTAINERD_SOCKET), "containerd did not listen", containerd)
         spawned = time.monotonic()
         dockerd = self._spawn("dockerd", self.dockerd_argv(driver.driver, iptables, mtu), dockerd_env)
         api_version = self._wait_ready(containerd, dockerd)
@@ -416,8 +418,8 @@ class InnerDaemon:
                 "set source.dockerd.storage_driver explicitly",
             )
         self.console.info(
-            f"dockerd {info.get('ServerVersion', '?')} answered {ready - spawned:.2f}s after it was spawned"
-            f" ({spawned - started:.2f}s of checks and probes before, containerd started first)"
+            f"dockerd {info.get('ServerVersion', '?')} answered {ready - spawned:.2f}s after it was spawned;"
+            f" before it: {probed - started:.2f}s of checks and probes, {spawned - probed:.2f}s more for containerd to listen"
         )
         description = f"{info.get('ServerVersion', '?')} {driver.driver}, data root on {placement.summary()}, iptables {iptables}, mtu {mtu or 1500}"
         env = {"DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "DOCKER_CONFIG": write_docker_config(self.source.registries, config_dir)}
@@ -458,7 +460,7 @@ class InnerDaemon:
             'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",'
             ' "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.blockfile",'
             ' "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]\n'
-            f'root = "{os.path.join(self.data_root, "containerd")}"\nstate = "{RUN_DIR}/containerd/state"\n'
+            f'root = "{RUN_DIR}/containerd/root"\nstate = "{RUN_DIR}/containerd/state"\n'
             f'[grpc]\n  address = "{CONTAINERD_SOCKET}"\n'
         )
         return ["containerd", "--config", config_path] + (["--log-level", "debug"] if self.options.debug else [])
@@ -483,6 +485,16 @@ class InnerDaemon:
         if self.options.debug:
             argv.append("--debug")
         return argv + list(self.options.args)
+
+    def _wait_for(self, condition: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
+        """Poll `condition` every 2 ms while `process` lives, within source.startup_timeout."""
+        deadline = time.monotonic() + self.source.startup_timeout
+        while not condition():
+            if process.poll() is not None:
+                self._fail_start(f"containerd exited with code {process.returncode} while starting", "containerd")
+            if time.monotonic() > deadline:
+                self._fail_start(f"{what} within source.startup_timeout ({self.source.startup_timeout:g}s)", "containerd")
+            time.sleep(0.002)
 
     def _wait_ready(self, containerd: subprocess.Popen[bytes], dockerd: subprocess.Popen[bytes]) -> str:
         deadline = time.monotonic() + self.source.startup_timeout
