@@ -450,6 +450,8 @@ class ComposeProject:
             policy = service.get("pull_policy", "")
             if not image or service.get("build") or policy == "build":
                 continue  # compose builds it
+            if policy == "always":
+                self.console.warn(f"service {name} has pull_policy: always: compose will pull {image} even if params.images loaded it")
             if image not in checked:
                 checked[image] = self._provide(client, name, image, policy)
             if checked[image]:
@@ -565,10 +567,10 @@ class ComposeProject:
             containers = [c for c in self._containers(client) if shape.follows_output_of(_label(c, "service"))]
         except docker.errors.APIError:
             return
-        for container in sorted(containers, key=lambda c: _source(c)):
-            source, service = _source(container), _label(container, "service")
+        for container in sorted(containers, key=output_source):
+            source, service = output_source(container), _label(container, "service")
             printed = self._streamed.get(source, 0)
-            for count, line in enumerate(_engine_log_lines(client, container["Id"], skip=printed)):
+            for count, line in enumerate(engine_log_lines(client, container["Id"], skip=printed)):
                 if count == 0:
                     self.console.info(f"(compose stopped following {source} after {printed} lines: the rest from the engine's log)")
                 self.console.line(f"{source} | {line}")
@@ -643,14 +645,14 @@ def _label(container: Mapping[str, Any], name: str) -> str:
     return str((container.get("Labels") or {}).get(f"com.docker.compose.{name}", ""))
 
 
-def _source(container: Mapping[str, Any]) -> str:
+def output_source(container: Mapping[str, Any]) -> str:
     """The prefix compose prints for a container: `service-N`, or its `container_name` if it has one."""
     source = f"{_label(container, 'service')}-{_label(container, 'container-number') or 1}"
     name = str((container.get("Names") or [""])[0]).lstrip("/")
     return source if not name or name == f"{_label(container, 'project')}-{source}" else name
 
 
-def _engine_log_lines(client: docker.APIClient, container_id: str, skip: int) -> Iterator[str]:
+def engine_log_lines(client: docker.APIClient, container_id: str, skip: int) -> Iterator[str]:
     """The container's logged lines (stdout and stderr) after the first `skip`, read as a stream."""
     try:
         chunks = client.logs(container_id, stdout=True, stderr=True, stream=True, follow=False)

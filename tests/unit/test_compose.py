@@ -15,7 +15,9 @@ from compose_env.compose import (
     compose_environment,
     compose_settings_in,
     decide_exit_code,
+    engine_log_lines,
     failing_services,
+    output_source,
     parse_ps_json,
     ps_table,
     service_states,
@@ -260,3 +262,28 @@ def test_ps_table_aligns_columns_and_says_which_containers_compose_stopped() -> 
     assert rows[1].split() == ["redis", "project-redis-1", "exited", "0", "stopped", "by", "compose"]
     assert rows[2].split() == ["tests", "project-tests-1", "exited", "3", "failed"]
     assert rows[1].index("exited") == rows[2].index("exited") == rows[0].index("STATE")
+
+
+class FakeLogClient:
+    """Stands in for docker.APIClient.logs(stream=True): frames that do not align with lines."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def logs(self, container: str, **_options: object) -> object:
+        return iter(self.chunks)
+
+
+def test_engine_log_lines_skip_what_compose_printed_and_rejoin_lines_split_across_frames() -> None:
+    client = FakeLogClient([b"one\ntw", b"o\r\nthr", b"ee\nfour"])
+
+    assert list(engine_log_lines(client, "id", skip=0)) == ["one", "two", "three", "four"]  # type: ignore[arg-type]
+    assert list(engine_log_lines(client, "id", skip=2)) == ["three", "four"]  # type: ignore[arg-type]
+    assert list(engine_log_lines(client, "id", skip=4)) == []  # type: ignore[arg-type]
+
+
+def test_the_source_of_a_container_is_service_and_number_unless_it_has_its_own_name() -> None:
+    labels = {"com.docker.compose.project": "p", "com.docker.compose.service": "web", "com.docker.compose.container-number": "2"}
+
+    assert output_source({"Labels": labels, "Names": ["/p-web-2"]}) == "web-2"
+    assert output_source({"Labels": labels, "Names": ["/my-web"]}) == "my-web"
