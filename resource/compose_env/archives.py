@@ -218,13 +218,20 @@ class TarStreamChecker:
         self.meta = b""
 
     def feed(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            self._parse(chunk)
-            yield chunk
+        try:
+            for chunk in chunks:
+                self._parse(chunk)
+                yield chunk
+        except ArchiveError as error:  # the decompressor gave up: say where in the archive
+            raise ArchiveError(f"{error}, {self._position()}" if not self.ended else str(error)) from None
         if not self.ended and (self.skip or self.pending):
-            got = self.current_size - max(self.skip - (-self.current_size % BLOCK), 0)
-            where = f"inside {self.current} ({got} of {self.current_size} bytes present)" if self.skip else "inside a tar header"
-            raise ArchiveError(f"{self.label} is truncated {where}")
+            raise ArchiveError(f"{self.label} is truncated {self._position()}")
+
+    def _position(self) -> str:
+        if not self.skip:
+            return "inside a tar header" if self.pending else f"after {self.current or 'the start of the archive'}"
+        got = self.current_size - max(self.skip - (-self.current_size % BLOCK), 0)
+        return f"inside {self.current} ({got} of {self.current_size} bytes present)"
 
     def _parse(self, chunk: bytes) -> None:
         view = memoryview(chunk)

@@ -24,6 +24,7 @@ from image_fixtures import (
     oci_build_task_dir,
     oci_layout_dir,
     parts_from_docker,
+    random_image,
     registry_image_oci_dir,
     rootfs_dir,
     truncated_copy,
@@ -192,3 +193,17 @@ def test_an_invalid_tag_names_the_parameter(image: str, work: Path) -> None:
 
     assert outcome.exit_code == 2
     assert "params.images[0].tag[1]: 'Bad Name!' is not a valid image reference" in outcome.stderr
+
+
+def test_an_abort_during_loading_stops_in_flight_uploads_within_the_grace(image: str, work: Path) -> None:
+    put = work / "abort-put"
+    for name in ("one", "two", "three"):
+        docker_save_tarball(random_image(work / f"random-{name}", [256 << 20] * 2), put / f"{name}.tar", [f"example/{name}:ci"])
+    _compose_file(put, {"one": "example/one:ci"})
+
+    outcome = run_script(image, "out", _put(put, ["one.tar", "two.tar", "three.tar"]), put_dir=str(put), sigterm_after=4.0)
+
+    assert outcome.exit_code == 143, outcome.stderr
+    assert "Loading 3 images" in outcome.stderr and "Running docker compose" not in outcome.stderr, outcome.stderr
+    assert outcome.signal_to_exit is not None and outcome.signal_to_exit < 10
+    assert outcome.leftovers == []

@@ -213,7 +213,7 @@ def test_a_truncated_compressed_tarball_fails_while_streaming(tmp_path: Path, pa
 
     plan = images.plan_image(entry(cut))
 
-    with pytest.raises(images.ArchiveError, match=r"cut.tar.gz is truncated"):
+    with pytest.raises(images.ArchiveError, match=r"cut.tar.gz is truncated: its gzip stream ends early, (inside|after) \S+"):
         _streamed(plan)
 
 
