@@ -100,9 +100,9 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
         with ABORT.deferred(), console.phase("Tearing down", timings, "teardown"):
             teardown(project, handle, inner, console, 0 if aborted else params.stop_grace, aborted)
             logs.close()
+        duration = time.monotonic() - started
+        _print_timings(console, timings, duration, loaded)
 
-    duration = time.monotonic() - started
-    _print_timings(console, timings, duration, loaded)
     response = build_response(
         run_id=new_run_id(config.build.build_id),
         result=_with_log_tails(result, logs, params.logs.tail, params.logs.services),
