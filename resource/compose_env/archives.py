@@ -70,6 +70,36 @@ def file_chunks(path: Path, offset: int = 0, size: int | None = None) -> Iterato
             raise ArchiveError(f"{path.name} ended {left} bytes early")
 
 
+class FileBody:
+    """A file as an HTTP request body: its length known (Content-Length, no chunk framing), read CHUNK at a time.
+
+    urllib3 reads a plain file in 16 KiB blocks: measured on 1 GiB, that costs 0.8-0.9 s of CPU
+    against 0.3 s in 1 MiB reads (and 0.9-1.1 s for `docker load -i`).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.size = path.stat().st_size
+        self._file = open(path, "rb")  # noqa: SIM115 - closed by close() / the with block
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self._file.read(CHUNK), b"")
+
+    def read(self, _size: int = -1) -> bytes:
+        return self._file.read(CHUNK)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> FileBody:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
 def gunzip_chunks(path: Path) -> Iterator[bytes]:
     """Streaming gunzip of multi-member files (pigz, concatenated gzip), at most CHUNK of output at a time.
 

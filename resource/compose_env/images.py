@@ -14,7 +14,6 @@ entry fails before anything is loaded. Loading streams each input into `docker l
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import platform as host
@@ -24,7 +23,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import docker
 import requests
@@ -113,7 +112,7 @@ class ImagePlan:
     names: tuple[str, ...]
     embedded_names: tuple[str, ...]
     #: The docker-save bytes for the daemon's platform: chunks, or the file itself when it can go as is.
-    stream: Callable[[Platform], Iterator[bytes] | BinaryIO]
+    stream: Callable[[Platform], Iterator[bytes] | archives.FileBody]
     compressed: bool = False
 
     @property
@@ -205,8 +204,7 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...]) -> Imag
             embedded = tuple(familiar(tag) for image in manifest if isinstance(image, dict) for tag in image.get("RepoTags") or [])
             if not names and not embedded:
                 raise _unnamed(entry, shown)
-            # As is: a file body goes out with a Content-Length and no chunk framing, at less CPU than `docker load -i`.
-            return ImagePlan(entry, "docker-save tarball", path, size, names, embedded, lambda _platform: open(path, "rb"))
+            return ImagePlan(entry, "docker-save tarball", path, size, names, embedded, lambda _platform: archives.FileBody(path))
         if listing.has("index.json"):
             if not names:
                 raise _unnamed(entry, f"{shown} (an OCI archive)")
@@ -331,7 +329,7 @@ class _Counter:
 def _upload(plan: ImagePlan, load_client: docker.APIClient, platform: Platform) -> tuple[list[str], list[str], int]:
     """Send one input to `docker load`; returns the names and ids it reports and the bytes sent."""
     body = plan.stream(platform)
-    if isinstance(body, io.IOBase):  # a file is also an iterator (of lines): test for it first
+    if isinstance(body, archives.FileBody):
         with body:
             return (*_read_load_response(plan, load_client.load_image(body)), plan.size)
     counter = _Counter(body)

@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import requests
 from compose_env import archives
 from compose_env.archives import ArchiveError, LayoutReader, NoMatchingPlatform
 from image_fixtures import (
@@ -273,3 +274,14 @@ def test_a_rootfs_that_changes_while_loading_fails(tmp_path: Path) -> None:
 
     with pytest.raises(ArchiveError, match="changed while it was being loaded"):
         b"".join(stream)
+
+
+def test_a_file_body_goes_with_its_length_in_large_reads(tmp_path: Path) -> None:
+    path = tmp_path / "app.tar"
+    path.write_bytes(b"x" * (2 * archives.CHUNK + 7))
+
+    with archives.FileBody(path) as body:
+        prepared = requests.Request("POST", "http://docker/images/load", data=body).prepare()
+        assert prepared.headers["Content-Length"] == str(2 * archives.CHUNK + 7)
+        assert "Transfer-Encoding" not in prepared.headers
+        assert [len(body.read(16384)) for _ in range(3)] == [archives.CHUNK, archives.CHUNK, 7]

@@ -46,9 +46,9 @@ def entry(path: Path, tags: tuple[str, ...] = (), index: int = 0) -> ImageEntry:
 
 def _streamed(plan: images.ImagePlan) -> bytes:
     body = plan.stream(AMD64)
-    if isinstance(body, io.IOBase):
+    if isinstance(body, images.archives.FileBody):
         with body:
-            return body.read()
+            return b"".join(body)
     return b"".join(body)
 
 
@@ -255,8 +255,8 @@ class FakeEngine:
     def version(self) -> dict[str, str]:
         return {"Os": "linux", "Arch": "amd64"}
 
-    def load_image(self, data: Iterator[bytes] | io.BufferedReader) -> Iterator[dict[str, Any]]:
-        self.received = data.read() if isinstance(data, io.BufferedReader) else b"".join(data)
+    def load_image(self, data: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+        self.received = b"".join(data)
         return iter(self.messages)
 
     def inspect_image(self, name: str) -> dict[str, str]:
