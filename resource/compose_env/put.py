@@ -20,8 +20,7 @@ from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
 from .signals import ABORT
 
-#: Deadlines for compose down after SIGTERM, inside Concourse's 10 s before SIGKILL.
-ABORT_DOWN_SECONDS = 2.5
+#: compose down's deadline on a remote engine after SIGTERM, inside Concourse's 10 s before SIGKILL.
 ABORT_REMOTE_DOWN_SECONDS = 7.0
 #: compose down's deadline after a normal run, on top of params.stop_grace.
 NORMAL_DOWN_SECONDS = 20.0
@@ -132,21 +131,30 @@ def _print_verdict(console: Console, result: RunResult) -> None:
 def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerDaemon | None, console: Console, grace: int, aborted: bool) -> None:
     """The one cleanup for every ending (success, failure, error, SIGTERM), bounded in time.
 
-    compose down removes the project from the engine; then the inner daemon's stop kills
-    whatever is left, stops dockerd and containerd and undoes our mounts. After SIGTERM
-    Concourse sends SIGKILL 10 s later, so compose down gets a deadline: with an inner
-    daemon its stop cleans up anyway; with a remote engine compose down is all there is.
+    Inner daemon: its stop gives the containers `grace` seconds (all at once), stops
+    dockerd and containerd and undoes our mounts. Everything `compose down` would remove
+    (containers, networks, volumes) lives in the data root that is thrown away with them,
+    so it is skipped: about 0.5 s saved per put. Remote engine: `compose down` is the
+    whole cleanup; after SIGTERM it gets a deadline inside Concourse's 10 s before SIGKILL.
     """
     project.kill()
-    if handle is not None:
-        budget = (ABORT_DOWN_SECONDS if inner is not None else ABORT_REMOTE_DOWN_SECONDS) if aborted else grace + NORMAL_DOWN_SECONDS
+    if inner is not None:
+        console.info("no compose down: the inner engine and its data root are thrown away whole")
+        problems = inner.stop(grace)
+    elif handle is not None:
+        budget = ABORT_REMOTE_DOWN_SECONDS if aborted else grace + NORMAL_DOWN_SECONDS
+        started = time.monotonic()
         problem = _within(budget, lambda: project.down(grace))
         if problem is None:
-            console.warn(f"compose down did not finish within {budget:g}s: stopping the engine's containers directly")
+            console.warn(f"compose down did not finish within {budget:g}s")
         elif problem:
             console.warn(f"compose down: {problem}")
-    stop = inner.stop if inner is not None else handle.stop if handle is not None else None
-    for problem in stop() if stop else []:
+        else:
+            console.info(f"compose down {time.monotonic() - started:.2f}s")
+        problems = handle.stop()
+    else:
+        problems = []
+    for problem in problems:
         console.warn(f"teardown: {problem}")
 
 
