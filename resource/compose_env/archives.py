@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import tarfile
+import threading
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -511,11 +512,15 @@ def oci_stream(layout: LayoutReader, platform: Platform, repo_tags: list[str]) -
 # ---------------------------------------------------------------- rootfs
 
 
+def _raise(error: OSError) -> None:
+    raise error
+
+
 def _rootfs_entries(rootfs: Path) -> Iterator[tuple[tarfile.TarInfo, str]]:
     """Every file under `rootfs` in a fixed order, as tar headers (hard links recognised)."""
     # A TarFile only for gettarinfo and its hard-link table; nothing is written to it.
     with tarfile.open(fileobj=io.BytesIO(), mode="w") as namer:
-        for directory, dirnames, filenames in os.walk(rootfs):
+        for directory, dirnames, filenames in os.walk(rootfs, onerror=_raise):
             dirnames.sort()
             relative_dir = os.path.relpath(directory, rootfs)
             for name in sorted(dirnames) + sorted(filenames):
@@ -540,13 +545,47 @@ def _rootfs_tar(rootfs: Path) -> Iterator[bytes]:
     yield end_of_archive()
 
 
-def _measure(chunks: Iterator[bytes]) -> tuple[int, str]:
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in chunks:
-        digest.update(chunk)
-        size += len(chunk)
-    return size, "sha256:" + digest.hexdigest()
+class RootfsLayer:
+    """The tar of a `rootfs/` directory, measured once in the background, then streamed.
+
+    docker load needs the layer's size and digest before its bytes, so the tar is made
+    twice (deterministically). The first pass starts at planning and runs while the
+    daemon starts; the load waits for it only if it is not done yet. Nothing goes to disk.
+    """
+
+    def __init__(self, rootfs: Path) -> None:
+        self.rootfs = rootfs
+        self._done = threading.Event()
+        self._result: tuple[int, str] | None = None
+        self._error: Exception | None = None
+
+    def start(self) -> RootfsLayer:
+        threading.Thread(target=self._measure, name="rootfs-measure", daemon=True).start()
+        return self
+
+    def _measure(self) -> None:
+        try:
+            digest = hashlib.sha256()
+            size = 0
+            for chunk in _rootfs_tar(self.rootfs):
+                digest.update(chunk)
+                size += len(chunk)
+            self._result = (size, "sha256:" + digest.hexdigest())
+        except Exception as error:
+            self._error = error
+        finally:
+            self._done.set()
+
+    def measured(self) -> tuple[int, str]:
+        """(size, `sha256:` digest) of the layer tar."""
+        self._done.wait()
+        if self._error is not None:
+            raise ArchiveError(f"cannot archive {self.rootfs}: {self._error}")
+        assert self._result is not None
+        return self._result
+
+    def chunks(self) -> Iterator[bytes]:
+        return _rootfs_tar(self.rootfs)
 
 
 def rootfs_config(metadata: dict[str, Any], diff_id: str, architecture: str) -> dict[str, Any]:
@@ -568,13 +607,9 @@ def rootfs_config(metadata: dict[str, Any], diff_id: str, architecture: str) -> 
     }
 
 
-def rootfs_stream(rootfs: Path, metadata: dict[str, Any], architecture: str, repo_tags: list[str]) -> Iterator[bytes]:
-    """A one-layer docker-save archive of `rootfs/` with the env and user of `metadata.json`.
-
-    The layer's size and digest must be known before its bytes: the tar is produced
-    twice (deterministically), once to measure, once to send. Nothing is written to disk.
-    """
-    size, diff_id = _measure(_rootfs_tar(rootfs))
+def rootfs_stream(layer: RootfsLayer, metadata: dict[str, Any], architecture: str, repo_tags: list[str]) -> Iterator[bytes]:
+    """A one-layer docker-save archive of `rootfs/` with the env and user of `metadata.json`."""
+    size, diff_id = layer.measured()
     config = json.dumps(rootfs_config(metadata, diff_id, architecture)).encode()
     config_name = "blobs/sha256/" + hashlib.sha256(config).hexdigest()
     layer_name = "blobs/sha256/" + diff_id.split(":", 1)[1]
@@ -583,11 +618,11 @@ def rootfs_stream(rootfs: Path, metadata: dict[str, Any], architecture: str, rep
     yield _header(layer_name, size)
     digest = hashlib.sha256()
     sent = 0
-    for chunk in _rootfs_tar(rootfs):
+    for chunk in layer.chunks():
         digest.update(chunk)
         sent += len(chunk)
         yield chunk
     if sent != size or "sha256:" + digest.hexdigest() != diff_id:
-        raise ArchiveError(f"{rootfs} changed while it was being loaded")
+        raise ArchiveError(f"{layer.rootfs} changed while it was being loaded")
     yield _padding(size)
     yield end_of_archive()

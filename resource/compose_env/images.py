@@ -257,6 +257,7 @@ def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> 
     if not isinstance(metadata, dict) or not isinstance(metadata.get("env") or [], list) or not isinstance(metadata.get("user") or "", str):
         raise UserError(entry.param_path, f"{entry.given}/metadata.json should be an object with env (a list) and user (a string)")
     rootfs = directory / "rootfs"
+    layer = archives.RootfsLayer(rootfs).start()  # measured while the daemon starts
     return ImagePlan(
         entry,
         "rootfs directory (archived while streaming, with metadata.json's env and user)",
@@ -264,7 +265,7 @@ def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> 
         _tree_size(rootfs),
         names,
         (),
-        lambda p: archives.rootfs_stream(rootfs, metadata, p[1], list(names)),
+        lambda p: archives.rootfs_stream(layer, metadata, p[1], list(names)),
     )
 
 

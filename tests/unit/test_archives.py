@@ -235,7 +235,7 @@ def test_rootfs_becomes_a_one_layer_image_with_env_and_user(tmp_path: Path) -> N
     rootfs = _rootfs(tmp_path)
     metadata = {"env": ["GREETING=hi", "PATH=/bin"], "user": "app"}
 
-    data = b"".join(archives.rootfs_stream(rootfs, metadata, "amd64", ["example/rootfs:ci"]))
+    data = b"".join(archives.rootfs_stream(archives.RootfsLayer(rootfs).start(), metadata, "amd64", ["example/rootfs:ci"]))
 
     manifest, members = _loadable(data)
     config = json.loads(members[manifest["Config"]])
@@ -254,9 +254,16 @@ def test_rootfs_becomes_a_one_layer_image_with_env_and_user(tmp_path: Path) -> N
 def test_rootfs_layer_is_streamed_in_bounded_chunks(tmp_path: Path) -> None:
     rootfs = _rootfs(tmp_path)
 
-    sizes = [len(chunk) for chunk in archives.rootfs_stream(rootfs, {}, "amd64", ["x:1"])]
+    sizes = [len(chunk) for chunk in archives.rootfs_stream(archives.RootfsLayer(rootfs).start(), {}, "amd64", ["x:1"])]
 
     assert max(sizes) <= archives.CHUNK
+
+
+def test_a_rootfs_that_cannot_be_read_is_reported_when_loading(tmp_path: Path) -> None:
+    layer = archives.RootfsLayer(tmp_path / "missing").start()
+
+    with pytest.raises(ArchiveError, match=r"cannot archive .*missing"):
+        layer.measured()
 
 
 def test_rootfs_config_keeps_workdir_and_command_when_the_metadata_has_them() -> None:
@@ -268,8 +275,8 @@ def test_rootfs_config_keeps_workdir_and_command_when_the_metadata_has_them() ->
 
 def test_a_rootfs_that_changes_while_loading_fails(tmp_path: Path) -> None:
     rootfs = _rootfs(tmp_path)
-    stream = archives.rootfs_stream(rootfs, {}, "amd64", ["x:1"])
-    next(stream)
+    stream = archives.rootfs_stream(archives.RootfsLayer(rootfs).start(), {}, "amd64", ["x:1"])
+    next(stream)  # measured by now
     (rootfs / "bin" / "tool").write_bytes(b"changed!!\n" * 3)
 
     with pytest.raises(ArchiveError, match="changed while it was being loaded"):
