@@ -181,8 +181,10 @@ def size_mib(path: Path) -> float:
 
 
 def report(ready: dict[str, list[float]], e2e: dict[str, list[dict[str, float]]], put: Path, args: argparse.Namespace) -> str:
+    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
     lines = [
-        f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.release()}; image {args.image}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.release()}, load average now {load} (at the start {args.load_at_start});"
+        f" image {args.image}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
     ]
     ours, naive = median(ready["ours"]), median(ready["naive"])
@@ -230,6 +232,7 @@ def main() -> int:
     parser.add_argument("--daemon-runs", type=int, default=7)
     parser.add_argument("--e2e-runs", type=int, default=3)
     args = parser.parse_args()
+    args.load_at_start = " ".join(f"{value:.1f}" for value in os.getloadavg())
     started = time.monotonic()
     print("preparing the seed inputs...", file=sys.stderr)
     put = seed_put_dir()
