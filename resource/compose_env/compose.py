@@ -12,6 +12,7 @@ What compose sees is decided here and only here:
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import re
@@ -46,6 +47,8 @@ STRIPPED_PREFIXES = ("COMPOSE_", "DOCKER_", "BUILDKIT_")
 ERASE_AT_START = re.compile(r"^(?:\x1b\[[0-9;]*K|\r)+")
 PREFIXED_LINE = re.compile(r"^(?P<prefix>\S+?)\s*\|(?: (?P<text>.*))?$")
 REPLICA_SUFFIX = re.compile(r"-\d+$")
+#: Compose's own lines on stderr (plain progress, warnings), as opposed to a `run` container's stderr.
+COMPOSE_OWN_LINE = re.compile(r"^(?: (?:Container|Network|Volume|Image|Service|Secret|Config) \S|WARN\[\d+\]|time=\S+ level=)")
 COMPOSE_SETTING = re.compile(r"^\s*(?:export\s+)?(COMPOSE_[A-Za-z0-9_]+)\s*=")
 #: `run` options that take a value: needed to find the service among the arguments.
 RUN_VALUE_OPTIONS = {
@@ -284,7 +287,7 @@ class ServiceLogs:
 
     def write_whole(self, service: str, text: str) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.path(service).write_text("\n".join(self.redact(line) for line in text.splitlines()) + "\n")
+        self.path(service).write_text("".join(self.redact(line) + "\n" for line in text.splitlines()))
 
     def close(self) -> None:
         with self._lock:
@@ -331,8 +334,9 @@ class ComposeProject:
         self._all_services: dict[str, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._lines_streamed = 0
-        #: lines compose printed per source (`service-N`), to find what it did not print
-        self._streamed: dict[str, int] = {}
+        self._count_lock = threading.Lock()
+        #: lines compose printed per source (`service-N`) and stream (stdout?), to find what it did not print
+        self._streamed: dict[tuple[str, bool], int] = {}
 
     # -- argv and environment
 
@@ -503,7 +507,7 @@ class ComposeProject:
         finally:
             self._drain(readers)
             self._process = None
-        self._print_what_compose_dropped(shape, client)
+        self._complete_from_engine_log(shape, client)
         stopped = self._stopped_containers(client, since)
         states = self.states(stopped)
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else decide_exit_code(shape, process.returncode, states)
@@ -540,28 +544,36 @@ class ComposeProject:
                 return
 
     def _pump(self, stream: IO[bytes], shape: CommandShape, known: set[str], is_stdout: bool) -> None:
-        """Print each line as it comes; stdout lines also go to their service's log file."""
+        """Print each line as it comes, and file the containers' lines under their service.
+
+        `up` prefixes every container line (stdout and stderr alike) with its source; `run`
+        passes the container's stdout and stderr through unprefixed, compose's own progress
+        lines being mixed into stderr.
+        """
         for raw in iter(stream.readline, b""):
-            self._lines_streamed += 1
+            self._lines_streamed += 1  # progress for _drain; an approximate count is enough
             line = ERASE_AT_START.sub("", raw.decode(errors="replace").rstrip("\r\n"))
             self.console.line(line)
-            if not is_stdout:
-                continue
             if shape.run_service:
-                self.logs.append(shape.run_service, line)
+                if is_stdout or not COMPOSE_OWN_LINE.match(line):
+                    self.logs.append(shape.run_service, line)
                 continue
             prefixed = split_prefixed(line, known)
             if prefixed:
                 self.logs.append(prefixed.service, prefixed.text)
-                self._streamed[prefixed.source] = self._streamed.get(prefixed.source, 0) + 1
+                with self._count_lock:
+                    key = (prefixed.source, is_stdout)
+                    self._streamed[key] = self._streamed.get(key, 0) + 1
 
-    def _print_what_compose_dropped(self, shape: CommandShape, client: docker.APIClient) -> None:
-        """Print the end of each followed container's output that compose did not.
+    def _complete_from_engine_log(self, shape: CommandShape, client: docker.APIClient) -> None:
+        """Print what compose did not print of each followed container, and file every line in time order.
 
         Compose 2.26's `up` returns as soon as the containers have exited, before its log
         stream has caught up: with fast output the last lines (the test summary!) are lost.
-        The engine's log has them all; skip the lines compose printed, print the rest with
-        the same prefix, in the same order.
+        The engine's log has them all: print what compose did not, with the same prefix,
+        and add it to the service's log file. (Between stdout and stderr no order is certain:
+        they are separate pipes all the way, so compose and the engine may each interleave them
+        differently; within each stream the order is kept.)
         """
         try:
             containers = [c for c in self._containers(client) if shape.follows_output_of(_label(c, "service"))]
@@ -569,10 +581,10 @@ class ComposeProject:
             return
         for container in sorted(containers, key=output_source):
             source, service = output_source(container), _label(container, "service")
-            printed = self._streamed.get(source, 0)
-            for count, line in enumerate(engine_log_lines(client, container["Id"], skip=printed)):
+            printed_out, printed_err = self._streamed.get((source, True), 0), self._streamed.get((source, False), 0)
+            for count, line in enumerate(engine_log_lines(client, container["Id"], printed_out, printed_err)):
                 if count == 0:
-                    self.console.info(f"(compose stopped following {source} after {printed} lines: the rest from the engine's log)")
+                    self.console.info(f"(compose stopped following {source} after {printed_out + printed_err} lines: the rest from the engine's log)")
                 self.console.line(f"{source} | {line}")
                 self.logs.append(service, line)
 
@@ -652,10 +664,22 @@ def output_source(container: Mapping[str, Any]) -> str:
     return source if not name or name == f"{_label(container, 'project')}-{source}" else name
 
 
-def engine_log_lines(client: docker.APIClient, container_id: str, skip: int) -> Iterator[str]:
-    """The container's logged lines (stdout and stderr) after the first `skip`, read as a stream."""
+def engine_log_lines(client: docker.APIClient, container_id: str, skip_stdout: int, skip_stderr: int) -> Iterator[str]:
+    """The container's logged lines after the first `skip_stdout` of stdout and `skip_stderr` of stderr.
+
+    Compose relays the two streams separately, so what it printed is counted per stream;
+    the rest of both is merged in the engine's time order. Read as a stream: constant memory.
+    """
+    stdout = _timestamped_lines(client, container_id, "stdout", skip_stdout)
+    stderr = _timestamped_lines(client, container_id, "stderr", skip_stderr)
+    for _stamp, text in heapq.merge(stdout, stderr):
+        yield text
+
+
+def _timestamped_lines(client: docker.APIClient, container_id: str, stream: str, skip: int) -> Iterator[tuple[str, str]]:
+    """(sortable timestamp, text) for one stream's lines after the first `skip`."""
     try:
-        chunks = client.logs(container_id, stdout=True, stderr=True, stream=True, follow=False)
+        chunks = client.logs(container_id, stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=False, timestamps=True)
         pending = b""
         seen = 0
         for chunk in chunks:
@@ -664,11 +688,18 @@ def engine_log_lines(client: docker.APIClient, container_id: str, skip: int) -> 
             for raw in lines:
                 seen += 1
                 if seen > skip:
-                    yield raw.decode(errors="replace").rstrip("\r")
+                    yield _split_timestamp(raw.decode(errors="replace").rstrip("\r"))
         if pending and seen + 1 > skip:
-            yield pending.decode(errors="replace").rstrip("\r")
+            yield _split_timestamp(pending.decode(errors="replace").rstrip("\r"))
     except docker.errors.APIError:
         return
+
+
+def _split_timestamp(line: str) -> tuple[str, str]:
+    """`2026-11-28T01:35:39.7021Z text` → ("2026-11-28T01:35:39.702100000Z", "text"): RFC 3339 with the nanoseconds padded, so it sorts."""
+    stamp, _, text = line.partition(" ")
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return f"{seconds}.{fraction:0<9}Z", text
 
 
 def ps_table(states: Sequence[ServiceState]) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from compose_env.compose import (
+    COMPOSE_OWN_LINE,
     ComposeProject,
     PrefixedLine,
     ServiceLogs,
@@ -265,21 +266,24 @@ def test_ps_table_aligns_columns_and_says_which_containers_compose_stopped() -> 
 
 
 class FakeLogClient:
-    """Stands in for docker.APIClient.logs(stream=True): frames that do not align with lines."""
+    """Stands in for docker.APIClient.logs(stream=True, timestamps=True): frames that do not align with lines."""
 
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
+    def __init__(self, stdout: list[bytes], stderr: list[bytes]) -> None:
+        self.streams = {"stdout": stdout, "stderr": stderr}
 
-    def logs(self, container: str, **_options: object) -> object:
-        return iter(self.chunks)
+    def logs(self, container: str, stdout: bool, stderr: bool, **_options: object) -> object:
+        return iter(self.streams["stdout" if stdout else "stderr"])
 
 
-def test_engine_log_lines_skip_what_compose_printed_and_rejoin_lines_split_across_frames() -> None:
-    client = FakeLogClient([b"one\ntw", b"o\r\nthr", b"ee\nfour"])
+def test_engine_log_lines_skip_what_compose_printed_of_each_stream_and_merge_the_rest_in_time_order() -> None:
+    client = FakeLogClient(
+        stdout=[b"2026-11-28T01:00:00.1Z one\n2026-11-28T01:00:00.3Z tw", b"o\r\n2026-11-28T01:00:00.5Z three\n"],
+        stderr=[b"2026-11-28T01:00:00.25Z err-a\n2026-11-28T01:00:00.45Z err-b"],
+    )
 
-    assert list(engine_log_lines(client, "id", skip=0)) == ["one", "two", "three", "four"]  # type: ignore[arg-type]
-    assert list(engine_log_lines(client, "id", skip=2)) == ["three", "four"]  # type: ignore[arg-type]
-    assert list(engine_log_lines(client, "id", skip=4)) == []  # type: ignore[arg-type]
+    assert list(engine_log_lines(client, "id", 0, 0)) == ["one", "err-a", "two", "err-b", "three"]  # type: ignore[arg-type]
+    assert list(engine_log_lines(client, "id", 2, 1)) == ["err-b", "three"]  # type: ignore[arg-type]
+    assert list(engine_log_lines(client, "id", 3, 2)) == []  # type: ignore[arg-type]
 
 
 def test_the_source_of_a_container_is_service_and_number_unless_it_has_its_own_name() -> None:
@@ -287,3 +291,11 @@ def test_the_source_of_a_container_is_service_and_number_unless_it_has_its_own_n
 
     assert output_source({"Labels": labels, "Names": ["/p-web-2"]}) == "web-2"
     assert output_source({"Labels": labels, "Names": ["/my-web"]}) == "my-web"
+
+
+def test_composes_own_stderr_lines_are_told_from_a_run_containers_stderr() -> None:
+    assert COMPOSE_OWN_LINE.match(" Container p-redis-1  Creating")
+    assert COMPOSE_OWN_LINE.match(" Network p_default  Created")
+    assert COMPOSE_OWN_LINE.match('WARN[0000] The "X" variable is not set. Defaulting to a blank string.')
+    assert not COMPOSE_OWN_LINE.match("Traceback (most recent call last):")
+    assert not COMPOSE_OWN_LINE.match("Container tests failed")
