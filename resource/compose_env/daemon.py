@@ -361,6 +361,7 @@ class InnerDaemon:
         self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.log_dir = f"{RUN_DIR}/logs"
         self.data_root = self.options.data_root
+        self._ready = False
         self._stopped = False
         self._lock = threading.Lock()
 
@@ -408,6 +409,7 @@ class InnerDaemon:
         spawned = time.monotonic()
         dockerd = self._spawn("dockerd", self.dockerd_argv(driver.driver, iptables, mtu), dockerd_env)
         api_version = self._wait_ready(containerd, dockerd)
+        self._ready = True
         ready = time.monotonic()
 
         client, load_client = make_clients(f"unix://{DOCKER_SOCKET}", version=api_version)
@@ -566,8 +568,8 @@ class InnerDaemon:
 
     def _stop_containers(self, grace: float, problems: list[str]) -> int:
         """Stop (or kill, with no grace) every container at once through the API."""
-        if not any(p.poll() is None for n, p in self.processes if n == "dockerd") or not os.path.exists(DOCKER_SOCKET):
-            return 0
+        if not self._ready or not any(p.poll() is None for n, p in self.processes if n == "dockerd"):
+            return 0  # no API, so no containers
         try:
             client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version="auto", timeout=CONTAINER_STOP_SECONDS + grace)
             running = client.containers(quiet=True)
