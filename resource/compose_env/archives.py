@@ -489,6 +489,12 @@ def _config_matches(layout: LayoutReader, manifest: dict[str, Any], platform: Pl
     return False
 
 
+def image_bytes(layout: LayoutReader, manifest: dict[str, Any]) -> int:
+    """What the chosen image's config and layers weigh (a multi-platform layout holds far more)."""
+    digests = {manifest["config"]["digest"], *(layer["digest"] for layer in manifest.get("layers", []))}
+    return sum(layout.blob(digest).size for digest in digests)
+
+
 def oci_stream(layout: LayoutReader, platform: Platform, repo_tags: list[str]) -> Iterator[bytes]:
     """An OCI image layout turned into a docker-save archive that the classic image store loads.
 

@@ -109,8 +109,8 @@ class ImagePlan:
     shape: str
     source_path: Path
     size: int
+    #: Names to tag after loading (those inside the tarball come back in the load response).
     names: tuple[str, ...]
-    embedded_names: tuple[str, ...]
     #: The docker-save bytes for the daemon's platform: chunks, or the file itself when it can go as is.
     stream: Callable[[Platform], Iterator[bytes] | archives.FileBody]
     compressed: bool = False
@@ -190,7 +190,7 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...]) -> Imag
         def decompressed(_platform: Platform) -> Iterator[bytes]:
             return archives.TarStreamChecker(shown).feed(archives.decompressed_chunks(path))
 
-        return ImagePlan(entry, f"tarball, {compression}-compressed (decompressed while streaming)", path, size, names, (), decompressed, compressed=True)
+        return ImagePlan(entry, f"tarball, {compression}-compressed (decompressed while streaming)", path, size, names, decompressed, compressed=True)
     if not archives.is_tar(path):
         raise UserError(
             entry.param_path,
@@ -201,17 +201,18 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...]) -> Imag
         listing = archives.list_tar(path)
         if listing.has("manifest.json"):
             manifest = listing.read_json("manifest.json")
-            embedded = tuple(familiar(tag) for image in manifest if isinstance(image, dict) for tag in image.get("RepoTags") or [])
+            embedded = [familiar(tag) for image in manifest if isinstance(image, dict) for tag in image.get("RepoTags") or []]
             if not names and not embedded:
                 raise _unnamed(entry, shown)
-            return ImagePlan(entry, "docker-save tarball", path, size, names, embedded, lambda _platform: archives.FileBody(path))
+            shape = "docker-save tarball" + (f" (RepoTags: {', '.join(embedded)})" if embedded else " (no RepoTags)")
+            return ImagePlan(entry, shape, path, size, names, lambda _platform: archives.FileBody(path))
         if listing.has("index.json"):
             if not names:
                 raise _unnamed(entry, f"{shown} (an OCI archive)")
             layout = archives.LayoutReader.tar(listing)
-            archives.select_manifest(layout, local_platform())
+            size = archives.image_bytes(layout, archives.select_manifest(layout, local_platform()))
             shape = f"tarball with an OCI layout (the {archives.platform_text(local_platform())} image, converted while streaming)"
-            return ImagePlan(entry, shape, path, size, names, (), lambda p: archives.oci_stream(layout, p, list(names)))
+            return ImagePlan(entry, shape, path, size, names, lambda p: archives.oci_stream(layout, p, list(names)))
     except NoMatchingPlatform as error:
         raise UserError(entry.param_path, f"{shown}: {error}", PLATFORM_HINT) from None
     except ArchiveError as error:
@@ -228,7 +229,7 @@ def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> Ima
         )
     reader = archives.LayoutReader.directory(layout)
     try:
-        archives.select_manifest(reader, local_platform())
+        size = archives.image_bytes(reader, archives.select_manifest(reader, local_platform()))
     except NoMatchingPlatform as error:
         raise UserError(entry.param_path, f"{entry.given}: {error}", PLATFORM_HINT) from None
     except ArchiveError as error:
@@ -237,9 +238,8 @@ def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> Ima
         entry,
         f"directory with an OCI layout (the {archives.platform_text(local_platform())} image, converted while streaming)",
         layout,
-        _tree_size(layout / "blobs"),
+        size,
         names,
-        (),
         lambda p: archives.oci_stream(reader, p, list(names)),
     )
 
@@ -264,7 +264,6 @@ def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> 
         rootfs,
         _tree_size(rootfs),
         names,
-        (),
         lambda p: archives.rootfs_stream(layer, metadata, p[1], list(names)),
     )
 

@@ -52,6 +52,10 @@ def _streamed(plan: images.ImagePlan) -> bytes:
     return b"".join(body)
 
 
+def _tree_size(root: Path) -> int:
+    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+
+
 def _is_docker_save(data: bytes) -> bool:
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         return "manifest.json" in tar.getnames()
@@ -102,9 +106,8 @@ def test_registry_image_oci_dir_is_named_from_repo_tags_and_files(tmp_path: Path
 
     plan = images.plan_image(entry(directory, ("example/redis:pinned",)))
 
-    assert plan.shape == "docker-save tarball"
+    assert plan.shape == "docker-save tarball (RepoTags: redis:7)"
     assert plan.source_path == directory / "image.tar"
-    assert plan.embedded_names == ("redis:7",)
     assert plan.names == ("redis:7", "example/redis:pinned")
     assert _streamed(plan) == (directory / "image.tar").read_bytes()
 
@@ -115,7 +118,7 @@ def test_docker_image_save_dir_is_named_from_its_repository_and_tag_files(tmp_pa
     plan = images.plan_image(entry(directory))
 
     assert plan.source_path == directory / "image"
-    assert plan.embedded_names == ()
+    assert plan.shape == "docker-save tarball (no RepoTags)"
     assert plan.names == ("example/saved:ci",)
 
 
@@ -130,7 +133,7 @@ def test_oci_build_task_output_needs_a_tag_and_says_how(tmp_path: Path, parts: I
     assert "tag: myorg/app:latest" in raised.value.hint
     plan = images.plan_image(entry(tmp_path / "task-output", ("example/built:ci",)))
     assert plan.names == ("example/built:ci",)
-    assert plan.shape == "docker-save tarball"
+    assert plan.shape == "docker-save tarball (no RepoTags)"
 
 
 def test_oci_layout_dir_is_converted_for_the_platform_and_named_from_files(tmp_path: Path, parts: ImageParts) -> None:
@@ -140,6 +143,7 @@ def test_oci_layout_dir_is_converted_for_the_platform_and_named_from_files(tmp_p
 
     assert plan.shape.startswith("directory with an OCI layout (the linux/amd64 image")
     assert plan.names == ("example/layout:ci",)
+    assert plan.size < _tree_size(directory / "oci" / "blobs")  # the chosen image only, not arm64 and the attestation
     assert _is_docker_save(_streamed(plan))
 
 
@@ -234,7 +238,7 @@ def test_files_and_directories_that_are_not_images_are_named(tmp_path: Path) -> 
 
 def test_free_space_check_wants_about_twice_the_tarballs(tmp_path: Path, parts: ImageParts) -> None:
     plan = images.plan_image(entry(docker_save_tarball(parts, tmp_path / "app.tar", ["a:1"])))
-    huge = images.ImagePlan(plan.entry, plan.shape, plan.source_path, 2**62, plan.names, (), plan.stream)
+    huge = images.ImagePlan(plan.entry, plan.shape, plan.source_path, 2**62, plan.names, plan.stream)
 
     images.check_free_space([plan], str(tmp_path))
     with pytest.raises(RuntimeFailure, match="is out of space"):
