@@ -96,6 +96,18 @@ def test_data_root_on_the_container_overlay_gets_fuse_overlayfs_or_vfs_never_a_s
     assert outcome.leftovers == []
 
 
+def test_auto_medium_reads_the_containers_memory_limit_and_stays_on_disk_when_short(image: str, daemon_put_dir: Path) -> None:
+    with Container(image, [(str(daemon_put_dir), PUT_DIR, True)], extra_args=["--memory", "2g"]) as container:
+        outcome = container.exec(["/opt/resource/out", PUT_DIR], env=DEFAULT_BUILD_ENV, stdin=json.dumps(request(["run", "--rm", "probe"])))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    start = phase_lines(outcome.stderr, "Starting the Docker daemon")
+    assert "data root /scratch/docker on disk: auto: not enough memory for a tmpfs" in start
+    assert "cgroup v1 memory limit (2.0 GiB)" in start or "cgroup v2 memory.max (2.0 GiB)" in start
+    assert "data root on disk (need " in outcome.metadata()["dockerd"]
+    assert outcome.leftovers == []
+
+
 def test_explicit_storage_driver_is_passed_and_verified(image: str, daemon_put_dir: Path) -> None:
     outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"storage_driver": "vfs"}), put_dir=str(daemon_put_dir))
 
@@ -135,6 +147,15 @@ def test_sigterm_during_a_run_exits_143_within_5_seconds_with_nothing_left(image
     assert outcome.signal_to_exit is not None and outcome.signal_to_exit <= 5, outcome.signal_to_exit
     assert outcome.leftovers == []
     assert "aborted (SIGTERM): tearing down" in outcome.stderr and "inner daemon stopped:" in outcome.stderr
+
+
+def test_sigterm_while_starting_or_loading_also_cleans_up(image: str, daemon_put_dir: Path) -> None:
+    outcome = run_script(image, "out", request(["run", "--rm", "probe"]), put_dir=str(daemon_put_dir), sigterm_after=1.2)
+
+    assert outcome.exit_code == 143, outcome.stderr[-3000:]
+    assert outcome.signal_to_exit is not None and outcome.signal_to_exit <= 5, outcome.signal_to_exit
+    assert "Running docker compose" not in outcome.stderr
+    assert outcome.leftovers == []
 
 
 @pytest.fixture
