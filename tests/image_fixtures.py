@@ -13,7 +13,8 @@ producer does:
 - `docker_image_save_dir`: docker-image `get` with `save: true` (`image` with EMPTY RepoTags);
 - `oci_build_task_dir`: oci-build-task (`image/image.tar` docker-save + OCI index, no RepoTags);
 - `docker_save_tarball`, `oci_archive_tarball` and `compress`: plain `.tar`, `.tar.gz`, `.tgz`, `.tar.zst`;
-- `truncated_copy`, `corrupt_copy`: broken tarballs.
+- `truncated_copy`, `corrupt_copy`, `corrupt_gzip_layer_copy`: broken tarballs;
+- `random_image`: incompressible layers of any size, for the benchmark and big-load tests.
 """
 
 from __future__ import annotations
