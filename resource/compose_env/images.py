@@ -306,10 +306,16 @@ def check_free_space(plans: list[ImagePlan], data_root: str) -> None:
     stats = os.statvfs(data_root)
     free = stats.f_bavail * stats.f_frsize
     if free < needed:
+        images = sum(plan.size for plan in plans)
         raise RuntimeFailure(
-            f"the data root {data_root} is out of space: {free / 2**30:.1f} GiB free, about {needed / 2**30:.1f} GiB needed to load the images",
-            "free space on the worker, or set source.dockerd.data_root_medium (memory/disk) or data_root",
+            f"params.images: the data root {data_root} is out of space: {_amount(free)} free, "
+            f"about {_amount(needed)} needed to load {_amount(images)} of images",
+            "free space on the worker, or move the data root: source.dockerd.data_root (another volume) or source.dockerd.data_root_medium (memory or disk)",
         )
+
+
+def _amount(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 # ---------------------------------------------------------------- loading

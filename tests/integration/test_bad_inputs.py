@@ -170,8 +170,6 @@ DAEMON_ROWS = [
         put({**APP, "images": ["big.tar"]}, {"dockerd": SCRATCH_DATA_ROOT}),
         1,
         ("the data root /small/docker is out of space", "params.images", "MiB free", "source.dockerd.data_root"),
-        needs="images.py check_free_space: name the param and give MiB below 1 GiB, e.g. `params.images: the data root /small/docker is out of space: "
-        "31 MiB free, about 55 MiB needed to load 27.6 MiB of images` (today: `0.0 GiB free, about 0.1 GiB needed`, no param path)",
     ),
     Row(
         "tarball-corrupt",
