@@ -48,6 +48,7 @@ ERASE_AT_START = re.compile(r"^(?:\x1b\[[0-9;]*K|\r)+")
 PREFIXED_LINE = re.compile(r"^(?P<prefix>\S+?)\s*\|(?: (?P<text>.*))?$")
 REPLICA_SUFFIX = re.compile(r"-\d+$")
 #: Compose's own lines on stderr (plain progress, warnings), as opposed to a `run` container's stderr.
+PORT_TAKEN = re.compile(r"(?:Bind for \S*?:(?P<bind>\d+) failed: port is already allocated|listen tcp\S*?:(?P<listen>\d+): bind: address already in use)")
 COMPOSE_OWN_LINE = re.compile(r"^(?: (?:Container|Network|Volume|Image|Service|Secret|Config) \S|WARN\[\d+\]|time=\S+ level=)")
 COMPOSE_SETTING = re.compile(r"^\s*(?:export\s+)?(COMPOSE_[A-Za-z0-9_]+)\s*=")
 #: `run` options that take a value: needed to find the service among the arguments.
@@ -337,6 +338,8 @@ class ComposeProject:
         self._count_lock = threading.Lock()
         #: lines compose printed per source (`service-N`) and stream (stdout?), to find what it did not print
         self._streamed: dict[tuple[str, bool], int] = {}
+        #: host ports compose could not publish, seen in its output
+        self._ports_taken: set[str] = set()
 
     # -- argv and environment
 
@@ -554,6 +557,8 @@ class ComposeProject:
             self._lines_streamed += 1  # progress for _drain; an approximate count is enough
             line = ERASE_AT_START.sub("", raw.decode(errors="replace").rstrip("\r\n"))
             self.console.line(line)
+            if not is_stdout and (taken := PORT_TAKEN.search(line)):
+                self._ports_taken.add(taken.group("bind") or taken.group("listen"))
             if shape.run_service:
                 if is_stdout or not COMPOSE_OWN_LINE.match(line):
                     self.logs.append(shape.run_service, line)
@@ -640,6 +645,12 @@ class ComposeProject:
             self.console.header("services (docker compose ps -a)")
             for row in ps_table(result.services):
                 self.console.line(f"    {row}")
+        for port in sorted(self._ports_taken):
+            publishers = ", ".join(publishers_of(self.services(), port)) or "unknown"
+            self.console.error(
+                f"error: host port {port} is published twice or already taken on the worker (services {publishers}): "
+                "change or remove one of the published ports in the compose file"
+            )
 
     def down(self, grace: int) -> str:
         """`down --volumes --remove-orphans` with a short stop timeout; returns a problem description, or ''."""
@@ -651,6 +662,11 @@ class ComposeProject:
             return ""
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         return " / ".join(lines[-3:]) or f"exit code {result.returncode}"
+
+
+def publishers_of(services: Mapping[str, Any], port: str) -> list[str]:
+    """The services whose `ports` publish `port` on the host (from `compose config --format json`)."""
+    return sorted(name for name, service in services.items() if any(str(p.get("published", "")) == port for p in service.get("ports") or []))
 
 
 def _label(container: Mapping[str, Any], name: str) -> str:

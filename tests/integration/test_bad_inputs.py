@@ -188,9 +188,6 @@ DAEMON_ROWS = [
         put({"compose_files": ["ports/docker-compose.yml"], "images": ["tiny.tar"]}),
         1,
         ("port is already allocated", "host port 18080", "change or remove one of the published ports"),
-        needs="compose.py: when the run's output holds `Bind for 0.0.0.0:18080 failed: port is already allocated`, end with "
-        "`error: host port 18080 is published twice or already taken on the worker (services first, second): "
-        "change or remove one of the published ports in the compose file`",
     ),
     Row(
         "timeout",
