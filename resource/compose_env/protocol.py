@@ -22,10 +22,11 @@ from .config import BuildMetadata, parse_put_request, parse_source
 from .console import Console
 from .errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, Aborted, RuntimeFailure, UserError
 from .put import redactor_for, run_put
-from .redaction import Redactor, secret_env_values
+from .redaction import Redactor, secrets_in_request
 from .report import RunResult, format_seconds, version_metadata
 from .schema import validate
 from .signals import ABORT
+from .task import run_task
 
 Command = Callable[[TextIO, TextIO, Console, Sequence[str], Mapping[str, str]], int]
 EXAMPLE_REQUEST = '{"source": {}, "params": {"compose_files": ["repo/docker-compose.yml"]}}'
@@ -49,23 +50,6 @@ def read_request(stdin: TextIO, console: Console, schema_name: str = "request") 
     console.set_redactor(Redactor(secrets_in_request(request)))
     validate(request, schema_name, "")
     return request
-
-
-def secrets_in_request(request: Mapping[str, Any]) -> list[str]:
-    """Registry passwords, the TLS key and secret-named env values, from a request not yet validated."""
-    source = request.get("source") if isinstance(request.get("source"), dict) else {}
-    secrets: list[str] = []
-    for registry in source.get("registries") or []:
-        if isinstance(registry, dict) and isinstance(registry.get("password"), str):
-            secrets.append(registry["password"])
-    tls = source.get("tls")
-    if isinstance(tls, dict) and isinstance(tls.get("key"), str):
-        secrets.append(tls["key"])
-    for params in (source.get("params"), request.get("params")):
-        env = params.get("env") if isinstance(params, dict) else None
-        if isinstance(env, dict):
-            secrets += secret_env_values({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in env.items()})
-    return secrets
 
 
 def write_json(stdout: TextIO, value: Any) -> None:
@@ -133,18 +117,8 @@ def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
 
 
 def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
-    from .task import run_task
-
-    try:
-        task_config = json.loads(env.get("COMPOSE_ENV", ""))
-        if isinstance(task_config, str):
-            task_config = json.loads(task_config)
-    except (json.JSONDecodeError, RecursionError):
-        task_config = None
-    if isinstance(task_config, dict):
-        params = {k: v for k, v in task_config.items() if k != "source"}
-        console.set_redactor(Redactor(secrets_in_request({"source": task_config.get("source"), "params": params})))
-    return run_task(env, Path.cwd(), console.stream)
+    """Task mode: configuration from COMPOSE_ENV, outputs into the working directory (see task.py)."""
+    return run_task(env, Path.cwd(), console)
 
 
 COMMANDS: dict[str, Command] = {"check": check, "in": get, "out": put, "task": task}

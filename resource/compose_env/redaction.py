@@ -6,8 +6,10 @@ line compose or a container writes), the per-service log files, and the metadata
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 SECRET_KEY_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")
 MASK = "***"
@@ -23,6 +25,23 @@ def is_secret_key(key: str) -> bool:
 def secret_env_values(env: Mapping[str, str]) -> list[str]:
     """Values of `params.env` whose key names a secret."""
     return [value for key, value in env.items() if is_secret_key(key)]
+
+
+def secrets_in_request(request: Mapping[str, Any]) -> list[str]:
+    """Registry passwords, the TLS key and secret-named env values, from a request not yet validated."""
+    source = request.get("source") if isinstance(request.get("source"), dict) else {}
+    secrets: list[str] = []
+    for registry in source.get("registries") or []:
+        if isinstance(registry, dict) and isinstance(registry.get("password"), str):
+            secrets.append(registry["password"])
+    tls = source.get("tls")
+    if isinstance(tls, dict) and isinstance(tls.get("key"), str):
+        secrets.append(tls["key"])
+    for params in (source.get("params"), request.get("params")):
+        env = params.get("env") if isinstance(params, dict) else None
+        if isinstance(env, dict):
+            secrets += secret_env_values({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in env.items()})
+    return secrets
 
 
 def _forms(secret: str) -> list[str]:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import docker
 
@@ -31,7 +31,7 @@ from .console import Console
 from .daemon import DaemonHandle
 from .errors import Aborted, RuntimeFailure, UserError
 from .put import PutOutcome, redactor_for, run_put
-from .redaction import Redactor
+from .redaction import Redactor, secrets_in_request
 from .report import RunResult
 from .schema import validate
 
@@ -153,10 +153,13 @@ def in_task_terms(error: UserError) -> UserError:
 # ---------------------------------------------------------------- the run
 
 
-def run_task(env: Mapping[str, str], work_dir: Path, stderr: TextIO) -> int:
-    task = parse_task_config(decode_compose_env(env), work_dir, BuildMetadata.from_env(env))
+def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
+    value = decode_compose_env(env)
+    # Mask the secrets before validation can echo them.
+    console.set_redactor(Redactor(secrets_in_request({"source": value.get("source"), "params": value})))
+    task = parse_task_config(value, work_dir, BuildMetadata.from_env(env))
     redact = redactor_for(task.put)
-    console = Console(stderr, redact)
+    console.set_redactor(redact)
     if not task.output_dir.is_dir():
         console.warn(f"{task.output_dir} does not exist: creating it (declare it as a task output to keep what is written there)")
     task.output_dir.mkdir(parents=True, exist_ok=True)

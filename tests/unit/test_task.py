@@ -167,7 +167,7 @@ def test_a_user_error_during_the_run_is_named_under_compose_env_and_written_to_r
     env = {"COMPOSE_ENV": json.dumps({**PARAMS, "images": ["code/image.tar"]})}
 
     with pytest.raises(UserError) as error:
-        run_task(env, work_dir, io.StringIO())
+        run_task(env, work_dir, Console(io.StringIO()))
 
     assert error.value.path == "COMPOSE_ENV.images[0]"
     report = json.loads((work_dir / "compose-env-output" / "report.json").read_text())
