@@ -1,6 +1,6 @@
 """Side-by-side benchmarks, ours against the dcind way, on the same image and inputs, in one run.
 
-1. Inner daemon ready time, in one resource container, alternating:
+1. Inner daemon ready time, alternating, each start in a fresh resource container:
    - ours: `InnerDaemon.start` (pre-flight, cgroups, data root, containerd first, probes,
      dockerd, the API answering), then its stop;
    - naive: `dockerd` with its managed containerd, `sleep 1` then `docker info` every second
@@ -55,12 +55,13 @@ services:
 REQUEST = {"source": {}, "params": {"compose_files": ["src/docker-compose.yml"], "images": ["redis-image", "tests-image"], "command": ["run", "--rm", "tests"]}}
 
 OURS_READY = r"""
-import io, json, time
+import io, json, os, time
 from compose_env.config import Source
 from compose_env.console import Console
 from compose_env.daemon import InnerDaemon
 log = io.StringIO()
 inner = InnerDaemon(Source(), Console(log))
+os.sync()  # the previous run's writeback must not land in this one
 started = time.monotonic()
 inner.start(0, "/run/compose-env/docker-config")
 ready = time.monotonic() - started
@@ -71,12 +72,12 @@ print(json.dumps({"ready": ready, "stop": time.monotonic() - started, "detail": 
 """
 
 NAIVE_READY = r"""
-import datetime, json, re, subprocess, sys, time
-run = sys.argv[1]
-log_path = f"/tmp/naive-{run}.log"
+import datetime, json, os, re, subprocess, time
+log_path = "/tmp/naive-dockerd.log"
+os.sync()  # the previous run's writeback must not land in this one
 with open(log_path, "w") as log:
     wall, started = time.time(), time.monotonic()
-    dockerd = subprocess.Popen(["dockerd", f"--data-root=/scratch/naive-{run}"], stdout=log, stderr=log)
+    dockerd = subprocess.Popen(["dockerd", "--data-root=/scratch/docker"], stdout=log, stderr=log)
 time.sleep(1)
 while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
     time.sleep(1)
@@ -122,24 +123,25 @@ def median(values: list[float]) -> float:
 
 
 def daemon_ready(image: str, runs: int) -> dict[str, list[float]]:
+    """Each start in a fresh container, as a put gets: a daemon that ran before leaves iptables rules and a bridge behind."""
     results: dict[str, list[float]] = {"ours": [], "ours_stop": [], "naive": [], "naive_serving": []}
-    with Container(image) as container:
-        for run in range(runs):
-            ours = container.exec(["python3", "-c", OURS_READY], workdir="/")
-            naive = container.exec(["python3", "-c", NAIVE_READY, str(run)], workdir="/")
-            for outcome in (ours, naive):
-                if outcome.exit_code != 0:
-                    raise SystemExit(f"daemon bench run failed:\n{outcome.stderr[-3000:]}")
-            ours_numbers, naive_numbers = json.loads(ours.stdout), json.loads(naive.stdout)
-            results["ours"].append(ours_numbers["ready"])
-            results["ours_stop"].append(ours_numbers["stop"])
-            results["naive"].append(naive_numbers["ready"])
-            results["naive_serving"].append(naive_numbers["serving"])
-            print(
-                f"  daemon run {run + 1}: ours {ours_numbers['ready']:.3f}s, naive {naive_numbers['ready']:.2f}s (API up {naive_numbers['serving']:.2f}s)"
-                f" | ours: {ours_numbers['detail']}",
-                file=sys.stderr,
-            )
+    for run in range(runs):
+        numbers = {}
+        for name, driver in (("ours", OURS_READY), ("naive", NAIVE_READY)):
+            with Container(image) as container:
+                outcome = container.exec(["python3", "-c", driver], workdir="/")
+            if outcome.exit_code != 0:
+                raise SystemExit(f"daemon bench run failed:\n{outcome.stderr[-3000:]}")
+            numbers[name] = json.loads(outcome.stdout)
+        results["ours"].append(numbers["ours"]["ready"])
+        results["ours_stop"].append(numbers["ours"]["stop"])
+        results["naive"].append(numbers["naive"]["ready"])
+        results["naive_serving"].append(numbers["naive"]["serving"])
+        print(
+            f"  daemon run {run + 1}: ours {numbers['ours']['ready']:.3f}s, naive {numbers['naive']['ready']:.2f}s"
+            f" (API up {numbers['naive']['serving']:.2f}s) | ours: {numbers['ours']['detail']}",
+            file=sys.stderr,
+        )
     return results
 
 
@@ -193,7 +195,7 @@ def report(ready: dict[str, list[float]], e2e: dict[str, list[dict[str, float]]]
     ours, naive = median(ready["ours"]), median(ready["naive"])
     listed = {name: " ".join(f"{v:.2f}" for v in values) for name, values in ready.items()}
     lines += [
-        f"## Inner daemon ready ({len(ready['ours'])} runs each, alternating, one container)",
+        f"## Inner daemon ready ({len(ready['ours'])} runs each, alternating, fresh container per run)",
         "",
         "| | median | runs |",
         "|---|---|---|",
