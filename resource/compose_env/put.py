@@ -20,8 +20,9 @@ from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
 from .signals import ABORT
 
-#: compose down's deadline on a remote engine after SIGTERM, inside Concourse's 10 s before SIGKILL.
-ABORT_REMOTE_DOWN_SECONDS = 7.0
+#: compose down's deadline after SIGTERM, inside Concourse's 10 s before SIGKILL: with an inner
+#: daemon its stop (a few seconds at most) must still fit, and the goal is clean within 5 s.
+ABORT_DOWN_SECONDS = {"inner": 3.0, "remote": 7.0}
 #: compose down's deadline after a normal run, on top of params.stop_grace.
 NORMAL_DOWN_SECONDS = 20.0
 
@@ -131,26 +132,26 @@ def _print_verdict(console: Console, result: RunResult) -> None:
 def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerDaemon | None, console: Console, grace: int, aborted: bool) -> None:
     """The one cleanup for every ending (success, failure, error, SIGTERM), bounded in time.
 
-    Inner daemon: its stop gives the containers `grace` seconds (all at once), stops
-    dockerd and containerd and undoes our mounts. Everything `compose down` would remove
-    (containers, networks, volumes) lives in the data root that is thrown away with them,
-    so it is skipped: about 0.5 s saved per put. Remote engine: `compose down` is the
-    whole cleanup; after SIGTERM it gets a deadline inside Concourse's 10 s before SIGKILL.
+    `compose down --volumes --remove-orphans` first, as the contract says, with a deadline
+    (after SIGTERM it must fit in Concourse's 10 s before SIGKILL, with room for the rest).
+    Then, for an inner daemon, its stop: containers still there get `grace` seconds all at
+    once, dockerd and containerd stop, our mounts are undone. A daemon that failed or was
+    aborted while starting has no project to take down: only the stop runs.
     """
     project.kill()
-    if inner is not None:
-        console.info("no compose down: the inner engine and its data root are thrown away whole")
-        problems = inner.stop(grace)
-    elif handle is not None:
-        budget = ABORT_REMOTE_DOWN_SECONDS if aborted else grace + NORMAL_DOWN_SECONDS
+    if handle is not None:
+        budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"] if aborted else grace + NORMAL_DOWN_SECONDS
         started = time.monotonic()
-        problem = _within(budget, lambda: project.down(grace))
+        problem = _within(budget, lambda: project.down(0 if aborted else grace))
         if problem is None:
-            console.warn(f"compose down did not finish within {budget:g}s")
+            console.warn(f"compose down did not finish within {budget:g}s: stopping the engine's containers directly")
         elif problem:
             console.warn(f"compose down: {problem}")
         else:
-            console.info(f"compose down {time.monotonic() - started:.2f}s")
+            console.info(f"compose down --volumes --remove-orphans: {time.monotonic() - started:.2f}s")
+    if inner is not None:
+        problems = inner.stop(0 if aborted else grace)
+    elif handle is not None:
         problems = handle.stop()
     else:
         problems = []
