@@ -45,8 +45,8 @@ example: image
 	@$(WITH_ENGINE) example/build.sh
 
 ## bench: the side-by-side benchmarks (not tests); prints ratios
-bench: example
-	@$(WITH_ENGINE) $(PYTHON) bench/run.py
+bench: image
+	@$(WITH_ENGINE) $(PYTHON) bench/run.py --image $(IMAGE) && $(PYTHON) bench/bench_images.py --image $(IMAGE)
 
 dev-deps:
 	@$(PYTHON) -c 'import pytest, ruff, yaml, docker, jsonschema, requests' 2>/dev/null || \
