@@ -14,6 +14,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,21 +204,27 @@ def mount_placement(placement: Placement, tracker: MountTracker) -> None:
 # ---------------------------------------------------------------- storage driver
 
 
-def overlay_works(directory: str) -> bool:
-    """A real test mount of overlayfs in `directory`: the only reliable probe."""
-    probe = tempfile.mkdtemp(prefix=".overlay-probe-", dir=directory)
+@contextmanager
+def _overlay_probe(directory: str, prefix: str) -> Iterator[tuple[str, str]]:
+    """A scratch lower/upper/work/merged tree in `directory`: (merged dir, overlay options); removed after."""
+    probe = tempfile.mkdtemp(prefix=prefix, dir=directory)
     try:
         for part in ("lower", "upper", "work", "merged"):
             os.mkdir(os.path.join(probe, part))
-        options = f"lowerdir={probe}/lower,upperdir={probe}/upper,workdir={probe}/work"
-        try:
-            mount("overlay", f"{probe}/merged", "overlay", 0, options)
-        except MountError:
-            return False
-        umount(f"{probe}/merged")
-        return True
+        yield f"{probe}/merged", f"lowerdir={probe}/lower,upperdir={probe}/upper,workdir={probe}/work"
     finally:
         shutil.rmtree(probe, ignore_errors=True)
+
+
+def overlay_works(directory: str) -> bool:
+    """A real test mount of overlayfs in `directory`: the only reliable probe."""
+    with _overlay_probe(directory, ".overlay-probe-") as (merged, options):
+        try:
+            mount("overlay", merged, "overlay", 0, options)
+        except MountError:
+            return False
+        umount(merged)
+        return True
 
 
 def ensure_fuse_device() -> str:
@@ -234,24 +242,18 @@ def fuse_overlay_works(directory: str) -> bool:
     """A real test mount with fuse-overlayfs (the binary and the device may exist and still fail)."""
     if shutil.which("fuse-overlayfs") is None:
         return False
-    probe = tempfile.mkdtemp(prefix=".fuse-probe-", dir=directory)
-    try:
-        for part in ("lower", "upper", "work", "merged"):
-            os.mkdir(os.path.join(probe, part))
-        options = f"lowerdir={probe}/lower,upperdir={probe}/upper,workdir={probe}/work"
+    with _overlay_probe(directory, ".fuse-probe-") as (merged, options):
         try:
-            result = subprocess.run(["fuse-overlayfs", "-o", options, f"{probe}/merged"], capture_output=True, timeout=10)
+            result = subprocess.run(["fuse-overlayfs", "-o", options, merged], capture_output=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return False
         if result.returncode != 0:
             return False
         try:
-            umount(f"{probe}/merged")
+            umount(merged)
         except MountError:
-            umount(f"{probe}/merged", lazy=True)
+            umount(merged, lazy=True)
         return True
-    finally:
-        shutil.rmtree(probe, ignore_errors=True)
 
 
 def choose_driver(requested: str, data_root: str) -> DriverChoice:
