@@ -14,11 +14,8 @@ Stop: one idempotent function, bounded in time, for every way a put ends.
 
 from __future__ import annotations
 
-import base64
 import ctypes
-import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,24 +23,23 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 
 from . import cgroups, storage
-from .config import RegistryLogin, Source
+from .config import Source
 from .console import Console
+from .engine import RUN_DIR, DaemonHandle, make_clients, write_docker_config
 from .errors import RuntimeFailure
 from .mounts import MountError, MountTracker, is_mount_point, mount, read_mountinfo, remount_read_write, umount
+from .network import choose_iptables, default_route_mtu, iptables_path_dir
 
-RUN_DIR = "/run/compose-env"
 DOCKER_SOCKET = "/var/run/docker.sock"
 DOCKERD_PIDFILE = f"{RUN_DIR}/dockerd.pid"
 CONTAINERD_SOCKET = f"{RUN_DIR}/containerd/containerd.sock"
 CAP_SYS_ADMIN = 21
 PR_SET_PDEATHSIG = 1
-API_TIMEOUT = 30
 #: Seconds dockerd and containerd get after SIGTERM before SIGKILL.
 DAEMON_GRACE_SECONDS = 1.5
 #: Bound on the container stop/kill calls at teardown (on top of stop_grace).
@@ -56,18 +52,6 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def die_with_parent() -> None:
     """preexec_fn: the child gets SIGKILL if we die, even by SIGKILL."""
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-@dataclass
-class DaemonHandle:
-    """The engine in use, and everything the later steps need to talk to it."""
-
-    docker_host: str
-    env: dict[str, str]
-    client: docker.APIClient
-    load_client: docker.APIClient
-    description: str
-    stop: Callable[[], list[str]] = field(default=lambda: [])
 
 
 # ---------------------------------------------------------------- pre-flight
@@ -118,156 +102,6 @@ def prepare_kernel_interfaces(tracker: MountTracker) -> list[str]:
         except MountError as error:
             actions.append(f"/proc/sys stays read-only ({error.strerror})")
     return actions
-
-
-# ---------------------------------------------------------------- network
-
-
-def default_route_mtu(proc_route: str = "/proc/net/route", sys_net: str = "/sys/class/net") -> tuple[int | None, str]:
-    """MTU of the interface that carries the default route (black holes come from guessing 1500)."""
-    try:
-        with open(proc_route) as handle:
-            next(handle)
-            for line in handle:
-                fields = line.split()
-                if len(fields) > 1 and fields[1] == "00000000":
-                    interface = fields[0]
-                    return int(Path(sys_net, interface, "mtu").read_text()), interface
-    except (OSError, ValueError, StopIteration):
-        pass
-    return None, ""
-
-
-def iptables_lists(binary: str) -> tuple[bool, str]:
-    """(works, first error line) for `<binary> -nL` in this network namespace."""
-    if shutil.which(binary) is None:
-        return False, f"{binary} is not installed"
-    try:
-        listed = subprocess.run([binary, "-nL"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        return False, str(error)
-    return listed.returncode == 0, (listed.stderr.strip().splitlines() or [""])[0]
-
-
-def legacy_tables_in_use(proc_net: str = "/proc/net") -> str:
-    """The legacy (x_tables) tables already present here, as docker:dind's entrypoint checks them."""
-    for name in ("ip_tables_names", "ip6_tables_names", "arp_tables_names"):
-        try:
-            tables = Path(proc_net, name).read_text().split()
-        except OSError:
-            continue
-        if tables:
-            return f"{name}: {' '.join(tables)}"
-    return ""
-
-
-def choose_iptables(requested: str, proc_net: str = "/proc/net", works: Callable[[str], tuple[bool, str]] = iptables_lists) -> tuple[str, str]:
-    """nft or legacy, decided like docker:dind's entrypoint, or what source.dockerd.iptables says.
-
-    Legacy when legacy tables already exist in this network namespace (mixing both breaks
-    NAT), or when iptables-nft cannot list and iptables-legacy can; nft otherwise.
-    """
-    if requested != "auto":
-        return requested, f"source.dockerd.iptables is {requested}"
-    in_use = legacy_tables_in_use(proc_net)
-    if in_use:
-        return "legacy", f"legacy tables are already in use ({in_use})"
-    nft_ok, nft_error = works("iptables-nft")
-    if nft_ok:
-        return "nft", "iptables-nft works and no legacy tables are in use"
-    legacy_ok, legacy_error = works("iptables-legacy")
-    if legacy_ok:
-        return "legacy", f"iptables-nft fails here ({nft_error or 'no message'}); iptables-legacy works"
-    return "off", f"neither iptables-nft ({nft_error}) nor iptables-legacy ({legacy_error}) works: containers get no NAT"
-
-
-def iptables_path_dir(variant: str) -> str:
-    """A PATH directory whose `iptables`/`ip6tables` are the chosen variant, without touching /usr/sbin."""
-    directory = f"{RUN_DIR}/bin"
-    os.makedirs(directory, exist_ok=True)
-    for name in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"):
-        base, _, suffix = name.partition("-")
-        target = shutil.which(f"{base}-{variant}" + (f"-{suffix}" if suffix else ""))
-        link = os.path.join(directory, name)
-        if os.path.lexists(link):
-            os.unlink(link)
-        if target:
-            os.symlink(target, link)
-    return directory
-
-
-# ---------------------------------------------------------------- registries and TLS
-
-
-def write_docker_config(registries: tuple[RegistryLogin, ...], directory: str) -> str:
-    """A DOCKER_CONFIG with the logins, so compose can pull without `docker login` (no password printed)."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    auths = {}
-    for registry in registries:
-        token = base64.b64encode(f"{registry.username}:{registry.password}".encode()).decode()
-        auths[registry.host] = {"auth": token}
-        if registry.host in ("docker.io", "index.docker.io", "registry-1.docker.io"):
-            auths["https://index.docker.io/v1/"] = {"auth": token}
-    path = os.path.join(directory, "config.json")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump({"auths": auths}, handle)
-    return directory
-
-
-def make_clients(base_url: str, tls: docker.tls.TLSConfig | bool = False, version: str = "auto") -> tuple[docker.APIClient, docker.APIClient]:
-    """A client for short calls, and one without a read timeout for image loads."""
-    client = docker.APIClient(base_url=base_url, version=version, timeout=API_TIMEOUT, tls=tls)
-    load_client = docker.APIClient(base_url=base_url, version=client.api_version, timeout=None, tls=tls)
-    return client, load_client
-
-
-def remote_tls(source: Source, cert_dir: str) -> tuple[docker.tls.TLSConfig | bool, dict[str, str]]:
-    """TLS for docker-py and the same settings as DOCKER_* variables for the CLI (compose)."""
-    if not source.tls:
-        return False, {}
-    os.makedirs(cert_dir, mode=0o700, exist_ok=True)
-    for name, value in (("ca.pem", source.tls.ca), ("cert.pem", source.tls.cert), ("key.pem", source.tls.key)):
-        if value:
-            fd = os.open(os.path.join(cert_dir, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write(value)
-    client_cert = (f"{cert_dir}/cert.pem", f"{cert_dir}/key.pem") if source.tls.cert and source.tls.key else None
-    verify = bool(source.tls.ca)
-    tls = docker.tls.TLSConfig(client_cert=client_cert, ca_cert=f"{cert_dir}/ca.pem" if verify else None, verify=verify)
-    env = {"DOCKER_CERT_PATH": cert_dir, "DOCKER_TLS_VERIFY" if verify else "DOCKER_TLS": "1"}
-    return tls, env
-
-
-def connect_remote(source: Source, console: Console, config_dir: str) -> DaemonHandle:
-    """`source.docker_host`: use that engine, start nothing; compose down is the whole cleanup."""
-    assert source.docker_host
-    cert_dir = f"{RUN_DIR}/tls"
-    tls, tls_env = remote_tls(source, cert_dir)
-    env = {"DOCKER_HOST": source.docker_host, "DOCKER_CONFIG": write_docker_config(source.registries, config_dir), **tls_env}
-    base_url = source.docker_host.replace("tcp://", "https://", 1) if source.tls else source.docker_host
-    deadline = time.monotonic() + source.startup_timeout
-    while True:
-        try:
-            client, load_client = make_clients(base_url, tls)
-            info = client.info()
-            break
-        except Exception as error:
-            if time.monotonic() > deadline:
-                raise RuntimeFailure(
-                    f"source.docker_host: cannot reach the engine at {source.docker_host}",
-                    f"{error}\ncheck the address, that the engine listens there, and source.tls",
-                ) from None
-            time.sleep(0.5)
-    description = f"remote {info.get('ServerVersion', '?')} {info.get('Driver', '?')} at {source.docker_host}"
-    console.info(f"using the engine at {source.docker_host} (source.docker_host): Docker {info.get('ServerVersion')}, storage driver {info.get('Driver')}")
-    console.info("no inner daemon: nothing started, compose down is the whole cleanup")
-
-    def forget_certificates() -> list[str]:
-        shutil.rmtree(cert_dir, ignore_errors=True)
-        return []
-
-    return DaemonHandle(source.docker_host, env, client, load_client, description, forget_certificates)
 
 
 # ---------------------------------------------------------------- readiness and diagnosis
@@ -403,7 +237,7 @@ class InnerDaemon:
 
         dockerd_env = dict(base_env)
         if iptables != "off":
-            dockerd_env["PATH"] = iptables_path_dir(iptables) + ":" + base_env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            dockerd_env["PATH"] = iptables_path_dir(iptables, f"{RUN_DIR}/bin") + ":" + base_env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         probed = time.monotonic()
         self._wait_for(lambda: os.path.exists(CONTAINERD_SOCKET), "containerd did not listen", containerd)
         spawned = time.monotonic()

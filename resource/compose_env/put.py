@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import daemon as daemon_module
 from . import images as images_module
 from .compose import ComposeProject, ServiceLogs
 from .config import PutConfig
 from .console import Console
-from .daemon import RUN_DIR, DaemonHandle, InnerDaemon
+from .daemon import InnerDaemon
+from .engine import RUN_DIR, DaemonHandle, connect_remote
 from .errors import Aborted
 from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
@@ -71,7 +71,7 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     try:
         with console.phase("Starting the Docker daemon", timings, "daemon"):
             if config.source.docker_host:
-                handle = daemon_module.connect_remote(config.source, console, f"{RUN_DIR}/docker-config")
+                handle = connect_remote(config.source, console, f"{RUN_DIR}/docker-config")
             else:
                 inner = InnerDaemon(config.source, console)
                 handle = inner.start(sum(plan.estimated_bytes for plan in plans), f"{RUN_DIR}/docker-config")

@@ -28,7 +28,7 @@ import docker
 from .compose import ComposeProject, analyse_command
 from .config import BuildMetadata, PutConfig, deep_merge, parse_put_request
 from .console import Console
-from .daemon import DaemonHandle
+from .engine import DaemonHandle
 from .errors import Aborted, RuntimeFailure, UserError
 from .put import PutOutcome, redactor_for, run_put
 from .redaction import Redactor, secrets_in_request

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from compose_env import daemon
+from compose_env import daemon, engine, network
 from compose_env.config import DockerdOptions, RegistryLogin, Source, TlsFiles
 from compose_env.console import Console
 from compose_env.errors import RuntimeFailure
@@ -38,14 +38,14 @@ def works_for(*binaries: str):
 def test_iptables_override_is_taken_without_probing(tmp_path: Path) -> None:
     works, calls = works_for()
 
-    assert daemon.choose_iptables("legacy", str(tmp_path), works) == ("legacy", "source.dockerd.iptables is legacy")
+    assert network.choose_iptables("legacy", str(tmp_path), works) == ("legacy", "source.dockerd.iptables is legacy")
     assert calls == []
 
 
 def test_iptables_prefers_nft_when_it_works_and_no_legacy_tables_exist(tmp_path: Path) -> None:
     works, calls = works_for("iptables-nft", "iptables-legacy")
 
-    variant, why = daemon.choose_iptables("auto", fake_proc_net(tmp_path, ip_tables_names=""), works)
+    variant, why = network.choose_iptables("auto", fake_proc_net(tmp_path, ip_tables_names=""), works)
 
     assert variant == "nft"
     assert calls == ["iptables-nft"]  # never probe legacy: listing creates legacy tables
@@ -55,7 +55,7 @@ def test_iptables_prefers_nft_when_it_works_and_no_legacy_tables_exist(tmp_path:
 def test_iptables_existing_legacy_tables_win_like_docker_dind(tmp_path: Path) -> None:
     works, calls = works_for("iptables-nft", "iptables-legacy")
 
-    variant, why = daemon.choose_iptables("auto", fake_proc_net(tmp_path, ip_tables_names="nat\nfilter\n"), works)
+    variant, why = network.choose_iptables("auto", fake_proc_net(tmp_path, ip_tables_names="nat\nfilter\n"), works)
 
     assert variant == "legacy"
     assert "ip_tables_names: nat filter" in why
@@ -65,7 +65,7 @@ def test_iptables_existing_legacy_tables_win_like_docker_dind(tmp_path: Path) ->
 def test_iptables_falls_back_to_legacy_when_nft_fails(tmp_path: Path) -> None:
     works, _ = works_for("iptables-legacy")
 
-    variant, why = daemon.choose_iptables("auto", str(tmp_path), works)
+    variant, why = network.choose_iptables("auto", str(tmp_path), works)
 
     assert variant == "legacy"
     assert "Protocol not supported" in why
@@ -74,7 +74,7 @@ def test_iptables_falls_back_to_legacy_when_nft_fails(tmp_path: Path) -> None:
 def test_iptables_off_when_nothing_works(tmp_path: Path) -> None:
     works, _ = works_for()
 
-    assert daemon.choose_iptables("auto", str(tmp_path), works)[0] == "off"
+    assert network.choose_iptables("auto", str(tmp_path), works)[0] == "off"
 
 
 # ---------------------------------------------------------------- MTU
@@ -90,14 +90,14 @@ def test_mtu_comes_from_the_default_route_interface(tmp_path: Path) -> None:
     (tmp_path / "net" / "eth0").mkdir(parents=True)
     (tmp_path / "net" / "eth0" / "mtu").write_text("1450\n")
 
-    assert daemon.default_route_mtu(str(route), str(tmp_path / "net")) == (1450, "eth0")
+    assert network.default_route_mtu(str(route), str(tmp_path / "net")) == (1450, "eth0")
 
 
 def test_mtu_unknown_without_a_default_route(tmp_path: Path) -> None:
     route = tmp_path / "route"
     route.write_text("Iface\tDestination\n")
 
-    assert daemon.default_route_mtu(str(route), str(tmp_path)) == (None, "")
+    assert network.default_route_mtu(str(route), str(tmp_path)) == (None, "")
 
 
 # ---------------------------------------------------------------- dockerd argv
@@ -207,7 +207,7 @@ def test_ping_is_none_without_an_answer_or_on_errors(tmp_path: Path) -> None:
 def test_registry_logins_go_to_a_private_docker_config(tmp_path: Path) -> None:
     registries = (RegistryLogin("docker.io", "me", "s3cret"), RegistryLogin("ghcr.io", "bot", "t0ken"))
 
-    directory = daemon.write_docker_config(registries, str(tmp_path / "cfg"))
+    directory = engine.write_docker_config(registries, str(tmp_path / "cfg"))
 
     config_file = Path(directory) / "config.json"
     assert config_file.stat().st_mode & 0o777 == 0o600
@@ -219,7 +219,7 @@ def test_registry_logins_go_to_a_private_docker_config(tmp_path: Path) -> None:
 def test_remote_tls_sets_the_cli_variables(tmp_path: Path) -> None:
     source = Source(docker_host="tcp://engine:2376", tls=TlsFiles(ca="CA", cert="CERT", key="KEY"))
 
-    _, env = daemon.remote_tls(source, str(tmp_path / "tls"))
+    _, env = engine.remote_tls(source, str(tmp_path / "tls"))
 
     assert env == {"DOCKER_CERT_PATH": str(tmp_path / "tls"), "DOCKER_TLS_VERIFY": "1"}
     assert (tmp_path / "tls" / "key.pem").read_text() == "KEY"
@@ -229,7 +229,7 @@ def test_remote_tls_sets_the_cli_variables(tmp_path: Path) -> None:
 def test_remote_tls_without_a_ca_encrypts_without_verifying(tmp_path: Path) -> None:
     source = Source(docker_host="tcp://engine:2376", tls=TlsFiles(cert="CERT", key="KEY"))
 
-    _, env = daemon.remote_tls(source, str(tmp_path / "tls"))
+    _, env = engine.remote_tls(source, str(tmp_path / "tls"))
 
     assert env["DOCKER_TLS"] == "1"
     assert "DOCKER_TLS_VERIFY" not in env
