@@ -17,7 +17,7 @@ try: example
 
 ## test: lint, unit tests, then integration tests against the real image
 test: dev-deps lint image
-	@$(WITH_ENGINE) $(PYTHON) -m pytest tests
+	@$(WITH_ENGINE) $(PYTHON) -m pytest tests/unit tests/integration
 
 unit: dev-deps
 	$(PYTHON) -m pytest tests/unit
