@@ -125,7 +125,7 @@ class PutParams:
     timeout: float | None = None
     fail_on_error: bool = True
     logs: LogOptions = LogOptions()
-    stop_grace: int = 1
+    stop_grace: int = 0
 
 
 @dataclass(frozen=True)
@@ -352,7 +352,7 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         timeout=parse_duration(raw["timeout"], merged.path("timeout")) if "timeout" in raw else None,
         fail_on_error=raw.get("fail_on_error", True),
         logs=LogOptions(tail=logs_raw.get("tail", 20), services=tuple(logs_raw["services"]) if "services" in logs_raw else None),
-        stop_grace=raw.get("stop_grace", 1),
+        stop_grace=raw.get("stop_grace", 0),
     )
 
 
