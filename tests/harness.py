@@ -103,7 +103,9 @@ class Container:
         for host, target, read_only in mounts:
             argv += ["--mount", f"type=bind,src={os.path.abspath(host)},dst={target}" + (",readonly" if read_only else "")]
         argv += [*extra_args, "--entrypoint", "sleep", image, "infinity"]
-        subprocess.run(argv, check=True, capture_output=True, text=True)
+        started = subprocess.run(argv, capture_output=True, text=True)
+        if started.returncode != 0:
+            raise RuntimeError(f"docker run of the resource container failed: {started.stderr.strip()}")
 
     def exec(
         self,

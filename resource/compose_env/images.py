@@ -18,6 +18,7 @@ import json
 import os
 import platform as host
 import re
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -372,7 +373,42 @@ def _read_load_response(plan: ImagePlan, messages: Iterator[dict[str, Any]]) -> 
     return names, ids
 
 
-def load_one(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIClient, platform: Platform) -> LoadedImage:
+def load_one(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIClient, platform: Platform, spool_dir: str | None = None) -> LoadedImage:
+    """Load one plan; a compressed OCI-only archive that the daemon refuses is converted and loaded again."""
+    try:
+        return _load_plan(plan, client, load_client, platform)
+    except RuntimeFailure as failure:
+        # The classic image store cannot load an OCI archive (index.json, no manifest.json), and
+        # for a compressed input that is known only once it has been inflated: a rare case, so
+        # it is handled here, at the cost of one spooled copy, rather than by reading every
+        # compressed input twice.
+        if not plan.compressed or "no such file or directory" not in failure.message:
+            raise
+        with tempfile.TemporaryDirectory(prefix="compose-env-oci-", dir=spool_dir) as spool:
+            converted = _spooled_oci_plan(plan, Path(spool) / "image.tar")
+            if converted is None:
+                raise
+            return _load_plan(converted, client, load_client, platform)
+
+
+def _spooled_oci_plan(plan: ImagePlan, spooled: Path) -> ImagePlan | None:
+    """`plan`'s archive inflated to `spooled` and planned as an OCI archive; None if it is not one."""
+    with open(spooled, "wb") as handle:
+        for chunk in archives.decompressed_chunks(plan.source_path):
+            handle.write(chunk)
+    listing = archives.list_tar(spooled)
+    if listing.has("manifest.json") or not listing.has("index.json"):
+        return None
+    if not plan.names:
+        raise _unnamed(plan.entry, f"{_shown(plan.entry, plan.source_path)} (an OCI archive)")
+    layout = archives.LayoutReader.tar(listing)
+    names = list(plan.names)
+    return ImagePlan(
+        plan.entry, "OCI archive, inflated and converted", spooled, spooled.stat().st_size, plan.names, lambda p: archives.oci_stream(layout, p, names)
+    )
+
+
+def _load_plan(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIClient, platform: Platform) -> LoadedImage:
     started = time.monotonic()
     try:
         loaded_names, loaded_ids, sent = _upload(plan, load_client, platform)
@@ -396,15 +432,24 @@ def load_one(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIC
 
 
 def load_images(
-    plans: list[ImagePlan], client: docker.APIClient, load_client: docker.APIClient, console: Console, concurrency: int = LOAD_CONCURRENCY
+    plans: list[ImagePlan],
+    client: docker.APIClient,
+    load_client: docker.APIClient,
+    console: Console,
+    concurrency: int = LOAD_CONCURRENCY,
+    spool_dir: str | None = None,
 ) -> list[LoadedImage]:
-    """Load every plan (LOAD_CONCURRENCY at a time); the first failure is raised and loads not yet started are dropped."""
+    """Load every plan (LOAD_CONCURRENCY at a time); the first failure is raised and loads not yet started are dropped.
+
+    `spool_dir` (a directory with room, next to the data root) holds the rare inflated copy of a
+    compressed OCI archive.
+    """
     if not plans:
         return []
     platform = daemon_platform(client)
 
     def load(plan: ImagePlan) -> LoadedImage:
-        image = load_one(plan, client, load_client, platform)
+        image = load_one(plan, client, load_client, platform, spool_dir)
         rate = image.size / 2**20 / max(image.seconds, 0.001)
         console.info(f"{plan.where}: {image.size / 2**20:.1f} MiB streamed in {image.seconds:.2f}s ({rate:.0f} MiB/s) → {', '.join(image.names)}")
         return image

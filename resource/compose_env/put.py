@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -81,7 +82,8 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
             with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
                 if inner is not None:
                     images_module.check_free_space(plans, inner.data_root)
-                loaded = images_module.load_images(plans, handle.client, handle.load_client, console)
+                spool_dir = os.path.dirname(inner.data_root) if inner is not None else None
+                loaded = images_module.load_images(plans, handle.client, handle.load_client, console, spool_dir=spool_dir)
                 loaded_names += [name for image in loaded for name in image.names]
         project.ensure_images(handle.client)
 

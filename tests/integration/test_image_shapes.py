@@ -44,6 +44,7 @@ EXPECTED = {
     "tgz": ("example/tgz:ci", "plain-tgz", "0", "none"),
     "zst": ("example/zst:ci", "plain-zst", "0", "none"),
     "oci-archive": ("example/oci:ci", "oci-archive", "0", "none"),
+    "oci-archive-gz": ("example/oci-gz:ci", "oci-archive-gz", "0", "none"),
 }
 
 
@@ -81,6 +82,8 @@ def shapes_put(work: Path) -> tuple[Path, list]:
     compress(docker_save_tarball(_parts("plain-tgz", work), files / "tgz.tar", []), ".tgz")
     compress(docker_save_tarball(_parts("plain-zst", work), files / "zst.tar", ["example/zst:ci"]), ".tar.zst")
     oci_archive_tarball(_parts("oci-archive", work), files / "oci.tar", with_docker_manifest=False)
+    # a compressed OCI-only archive: the classic store refuses it, so it is inflated and converted
+    compress(oci_archive_tarball(_parts("oci-archive-gz", work), files / "oci-gz.tar", with_docker_manifest=False), ".tar.gz")
     _compose_file(put, {service: expected[0] for service, expected in EXPECTED.items()})
     images = [
         {"path": "redis-image", "tag": ["example/redis:pinned", "example/redis:extra"]},
@@ -92,6 +95,7 @@ def shapes_put(work: Path) -> tuple[Path, list]:
         {"path": "files/tgz.tgz", "tag": "example/tgz:ci"},
         "files/zst.tar.zst",
         {"path": "files/oci.tar", "tag": "example/oci:ci"},
+        {"path": "files/oci-gz.tar.gz", "tag": "example/oci-gz:ci"},
     ]
     return put, images
 
