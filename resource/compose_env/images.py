@@ -142,16 +142,25 @@ def _shown(entry: ImageEntry, path: Path) -> str:
     return entry.given if path == entry.path else f"{entry.given}/{path.relative_to(entry.path)}"
 
 
-def _read_name_files(directory: Path, entry: ImageEntry) -> tuple[str, ...]:
+@dataclass(frozen=True)
+class FileNames:
+    """The name the `repository` and `tag` files give; `guessed` when the tag file is missing or empty."""
+
+    names: tuple[str, ...] = ()
+    guessed: bool = False
+
+
+def _read_name_files(directory: Path, entry: ImageEntry) -> FileNames:
     repository_file = directory / "repository"
     if not repository_file.is_file():
-        return ()
+        return FileNames()
     repository = repository_file.read_text().strip()
     if not repository:
-        return ()
+        return FileNames()
     tag_file = directory / "tag"
     tag = tag_file.read_text().strip() if tag_file.is_file() else ""
-    return (check_reference(f"{repository}:{tag or 'latest'}", f"{entry.param_path} ({entry.given}/repository and tag)"),)
+    name = check_reference(f"{repository}:{tag or 'latest'}", f"{entry.param_path} ({entry.given}/repository and tag)")
+    return FileNames((name,), guessed=not tag)
 
 
 def _explicit_names(entry: ImageEntry) -> tuple[str, ...]:
@@ -182,7 +191,8 @@ def _unnamed(entry: ImageEntry, what: str) -> UserError:
     )
 
 
-def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...]) -> ImagePlan:
+def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...], guessed: tuple[str, ...] = ()) -> ImagePlan:
+    """`guessed` names (`repository:latest` for want of a tag file) apply only to a tarball without RepoTags."""
     shown = _shown(entry, path)
     size = path.stat().st_size
     compression = archives.compression_of(path)
@@ -203,6 +213,8 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...]) -> Imag
         if listing.has("manifest.json"):
             manifest = listing.read_json("manifest.json")
             embedded = [familiar(tag) for image in manifest if isinstance(image, dict) for tag in image.get("RepoTags") or []]
+            if embedded:
+                names = tuple(name for name in names if name not in guessed)
             if not names and not embedded:
                 raise _unnamed(entry, shown)
             shape = "docker-save tarball" + (f" (RepoTags: {', '.join(embedded)})" if embedded else " (no RepoTags)")
@@ -277,7 +289,8 @@ def plan_image(entry: ImageEntry) -> ImagePlan:
         return _tarball_plan(entry, path, explicit)
     if not path.is_dir():
         raise UserError(entry.param_path, f"{entry.given} is neither a file nor a directory")
-    names = tuple(dict.fromkeys([*_read_name_files(path, entry), *explicit]))
+    from_files = _read_name_files(path, entry)
+    names = tuple(dict.fromkeys([*from_files.names, *explicit]))
     if (path / "oci" / "index.json").is_file():
         return _layout_plan(entry, path / "oci", names)
     if (path / "index.json").is_file() and (path / "oci-layout").is_file():
@@ -286,7 +299,8 @@ def plan_image(entry: ImageEntry) -> ImagePlan:
         return _rootfs_plan(entry, path, names)
     for candidate in (path / "image.tar", path / "image" / "image.tar", path / "image"):
         if candidate.is_file():
-            return _tarball_plan(entry, candidate, names)
+            guessed = tuple(name for name in from_files.names if name not in explicit) if from_files.guessed else ()
+            return _tarball_plan(entry, candidate, names, guessed)
     present = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
     raise UserError(
         entry.param_path,

@@ -112,6 +112,21 @@ def test_registry_image_oci_dir_is_named_from_repo_tags_and_files(tmp_path: Path
     assert _streamed(plan) == (directory / "image.tar").read_bytes()
 
 
+def test_a_missing_tag_file_adds_no_guessed_latest_to_a_tarball_that_carries_repo_tags(tmp_path: Path, parts: ImageParts) -> None:
+    directory = registry_image_oci_dir(parts, tmp_path / "redis-image", "redis", "7", "index.docker.io/library/redis:7")
+    (directory / "tag").unlink()
+
+    assert images.plan_image(entry(directory)).names == ()
+    assert images.plan_image(entry(directory, ("redis:latest",))).names == ("redis:latest",)
+
+
+def test_a_missing_tag_file_means_latest_for_a_tarball_without_repo_tags(tmp_path: Path, parts: ImageParts) -> None:
+    directory = docker_image_save_dir(parts, tmp_path / "saved", "example/saved", "ci")
+    (directory / "tag").write_text("\n")
+
+    assert images.plan_image(entry(directory)).names == ("example/saved:latest",)
+
+
 def test_docker_image_save_dir_is_named_from_its_repository_and_tag_files(tmp_path: Path, parts: ImageParts) -> None:
     directory = docker_image_save_dir(parts, tmp_path / "saved", "example/saved", "ci")
 
