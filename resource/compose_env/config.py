@@ -234,7 +234,7 @@ def parse_source(raw: Mapping[str, Any] | None) -> Source:
     """`source` → Source; also checks `source.params` (the put params' defaults) on their own."""
     raw = dict(raw or {})
     validate(raw, "source", "source")
-    validate(raw.get("params", {}), "put_params", "source.params", ignore_required=True)
+    validate(raw.get("params") or {}, "put_params", "source.params", ignore_required=True)
     return _source_from(raw)
 
 

@@ -162,3 +162,9 @@ def test_tls_needs_a_docker_host() -> None:
 def test_a_duration_in_minutes_is_read_as_seconds(put_dir: Path) -> None:
     config = parse_put_request({"params": {"compose_files": "repo/ci/docker-compose.yml", "timeout": "1.5m"}}, put_dir, BUILD)
     assert config.params.timeout == 90
+
+
+def test_an_empty_source_params_from_yaml_is_no_defaults(put_dir: Path) -> None:
+    # `params:` with no value under `source` arrives as null
+    assert parse_source({"params": None}).startup_timeout == 60
+    assert merged_params({"params": None}, {"compose_files": "a"}).values == {"compose_files": "a"}
