@@ -553,22 +553,34 @@ class ComposeProject:
         passes the container's stdout and stderr through unprefixed, compose's own progress
         lines being mixed into stderr.
         """
+        filing = True
         for raw in iter(stream.readline, b""):
             self._lines_streamed += 1  # progress for _drain; an approximate count is enough
             line = ERASE_AT_START.sub("", raw.decode(errors="replace").rstrip("\r\n"))
             self.console.line(line)
-            if not is_stdout and (taken := PORT_TAKEN.search(line)):
-                self._ports_taken.add(taken.group("bind") or taken.group("listen"))
-            if shape.run_service:
-                if is_stdout or not COMPOSE_OWN_LINE.match(line):
-                    self.logs.append(shape.run_service, line)
+            if not filing:
                 continue
-            prefixed = split_prefixed(line, known)
-            if prefixed:
-                self.logs.append(prefixed.service, prefixed.text)
-                with self._count_lock:
-                    key = (prefixed.source, is_stdout)
-                    self._streamed[key] = self._streamed.get(key, 0) + 1
+            try:
+                self._file_line(line, shape, known, is_stdout)
+            except Exception as error:
+                # Keep draining: a reader that stops would fill the pipe and hang compose.
+                filing = False
+                self.console.warn(f"could not keep the service logs any more ({error}); the build log goes on")
+
+    def _file_line(self, line: str, shape: CommandShape, known: set[str], is_stdout: bool) -> None:
+        """File one line of compose's output under its service (and note a port compose could not publish)."""
+        if not is_stdout and (taken := PORT_TAKEN.search(line)):
+            self._ports_taken.add(taken.group("bind") or taken.group("listen"))
+        if shape.run_service:
+            if is_stdout or not COMPOSE_OWN_LINE.match(line):
+                self.logs.append(shape.run_service, line)
+            return
+        prefixed = split_prefixed(line, known)
+        if prefixed:
+            self.logs.append(prefixed.service, prefixed.text)
+            with self._count_lock:
+                key = (prefixed.source, is_stdout)
+                self._streamed[key] = self._streamed.get(key, 0) + 1
 
     def _complete_from_engine_log(self, shape: CommandShape, client: docker.APIClient) -> None:
         """Print what compose did not print of each followed container, and file every line in time order.

@@ -364,7 +364,7 @@ def parse_put_request(request: Mapping[str, Any], put_dir: Path, build: BuildMet
         validate(source_raw, "source", "source")
     except UserError as error:
         problems += error.problems
-    merged = merged_params(source_raw, request.get("params")) if isinstance(source_raw.get("params", {}), Mapping) else None
+    merged = merged_params(source_raw, request.get("params")) if isinstance(source_raw.get("params") or {}, Mapping) else None
     if merged is not None:
         try:
             validate(merged.values, "put_params", merged.root_for)

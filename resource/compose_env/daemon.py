@@ -196,6 +196,7 @@ class InnerDaemon:
         self.log_dir = f"{RUN_DIR}/logs"
         self.data_root = self.options.data_root
         self._ready = False
+        self._api_version = ""
         self._stopped = False
         self._lock = threading.Lock()
 
@@ -244,6 +245,7 @@ class InnerDaemon:
         dockerd = self._spawn("dockerd", self.dockerd_argv(driver.driver, iptables, mtu), dockerd_env)
         api_version = self._wait_ready(containerd, dockerd)
         self._ready = True
+        self._api_version = api_version
         ready = time.monotonic()
 
         client, load_client = make_clients(f"unix://{DOCKER_SOCKET}", version=api_version)
@@ -405,7 +407,7 @@ class InnerDaemon:
         if not self._ready or not any(p.poll() is None for n, p in self.processes if n == "dockerd"):
             return 0  # no API, so no containers
         try:
-            client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version="auto", timeout=CONTAINER_STOP_SECONDS + grace)
+            client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version=self._api_version or "auto", timeout=CONTAINER_STOP_SECONDS + grace)
             running = client.containers(quiet=True)
         except Exception as error:
             problems.append(f"listing containers: {error}")
@@ -439,7 +441,10 @@ class InnerDaemon:
             except subprocess.TimeoutExpired:
                 pass
         process.kill()
-        process.wait(2)
+        try:
+            process.wait(2)
+        except subprocess.TimeoutExpired:
+            pass  # stuck in the kernel (D state): the stray sweep and the unmounts go on regardless
 
     def _kill_strays(self) -> int:
         """What outlives containerd and dockerd by design: our shims with their containers, fuse-overlayfs helpers."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +20,9 @@ from .console import Console
 from .errors import RuntimeFailure
 
 RUN_DIR = "/run/compose-env"
+#: Private DOCKER_CONFIG (registry logins) and client certificates: removed at teardown.
+DOCKER_CONFIG_DIR = f"{RUN_DIR}/docker-config"
+TLS_DIR = f"{RUN_DIR}/tls"
 API_TIMEOUT = 30
 
 
@@ -79,7 +81,7 @@ def remote_tls(source: Source, cert_dir: str) -> tuple[docker.tls.TLSConfig | bo
 def connect_remote(source: Source, console: Console, config_dir: str) -> DaemonHandle:
     """`source.docker_host`: use that engine, start nothing; compose down is the whole cleanup."""
     assert source.docker_host
-    cert_dir = f"{RUN_DIR}/tls"
+    cert_dir = TLS_DIR
     tls, tls_env = remote_tls(source, cert_dir)
     env = {"DOCKER_HOST": source.docker_host, "DOCKER_CONFIG": write_docker_config(source.registries, config_dir), **tls_env}
     base_url = source.docker_host.replace("tcp://", "https://", 1) if source.tls else source.docker_host
@@ -100,8 +102,5 @@ def connect_remote(source: Source, console: Console, config_dir: str) -> DaemonH
     console.info(f"using the engine at {source.docker_host} (source.docker_host): Docker {info.get('ServerVersion')}, storage driver {info.get('Driver')}")
     console.info("no inner daemon: nothing started, compose down is the whole cleanup")
 
-    def forget_certificates() -> list[str]:
-        shutil.rmtree(cert_dir, ignore_errors=True)
-        return []
-
-    return DaemonHandle(source.docker_host, env, client, load_client, description, forget_certificates)
+    # Nothing to stop: put's teardown removes the certificates and the logins.
+    return DaemonHandle(source.docker_host, env, client, load_client, description)

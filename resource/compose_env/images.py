@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 import platform as host
+import queue
 import re
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -468,11 +469,47 @@ def load_images(
         console.info(f"{plan.where}: {image.size / 2**20:.1f} MiB streamed in {image.seconds:.2f}s ({rate:.0f} MiB/s) → {', '.join(image.names)}")
         return image
 
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="load")
-    futures = [pool.submit(load, plan) for plan in plans]
+    return _run_all(plans, load, concurrency)
+
+
+def _run_all(plans: list[ImagePlan], load: Callable[[ImagePlan], LoadedImage], concurrency: int) -> list[LoadedImage]:
+    """`load` every plan on `concurrency` daemon threads; the first failure, whichever plan, is raised at once.
+
+    Daemon threads, not an executor: after a failure or an abort the uploads still in flight
+    must not hold the process (stopping the daemon, at teardown, ends them), and a
+    ThreadPoolExecutor's workers are joined at interpreter exit.
+    """
+    pending: queue.SimpleQueue[tuple[int, ImagePlan]] = queue.SimpleQueue()
+    for item in enumerate(plans):
+        pending.put(item)
+    finished: queue.SimpleQueue[tuple[int, LoadedImage | None, BaseException | None]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                index, plan = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                finished.put((index, load(plan), None))
+            except BaseException as error:  # handed to the main thread, raised there
+                finished.put((index, None, error))
+                return
+
+    for number in range(min(concurrency, len(plans))):
+        threading.Thread(target=worker, name=f"load-{number}", daemon=True).start()
+    results: dict[int, LoadedImage] = {}
     try:
-        return [future.result() for future in futures]
+        while len(results) < len(plans):
+            try:
+                index, image, error = finished.get(timeout=0.2)  # a short wait keeps SIGTERM responsive
+            except queue.Empty:
+                continue
+            if error is not None:
+                raise error
+            assert image is not None
+            results[index] = image
     finally:
-        # After a failure or an abort, uploads still in flight are not waited for:
-        # stopping the daemon (teardown) ends them, within Concourse's 10 s grace.
-        pool.shutdown(wait=False, cancel_futures=True)
+        stop.set()  # loads not yet started are dropped
+    return [results[index] for index in range(len(plans))]

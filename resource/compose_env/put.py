@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from .compose import ComposeProject, ServiceLogs
 from .config import PutConfig
 from .console import Console
 from .daemon import InnerDaemon
-from .engine import RUN_DIR, DaemonHandle, connect_remote
+from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from .errors import Aborted
 from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
@@ -72,10 +73,10 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     try:
         with console.phase("Starting the Docker daemon", timings, "daemon"):
             if config.source.docker_host:
-                handle = connect_remote(config.source, console, f"{RUN_DIR}/docker-config")
+                handle = connect_remote(config.source, console, DOCKER_CONFIG_DIR)
             else:
                 inner = InnerDaemon(config.source, console)
-                handle = inner.start(sum(plan.estimated_bytes for plan in plans), f"{RUN_DIR}/docker-config")
+                handle = inner.start(sum(plan.estimated_bytes for plan in plans), DOCKER_CONFIG_DIR)
         project.use_engine(handle.env)
 
         if plans:
@@ -142,9 +143,10 @@ def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerD
     """
     project.kill()
     if handle is not None:
-        budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"] if aborted else grace + NORMAL_DOWN_SECONDS
+        abort_budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"]
+        budget = abort_budget if aborted else grace + NORMAL_DOWN_SECONDS
         started = time.monotonic()
-        problem = _within(budget, lambda: project.down(0 if aborted else grace))
+        problem = _within(budget, lambda: project.down(0 if aborted else grace), abort_budget)
         if problem is None:
             console.warn(f"compose down did not finish within {budget:g}s: stopping the engine's containers directly")
         elif problem:
@@ -152,21 +154,34 @@ def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerD
         else:
             console.info(f"compose down --volumes --remove-orphans: {time.monotonic() - started:.2f}s")
     if inner is not None:
-        problems = inner.stop(0 if aborted else grace)
+        problems = inner.stop(0 if aborted or ABORT.received else grace)
     elif handle is not None:
         problems = handle.stop()
     else:
         problems = []
+    # Registry logins and TLS keys must not outlive the put (`fly intercept` could read them).
+    for directory in (DOCKER_CONFIG_DIR, TLS_DIR):
+        shutil.rmtree(directory, ignore_errors=True)
     for problem in problems:
         console.warn(f"teardown: {problem}")
 
 
-def _within(seconds: float, function: Callable[[], str]) -> str | None:
-    """function()'s result, or None when it takes longer than `seconds` (it is left to finish alone)."""
+def _within(seconds: float, function: Callable[[], str], abort_seconds: float) -> str | None:
+    """function()'s result, or None when it takes longer than `seconds` (it is left to finish alone).
+
+    A SIGTERM that arrives meanwhile (deferred during teardown) shortens the wait to
+    `abort_seconds` from the start, so the rest of the cleanup still fits before SIGKILL.
+    """
     result: list[str] = []
     worker = threading.Thread(target=lambda: result.append(function()), daemon=True)
+    started = time.monotonic()
     worker.start()
-    worker.join(seconds)
+    while worker.is_alive():
+        limit = started + (min(seconds, abort_seconds) if ABORT.received else seconds)
+        left = limit - time.monotonic()
+        if left <= 0:
+            break
+        worker.join(min(left, 0.1))
     return result[0] if result else None
 
 

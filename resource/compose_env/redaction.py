@@ -15,6 +15,8 @@ SECRET_KEY_WORDS = ("PASSWORD", "SECRET", "TOKEN", "KEY")
 MASK = "***"
 #: Shorter values ("", "1", "on") would mask half the log and protect nothing.
 MIN_SECRET_LENGTH = 3
+#: schema.describe() shows at most this many characters of a value.
+SHORTENED_AT = 40
 
 
 def is_secret_key(key: str) -> bool:
@@ -28,19 +30,32 @@ def secret_env_values(env: Mapping[str, str]) -> list[str]:
 
 
 def secrets_in_request(request: Mapping[str, Any]) -> list[str]:
-    """Registry passwords, the TLS key and secret-named env values, from a request not yet validated."""
+    """Registry passwords, the TLS key and secret-named env values, from a request not yet validated.
+
+    A value of the wrong type (a number, a list) is a secret all the same: a validation
+    error would otherwise print it. Error messages shorten long values to their first
+    37 characters, so that form is masked too.
+    """
     source = request.get("source") if isinstance(request.get("source"), dict) else {}
-    secrets: list[str] = []
+    values: list[Any] = []
     for registry in source.get("registries") or []:
-        if isinstance(registry, dict) and isinstance(registry.get("password"), str):
-            secrets.append(registry["password"])
+        if isinstance(registry, dict) and registry.get("password") is not None:
+            values.append(registry["password"])
     tls = source.get("tls")
-    if isinstance(tls, dict) and isinstance(tls.get("key"), str):
-        secrets.append(tls["key"])
+    if isinstance(tls, dict) and tls.get("key") is not None:
+        values.append(tls["key"])
     for params in (source.get("params"), request.get("params")):
         env = params.get("env") if isinstance(params, dict) else None
         if isinstance(env, dict):
-            secrets += secret_env_values({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in env.items()})
+            values += [value for key, value in env.items() if is_secret_key(str(key))]
+    secrets: list[str] = []
+    for value in values:
+        text = value if isinstance(value, str) else json.dumps(value)
+        secrets.append(text)
+        if not isinstance(value, str):
+            secrets.append(str(value))
+        if len(json.dumps(value)) > SHORTENED_AT:
+            secrets.append(json.dumps(value)[: SHORTENED_AT - 3])
     return secrets
 
 
