@@ -42,6 +42,12 @@ CAP_SYS_ADMIN = 21
 PR_SET_PDEATHSIG = 1
 #: Seconds dockerd and containerd get after SIGTERM before SIGKILL.
 DAEMON_GRACE_SECONDS = 1.5
+#: The same after an abort (containers are already killed): the whole teardown must fit in
+#: Concourse's 10 s before SIGKILL even when every step runs to its bound
+#: (compose down 3 s + containers 2 s + dockerd 1 + 1 s + containerd 1 s).
+ABORT_DAEMON_GRACE_SECONDS = 1.0
+#: How long a SIGKILLed daemon gets to disappear before the sweep goes on without it.
+REAP_SECONDS = 1.0
 #: Bound on the container stop/kill calls at teardown (on top of stop_grace).
 CONTAINER_STOP_SECONDS = 2.0
 NOT_PRIVILEGED_HINT = "the resource type must be declared `privileged: true` (in resource_types; for a task, `privileged: true` on the task step)"
@@ -384,10 +390,11 @@ class InnerDaemon:
         lap(f"{stopped} container{'s' if stopped != 1 else ''}")
         # dockerd gets SIGTERM (it unmounts and removes its network namespaces itself);
         # containerd's graceful stop only tidies state in the data root we throw away.
-        for name, grace in (("dockerd", DAEMON_GRACE_SECONDS), ("containerd", 0.0)):
+        dockerd_grace = DAEMON_GRACE_SECONDS if grace > 0 else ABORT_DAEMON_GRACE_SECONDS
+        for name, wait in (("dockerd", dockerd_grace), ("containerd", 0.0)):
             for process_name, process in self.processes:
                 if process_name == name and process.poll() is None:
-                    self._terminate(process, grace)
+                    self._terminate(process, wait)
                     lap(name)
         killed = self._kill_strays()
         if killed:
@@ -442,7 +449,7 @@ class InnerDaemon:
                 pass
         process.kill()
         try:
-            process.wait(2)
+            process.wait(REAP_SECONDS)
         except subprocess.TimeoutExpired:
             pass  # stuck in the kernel (D state): the stray sweep and the unmounts go on regardless
 
