@@ -30,6 +30,8 @@ NORMAL_DOWN_SECONDS = 20.0
 
 #: Called after the run and before teardown, while the containers still exist (task artifacts).
 AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]
+#: Called with the validated project before anything starts: more checks of the caller's own.
+CheckProject = Callable[[ComposeProject], None]
 
 
 @dataclass
@@ -49,7 +51,7 @@ def redactor_for(config: PutConfig) -> Redactor:
     return Redactor(secrets)
 
 
-def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: AfterRun | None = None) -> PutOutcome:
+def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: AfterRun | None = None, check_project: CheckProject | None = None) -> PutOutcome:
     started = time.monotonic()
     timings: dict[str, float] = {}
     params = config.params
@@ -62,6 +64,8 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
         project = ComposeProject(params, console, logs)
         project.load_config()
         shape = project.check_command()
+        if check_project is not None:
+            check_project(project)
         console.info(f"project {params.project_name}: services {', '.join(sorted(project.services())) or 'none'}")
 
     inner: InnerDaemon | None = None

@@ -166,7 +166,7 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
     collector = AfterRunCollector(task, console)
     report_file = task.output_dir / "report.json"
     try:
-        outcome = run_put(keep_run_container(task, console), console, redact, after_run=collector)
+        outcome = run_put(keep_run_container(task, console), console, redact, after_run=collector, check_project=collector.check_services)
     except UserError as error:
         renamed = in_task_terms(error)
         write_json(report_file, {"status": "error", "exit_code": renamed.exit_code, "error": redact(renamed.render())})
@@ -258,6 +258,15 @@ class AfterRunCollector:
         else:
             copy.copied = True
         return copy
+
+    def check_services(self, project: ComposeProject) -> None:
+        """Before anything starts: every artifact names a service of the project (a typo would cost a whole run)."""
+        known = sorted(project.all_services())
+        unknown = [a for a in self.task.artifacts if a.service not in known]
+        if unknown:
+            raise UserError.many(
+                [(f"{a.param_path}.service", f"{a.service!r} is not a service of the project", f"services: {', '.join(known) or 'none'}") for a in unknown]
+            )
 
     def raise_unknown_services(self) -> None:
         if self.unknown:

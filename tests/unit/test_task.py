@@ -355,6 +355,18 @@ def test_after_run_copies_what_exists_reports_what_does_not_and_refuses_unknown_
     assert "services: db, tests" in error.value.hint
 
 
+def test_an_artifact_of_an_unknown_service_is_refused_before_anything_starts(work_dir: Path) -> None:
+    task = parse({**PARAMS, "artifacts": [{"service": "tests", "path": "/r"}, {"service": "tset", "path": "/r"}]}, work_dir)
+    collector = AfterRunCollector(task, Console(io.StringIO()))
+    project = SimpleNamespace(all_services=lambda: {"tests": {}, "db": {}})
+
+    with pytest.raises(UserError) as error:
+        collector.check_services(project)  # type: ignore[arg-type]
+
+    assert error.value.path == "COMPOSE_ENV.artifacts[1].service"
+    assert "services: db, tests" in error.value.hint
+
+
 # ---------------------------------------------------------------- report
 
 
