@@ -316,7 +316,7 @@ def parse_command(value: str | list[str] | None) -> tuple[str, ...]:
 
 
 def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) -> PutParams:
-    validate(merged.values, "put_params", merged.root_for)
+    """Typed params from merged values that parse_put_request has already validated."""
     raw = merged.values
     resolver = PathResolver(put_dir)
 
