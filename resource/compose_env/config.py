@@ -67,6 +67,8 @@ class DockerdOptions:
     debug: bool = False
     iptables: str = "auto"
     args: tuple[str, ...] = ()
+    #: Write loadable images straight into the overlay2 store before dockerd starts (layerstore.py).
+    direct_load: bool = True
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,7 @@ def _source_from(raw: Mapping[str, Any]) -> Source:
         debug=dockerd_raw.get("debug", False),
         iptables=dockerd_raw.get("iptables", "auto"),
         args=tuple(dockerd_raw.get("args", ())),
+        direct_load=dockerd_raw.get("direct_load", True),
     )
     tls = None
     if "tls" in raw:

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -189,6 +190,18 @@ def diagnose(log_text: str) -> str:
 
 # ---------------------------------------------------------------- the inner daemon
 
+#: dockerd flags in source.dockerd.args after which the store layerstore would write is not the one dockerd reads.
+STORE_CHANGING_FLAGS = frozenset({"--userns-remap", "--data-root", "-g", "--graph", "--storage-driver", "-s", "--storage-opt", "--config-file", "--feature"})
+
+
+@dataclass(frozen=True)
+class PreparedStore:
+    """The data root and driver dockerd will get; `writable`: layerstore may write images into it first."""
+
+    data_root: str
+    driver: str
+    writable: bool
+
 
 class InnerDaemon:
     """containerd + dockerd in this container, with everything needed to undo them."""
@@ -205,19 +218,34 @@ class InnerDaemon:
         self._api_version = ""
         self._stopped = False
         self._lock = threading.Lock()
+        # Set by prepare(), used by launch().
+        self._started = self._prepared = 0.0
+        self._base_env: dict[str, str] = {}
+        self._containerd: subprocess.Popen[bytes] | None = None
+        self._placement: storage.Placement | None = None
+        self._driver = self._iptables = ""
+        self._mtu_value: int | None = None
 
     # -- start
 
     def start(self, images_bytes: int, config_dir: str) -> DaemonHandle:
         """Pre-flight, containerd, cgroups, data root, probes, dockerd, readiness; all decisions logged."""
-        started = time.monotonic()
+        self.prepare(images_bytes)
+        return self.launch(config_dir)
+
+    def prepare(self, images_bytes: int) -> PreparedStore:
+        """Everything before dockerd: checks, containerd (starting meanwhile), cgroups, data root, driver, network.
+
+        Between this and `launch`, the data root is ours: layerstore writes images into it.
+        """
+        self._started = time.monotonic()
         check_privileged()
         for directory in (RUN_DIR, self.log_dir, os.path.dirname(CONTAINERD_SOCKET)):
             os.makedirs(directory, exist_ok=True)
         self._remove_stale_files()
         # containerd boots in 0.1-0.3 s and needs none of what follows: start it now.
-        base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        containerd = self._spawn("containerd", self.containerd_argv(), base_env)
+        self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        self._containerd = self._spawn("containerd", self.containerd_argv(), self._base_env)
 
         try:
             report = cgroups.prepare(self.mounts)
@@ -241,14 +269,28 @@ class InnerDaemon:
         (self.console.warn if iptables == "off" else self.console.info)(f"iptables: {iptables} ({iptables_why})")
         mtu, mtu_why = self._mtu()
         self.console.info(f"mtu: {mtu or 1500} ({mtu_why})")
+        self._placement, self._driver, self._iptables, self._mtu_value = placement, driver.driver, iptables, mtu
+        self._prepared = time.monotonic()
+        return PreparedStore(placement.data_root, driver.driver, self.store_writable(driver.driver))
 
-        dockerd_env = dict(base_env)
-        if iptables != "off":
-            dockerd_env["PATH"] = iptables_path_dir(iptables, f"{RUN_DIR}/bin") + ":" + base_env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    def store_writable(self, driver: str) -> bool:
+        """Whether layerstore may write images into the data root before dockerd starts."""
+        if not self.options.direct_load or driver != "overlay2":
+            return False
+        # Flags that move or reshape the store dockerd will read.
+        return not any(arg.split("=", 1)[0] in STORE_CHANGING_FLAGS for arg in self.options.args)
+
+    def launch(self, config_dir: str) -> DaemonHandle:
+        """dockerd on the prepared data root, then readiness: returns the handle everything else uses."""
+        dockerd_env = dict(self._base_env)
+        if self._iptables != "off":
+            dockerd_env["PATH"] = iptables_path_dir(self._iptables, f"{RUN_DIR}/bin") + ":" + self._base_env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         probed = time.monotonic()
+        containerd = self._containerd
+        assert containerd is not None and self._placement is not None, "prepare() first"
         self._wait_for(lambda: os.path.exists(CONTAINERD_SOCKET), "containerd did not listen", containerd)
         spawned = time.monotonic()
-        dockerd = self._spawn("dockerd", self.dockerd_argv(driver.driver, iptables, mtu), dockerd_env)
+        dockerd = self._spawn("dockerd", self.dockerd_argv(self._driver, self._iptables, self._mtu_value), dockerd_env)
         api_version = self._wait_ready(containerd, dockerd)
         self._ready = True
         self._api_version = api_version
@@ -256,16 +298,18 @@ class InnerDaemon:
 
         client, load_client = make_clients(f"unix://{DOCKER_SOCKET}", version=api_version)
         info = client.info()
-        if info.get("Driver") != driver.driver:
+        if info.get("Driver") != self._driver:
             raise RuntimeFailure(
-                f"dockerd runs with storage driver {info.get('Driver')}, not the {driver.driver} it was given",
+                f"dockerd runs with storage driver {info.get('Driver')}, not the {self._driver} it was given",
                 "set source.dockerd.storage_driver explicitly",
             )
+        between = f", {probed - self._prepared:.2f}s writing images into its store" if probed - self._prepared > 0.05 else ""
         self.console.info(
             f"dockerd {info.get('ServerVersion', '?')} answered {ready - spawned:.2f}s after it was spawned;"
-            f" before it: {probed - started:.2f}s of checks and probes, {spawned - probed:.2f}s more for containerd to listen"
+            f" before it: {self._prepared - self._started:.2f}s of checks and probes{between}, {spawned - probed:.2f}s more for containerd to listen"
         )
-        description = f"{info.get('ServerVersion', '?')} {driver.driver}, data root on {placement.summary()}, iptables {iptables}, mtu {mtu or 1500}"
+        description = f"{info.get('ServerVersion', '?')} {self._driver}, data root on {self._placement.summary()}"
+        description += f", iptables {self._iptables}, mtu {self._mtu_value or 1500}"
         env = {"DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "DOCKER_CONFIG": write_docker_config(self.source.registries, config_dir)}
         return DaemonHandle(f"unix://{DOCKER_SOCKET}", env, client, load_client, description, self.stop)
 

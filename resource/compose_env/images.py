@@ -14,6 +14,7 @@ entry fails before anything is loaded. Loading streams each input into `docker l
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform as host
@@ -30,11 +31,12 @@ from typing import Any
 import docker
 import requests
 
-from . import archives
+from . import archives, layerstore
 from .archives import ArchiveError, NoMatchingPlatform, Platform
 from .config import ImageEntry
 from .console import Console
 from .errors import RuntimeFailure, UserError
+from .layerstore import DirectImage
 
 #: How many loads run at once. Measured with bench/bench_images.py on the 2-core reference VM
 #: (3 images, 768 MiB, best of 3; `docker load -i` in turn = 1.00): data root in memory
@@ -116,6 +118,9 @@ class ImagePlan:
     #: The docker-save bytes for the daemon's platform: chunks, or the file itself when it can go as is.
     stream: Callable[[Platform], Iterator[bytes] | archives.FileBody]
     compressed: bool = False
+    #: The image as config and layer blobs, for writing it straight into the store (layerstore.py);
+    #: None when only docker load can take this shape, or the callable's None once it has looked.
+    direct: Callable[[Platform], DirectImage | None] | None = None
 
     @property
     def estimated_bytes(self) -> int:
@@ -219,19 +224,62 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...], guessed
             if not names and not embedded:
                 raise _unnamed(entry, shown)
             shape = "docker-save tarball" + (f" (RepoTags: {', '.join(embedded)})" if embedded else " (no RepoTags)")
-            return ImagePlan(entry, shape, path, size, names, lambda _platform: archives.FileBody(path))
+            direct = _docker_save_direct(listing, manifest, tuple(embedded))
+            return ImagePlan(entry, shape, path, size, names, lambda _platform: archives.FileBody(path), direct=direct)
         if listing.has("index.json"):
             if not names:
                 raise _unnamed(entry, f"{shown} (an OCI archive)")
             layout = archives.LayoutReader.tar(listing)
             size = archives.image_bytes(layout, archives.select_manifest(layout, local_platform()))
             shape = f"tarball with an OCI layout (the {archives.platform_text(local_platform())} image, converted while streaming)"
-            return ImagePlan(entry, shape, path, size, names, lambda p: archives.oci_stream(layout, p, list(names)))
+            return ImagePlan(entry, shape, path, size, names, lambda p: archives.oci_stream(layout, p, list(names)), direct=_layout_direct(layout))
     except NoMatchingPlatform as error:
         raise UserError(entry.param_path, f"{shown}: {error}", PLATFORM_HINT) from None
     except ArchiveError as error:
         raise _damaged(entry, error) from None
     raise UserError(entry.param_path, f"{shown} is not an image: a tar without manifest.json or index.json", "is it a docker save or OCI archive?")
+
+
+def _docker_save_direct(listing: archives.TarListing, manifest: Any, repo_tags: tuple[str, ...]) -> Callable[[Platform], DirectImage | None] | None:
+    """A single-image docker save whose config and layers are plain members (no symlinked duplicates)."""
+    if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
+        return None
+    config_name, layer_names = manifest[0].get("Config"), manifest[0].get("Layers")
+    if not isinstance(config_name, str) or not isinstance(layer_names, list):
+        return None
+    if not listing.has(config_name) or not all(isinstance(name, str) and listing.has(name) for name in layer_names):
+        return None
+
+    def direct(_platform: Platform) -> DirectImage | None:
+        try:
+            config = listing.read(config_name)
+        except (ArchiveError, OSError):
+            return None
+        blobs = [archives.Blob(listing.path, *listing.members[name]) for name in layer_names]
+        return layerstore.image_from_config(config, blobs, repo_tags)
+
+    return direct
+
+
+def _layout_direct(layout: archives.LayoutReader) -> Callable[[Platform], DirectImage | None]:
+    """The platform's image of an OCI layout, its config checked against its digest."""
+
+    def direct(platform: Platform) -> DirectImage | None:
+        try:
+            manifest = archives.select_manifest(layout, platform)
+            config_digest = manifest["config"]["digest"]
+            config_blob = layout.blob(config_digest)
+            with open(config_blob.path, "rb") as handle:
+                handle.seek(config_blob.offset)
+                config = handle.read(min(config_blob.size, archives.MAX_JSON_BLOB))
+            blobs = [layout.blob(layer["digest"]) for layer in manifest.get("layers") or []]
+        except (ArchiveError, OSError, KeyError, TypeError):
+            return None
+        if "sha256:" + hashlib.sha256(config).hexdigest() != config_digest:
+            return None
+        return layerstore.image_from_config(config, blobs)
+
+    return direct
 
 
 def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> ImagePlan:
@@ -255,6 +303,7 @@ def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> Ima
         size,
         names,
         lambda p: archives.oci_stream(reader, p, list(names)),
+        direct=_layout_direct(reader),
     )
 
 
@@ -444,6 +493,19 @@ def _load_plan(plan: ImagePlan, client: docker.APIClient, load_client: docker.AP
             repository, tag = split_reference(name)
             client.tag(image_id, repository, tag)
     return LoadedImage(plan.entry, image_id, names, time.monotonic() - started, sent)
+
+
+def name_written_image(plan: ImagePlan, image: DirectImage, client: docker.APIClient, seconds: float) -> LoadedImage | None:
+    """Tag an image that layerstore wrote before dockerd started; None if dockerd did not take it."""
+    try:
+        image_id = client.inspect_image(image.image_id)["Id"]
+    except docker.errors.NotFound:
+        return None
+    names = tuple(dict.fromkeys([*image.repo_tags, *plan.names]))
+    for name in names:
+        repository, tag = split_reference(name)
+        client.tag(image_id, repository, tag)
+    return LoadedImage(plan.entry, image_id, names, seconds, plan.size)
 
 
 def load_images(

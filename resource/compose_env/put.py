@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from . import images as images_module
+from . import layerstore
 from .compose import ComposeProject, ServiceLogs
 from .config import PutConfig
 from .console import Console
 from .daemon import InnerDaemon
 from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from .errors import Aborted
+from .layerstore import DirectImage
 from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
 from .signals import ABORT
@@ -75,21 +77,35 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     loaded_names: list[str] = []
     aborted = False
     try:
+        direct: dict[str, tuple[images_module.ImagePlan, DirectImage]] = {}
         with console.phase("Starting the Docker daemon", timings, "daemon"):
             if config.source.docker_host:
                 handle = connect_remote(config.source, console, DOCKER_CONFIG_DIR)
             else:
                 inner = InnerDaemon(config.source, console)
-                handle = inner.start(sum(plan.estimated_bytes for plan in plans), DOCKER_CONFIG_DIR)
-        project.use_engine(handle.env)
+                store = inner.prepare(sum(plan.estimated_bytes for plan in plans))
+                direct = _writable_images(plans) if store.writable else {}
+                if not direct:
+                    handle = inner.launch(DOCKER_CONFIG_DIR)
 
         if plans:
             with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
                 if inner is not None:
                     images_module.check_free_space(plans, inner.data_root)
+                by_plan: dict[int, images_module.LoadedImage] = {}
+                if inner is not None and direct:
+                    handle, by_plan, launch_seconds = _write_then_launch(inner, direct, console)
+                    timings["daemon"] += launch_seconds
+                    timings["load"] = timings.get("load", 0.0) - launch_seconds
+                assert handle is not None
+                rest = [plan for plan in plans if id(plan) not in by_plan]
                 spool_dir = os.path.dirname(inner.data_root) if inner is not None else None
-                loaded = images_module.load_images(plans, handle.client, handle.load_client, console, spool_dir=spool_dir)
+                for image in images_module.load_images(rest, handle.client, handle.load_client, console, spool_dir=spool_dir):
+                    by_plan[id(next(plan for plan in rest if plan.entry is image.entry))] = image
+                loaded = [by_plan[id(plan)] for plan in plans]
                 loaded_names += [name for image in loaded for name in image.names]
+        assert handle is not None
+        project.use_engine(handle.env)
         project.ensure_images(handle.client)
 
         with console.phase(f"Running docker compose {' '.join(params.command)}", timings, "run"):
@@ -121,6 +137,46 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     )
     exit_code = 0 if result.exit_code == 0 or not params.fail_on_error else 1
     return PutOutcome(response, result, exit_code, logs, timings, loaded_names)
+
+
+def _writable_images(plans: list[images_module.ImagePlan]) -> dict[str, tuple[images_module.ImagePlan, DirectImage]]:
+    """The plans layerstore can write, keyed for it; the rest go through docker load."""
+    platform = images_module.local_platform()
+    writable = {}
+    for number, plan in enumerate(plans):
+        image = plan.direct(platform) if plan.direct is not None else None
+        if image is not None:
+            writable[str(number)] = (plan, image)
+    return writable
+
+
+def _write_then_launch(
+    inner: InnerDaemon, direct: dict[str, tuple[images_module.ImagePlan, DirectImage]], console: Console
+) -> tuple[DaemonHandle, dict[int, images_module.LoadedImage], float]:
+    """Write the images into the store, start dockerd on it, name them; returns dockerd, the images by plan, and its start time.
+
+    An image that could not be written, or that dockerd did not take, is left to docker load.
+    """
+    outcome, seconds = layerstore.write_images({key: image for key, (_plan, image) in direct.items()}, inner.data_root)
+    launched = time.monotonic()
+    handle = inner.launch(DOCKER_CONFIG_DIR)
+    launch_seconds = time.monotonic() - launched
+    written: dict[int, images_module.LoadedImage] = {}
+    for key, (plan, image) in direct.items():
+        problem = outcome[key]
+        loaded = images_module.name_written_image(plan, image, handle.client, seconds) if problem is None else None
+        if loaded is None:
+            console.warn(f"{plan.where}: not written into the store directly ({problem or 'dockerd did not list it'}): loading it with docker load")
+            continue
+        layers = len(image.diff_ids)
+        console.info(
+            f"{plan.where}: {layers} layer{'s' if layers > 1 else ''} written into the overlay2 store"
+            f" (inflated, checked against the config's diff_ids, extracted) → {', '.join(loaded.names) or loaded.image_id[:19]}"
+        )
+        written[id(plan)] = loaded
+    if written:
+        console.info(f"{len(written)} image{'s' if len(written) > 1 else ''} written in {seconds:.2f}s, several layers at once, before dockerd started")
+    return handle, written, launch_seconds
 
 
 def _with_log_tails(result: RunResult, logs: ServiceLogs, tail: int, services: tuple[str, ...] | None) -> RunResult:
