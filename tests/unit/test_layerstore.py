@@ -1,0 +1,147 @@
+"""layerstore: images written into an overlay2 store directory, checked file by file (root needed: devices, trusted xattrs)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+from compose_env.archives import Blob
+from compose_env.layerstore import DirectImage, StoreWriter, convert_whiteouts, image_from_config
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes devices and trusted.* xattrs: root only")
+
+
+def layer_tar(files: dict[str, bytes | None]) -> bytes:
+    """A layer: name → content, None for a directory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_000_000_000
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size, info.mode, info.uid, info.gid = len(data), 0o4755 if name.endswith("suid") else 0o644, 1234, 5678
+                tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def diff_id(layer: bytes) -> str:
+    return "sha256:" + hashlib.sha256(layer).hexdigest()
+
+
+def image(tmp_path: Path, name: str, layers: list[bytes], stored: list[bytes] | None = None) -> DirectImage:
+    """An image whose blobs are files in tmp_path (`stored`: what the files hold, e.g. gzip of the layer)."""
+    blobs = []
+    for number, content in enumerate(stored or layers):
+        path = tmp_path / f"{name}-{number}.blob"
+        path.write_bytes(content)
+        blobs.append(Blob(path, 0, len(content)))
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_id(layer) for layer in layers]}})
+    made = image_from_config(config.encode(), blobs)
+    assert made is not None
+    return made
+
+
+BASE = layer_tar({"etc/": None, "etc/keep": b"keep", "etc/gone": b"gone", "dir/": None, "dir/old": b"old", "bin/suid": b"#!/bin/sh\n"})
+TOP = layer_tar({"etc/.wh.gone": b"", "dir/": None, "dir/.wh..wh..opq": b"", "dir/new": b"new"})
+
+
+def test_chain_ids_follow_the_layer_store_rule() -> None:
+    made = image_from_config(json.dumps({"rootfs": {"diff_ids": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]}}).encode(), [Blob(Path("x"), 0, 1)] * 2)
+    assert made is not None
+    expected = "sha256:" + hashlib.sha256(f"sha256:{'a' * 64} sha256:{'b' * 64}".encode()).hexdigest()
+    assert made.chain_ids == ["sha256:" + "a" * 64, expected]
+
+
+@pytest.mark.parametrize(
+    "rootfs",
+    [{"diff_ids": ["sha256:" + "a" * 64]}, {"diff_ids": ["md5:abc", "sha256:" + "b" * 64]}, {"diff_ids": "nope"}, {}],
+    ids=["count differs", "bad digest", "not a list", "no diff_ids"],
+)
+def test_configs_that_do_not_describe_the_blobs_are_left_to_docker_load(rootfs: dict[str, object]) -> None:
+    assert image_from_config(json.dumps({"rootfs": rootfs}).encode(), [Blob(Path("x"), 0, 1)] * 2) is None
+    assert image_from_config(b"not json", [Blob(Path("x"), 0, 1)]) is None
+
+
+def test_an_image_is_written_as_dockerd_keeps_it(tmp_path: Path) -> None:
+    root = tmp_path / "docker"
+    made = image(tmp_path, "app", [BASE, TOP], stored=[BASE, gzip.compress(TOP)])
+    assert StoreWriter(str(root)).write({"app": made}) == {"app": None}
+
+    layerdb = root / "image/overlay2/layerdb/sha256"
+    base_chain, top_chain = (chain.removeprefix("sha256:") for chain in made.chain_ids)
+    assert (layerdb / base_chain / "diff").read_text() == diff_id(BASE)
+    assert not (layerdb / base_chain / "parent").exists()
+    assert (layerdb / top_chain / "parent").read_text() == made.chain_ids[0]
+    base_home = root / "overlay2" / (layerdb / base_chain / "cache-id").read_text()
+    top_home = root / "overlay2" / (layerdb / top_chain / "cache-id").read_text()
+    assert (layerdb / base_chain / "size").read_text() == str(4 + 4 + 3 + 10)
+    # overlay2: links, lower chain, work dir, committed parent
+    base_link = (base_home / "link").read_text()
+    assert len(base_link) == 26 and os.readlink(root / "overlay2/l" / base_link) == f"../{base_home.name}/diff"
+    assert (top_home / "lower").read_text() == f"l/{base_link}"
+    assert (top_home / "work").is_dir() and (base_home / "committed").exists() and not (base_home / "lower").exists()
+    # content, owners, modes
+    diff = base_home / "diff"
+    assert (diff / "etc/keep").read_bytes() == b"keep"
+    suid = (diff / "bin/suid").stat()
+    assert stat.S_IMODE(suid.st_mode) == 0o4755 and (suid.st_uid, suid.st_gid) == (1234, 5678)
+    # whiteouts in overlay form
+    gone = (top_home / "diff/etc/gone").lstat()
+    assert stat.S_ISCHR(gone.st_mode) and gone.st_rdev == 0
+    assert not (top_home / "diff/etc/.wh.gone").exists()
+    assert os.getxattr(top_home / "diff/dir", "trusted.overlay.opaque") == b"y"
+    assert sorted(os.listdir(top_home / "diff/dir")) == ["new"]
+    assert (root / "image/overlay2/imagedb/content/sha256" / made.image_id.removeprefix("sha256:")).read_bytes() == made.config
+
+
+def test_a_layer_two_images_share_is_extracted_once_from_its_plain_copy(tmp_path: Path) -> None:
+    root = tmp_path / "docker"
+    first = image(tmp_path, "first", [BASE], stored=[gzip.compress(BASE)])
+    second = image(tmp_path, "second", [BASE, TOP])
+    assert StoreWriter(str(root)).write({"first": first, "second": second}) == {"first": None, "second": None}
+    assert len(list((root / "overlay2").glob("*/diff"))) == 2
+    # Written again into the same store: nothing new is extracted.
+    assert StoreWriter(str(root)).write({"second": second}) == {"second": None}
+    assert len(list((root / "overlay2").glob("*/diff"))) == 2
+
+
+def test_a_layer_that_does_not_match_its_diff_id_is_not_registered(tmp_path: Path) -> None:
+    root = tmp_path / "docker"
+    made = image(tmp_path, "bad", [BASE, TOP], stored=[BASE, layer_tar({"other": b"content"})])
+    outcome = StoreWriter(str(root)).write({"bad": made})
+    assert "does not match the diff_id" in (outcome["bad"] or "")
+    assert not (root / "image/overlay2/layerdb/sha256" / made.chain_ids[1].removeprefix("sha256:")).exists()
+    assert not (root / "image/overlay2/imagedb/content/sha256" / made.image_id.removeprefix("sha256:")).exists()
+    # Only the good base layer's directory is left, unregistered layers are removed.
+    assert len(list((root / "overlay2").glob("*/diff"))) == 1
+
+
+def test_a_blob_that_is_not_a_tar_fails_with_tar_s_reason(tmp_path: Path) -> None:
+    made = image(tmp_path, "garbage", [BASE], stored=[b"\x00garbage" * 100])
+    outcome = StoreWriter(str(tmp_path / "docker")).write({"garbage": made})
+    assert outcome["garbage"] and "layer" in outcome["garbage"]
+    assert list((tmp_path / "docker/overlay2").glob("*/diff")) == []
+
+
+def test_whiteouts_and_size_of_an_extracted_tree(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a/.wh.b").write_bytes(b"")
+    (tmp_path / "a/.wh..wh..opq").write_bytes(b"")
+    (tmp_path / "a/.wh..wh.plnk").mkdir()
+    (tmp_path / "c").write_bytes(b"12345")
+    os.link(tmp_path / "c", tmp_path / "c-again")
+    os.symlink("c", tmp_path / "link")
+    assert convert_whiteouts(tmp_path) == 5 + len("c")
+    assert stat.S_ISCHR((tmp_path / "a/b").lstat().st_mode)
+    assert sorted(os.listdir(tmp_path / "a")) == ["b"]
+    assert os.getxattr(tmp_path / "a", "trusted.overlay.opaque") == b"y"
