@@ -5,11 +5,14 @@ FROM ${BASE_IMAGE}
 # Debian's engine, compose v2 plugin and Python libraries: one layer, cached until this line changes.
 # pigz: dockerd inflates gzip layers with unpigz when it is on PATH (docker.io recommends it);
 # measured here, it cut the seed scenario's load phase from 8.2-10.4 s to 6.2-7.5 s.
+# isal (igzip), where Debian builds it: layerstore.py inflates gzip layers with it, about twice
+# as fast as unpigz here (a 110 MB layer with its hash: 0.8-1.2 s against 1.5-1.7 s).
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       docker.io docker-cli docker-compose containerd runc iptables fuse-overlayfs \
       python3 python3-docker python3-requests python3-jsonschema \
       zstd pigz ca-certificates \
+ && if apt-cache show isal >/dev/null 2>&1; then apt-get install -y --no-install-recommends isal; fi \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 
 # Our package: small, changes often, so it comes last.

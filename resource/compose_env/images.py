@@ -495,7 +495,7 @@ def _load_plan(plan: ImagePlan, client: docker.APIClient, load_client: docker.AP
     return LoadedImage(plan.entry, image_id, names, time.monotonic() - started, sent)
 
 
-def name_written_image(plan: ImagePlan, image: DirectImage, client: docker.APIClient, seconds: float) -> LoadedImage | None:
+def name_written_image(plan: ImagePlan, image: DirectImage, client: docker.APIClient, seconds: float, size: int) -> LoadedImage | None:
     """Tag an image that layerstore wrote before dockerd started; None if dockerd did not take it."""
     try:
         image_id = client.inspect_image(image.image_id)["Id"]
@@ -505,7 +505,7 @@ def name_written_image(plan: ImagePlan, image: DirectImage, client: docker.APICl
     for name in names:
         repository, tag = split_reference(name)
         client.tag(image_id, repository, tag)
-    return LoadedImage(plan.entry, image_id, names, seconds, plan.size)
+    return LoadedImage(plan.entry, image_id, names, seconds, size)
 
 
 def load_images(

@@ -113,6 +113,19 @@ class WrittenLayer:
     diff_id: str
     cache_id: str
     size: int
+    started: float
+    finished: float
+
+
+@dataclass(frozen=True)
+class ImageWrite:
+    """How one image fared: `problem` is None when it was written."""
+
+    problem: str | None
+    layers: int = 0
+    size: int = 0
+    #: From its first layer's start to its last layer's end (layers of several images run at once).
+    seconds: float = 0.0
 
 
 class StoreWriter:
@@ -128,8 +141,8 @@ class StoreWriter:
 
     # -- the whole job
 
-    def write(self, images: dict[str, DirectImage]) -> dict[str, str | None]:
-        """Write every image; returns, per key, None when written or why it was not."""
+    def write(self, images: dict[str, DirectImage]) -> dict[str, ImageWrite]:
+        """Write every image; returns, per key, how it went (written, or why not)."""
         self._make_homes()
         layers: dict[str, tuple[str, Blob]] = {}
         for image in images.values():
@@ -140,14 +153,16 @@ class StoreWriter:
                 if chain_id not in layers or (_compression(layers[chain_id][1]) and not _compression(blob)):
                     layers[chain_id] = (diff_id, blob)
         written, failed = self._extract_all(layers)
-        outcome: dict[str, str | None] = {}
+        outcome: dict[str, ImageWrite] = {}
         for key, image in images.items():
             problems = [failed[chain] for chain in image.chain_ids if chain in failed]
             if problems:
-                outcome[key] = problems[0]
+                outcome[key] = ImageWrite(problems[0])
                 continue
             self._register(image, written)
-            outcome[key] = None
+            mine = [written[chain] for chain in image.chain_ids if chain in written]
+            seconds = max((layer.finished for layer in mine), default=0.0) - min((layer.started for layer in mine), default=0.0)
+            outcome[key] = ImageWrite(None, len(image.diff_ids), sum(layer.size for layer in mine), seconds)
         for chain_id in failed:
             self._discard(written.get(chain_id))
         return outcome
@@ -175,6 +190,7 @@ class StoreWriter:
                         return
                     chain_id, (diff_id, blob) = queue.pop(0)
                 cache_id = secrets.token_hex(32)
+                started = time.monotonic()
                 try:
                     size = self._extract(blob, diff_id, self.driver_home / cache_id / "diff")
                 except (LayerFailure, OSError) as error:
@@ -183,7 +199,7 @@ class StoreWriter:
                         failed[chain_id] = f"layer {diff_id[7:19]}: {error}"
                     continue
                 with lock:
-                    written[chain_id] = WrittenLayer(chain_id, diff_id, cache_id, size)
+                    written[chain_id] = WrittenLayer(chain_id, diff_id, cache_id, size, started, time.monotonic())
 
         threads = [threading.Thread(target=worker, name=f"layer-{n}", daemon=True) for n in range(min(MAX_PARALLEL, os.cpu_count() or 1, len(queue)))]
         for thread in threads:
@@ -206,7 +222,7 @@ class StoreWriter:
         target.mkdir(mode=0o755, parents=True)
         target.parent.chmod(0o710)
         compression = _compression(blob)
-        inflater = {"gzip": ["unpigz" if shutil.which("unpigz") else "gzip", "-dc"], "zstd": ["zstd", "-dcq"]}.get(compression)
+        inflater = {"gzip": [_gzip_inflater(), "-dc"], "zstd": ["zstd", "-dcq"]}.get(compression)
         digest = hashlib.sha256()
         with tempfile.TemporaryFile() as tar_errors:
             tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors)
@@ -339,6 +355,11 @@ class StoreWriter:
             shutil.rmtree(self.driver_home / layer.cache_id, ignore_errors=True)
 
 
+def _gzip_inflater() -> str:
+    """igzip (ISA-L) inflates about twice as fast as unpigz, which beats gzip."""
+    return next((tool for tool in ("igzip", "unpigz") if shutil.which(tool)), "gzip")
+
+
 def _compression(blob: Blob) -> str:
     """gzip, zstd or "" (a plain tar), from the blob's first bytes."""
     with open(blob.path, "rb") as handle:
@@ -399,7 +420,7 @@ def _convert_whiteout(directory: str, name: str) -> None:
         os.lchown(hidden, info.st_uid, info.st_gid)
 
 
-def write_images(images: dict[str, DirectImage], data_root: str) -> tuple[dict[str, str | None], float]:
+def write_images(images: dict[str, DirectImage], data_root: str) -> tuple[dict[str, ImageWrite], float]:
     """StoreWriter.write with its duration; a SIGTERM (an exception in this thread) stops it cleanly."""
     started = time.monotonic()
     return StoreWriter(data_root).write(images), time.monotonic() - started

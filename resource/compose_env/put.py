@@ -163,19 +163,19 @@ def _write_then_launch(
     launch_seconds = time.monotonic() - launched
     written: dict[int, images_module.LoadedImage] = {}
     for key, (plan, image) in direct.items():
-        problem = outcome[key]
-        loaded = images_module.name_written_image(plan, image, handle.client, seconds) if problem is None else None
+        result = outcome[key]
+        loaded = images_module.name_written_image(plan, image, handle.client, result.seconds, result.size) if result.problem is None else None
         if loaded is None:
-            console.warn(f"{plan.where}: not written into the store directly ({problem or 'dockerd did not list it'}): loading it with docker load")
+            console.warn(f"{plan.where}: not written into the store directly ({result.problem or 'dockerd did not list it'}): loading it with docker load")
             continue
-        layers = len(image.diff_ids)
+        layers = f"{result.layers} layer{'s' if result.layers > 1 else ''}"
         console.info(
-            f"{plan.where}: {layers} layer{'s' if layers > 1 else ''} written into the overlay2 store"
+            f"{plan.where}: {layers}, {result.size / 2**20:.1f} MiB, written into the overlay2 store in {result.seconds:.2f}s"
             f" (inflated, checked against the config's diff_ids, extracted) → {', '.join(loaded.names) or loaded.image_id[:19]}"
         )
         written[id(plan)] = loaded
     if written:
-        console.info(f"{len(written)} image{'s' if len(written) > 1 else ''} written in {seconds:.2f}s, several layers at once, before dockerd started")
+        console.info(f"{len(written)} image{'s' if len(written) > 1 else ''} written in {seconds:.2f}s in all (layers several at once), before dockerd started")
     return handle, written, launch_seconds
 
 

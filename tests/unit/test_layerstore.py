@@ -75,7 +75,8 @@ def test_configs_that_do_not_describe_the_blobs_are_left_to_docker_load(rootfs: 
 def test_an_image_is_written_as_dockerd_keeps_it(tmp_path: Path) -> None:
     root = tmp_path / "docker"
     made = image(tmp_path, "app", [BASE, TOP], stored=[BASE, gzip.compress(TOP)])
-    assert StoreWriter(str(root)).write({"app": made}) == {"app": None}
+    outcome = StoreWriter(str(root)).write({"app": made})["app"]
+    assert outcome.problem is None and outcome.layers == 2 and outcome.size == 21 + 3
 
     layerdb = root / "image/overlay2/layerdb/sha256"
     base_chain, top_chain = (chain.removeprefix("sha256:") for chain in made.chain_ids)
@@ -108,18 +109,18 @@ def test_a_layer_two_images_share_is_extracted_once_from_its_plain_copy(tmp_path
     root = tmp_path / "docker"
     first = image(tmp_path, "first", [BASE], stored=[gzip.compress(BASE)])
     second = image(tmp_path, "second", [BASE, TOP])
-    assert StoreWriter(str(root)).write({"first": first, "second": second}) == {"first": None, "second": None}
+    assert [w.problem for w in StoreWriter(str(root)).write({"first": first, "second": second}).values()] == [None, None]
     assert len(list((root / "overlay2").glob("*/diff"))) == 2
     # Written again into the same store: nothing new is extracted.
-    assert StoreWriter(str(root)).write({"second": second}) == {"second": None}
+    assert StoreWriter(str(root)).write({"second": second})["second"].problem is None
     assert len(list((root / "overlay2").glob("*/diff"))) == 2
 
 
 def test_a_layer_that_does_not_match_its_diff_id_is_not_registered(tmp_path: Path) -> None:
     root = tmp_path / "docker"
     made = image(tmp_path, "bad", [BASE, TOP], stored=[BASE, layer_tar({"other": b"content"})])
-    outcome = StoreWriter(str(root)).write({"bad": made})
-    assert "does not match the diff_id" in (outcome["bad"] or "")
+    outcome = StoreWriter(str(root)).write({"bad": made})["bad"]
+    assert "does not match the diff_id" in (outcome.problem or "")
     assert not (root / "image/overlay2/layerdb/sha256" / made.chain_ids[1].removeprefix("sha256:")).exists()
     assert not (root / "image/overlay2/imagedb/content/sha256" / made.image_id.removeprefix("sha256:")).exists()
     # Only the good base layer's directory is left, unregistered layers are removed.
@@ -128,8 +129,8 @@ def test_a_layer_that_does_not_match_its_diff_id_is_not_registered(tmp_path: Pat
 
 def test_a_blob_that_is_not_a_tar_fails_with_tar_s_reason(tmp_path: Path) -> None:
     made = image(tmp_path, "garbage", [BASE], stored=[b"\x00garbage" * 100])
-    outcome = StoreWriter(str(tmp_path / "docker")).write({"garbage": made})
-    assert outcome["garbage"] and "layer" in outcome["garbage"]
+    outcome = StoreWriter(str(tmp_path / "docker")).write({"garbage": made})["garbage"]
+    assert outcome.problem and "layer" in outcome.problem
     assert list((tmp_path / "docker/overlay2").glob("*/diff")) == []
 
 
