@@ -388,20 +388,24 @@ def convert_whiteouts(root: Path) -> int:
     size = 0
     seen: set[int] = set()
     for directory, subdirectories, files in os.walk(root):
+        whiteouts = [name for name in files + subdirectories if name.startswith(WHITEOUT_PREFIX)]
+        # Converting changes the directory's mtime, which tar has already restored from the layer.
+        times = os.lstat(directory) if whiteouts else None
+        for name in whiteouts:
+            _convert_whiteout(directory, name)
+            if name in subdirectories:
+                subdirectories.remove(name)
+        if times is not None:
+            os.utime(directory, ns=(times.st_atime_ns, times.st_mtime_ns), follow_symlinks=False)
         for name in files + [d for d in subdirectories if os.path.islink(os.path.join(directory, d))]:
-            path = os.path.join(directory, name)
             if name.startswith(WHITEOUT_PREFIX):
-                _convert_whiteout(directory, name)
                 continue
-            info = os.lstat(path)
+            info = os.lstat(os.path.join(directory, name))
             if info.st_nlink > 1:
                 if info.st_ino in seen:
                     continue
                 seen.add(info.st_ino)
             size += info.st_size
-        for name in [d for d in subdirectories if d.startswith(WHITEOUT_PREFIX)]:
-            _convert_whiteout(directory, name)
-            subdirectories.remove(name)
     return size
 
 

@@ -142,7 +142,9 @@ def test_whiteouts_and_size_of_an_extracted_tree(tmp_path: Path) -> None:
     (tmp_path / "c").write_bytes(b"12345")
     os.link(tmp_path / "c", tmp_path / "c-again")
     os.symlink("c", tmp_path / "link")
+    os.utime(tmp_path / "a", ns=(1_000_000_000 * 10**9, 1_000_000_000 * 10**9))
     assert convert_whiteouts(tmp_path) == 5 + len("c")
+    assert (tmp_path / "a").stat().st_mtime_ns == 1_000_000_000 * 10**9, "tar restored the directory's mtime: converting keeps it"
     assert stat.S_ISCHR((tmp_path / "a/b").lstat().st_mode)
     assert sorted(os.listdir(tmp_path / "a")) == ["b"]
     assert os.getxattr(tmp_path / "a", "trusted.overlay.opaque") == b"y"
