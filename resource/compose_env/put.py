@@ -85,7 +85,9 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
                 inner = InnerDaemon(config.source, console)
                 store = inner.prepare(sum(plan.estimated_bytes for plan in plans))
                 direct = _writable_images(plans) if store.writable else {}
-                if not direct:
+                if direct:
+                    console.info("dockerd starts once the images are in its store (see Loading)")
+                else:
                     handle = inner.launch(DOCKER_CONFIG_DIR)
 
         if plans:
