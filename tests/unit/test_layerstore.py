@@ -148,3 +148,9 @@ def test_whiteouts_and_size_of_an_extracted_tree(tmp_path: Path) -> None:
     assert stat.S_ISCHR((tmp_path / "a/b").lstat().st_mode)
     assert sorted(os.listdir(tmp_path / "a")) == ["b"]
     assert os.getxattr(tmp_path / "a", "trusted.overlay.opaque") == b"y"
+
+
+def test_an_empty_blob_is_an_empty_layer(tmp_path: Path) -> None:
+    made = image(tmp_path, "empty", [BASE, b""])
+    outcome = StoreWriter(str(tmp_path / "docker")).write({"empty": made})["empty"]
+    assert outcome.problem is None and outcome.layers == 2
