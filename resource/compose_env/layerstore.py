@@ -10,8 +10,8 @@ layer store, overlay2 driver and image store keep for it are written, and docker
 images when it starts (`put.py` checks that it did, and tags them through the API).
 
 What GNU tar is asked to do matches dockerd's unpacking: numeric owners, permissions
-(setuid included), every xattr (file capabilities), hardlinks, devices; absolute and `..`
-member names are refused, symlinks that leave the layer are placed last. AUFS-style
+(setuid included), every xattr (file capabilities), hardlinks, devices, umask 022; `..` member
+names are refused and absolute ones made relative, symlinks that leave the layer are placed last. AUFS-style
 whiteouts are then turned into overlay ones, as dockerd's overlay2 driver does.
 
 Limits, by design: the overlay2 driver only; no tar-split metadata is written, so inside
@@ -155,16 +155,21 @@ class StoreWriter:
         written, failed = self._extract_all(layers)
         outcome: dict[str, ImageWrite] = {}
         for key, image in images.items():
-            problems = [failed[chain] for chain in image.chain_ids if chain in failed]
-            if problems:
-                outcome[key] = ImageWrite(problems[0])
+            missing = [chain for chain in image.chain_ids if chain not in written and not self._layer_known(chain)]
+            if missing:
+                outcome[key] = ImageWrite(failed.get(missing[0], f"layer {missing[0][7:19]} was not written"))
                 continue
-            self._register(image, written)
+            try:
+                self._register(image, written)
+            except OSError as error:
+                outcome[key] = ImageWrite(f"registering it: {error}")
+                continue
             mine = [written[chain] for chain in image.chain_ids if chain in written]
             seconds = max((layer.finished for layer in mine), default=0.0) - min((layer.started for layer in mine), default=0.0)
             outcome[key] = ImageWrite(None, len(image.diff_ids), sum(layer.size for layer in mine), seconds)
-        for chain_id in failed:
-            self._discard(written.get(chain_id))
+        # Layers extracted for images that failed: docker load will need the room.
+        for layer in written.values():
+            self._discard(layer)
         return outcome
 
     def cancel(self) -> None:
@@ -193,8 +198,9 @@ class StoreWriter:
                 started = time.monotonic()
                 try:
                     size = self._extract(blob, diff_id, self.driver_home / cache_id / "diff")
-                except (LayerFailure, OSError) as error:
-                    shutil.rmtree(self.driver_home / cache_id, ignore_errors=True)
+                except Exception as error:  # whatever it is, docker load gets the image instead
+                    if not self._cancelled.is_set():  # after SIGTERM the data root is thrown away: no time spent
+                        shutil.rmtree(self.driver_home / cache_id, ignore_errors=True)
                     with lock:
                         failed[chain_id] = f"layer {diff_id[7:19]}: {error}"
                     continue
@@ -209,18 +215,19 @@ class StoreWriter:
                 while thread.is_alive():
                     thread.join(0.1)
         except BaseException:
+            # SIGTERM: children killed, workers given one shared second; the teardown discards the data root.
             self.cancel()
+            deadline = time.monotonic() + 1
             for thread in threads:
-                thread.join(2)
-            for layer in written.values():
-                self._discard(layer)
+                thread.join(max(0.0, deadline - time.monotonic()))
             raise
         return written, failed
 
     def _extract(self, blob: Blob, diff_id: str, target: Path) -> int:
         """Inflate, hash and untar one layer blob into `target`; returns the layer's size as dockerd counts it."""
-        target.mkdir(mode=0o755, parents=True)
+        target.mkdir(parents=True)
         target.parent.chmod(0o710)
+        target.chmod(0o755)
         if blob.size == 0:  # an empty layer as some tools write it; GNU tar refuses an empty stream
             if diff_id != "sha256:" + hashlib.sha256(b"").hexdigest():
                 raise LayerFailure(f"it is empty, which does not match the diff_id {diff_id} in the image config")
@@ -229,7 +236,8 @@ class StoreWriter:
         inflater = {"gzip": [_gzip_inflater(), "-dc"], "zstd": ["zstd", "-dcq"]}.get(compression)
         digest = hashlib.sha256()
         with tempfile.TemporaryFile() as tar_errors:
-            tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors)
+            # umask 022 as dockerd has: directories the layer implies but does not list get 0755.
+            tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, preexec_fn=_dockerd_umask)
             chunks = self._inflated(blob, inflater)
             try:
                 assert tar.stdin is not None
@@ -255,6 +263,9 @@ class StoreWriter:
                 raise LayerFailure(f"tar failed ({detail[-1] if detail else f'exit {tar.returncode}'})")
         if "sha256:" + digest.hexdigest() != diff_id:
             raise LayerFailure(f"its content does not match the diff_id {diff_id} in the image config")
+        # dockerd leaves the layer's root as it made it, whatever a `./` member says.
+        os.chown(target, 0, 0)
+        target.chmod(0o755)
         return convert_whiteouts(target)
 
     def _inflated(self, blob: Blob, inflater: list[str] | None) -> Iterator[bytes]:
@@ -296,7 +307,7 @@ class StoreWriter:
         with self._lock:
             if self._cancelled.is_set():
                 raise LayerFailure("cancelled")
-            child = subprocess.Popen(argv, bufsize=0, **kwargs)  # type: ignore[call-overload]
+            child = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
             self._children.add(child)
             return child
 
@@ -346,7 +357,7 @@ class StoreWriter:
             _write(parent_home / "committed", b"", 0o600)
             _write(layer_home / "lower", ":".join(lowers).encode(), 0o644)
         entry = self._layer_dir(layer.chain_id)
-        entry.mkdir(mode=0o700)
+        entry.mkdir(mode=0o700, exist_ok=True)  # a reused data root may hold an entry without cache-id
         _write(entry / "diff", layer.diff_id.encode(), 0o644)
         _write(entry / "size", str(layer.size).encode(), 0o644)
         if parent_chain:
@@ -357,6 +368,10 @@ class StoreWriter:
     def _discard(self, layer: WrittenLayer | None) -> None:
         if layer is not None and not self._layer_known(layer.chain_id):
             shutil.rmtree(self.driver_home / layer.cache_id, ignore_errors=True)
+
+
+def _dockerd_umask() -> None:
+    os.umask(0o022)
 
 
 def _gzip_inflater() -> str:
