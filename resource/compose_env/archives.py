@@ -555,8 +555,9 @@ class RootfsLayer:
     """The tar of a `rootfs/` directory, measured once in the background, then streamed.
 
     docker load needs the layer's size and digest before its bytes, so the tar is made
-    twice (deterministically). The first pass starts at planning and runs while the
-    daemon starts; the load waits for it only if it is not done yet. Nothing goes to disk.
+    twice (deterministically). The first pass starts once the put knows the rootfs goes
+    through docker load (while the daemon starts); the load waits for it only if it is not
+    done yet. Nothing goes to disk.
     """
 
     def __init__(self, rootfs: Path) -> None:
@@ -564,9 +565,14 @@ class RootfsLayer:
         self._done = threading.Event()
         self._result: tuple[int, str] | None = None
         self._error: Exception | None = None
+        self._started = False
+        self._lock = threading.Lock()
 
     def start(self) -> RootfsLayer:
-        threading.Thread(target=self._measure, name="rootfs-measure", daemon=True).start()
+        with self._lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._measure, name="rootfs-measure", daemon=True).start()
         return self
 
     def _measure(self) -> None:
@@ -584,6 +590,7 @@ class RootfsLayer:
 
     def measured(self) -> tuple[int, str]:
         """(size, `sha256:` digest) of the layer tar."""
+        self.start()
         self._done.wait()
         if self._error is not None:
             raise ArchiveError(f"cannot archive {self.rootfs}: {self._error}")

@@ -36,7 +36,7 @@ from .archives import ArchiveError, NoMatchingPlatform, Platform
 from .config import ImageEntry
 from .console import Console
 from .errors import RuntimeFailure, UserError
-from .layerstore import DirectImage
+from .layerstore import DirectImage, RootfsImage
 
 #: How many loads run at once. Measured with bench/bench_images.py on the 2-core reference VM
 #: (3 images, 768 MiB, best of 3; `docker load -i` in turn = 1.00): data root in memory
@@ -120,7 +120,9 @@ class ImagePlan:
     compressed: bool = False
     #: The image as config and layer blobs, for writing it straight into the store (layerstore.py);
     #: None when only docker load can take this shape, or the callable's None once it has looked.
-    direct: Callable[[Platform], DirectImage | None] | None = None
+    direct: Callable[[Platform], DirectImage | RootfsImage | None] | None = None
+    #: Work to start early for docker load, once it is known that this plan goes that way.
+    prepare: Callable[[], object] | None = None
 
     @property
     def estimated_bytes(self) -> int:
@@ -320,7 +322,11 @@ def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> 
     if not isinstance(metadata, dict) or not isinstance(metadata.get("env") or [], list) or not isinstance(metadata.get("user") or "", str):
         raise UserError(entry.param_path, f"{entry.given}/metadata.json should be an object with env (a list) and user (a string)")
     rootfs = directory / "rootfs"
-    layer = archives.RootfsLayer(rootfs).start()  # measured while the daemon starts
+    layer = archives.RootfsLayer(rootfs)
+
+    def config_for(architecture: str) -> Callable[[str], bytes]:
+        return lambda diff_id: json.dumps(archives.rootfs_config(metadata, diff_id, architecture)).encode()
+
     return ImagePlan(
         entry,
         "rootfs directory (archived while streaming, with metadata.json's env and user)",
@@ -328,6 +334,8 @@ def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> 
         _tree_size(rootfs),
         names,
         lambda p: archives.rootfs_stream(layer, metadata, p[1], list(names)),
+        direct=lambda p: RootfsImage(rootfs, config_for(p[1])),
+        prepare=layer.start,  # docker load needs its size and digest first: measured while the daemon starts
     )
 
 
@@ -495,13 +503,13 @@ def _load_plan(plan: ImagePlan, client: docker.APIClient, load_client: docker.AP
     return LoadedImage(plan.entry, image_id, names, time.monotonic() - started, sent)
 
 
-def name_written_image(plan: ImagePlan, image: DirectImage, client: docker.APIClient, seconds: float, size: int) -> LoadedImage | None:
+def name_written_image(plan: ImagePlan, written_id: str, repo_tags: tuple[str, ...], client: docker.APIClient, seconds: float, size: int) -> LoadedImage | None:
     """Tag an image that layerstore wrote before dockerd started; None if dockerd did not take it."""
     try:
-        image_id = client.inspect_image(image.image_id)["Id"]
+        image_id = client.inspect_image(written_id)["Id"]
     except docker.errors.NotFound:
         return None
-    names = tuple(dict.fromkeys([*image.repo_tags, *plan.names]))
+    names = tuple(dict.fromkeys([*repo_tags, *plan.names]))
     for name in names:
         repository, tag = split_reference(name)
         client.tag(image_id, repository, tag)

@@ -35,7 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -52,6 +52,10 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 #: What dockerd's overlay2 driver names a layer's link (26 characters of base32).
 LINK_LENGTH = 26
+#: GNU tar making a layer of a rootfs directory (PAX, so that xattrs and long names fit).
+ARCHIVE_ARGS = ["tar", "--create", "--file=-", "--format=posix", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+#: A rootfs is scheduled first: it is usually the biggest layer of a put, and its size is not known up front.
+ROOTFS_SIZE_HINT = 1 << 40
 TAR_ARGS = [
     "tar",
     "--extract",
@@ -108,6 +112,29 @@ def image_from_config(config: bytes, blobs: list[Blob], repo_tags: tuple[str, ..
 
 
 @dataclass(frozen=True)
+class RootfsImage:
+    """registry-image's rootfs/ directory: one layer, archived by GNU tar while it is extracted.
+
+    Its diff_id is known only once the layer is written, so its config is made then.
+    """
+
+    rootfs: Path
+    config_for: Callable[[str], bytes]
+    repo_tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Job:
+    """One layer to extract: `run(target)` writes it into `target` and returns (size, diff_id)."""
+
+    key: str
+    #: The layer store key when known up front ("" for a rootfs: its diff_id, once written).
+    chain_id: str
+    size: int
+    run: Callable[[Path], tuple[int, str]]
+
+
+@dataclass(frozen=True)
 class WrittenLayer:
     chain_id: str
     diff_id: str
@@ -126,6 +153,7 @@ class ImageWrite:
     size: int = 0
     #: From its first layer's start to its last layer's end (layers of several images run at once).
     seconds: float = 0.0
+    image_id: str = ""
 
 
 class StoreWriter:
@@ -141,36 +169,51 @@ class StoreWriter:
 
     # -- the whole job
 
-    def write(self, images: dict[str, DirectImage]) -> dict[str, ImageWrite]:
+    def write(self, images: dict[str, DirectImage | RootfsImage]) -> dict[str, ImageWrite]:
         """Write every image; returns, per key, how it went (written, or why not)."""
         self._make_homes()
         layers: dict[str, tuple[str, Blob]] = {}
-        for image in images.values():
+        jobs: list[Job] = []
+        for key, image in images.items():
+            if isinstance(image, RootfsImage):
+                jobs.append(Job(f"rootfs:{key}", "", ROOTFS_SIZE_HINT, lambda target, rootfs=image.rootfs: self._extract_rootfs(rootfs, target)))
+                continue
             for chain_id, diff_id, blob in zip(image.chain_ids, image.diff_ids, image.blobs, strict=True):
                 if self._layer_known(chain_id):
                     continue
                 # A layer two images share may come compressed in one and not in the other: no inflating then.
                 if chain_id not in layers or (_compression(layers[chain_id][1]) and not _compression(blob)):
                     layers[chain_id] = (diff_id, blob)
-        written, failed = self._extract_all(layers)
-        outcome: dict[str, ImageWrite] = {}
-        for key, image in images.items():
-            missing = [chain for chain in image.chain_ids if chain not in written and not self._layer_known(chain)]
-            if missing:
-                outcome[key] = ImageWrite(failed.get(missing[0], f"layer {missing[0][7:19]} was not written"))
-                continue
-            try:
-                self._register(image, written)
-            except OSError as error:
-                outcome[key] = ImageWrite(f"registering it: {error}")
-                continue
-            mine = [written[chain] for chain in image.chain_ids if chain in written]
-            seconds = max((layer.finished for layer in mine), default=0.0) - min((layer.started for layer in mine), default=0.0)
-            outcome[key] = ImageWrite(None, len(image.diff_ids), sum(layer.size for layer in mine), seconds)
-        # Layers extracted for images that failed: docker load will need the room.
+        for chain_id, (diff_id, blob) in layers.items():
+            jobs.append(Job(chain_id, chain_id, blob.size, lambda target, blob=blob, diff_id=diff_id: (self._extract(blob, diff_id, target), diff_id)))
+        written, failed = self._extract_all(jobs)
+        outcome = {key: self._finish(key, image, written, failed) for key, image in images.items()}
+        # Layers extracted for images that failed, or whose content was there already: room for docker load.
         for layer in written.values():
             self._discard(layer)
         return outcome
+
+    def _finish(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
+        """Register one image's layers and config once they are all extracted."""
+        if isinstance(image, RootfsImage):
+            layer = written.get(f"rootfs:{key}")
+            if layer is None:
+                return ImageWrite(failed.get(f"rootfs:{key}", "its layer was not written"))
+            config = image.config_for(layer.diff_id)
+            chain_ids, mine = [layer.chain_id], [layer]
+        else:
+            missing = [chain for chain in image.chain_ids if chain not in written and not self._layer_known(chain)]
+            if missing:
+                return ImageWrite(failed.get(missing[0], f"layer {missing[0][7:19]} was not written"))
+            config, chain_ids = image.config, image.chain_ids
+            mine = [written[chain] for chain in chain_ids if chain in written]
+        try:
+            self._register(chain_ids, config, {layer.chain_id: layer for layer in mine})
+        except OSError as error:
+            return ImageWrite(f"registering it: {error}")
+        seconds = max((layer.finished for layer in mine), default=0.0) - min((layer.started for layer in mine), default=0.0)
+        image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+        return ImageWrite(None, len(chain_ids), sum(layer.size for layer in mine), seconds, image_id)
 
     def cancel(self) -> None:
         """Stop every extraction now (SIGTERM): the children are killed, the workers see it."""
@@ -181,9 +224,9 @@ class StoreWriter:
 
     # -- extraction
 
-    def _extract_all(self, layers: dict[str, tuple[str, Blob]]) -> tuple[dict[str, WrittenLayer], dict[str, str]]:
-        """Extract the layers, biggest first, MAX_PARALLEL at a time; the main thread waits interruptibly."""
-        queue = sorted(layers.items(), key=lambda item: item[1][1].size, reverse=True)
+    def _extract_all(self, jobs: list[Job]) -> tuple[dict[str, WrittenLayer], dict[str, str]]:
+        """Run the jobs, biggest first, MAX_PARALLEL at a time; the main thread waits interruptibly."""
+        queue = sorted(jobs, key=lambda job: job.size, reverse=True)
         written: dict[str, WrittenLayer] = {}
         failed: dict[str, str] = {}
         lock = threading.Lock()
@@ -193,19 +236,19 @@ class StoreWriter:
                 with lock:
                     if not queue:
                         return
-                    chain_id, (diff_id, blob) = queue.pop(0)
+                    job = queue.pop(0)
                 cache_id = secrets.token_hex(32)
                 started = time.monotonic()
                 try:
-                    size = self._extract(blob, diff_id, self.driver_home / cache_id / "diff")
+                    size, diff_id = job.run(self.driver_home / cache_id / "diff")
                 except Exception as error:  # whatever it is, docker load gets the image instead
                     if not self._cancelled.is_set():  # after SIGTERM the data root is thrown away: no time spent
                         shutil.rmtree(self.driver_home / cache_id, ignore_errors=True)
                     with lock:
-                        failed[chain_id] = f"layer {diff_id[7:19]}: {error}"
+                        failed[job.key] = f"layer {job.chain_id[7:19]}: {error}" if job.chain_id else str(error)
                     continue
                 with lock:
-                    written[chain_id] = WrittenLayer(chain_id, diff_id, cache_id, size, started, time.monotonic())
+                    written[job.key] = WrittenLayer(job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic())
 
         threads = [threading.Thread(target=worker, name=f"layer-{n}", daemon=True) for n in range(min(MAX_PARALLEL, os.cpu_count() or 1, len(queue)))]
         for thread in threads:
@@ -234,11 +277,24 @@ class StoreWriter:
             return 0
         compression = _compression(blob)
         inflater = {"gzip": [_gzip_inflater(), "-dc"], "zstd": ["zstd", "-dcq"]}.get(compression)
+        digest = self._untar(self._inflated(blob, inflater), target)
+        if digest != diff_id:
+            raise LayerFailure(f"its content does not match the diff_id {diff_id} in the image config")
+        return _finish_layer(target)
+
+    def _extract_rootfs(self, rootfs: Path, target: Path) -> tuple[int, str]:
+        """A rootfs directory archived by GNU tar straight into `target`; returns (size, diff_id)."""
+        target.mkdir(parents=True)
+        target.parent.chmod(0o710)
+        diff_id = self._untar(self._archived(rootfs), target)
+        return _finish_layer(target), diff_id
+
+    def _untar(self, chunks: Iterator[bytes], target: Path) -> str:
+        """Feed a layer tar to GNU tar extracting into `target`; returns the tar's `sha256:` digest."""
         digest = hashlib.sha256()
         with tempfile.TemporaryFile() as tar_errors:
             # umask 022 as dockerd has: directories the layer implies but does not list get 0755.
             tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, preexec_fn=_dockerd_umask)
-            chunks = self._inflated(blob, inflater)
             try:
                 assert tar.stdin is not None
                 sink: BinaryIO | None = tar.stdin
@@ -253,20 +309,28 @@ class StoreWriter:
                     tar.stdin.close()
                 tar.wait()
             finally:
-                chunks.close()
+                if isinstance(chunks, Generator):
+                    chunks.close()
                 self._reap(tar)
             if self._cancelled.is_set():
                 raise LayerFailure("cancelled")
             if tar.returncode != 0:
-                tar_errors.seek(0)
-                detail = tar_errors.read().decode(errors="replace").strip().splitlines()
-                raise LayerFailure(f"tar failed ({detail[-1] if detail else f'exit {tar.returncode}'})")
-        if "sha256:" + digest.hexdigest() != diff_id:
-            raise LayerFailure(f"its content does not match the diff_id {diff_id} in the image config")
-        # dockerd leaves the layer's root as it made it, whatever a `./` member says.
-        os.chown(target, 0, 0)
-        target.chmod(0o755)
-        return convert_whiteouts(target)
+                raise LayerFailure(f"tar failed ({_last_line(tar_errors, f'exit {tar.returncode}')})")
+        return "sha256:" + digest.hexdigest()
+
+    def _archived(self, rootfs: Path) -> Iterator[bytes]:
+        """The tar GNU tar makes of `rootfs` (numeric owners, xattrs, hardlinks; sockets skipped)."""
+        with tempfile.TemporaryFile() as errors:
+            process = self._spawn([*ARCHIVE_ARGS, f"--directory={rootfs}", "."], stdout=subprocess.PIPE, stderr=errors)
+            try:
+                assert process.stdout is not None
+                while chunk := os.read(process.stdout.fileno(), CHUNK):
+                    yield chunk
+                process.wait()
+            finally:
+                self._reap(process)
+            if process.returncode != 0 and not self._cancelled.is_set():
+                raise LayerFailure(f"cannot archive {rootfs} ({_last_line(errors, f'exit {process.returncode}')})")
 
     def _inflated(self, blob: Blob, inflater: list[str] | None) -> Iterator[bytes]:
         """The layer's tar bytes: the blob itself, or what the inflater makes of it."""
@@ -332,16 +396,16 @@ class StoreWriter:
     def _layer_known(self, chain_id: str) -> bool:
         return (self._layer_dir(chain_id) / "cache-id").is_file()
 
-    def _register(self, image: DirectImage, written: dict[str, WrittenLayer]) -> None:
+    def _register(self, chain_ids: list[str], config: bytes, written: dict[str, WrittenLayer]) -> None:
         """The overlay2 and layer-store files of each new layer, bottom up, then the image config."""
         parent = ""
-        for chain_id in image.chain_ids:
+        for chain_id in chain_ids:
             layer = written.get(chain_id)
             if layer is not None and not self._layer_known(chain_id):
                 self._register_layer(layer, parent)
             parent = chain_id
-        content = self.image_home / "imagedb" / "content" / "sha256" / image.image_id.removeprefix("sha256:")
-        _write(content, image.config, 0o600)
+        content = self.image_home / "imagedb" / "content" / "sha256" / hashlib.sha256(config).hexdigest()
+        _write(content, config, 0o600)
 
     def _register_layer(self, layer: WrittenLayer, parent_chain: str) -> None:
         layer_home = self.driver_home / layer.cache_id
@@ -365,9 +429,24 @@ class StoreWriter:
         # Last: a layer directory with its cache-id is what the layer store loads.
         _write(entry / "cache-id", layer.cache_id.encode(), 0o644)
 
-    def _discard(self, layer: WrittenLayer | None) -> None:
-        if layer is not None and not self._layer_known(layer.chain_id):
+    def _discard(self, layer: WrittenLayer) -> None:
+        """Remove a written layer the store does not use (its image failed, or the same content was there)."""
+        entry = self._layer_dir(layer.chain_id) / "cache-id"
+        if not entry.is_file() or entry.read_text().strip() != layer.cache_id:
             shutil.rmtree(self.driver_home / layer.cache_id, ignore_errors=True)
+
+
+def _finish_layer(target: Path) -> int:
+    """dockerd leaves a layer's root as it made it, whatever a `./` member says; whiteouts to overlay form."""
+    os.chown(target, 0, 0)
+    target.chmod(0o755)
+    return convert_whiteouts(target)
+
+
+def _last_line(errors: BinaryIO, default: str) -> str:
+    errors.seek(0)
+    lines = errors.read().decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else default
 
 
 def _dockerd_umask() -> None:
@@ -443,7 +522,7 @@ def _convert_whiteout(directory: str, name: str) -> None:
         os.lchown(hidden, info.st_uid, info.st_gid)
 
 
-def write_images(images: dict[str, DirectImage], data_root: str) -> tuple[dict[str, ImageWrite], float]:
+def write_images(images: dict[str, DirectImage | RootfsImage], data_root: str) -> tuple[dict[str, ImageWrite], float]:
     """StoreWriter.write with its duration; a SIGTERM (an exception in this thread) stops it cleanly."""
     started = time.monotonic()
     return StoreWriter(data_root).write(images), time.monotonic() - started

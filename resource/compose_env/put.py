@@ -19,7 +19,7 @@ from .console import Console
 from .daemon import InnerDaemon
 from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from .errors import Aborted
-from .layerstore import DirectImage
+from .layerstore import DirectImage, RootfsImage
 from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
 from .signals import ABORT
@@ -30,6 +30,11 @@ ABORT_DOWN_SECONDS = {"inner": 3.0, "remote": 7.0}
 #: compose down's deadline after a normal run, on top of params.stop_grace.
 NORMAL_DOWN_SECONDS = 20.0
 
+#: How layerstore wrote an image: from layer blobs (False) or from a rootfs directory (True).
+HOW_WRITTEN = {
+    False: "inflated, checked against the config's diff_ids, extracted",
+    True: "archived and extracted by GNU tar, with metadata.json's env and user",
+}
 #: Called after the run and before teardown, while the containers still exist (task artifacts).
 AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]
 #: Called with the validated project before anything starts: more checks of the caller's own.
@@ -77,14 +82,16 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     loaded_names: list[str] = []
     aborted = False
     try:
-        direct: dict[str, tuple[images_module.ImagePlan, DirectImage]] = {}
+        direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
         with console.phase("Starting the Docker daemon", timings, "daemon"):
             if config.source.docker_host:
+                _prepare_loads(plans, direct)
                 handle = connect_remote(config.source, console, DOCKER_CONFIG_DIR)
             else:
                 inner = InnerDaemon(config.source, console)
                 store = inner.prepare(sum(plan.estimated_bytes for plan in plans))
                 direct = _writable_images(plans) if store.writable else {}
+                _prepare_loads(plans, direct)
                 if direct:
                     console.info("dockerd starts once the images are in its store (see Loading)")
                 else:
@@ -141,7 +148,15 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     return PutOutcome(response, result, exit_code, logs, timings, loaded_names)
 
 
-def _writable_images(plans: list[images_module.ImagePlan]) -> dict[str, tuple[images_module.ImagePlan, DirectImage]]:
+def _prepare_loads(plans: list[images_module.ImagePlan], direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]) -> None:
+    """Start what the docker-load plans can do before the daemon answers."""
+    written = {id(plan) for plan, _image in direct.values()}
+    for plan in plans:
+        if id(plan) not in written and plan.prepare is not None:
+            plan.prepare()
+
+
+def _writable_images(plans: list[images_module.ImagePlan]) -> dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]:
     """The plans layerstore can write, keyed for it; the rest go through docker load."""
     platform = images_module.local_platform()
     writable = {}
@@ -153,7 +168,7 @@ def _writable_images(plans: list[images_module.ImagePlan]) -> dict[str, tuple[im
 
 
 def _write_then_launch(
-    inner: InnerDaemon, direct: dict[str, tuple[images_module.ImagePlan, DirectImage]], console: Console
+    inner: InnerDaemon, direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]], console: Console
 ) -> tuple[DaemonHandle, dict[int, images_module.LoadedImage], float]:
     """Write the images into the store, start dockerd on it, name them; returns dockerd, the images by plan, and its start time.
 
@@ -166,14 +181,16 @@ def _write_then_launch(
     written: dict[int, images_module.LoadedImage] = {}
     for key, (plan, image) in direct.items():
         result = outcome[key]
-        loaded = images_module.name_written_image(plan, image, handle.client, result.seconds, result.size) if result.problem is None else None
+        loaded = None
+        if result.problem is None:
+            loaded = images_module.name_written_image(plan, result.image_id, image.repo_tags, handle.client, result.seconds, result.size)
         if loaded is None:
             console.warn(f"{plan.where}: not written into the store directly ({result.problem or 'dockerd did not list it'}): loading it with docker load")
             continue
         layers = f"{result.layers} layer{'s' if result.layers > 1 else ''}"
         console.info(
             f"{plan.where}: {layers}, {result.size / 2**20:.1f} MiB, written into the overlay2 store in {result.seconds:.2f}s"
-            f" (inflated, checked against the config's diff_ids, extracted) → {', '.join(loaded.names) or loaded.image_id[:19]}"
+            f" ({HOW_WRITTEN[isinstance(image, RootfsImage)]}) → {', '.join(loaded.names) or loaded.image_id[:19]}"
         )
         written[id(plan)] = loaded
     if written:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from compose_env.archives import Blob
-from compose_env.layerstore import DirectImage, StoreWriter, convert_whiteouts, image_from_config
+from compose_env.layerstore import DirectImage, RootfsImage, StoreWriter, convert_whiteouts, image_from_config
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes devices and trusted.* xattrs: root only")
 
@@ -173,3 +173,35 @@ def test_directories_a_layer_implies_get_0755_whatever_our_umask(tmp_path: Path)
         os.umask(previous)
     (diff,) = (tmp_path / "docker/overlay2").glob("*/diff")
     assert [stat.S_IMODE(path.stat().st_mode) for path in (diff, diff / "deep", diff / "deep/down")] == [0o755] * 3
+
+
+def test_a_rootfs_directory_is_written_as_one_layer_with_its_config(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "bin").mkdir(parents=True)
+    (rootfs / "bin/tool").write_bytes(b"#!/bin/sh\n")
+    os.chmod(rootfs / "bin/tool", 0o4755)
+    os.chown(rootfs / "bin/tool", 1234, 5678)
+    os.link(rootfs / "bin/tool", rootfs / "bin/tool-again")
+    os.symlink("tool", rootfs / "bin/alias")
+    os.setxattr(rootfs / "bin/tool", "user.note", b"kept")
+    os.utime(rootfs / "bin", (1_000_000_000, 1_000_000_000))
+    configs: list[str] = []
+
+    def config_for(diff_id: str) -> bytes:
+        configs.append(diff_id)
+        return json.dumps({"rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+
+    root = tmp_path / "docker"
+    outcome = StoreWriter(str(root)).write({"rootfs": RootfsImage(rootfs, config_for)})["rootfs"]
+
+    assert outcome.problem is None and outcome.layers == 1 and outcome.size == len(b"#!/bin/sh\n") + len("tool")
+    (diff_id,) = configs
+    layer = root / "image/overlay2/layerdb/sha256" / diff_id.removeprefix("sha256:")
+    assert (layer / "diff").read_text() == diff_id and not (layer / "parent").exists()
+    diff = root / "overlay2" / (layer / "cache-id").read_text() / "diff"
+    tool = (diff / "bin/tool").stat()
+    assert (stat.S_IMODE(tool.st_mode), tool.st_uid, tool.st_gid, tool.st_nlink) == (0o4755, 1234, 5678, 2)
+    assert os.readlink(diff / "bin/alias") == "tool" and os.getxattr(diff / "bin/tool", "user.note") == b"kept"
+    assert (diff / "bin").stat().st_mtime == 1_000_000_000
+    assert outcome.image_id == "sha256:" + hashlib.sha256(config_for(diff_id)).hexdigest()
+    assert (root / "image/overlay2/imagedb/content/sha256" / outcome.image_id.removeprefix("sha256:")).is_file()
