@@ -179,8 +179,8 @@ def test_a_rootfs_directory_is_written_as_one_layer_with_its_config(tmp_path: Pa
     rootfs = tmp_path / "rootfs"
     (rootfs / "bin").mkdir(parents=True)
     (rootfs / "bin/tool").write_bytes(b"#!/bin/sh\n")
-    os.chmod(rootfs / "bin/tool", 0o4755)
     os.chown(rootfs / "bin/tool", 1234, 5678)
+    os.chmod(rootfs / "bin/tool", 0o4755)  # after the chown, which clears setuid
     os.link(rootfs / "bin/tool", rootfs / "bin/tool-again")
     os.symlink("tool", rootfs / "bin/alias")
     os.setxattr(rootfs / "bin/tool", "user.note", b"kept")
