@@ -99,19 +99,7 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
 
         if plans:
             with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
-                if inner is not None:
-                    images_module.check_free_space(plans, inner.data_root)
-                by_plan: dict[int, images_module.LoadedImage] = {}
-                if inner is not None and direct:
-                    handle, by_plan, launch_seconds = _write_then_launch(inner, direct, console)
-                    timings["daemon"] += launch_seconds
-                    timings["load"] = timings.get("load", 0.0) - launch_seconds
-                assert handle is not None
-                rest = [plan for plan in plans if id(plan) not in by_plan]
-                spool_dir = os.path.dirname(inner.data_root) if inner is not None else None
-                for image in images_module.load_images(rest, handle.client, handle.load_client, console, spool_dir=spool_dir):
-                    by_plan[id(next(plan for plan in rest if plan.entry is image.entry))] = image
-                loaded = [by_plan[id(plan)] for plan in plans]
+                handle, loaded = _get_images_in(plans, inner, handle, direct, console, timings)
                 loaded_names += [name for image in loaded for name in image.names]
         assert handle is not None
         project.use_engine(handle.env)
@@ -146,6 +134,31 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     )
     exit_code = 0 if result.exit_code == 0 or not params.fail_on_error else 1
     return PutOutcome(response, result, exit_code, logs, timings, loaded_names)
+
+
+def _get_images_in(
+    plans: list[images_module.ImagePlan],
+    inner: InnerDaemon | None,
+    handle: DaemonHandle | None,
+    direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
+    console: Console,
+    timings: dict[str, float],
+) -> tuple[DaemonHandle, list[images_module.LoadedImage]]:
+    """Direct writes first (dockerd starts after them), docker load for the rest; the images in plan order."""
+    if inner is not None:
+        images_module.check_free_space(plans, inner.data_root)
+    by_plan: dict[int, images_module.LoadedImage] = {}
+    if inner is not None and direct:
+        handle, by_plan, launch_seconds = _write_then_launch(inner, direct, console)
+        # dockerd's own start is the daemon's time, not loading's
+        timings["daemon"] += launch_seconds
+        timings["load"] = timings.get("load", 0.0) - launch_seconds
+    assert handle is not None
+    rest = [plan for plan in plans if id(plan) not in by_plan]
+    spool_dir = os.path.dirname(inner.data_root) if inner is not None else None
+    for image in images_module.load_images(rest, handle.client, handle.load_client, console, spool_dir=spool_dir):
+        by_plan[id(next(plan for plan in rest if plan.entry is image.entry))] = image
+    return handle, [by_plan[id(plan)] for plan in plans]
 
 
 def _prepare_loads(plans: list[images_module.ImagePlan], direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]) -> None:
