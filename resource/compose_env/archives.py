@@ -535,7 +535,23 @@ def _rootfs_entries(rootfs: Path) -> Iterator[tuple[tarfile.TarInfo, str]]:
                 if info is None:  # sockets cannot be archived
                     continue
                 info.uname = info.gname = ""  # numeric ids only: the image's /etc/passwd decides names
+                info.pax_headers.update(_xattr_records(full))
                 yield info, full
+
+
+def _xattr_records(path: str) -> dict[str, str]:
+    """The file's xattrs as the PAX records dockerd applies (file capabilities above all), as the direct write keeps them.
+
+    trusted.* and security.selinux belong to the filesystem the rootfs lies on, not to the image.
+    """
+    records = {}
+    try:
+        for name in os.listxattr(path, follow_symlinks=False):
+            if not name.startswith("trusted.") and name != "security.selinux":
+                records[f"SCHILY.xattr.{name}"] = os.getxattr(path, name, follow_symlinks=False).decode("utf-8", "surrogateescape")
+    except OSError:  # no xattr support where the rootfs lies
+        pass
+    return records
 
 
 def _rootfs_tar(rootfs: Path) -> Iterator[bytes]:

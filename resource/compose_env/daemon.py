@@ -218,6 +218,8 @@ class InnerDaemon:
         self._api_version = ""
         self._stopped = False
         self._lock = threading.Lock()
+        #: Set by launch(): the teardown finds it even if the put failed before it got it.
+        self.handle: DaemonHandle | None = None
         # Set by prepare(), used by launch().
         self._started = self._prepared = 0.0
         self._base_env: dict[str, str] = {}
@@ -311,7 +313,8 @@ class InnerDaemon:
         description = f"{info.get('ServerVersion', '?')} {self._driver}, data root on {self._placement.summary()}"
         description += f", iptables {self._iptables}, mtu {self._mtu_value or 1500}"
         env = {"DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "DOCKER_CONFIG": write_docker_config(self.source.registries, config_dir)}
-        return DaemonHandle(f"unix://{DOCKER_SOCKET}", env, client, load_client, description, self.stop)
+        self.handle = DaemonHandle(f"unix://{DOCKER_SOCKET}", env, client, load_client, description, self.stop)
+        return self.handle
 
     def _mtu(self) -> tuple[int | None, str]:
         if self.options.mtu:

@@ -53,7 +53,21 @@ OPAQUE_MARKER = ".wh..wh..opq"
 #: What dockerd's overlay2 driver names a layer's link (26 characters of base32).
 LINK_LENGTH = 26
 #: GNU tar making a layer of a rootfs directory (PAX, so that xattrs and long names fit).
-ARCHIVE_ARGS = ["tar", "--create", "--file=-", "--format=posix", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+#: Sorted and without atime/ctime records: the same tree gives the same diff_id (shared layers, stable image IDs).
+#: trusted.* and security.selinux belong to the filesystem the rootfs lies on, not to the image.
+ARCHIVE_ARGS = [
+    "tar",
+    "--create",
+    "--file=-",
+    "--format=posix",
+    "--pax-option=delete=atime,delete=ctime",
+    "--sort=name",
+    "--numeric-owner",
+    "--xattrs",
+    "--xattrs-include=*",
+    "--xattrs-exclude=trusted.*",
+    "--xattrs-exclude=security.selinux",
+]
 #: A rootfs is scheduled first: it is usually the biggest layer of a put, and its size is not known up front.
 ROOTFS_SIZE_HINT = 1 << 40
 TAR_ARGS = [
@@ -194,7 +208,13 @@ class StoreWriter:
         return outcome
 
     def _finish(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
-        """Register one image's layers and config once they are all extracted."""
+        """Register one image's layers and config once they are all extracted; any failure sends it to docker load."""
+        try:
+            return self._register_image(key, image, written, failed)
+        except Exception as error:
+            return ImageWrite(f"registering it: {error}")
+
+    def _register_image(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
         if isinstance(image, RootfsImage):
             layer = written.get(f"rootfs:{key}")
             if layer is None:
@@ -207,10 +227,7 @@ class StoreWriter:
                 return ImageWrite(failed.get(missing[0], f"layer {missing[0][7:19]} was not written"))
             config, chain_ids = image.config, image.chain_ids
             mine = [written[chain] for chain in chain_ids if chain in written]
-        try:
-            self._register(chain_ids, config, {layer.chain_id: layer for layer in mine})
-        except OSError as error:
-            return ImageWrite(f"registering it: {error}")
+        self._register(chain_ids, config, {layer.chain_id: layer for layer in mine})
         seconds = max((layer.finished for layer in mine), default=0.0) - min((layer.started for layer in mine), default=0.0)
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
         return ImageWrite(None, len(chain_ids), sum(layer.size for layer in mine), seconds, image_id)
@@ -305,6 +322,8 @@ class StoreWriter:
                             sink.write(chunk)
                         except BrokenPipeError:  # tar stops at the end-of-archive blocks: the rest is still hashed
                             sink = None
+                            if tar.wait() != 0:  # unless tar failed: then reading on is wasted
+                                break
                 with contextlib.suppress(BrokenPipeError):
                     tar.stdin.close()
                 tar.wait()

@@ -118,6 +118,7 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
         raise
     finally:
         with ABORT.deferred(), console.phase("Tearing down", timings, "teardown"):
+            handle = handle or (inner.handle if inner is not None else None)
             teardown(project, handle, inner, console, 0 if aborted else params.stop_grace, aborted)
             logs.close()
         duration = time.monotonic() - started
@@ -188,6 +189,7 @@ def _write_then_launch(
     An image that could not be written, or that dockerd did not take, is left to docker load.
     """
     outcome, seconds = layerstore.write_images({key: image for key, (_plan, image) in direct.items()}, inner.data_root)
+    _prepare_loads([plan for key, (plan, _image) in direct.items() if outcome[key].problem], {})
     launched = time.monotonic()
     handle = inner.launch(DOCKER_CONFIG_DIR)
     launch_seconds = time.monotonic() - launched

@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -249,6 +250,21 @@ def test_rootfs_becomes_a_one_layer_image_with_env_and_user(tmp_path: Path) -> N
     assert entries["link"].issym() and entries["link"].linkname == "bin/tool"
     assert entries["hard"].islnk() or entries["bin/tool"].islnk()
     assert entries["data.bin"].size == 3 * archives.CHUNK + 5
+
+
+def test_rootfs_layer_carries_the_files_xattrs_as_dockerd_applies_them(tmp_path: Path) -> None:
+    rootfs = _rootfs(tmp_path)
+    os.setxattr(rootfs / "bin" / "tool", "user.note", b"kept")
+    capability = b"\x01\x00\x00\x02\x00\x20\x00\x00" + b"\x00" * 12  # cap_net_raw+ep: not UTF-8
+    os.setxattr(rootfs / "data.bin", "security.capability", capability)
+
+    layer = b"".join(archives.RootfsLayer(rootfs).chunks())
+
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        entries = {m.name: m for m in tar.getmembers()}
+    assert entries["bin/tool"].pax_headers["SCHILY.xattr.user.note"] == "kept"
+    raw = entries["data.bin"].pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape")
+    assert raw == capability
 
 
 def test_rootfs_layer_is_streamed_in_bounded_chunks(tmp_path: Path) -> None:

@@ -205,3 +205,19 @@ def test_a_rootfs_directory_is_written_as_one_layer_with_its_config(tmp_path: Pa
     assert (diff / "bin").stat().st_mtime == 1_000_000_000
     assert outcome.image_id == "sha256:" + hashlib.sha256(config_for(diff_id)).hexdigest()
     assert (root / "image/overlay2/imagedb/content/sha256" / outcome.image_id.removeprefix("sha256:")).is_file()
+
+
+def test_the_same_rootfs_twice_is_one_layer(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc/os-release").write_bytes(b"ID=test\n")
+
+    def config_for(diff_id: str) -> bytes:
+        return json.dumps({"rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+
+    root = tmp_path / "docker"
+    outcome = StoreWriter(str(root)).write({"one": RootfsImage(rootfs, config_for), "two": RootfsImage(rootfs, config_for)})
+
+    assert outcome["one"].problem is None and outcome["two"].problem is None
+    assert outcome["one"].image_id == outcome["two"].image_id, "GNU tar's archive of the same tree is the same"
+    assert len(list((root / "overlay2").glob("*/diff"))) == 1
