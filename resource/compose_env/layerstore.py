@@ -43,6 +43,8 @@ from typing import BinaryIO
 from . import archives
 from .archives import Blob
 
+#: dockerd refuses deeper images at load (overlay's lowerdir limit): such an image gets docker load's error.
+MAX_LAYERS = 125
 #: How many layers are extracted at once: each runs a tar (and an inflater) beside us.
 MAX_PARALLEL = 4
 CHUNK = 1 << 20
@@ -118,7 +120,7 @@ def image_from_config(config: bytes, blobs: list[Blob], repo_tags: tuple[str, ..
         diff_ids = document["rootfs"]["diff_ids"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
         return None
-    if not isinstance(diff_ids, list) or len(diff_ids) != len(blobs) or not blobs:
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(blobs) or not blobs or len(blobs) > MAX_LAYERS:
         return None
     if not all(isinstance(d, str) and d.startswith("sha256:") and len(d) == 71 for d in diff_ids):
         return None

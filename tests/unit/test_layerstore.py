@@ -72,6 +72,12 @@ def test_configs_that_do_not_describe_the_blobs_are_left_to_docker_load(rootfs: 
     assert image_from_config(b"not json", [Blob(Path("x"), 0, 1)]) is None
 
 
+def test_images_deeper_than_dockerd_takes_are_left_to_docker_load() -> None:
+    diff_ids = [f"sha256:{n:064x}" for n in range(126)]
+    assert image_from_config(json.dumps({"rootfs": {"diff_ids": diff_ids}}).encode(), [Blob(Path("x"), 0, 1)] * 126) is None
+    assert image_from_config(json.dumps({"rootfs": {"diff_ids": diff_ids[:125]}}).encode(), [Blob(Path("x"), 0, 1)] * 125) is not None
+
+
 def test_an_image_is_written_as_dockerd_keeps_it(tmp_path: Path) -> None:
     root = tmp_path / "docker"
     made = image(tmp_path, "app", [BASE, TOP], stored=[BASE, gzip.compress(TOP)])
