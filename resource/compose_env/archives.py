@@ -398,13 +398,17 @@ class LayoutReader:
             raise ArchiveError(f"blob {digest} is missing from {self.label}")
         return found
 
-    def json_blob(self, digest: str) -> Any:
+    def small_blob(self, digest: str) -> bytes:
+        """A manifest or config blob's bytes (refused above MAX_JSON_BLOB)."""
         blob = self.blob(digest)
         if blob.size > MAX_JSON_BLOB:
             raise ArchiveError(f"blob {digest} in {self.label} is too big for a manifest")
         with open(blob.path, "rb") as handle:
             handle.seek(blob.offset)
-            data = handle.read(blob.size)
+            return handle.read(blob.size)
+
+    def json_blob(self, digest: str) -> Any:
+        data = self.small_blob(digest)
         try:
             return json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:

@@ -270,10 +270,7 @@ def _layout_direct(layout: archives.LayoutReader) -> Callable[[Platform], Direct
         try:
             manifest = archives.select_manifest(layout, platform)
             config_digest = manifest["config"]["digest"]
-            config_blob = layout.blob(config_digest)
-            with open(config_blob.path, "rb") as handle:
-                handle.seek(config_blob.offset)
-                config = handle.read(min(config_blob.size, archives.MAX_JSON_BLOB))
+            config = layout.small_blob(config_digest)
             blobs = [layout.blob(layer["digest"]) for layer in manifest.get("layers") or []]
         except (ArchiveError, OSError, KeyError, TypeError):
             return None

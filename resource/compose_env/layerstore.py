@@ -188,7 +188,7 @@ class StoreWriter:
     def write(self, images: dict[str, DirectImage | RootfsImage]) -> dict[str, ImageWrite]:
         """Write every image; returns, per key, how it went (written, or why not)."""
         self._make_homes()
-        layers: dict[str, tuple[str, Blob]] = {}
+        layers: dict[str, tuple[str, Blob, str]] = {}
         jobs: list[Job] = []
         for key, image in images.items():
             if isinstance(image, RootfsImage):
@@ -198,10 +198,12 @@ class StoreWriter:
                 if self._layer_known(chain_id):
                     continue
                 # A layer two images share may come compressed in one and not in the other: no inflating then.
-                if chain_id not in layers or (_compression(layers[chain_id][1]) and not _compression(blob)):
-                    layers[chain_id] = (diff_id, blob)
-        for chain_id, (diff_id, blob) in layers.items():
-            jobs.append(Job(chain_id, chain_id, blob.size, lambda target, blob=blob, diff_id=diff_id: (self._extract(blob, diff_id, target), diff_id)))
+                if chain_id not in layers or layers[chain_id][2]:
+                    compression = _compression(blob)
+                    if chain_id not in layers or not compression:
+                        layers[chain_id] = (diff_id, blob, compression)
+        for chain_id, (diff_id, blob, compression) in layers.items():
+            jobs.append(Job(chain_id, chain_id, blob.size, lambda target, b=blob, d=diff_id, c=compression: (self._extract(b, d, c, target), d)))
         written, failed = self._extract_all(jobs)
         outcome = {key: self._finish(key, image, written, failed) for key, image in images.items()}
         # Layers extracted for images that failed, or whose content was there already: room for docker load.
@@ -285,7 +287,7 @@ class StoreWriter:
             raise
         return written, failed
 
-    def _extract(self, blob: Blob, diff_id: str, target: Path) -> int:
+    def _extract(self, blob: Blob, diff_id: str, compression: str, target: Path) -> int:
         """Inflate, hash and untar one layer blob into `target`; returns the layer's size as dockerd counts it."""
         target.mkdir(parents=True)
         target.parent.chmod(0o710)
@@ -294,7 +296,6 @@ class StoreWriter:
             if diff_id != "sha256:" + hashlib.sha256(b"").hexdigest():
                 raise LayerFailure(f"it is empty, which does not match the diff_id {diff_id} in the image config")
             return 0
-        compression = _compression(blob)
         inflater = {"gzip": [_gzip_inflater(), "-dc"], "zstd": ["zstd", "-dcq"]}.get(compression)
         digest = self._untar(self._inflated(blob, inflater), target)
         if digest != diff_id:
@@ -344,10 +345,7 @@ class StoreWriter:
         with tempfile.TemporaryFile() as errors:
             process = self._spawn([*ARCHIVE_ARGS, f"--directory={rootfs}", "."], stdout=subprocess.PIPE, stderr=errors)
             try:
-                assert process.stdout is not None
-                while chunk := os.read(process.stdout.fileno(), CHUNK):
-                    yield chunk
-                process.wait()
+                yield from _output(process)
             finally:
                 self._reap(process)
             if process.returncode != 0 and not self._cancelled.is_set():
@@ -365,10 +363,7 @@ class StoreWriter:
         feeder = threading.Thread(target=self._feed, args=(process, blob), daemon=True)
         feeder.start()
         try:
-            assert process.stdout is not None
-            while chunk := os.read(process.stdout.fileno(), CHUNK):
-                yield chunk
-            process.wait()
+            yield from _output(process)
         finally:
             self._reap(process)
             feeder.join(5)
@@ -455,6 +450,14 @@ class StoreWriter:
         entry = self._layer_dir(layer.chain_id) / "cache-id"
         if not entry.is_file() or entry.read_text().strip() != layer.cache_id:
             shutil.rmtree(self.driver_home / layer.cache_id, ignore_errors=True)
+
+
+def _output(process: subprocess.Popen[bytes]) -> Iterator[bytes]:
+    """A child's stdout in chunks as they come, then its exit."""
+    assert process.stdout is not None
+    while chunk := os.read(process.stdout.fileno(), CHUNK):
+        yield chunk
+    process.wait()
 
 
 def _finish_layer(target: Path) -> int:
