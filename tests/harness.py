@@ -1,11 +1,19 @@
 """Run the resource image the way Concourse does: a privileged container, then exec of /opt/resource/*.
 
-Concourse (containerd runtime) creates the container with its own init, mounts a fresh
-volume at /scratch and every input under /tmp/build/put, then execs the script with the
-request on stdin. This harness does the same against any Docker engine, so the tests,
-`make try` and the benchmarks drive the real image through the real entry points.
+Three runtimes make that container (`--runtime`, or HARNESS_RUNTIME for `make try`):
 
-    python3 tests/harness.py out --image compose-env:dev --put-dir example/put --request example/request.json
+- `docker`: `docker run --privileged` with its own init, a fresh volume at /scratch and the
+  inputs under /tmp/build/put; scripts run with the put directory as their working directory.
+- `concourse`: plain runc with the OCI spec of Concourse's containerd runtime (worker_spec.py):
+  no cgroup namespace, few devices, 38 capabilities, gdn-init as PID 1, `out` exec'd with cwd
+  `/`, an abort signalling only `out`.
+- `guardian`: the same with Guardian's differences: `/sys` read-only and no cgroup mount, cwd
+  `/root`, an abort signalling every process in the container each second.
+
+So the tests, `make try` and the benchmarks drive the real image through the real entry points,
+in the container a worker really makes.
+
+    python3 tests/harness.py out --image compose-env:dev --put-dir example/put --request example/request.json [--runtime concourse]
 """
 
 from __future__ import annotations
@@ -18,12 +26,17 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from worker_container import WorkerContainer
+
 PUT_DIR = "/tmp/build/put"
+RUNTIMES = ("docker", "concourse", "guardian")
+DEFAULT_RUNTIME = os.environ.get("HARNESS_RUNTIME", "docker")
 #: The capability set that runs Docker-in-Docker where --privileged cannot (a bounding
 #: set without CAP_SYS_RESOURCE makes `--privileged` fail with "unable to apply caps").
 PRIVILEGED_FALLBACK = [
@@ -39,23 +52,22 @@ DEFAULT_BUILD_ENV = {
     "BUILD_TEAM_NAME": "main",
     "ATC_EXTERNAL_URL": "http://concourse.example",
 }
-# Lists what is still running or mounted inside the container after the script exits.
-LEFTOVER_PROBE = r"""
+# What runs and what is mounted in the container; compared with the same list taken when the
+# container was new, so whatever a script leaves behind shows (the harness's own keep-alive excepted).
+STATE_PROBE = r"""
 import os
-names = ("dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v2", "docker-proxy", "docker", "fuse-overlayfs", "runc")
+me = os.getpid()
 for pid in os.listdir("/proc"):
-    if not pid.isdigit():
+    if not pid.isdigit() or int(pid) in (1, me):
         continue
     try:
-        comm = open(f"/proc/{pid}/comm").read().strip()
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
     except OSError:
         continue
-    if comm in names:
-        print(f"process {pid} {comm}")
+    if cmdline and cmdline != "sleep infinity":
+        print(f"process {pid} {cmdline}")
 for line in open("/proc/self/mountinfo"):
-    point = line.split()[4]
-    if point.startswith(("/scratch/", "/run/compose-env", "/var/lib/docker")):
-        print(f"mount {point}")
+    print("mount " + line.split()[4])
 """
 
 
@@ -89,12 +101,113 @@ def privilege_flags(image: str, docker: str = "docker") -> list[str]:
     return list(_privilege_flags)
 
 
-class Container:
-    """A long-lived resource container (init + sleep), into which scripts are exec'd."""
+class ResourceContainer:
+    """A long-lived resource container into which scripts are exec'd (the runtimes differ in how)."""
+
+    runtime = ""
+    #: What the script's working directory is when the caller does not say.
+    default_workdir = "/"
+    #: What the container left on the host once removed (runtimes that can tell).
+    host_leftovers: list[str]
+
+    def __init__(self) -> None:
+        self.host_leftovers = []
+        self._baseline: set[str] = set()
+
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] = {},
+        workdir: str | None = None,
+        stdin: str | None = None,
+        sigterm_after: float | None = None,
+        sigterm_when: str | None = None,
+        timeout: float = 900,
+    ) -> RunOutcome:
+        """Run a script; SIGTERM it (as this runtime's abort does) after a delay or once its log shows a line."""
+        pid_file = f"/tmp/harness-exec-{uuid.uuid4().hex[:8]}.pid"
+        command = self.exec_argv(argv, env, workdir or self.default_workdir, pid_file)
+        started = time.monotonic()
+        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        signalled_at: list[float] = []
+        lock = threading.Lock()
+
+        def abort_once() -> None:
+            with lock:
+                if signalled_at or process.poll() is not None:
+                    return
+                signalled_at.append(time.monotonic())
+            self.abort(argv[0], pid_file, process)
+
+        stderr_lines: list[str] = []
+
+        def read_stderr() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                stderr_lines.append(line)
+                if sigterm_when is not None and sigterm_when in line:
+                    abort_once()
+
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        timers = [threading.Timer(timeout, process.kill)]
+        if sigterm_after is not None:
+            timers.append(threading.Timer(sigterm_after, abort_once))
+        for timer in timers:
+            timer.start()
+        try:
+            assert process.stdin is not None and process.stdout is not None
+            process.stdin.write(stdin or "")
+            process.stdin.close()
+            stdout = process.stdout.read()
+            process.wait()
+            reader.join()
+        finally:
+            for timer in timers:
+                timer.cancel()
+            if os.path.exists(pid_file):
+                os.unlink(pid_file)
+        ended = time.monotonic()
+        signal_to_exit = ended - signalled_at[0] if signalled_at else None
+        return RunOutcome(process.returncode, stdout, "".join(stderr_lines), ended - started, self.leftovers(), signal_to_exit)
+
+    def exec_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: str, pid_file: str) -> list[str]:
+        raise NotImplementedError
+
+    def abort(self, script: str, pid_file: str, process: subprocess.Popen[str]) -> None:
+        raise NotImplementedError
+
+    def probe(self, code: str) -> list[str]:
+        raise NotImplementedError
+
+    def take_baseline(self) -> None:
+        self._baseline = set(self.probe(STATE_PROBE))
+
+    def leftovers(self) -> list[str]:
+        """Processes and mounts in the container that were not there when it was new."""
+        return [line for line in self.probe(STATE_PROBE) if line not in self._baseline]
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> ResourceContainer:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.remove()
+
+
+class Container(ResourceContainer):
+    """The `docker` runtime: `docker run --privileged --init`, then `docker exec`."""
+
+    runtime = "docker"
+    default_workdir = PUT_DIR
 
     def __init__(
         self, image: str, mounts: Sequence[tuple[str, str, bool]] = (), privileged: bool = True, docker: str = "docker", extra_args: Sequence[str] = ()
     ) -> None:
+        super().__init__()
         self.docker = docker
         self.name = f"compose-env-harness-{uuid.uuid4().hex[:10]}"
         argv = [docker, "run", "-d", "--init", "--name", self.name, "--mount", "type=volume,dst=/scratch", "--label", "compose-env-harness=1"]
@@ -106,54 +219,83 @@ class Container:
         started = subprocess.run(argv, capture_output=True, text=True)
         if started.returncode != 0:
             raise RuntimeError(f"docker run of the resource container failed: {started.stderr.strip()}")
+        self.take_baseline()
 
-    def exec(
-        self,
-        argv: Sequence[str],
-        *,
-        env: Mapping[str, str] = {},
-        workdir: str = PUT_DIR,
-        stdin: str | None = None,
-        sigterm_after: float | None = None,
-        timeout: float = 900,
-    ) -> RunOutcome:
+    def exec_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: str, pid_file: str) -> list[str]:
         command = [self.docker, "exec", "-i", "-w", workdir]
         for key, value in env.items():
             command += ["-e", f"{key}={value}"]
-        command += [self.name, *argv]
-        started = time.monotonic()
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        signalled_at: list[float] = []
-        if sigterm_after is not None:
-            timer = threading.Timer(sigterm_after, self._terminate, args=(argv[0], signalled_at))
-            timer.start()
-        stdout, stderr = process.communicate(stdin or "", timeout=timeout)
-        ended = time.monotonic()
-        signal_to_exit = ended - signalled_at[0] if signalled_at else None
-        return RunOutcome(process.returncode, stdout, stderr, ended - started, self.leftovers(), signal_to_exit)
+        return [*command, self.name, *argv]
 
-    def _terminate(self, script: str, signalled_at: list[float]) -> None:
+    def abort(self, script: str, pid_file: str, process: subprocess.Popen[str]) -> None:
         """SIGTERM to the script's process only, as Concourse's containerd runtime does."""
         finder = (
             "for p in /proc/[0-9]*; do "
             f'if tr "\\0" " " < $p/cmdline 2>/dev/null | grep -q "^python3 {script}\\|^/usr/bin/python3 {script}"; '
             "then kill -TERM ${p#/proc/}; fi; done"
         )
-        signalled_at.append(time.monotonic())
         subprocess.run([self.docker, "exec", self.name, "sh", "-c", finder], capture_output=True)
 
-    def leftovers(self) -> list[str]:
-        probe = subprocess.run([self.docker, "exec", self.name, "python3", "-c", LEFTOVER_PROBE], capture_output=True, text=True)
-        return [line for line in probe.stdout.splitlines() if line.strip()]
+    def probe(self, code: str) -> list[str]:
+        result = subprocess.run([self.docker, "exec", self.name, "python3", "-c", code], capture_output=True, text=True)
+        return [line for line in result.stdout.splitlines() if line.strip()]
 
     def remove(self) -> None:
         subprocess.run([self.docker, "rm", "-f", "-v", self.name], capture_output=True)
 
-    def __enter__(self) -> Container:
-        return self
 
-    def __exit__(self, *_exc: object) -> None:
-        self.remove()
+class WorkerRuntimeContainer(ResourceContainer):
+    """The `concourse` and `guardian` runtimes: runc with a worker's spec (worker_container.py)."""
+
+    def __init__(self, image: str, mounts: Sequence[tuple[str, str, bool]] = (), *, runtime: str, docker: str = "docker", strict_devices: bool = False) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.worker = WorkerContainer(image, mounts, flavour=runtime, docker=docker, strict_devices=strict_devices)
+        self.default_workdir = "/" if runtime == "concourse" else "/root"
+        self.take_baseline()
+
+    def exec_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: str, pid_file: str) -> list[str]:
+        return self.worker.exec_argv(argv, env, workdir, pid_file)
+
+    def abort(self, script: str, pid_file: str, process: subprocess.Popen[str]) -> None:
+        self.worker.abort(pid_file, process)
+
+    def probe(self, code: str) -> list[str]:
+        return self.worker.probe(code)
+
+    def remove(self) -> None:
+        self.worker.remove()
+        self.host_leftovers = self.worker.host_leftovers
+
+
+def open_container(
+    image: str,
+    mounts: Sequence[tuple[str, str, bool]] = (),
+    *,
+    runtime: str = DEFAULT_RUNTIME,
+    privileged: bool = True,
+    extra_args: Sequence[str] = (),
+    strict_devices: bool = False,
+) -> ResourceContainer:
+    """A resource container made by `runtime` (docker, concourse or guardian)."""
+    if runtime == "docker":
+        return Container(image, mounts, privileged, extra_args=extra_args)
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}: one of {', '.join(RUNTIMES)}")
+    if not privileged or extra_args:
+        raise ValueError(f"the {runtime} runtime makes privileged containers only, with no docker flags")
+    return WorkerRuntimeContainer(image, mounts, runtime=runtime, strict_devices=strict_devices)
+
+
+@contextmanager
+def removed_after(container: ResourceContainer, outcomes: list[RunOutcome]) -> Iterator[ResourceContainer]:
+    """Remove the container at the end, and add what it left on the host to each outcome's leftovers."""
+    try:
+        yield container
+    finally:
+        container.remove()
+        for outcome in outcomes:
+            outcome.leftovers += [f"host: {item}" for item in container.host_leftovers]
 
 
 def run_script(
@@ -165,15 +307,22 @@ def run_script(
     env: Mapping[str, str] | None = None,
     privileged: bool = True,
     sigterm_after: float | None = None,
+    sigterm_when: str | None = None,
     dest_dir: str = "/tmp/build/get",
+    runtime: str = DEFAULT_RUNTIME,
+    strict_devices: bool = False,
 ) -> RunOutcome:
     """Run check, in or out once in a fresh container, like one Concourse step."""
     mounts = [(put_dir, PUT_DIR, True)] if put_dir else []
     stdin = request if isinstance(request, str) else json.dumps(request if request is not None else {})
     build_env = {} if script == "check" else {**DEFAULT_BUILD_ENV, **(env or {})}
     argv = {"check": ["/opt/resource/check"], "in": ["/opt/resource/in", dest_dir], "out": ["/opt/resource/out", PUT_DIR]}[script]
-    with Container(image, mounts, privileged) as container:
-        return container.exec(argv, env=build_env, stdin=stdin, sigterm_after=sigterm_after, workdir=PUT_DIR if put_dir else "/")
+    outcomes: list[RunOutcome] = []
+    container = open_container(image, mounts, runtime=runtime, privileged=privileged, strict_devices=strict_devices)
+    with removed_after(container, outcomes):
+        workdir = None if put_dir or runtime != "docker" else "/"
+        outcomes.append(container.exec(argv, env=build_env, stdin=stdin, sigterm_after=sigterm_after, sigterm_when=sigterm_when, workdir=workdir))
+    return outcomes[0]
 
 
 def run_task(
@@ -184,6 +333,7 @@ def run_task(
     *,
     output_name: str = "compose-env-output",
     env: Mapping[str, str] | None = None,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> RunOutcome:
     """Like `fly execute -c tasks/compose-env.yml -i NAME=DIR -o OUTPUT=DIR`: inputs and the output under the working dir.
 
@@ -193,8 +343,10 @@ def run_task(
     mounts = [(host, f"{workdir}/{name}", True) for name, host in inputs.items()]
     mounts.append((output_dir, f"{workdir}/{output_name}", False))
     task_env = {**(env or {}), "COMPOSE_ENV": json.dumps(compose_env)}
-    with Container(image, mounts) as container:
-        return container.exec(["/opt/resource/task"], env=task_env, workdir=workdir)
+    outcomes: list[RunOutcome] = []
+    with removed_after(open_container(image, mounts, runtime=runtime), outcomes) as container:
+        outcomes.append(container.exec(["/opt/resource/task"], env=task_env, workdir=workdir))
+    return outcomes[0]
 
 
 def main() -> int:
@@ -203,12 +355,14 @@ def main() -> int:
     parser.add_argument("--image", default=os.environ.get("IMAGE", "compose-env:dev"))
     parser.add_argument("--put-dir", help="the directory mounted at /tmp/build/put (the put's inputs)")
     parser.add_argument("--request", required=True, help="a JSON file with source/params (and version)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME, help="who makes the container (default: docker, or $HARNESS_RUNTIME)")
     args = parser.parse_args()
-    outcome = run_script(args.image, args.script, Path(args.request).read_text(), put_dir=args.put_dir)
+    outcome = run_script(args.image, args.script, Path(args.request).read_text(), put_dir=args.put_dir, runtime=args.runtime)
     sys.stderr.write(outcome.stderr)
     sys.stdout.write(outcome.stdout)
     print(
-        f"harness: exit code {outcome.exit_code} in {outcome.duration:.1f}s" + (f"; left running: {outcome.leftovers}" if outcome.leftovers else ""),
+        f"harness: exit code {outcome.exit_code} in {outcome.duration:.1f}s ({args.runtime} runtime)"
+        + (f"; left behind: {outcome.leftovers}" if outcome.leftovers else ""),
         file=sys.stderr,
     )
     return outcome.exit_code

@@ -1,0 +1,298 @@
+"""A resource container made as a Concourse worker makes it: plain runc and worker_spec's OCI spec.
+
+The image's filesystem is exported once per image ID and used as the read-only lower layer
+of an overlay per container (as containerd's snapshotter does); `/scratch` is a plain
+directory on the host's disk; the network is a fresh namespace, with a veth and a default
+route (`concourse`) or with loopback only (`guardian`). Scripts run as `runc exec` with the
+worker's working directory (`/` or `/root`). An abort signals as the runtime does: only the
+exec'd process (`concourse`), or every process in the container's cgroup but its init, each
+second (`guardian`).
+
+What a put leaves behind is looked for twice: inside the container (processes, mounts) right
+after the script, and on the host after the container is deleted (cgroups, mounts, network
+namespaces, links), against a snapshot taken before the container was made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from worker_spec import WorkerContainerSpec, bounding_set, capabilities_within
+
+STATE_DIR = Path(os.environ.get("COMPOSE_ENV_HARNESS_DIR", "/var/tmp/compose-env-harness"))
+RUNC_ROOT = "/run/compose-env-harness-runc"
+INIT_SOURCE = Path(__file__).resolve().parent / "runtime" / "gdn-init.c"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: The "worker" cgroup the harness's containers go below on cgroup v2 (controllers enabled in it).
+V2_PARENT = "compose-env-harness"
+#: A v1 devices cgroup as strict as the container's own: the container cannot widen its devices.
+STRICT_DEVICES_PARENT = "compose-env-harness-strict"
+RUNC_DEFAULT_DEVICE_RULES = (
+    "c *:* m", "b *:* m", "c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm",
+    "c 5:0 rwm", "c 5:2 rwm", "c 136:* rwm", "c 10:200 rwm", "c 10:229 rwm",
+)  # fmt: skip
+WORKDIR = {"concourse": "/", "guardian": "/root"}
+
+
+def cgroup_v2() -> bool:
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def gdn_init() -> str:
+    """The init binary (static, built once from tests/runtime/gdn-init.c; prebuilt where no compiler is)."""
+    source = INIT_SOURCE.read_bytes()
+    target = STATE_DIR / f"gdn-init-{hashlib.sha256(source).hexdigest()[:12]}"
+    if not target.exists():
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        if shutil.which("gcc") is None:
+            raise RuntimeError(f"no gcc to build {INIT_SOURCE}, and no prebuilt {target}")
+        subprocess.run(["gcc", "-static", "-O2", "-o", f"{target}.tmp", str(INIT_SOURCE)], check=True)
+        os.replace(f"{target}.tmp", target)
+    return str(target)
+
+
+def image_rootfs(image: str, docker: str = "docker") -> tuple[Path, list[str]]:
+    """The image's exported filesystem (cached by image ID) and its environment."""
+    inspected = json.loads(subprocess.run([docker, "image", "inspect", image], check=True, capture_output=True, text=True).stdout)[0]
+    image_id = inspected["Id"].split(":")[-1][:16]
+    env = inspected["Config"].get("Env") or []
+    target = STATE_DIR / "rootfs" / image_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(STATE_DIR / "rootfs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.exists():
+            for stale in target.parent.iterdir():
+                shutil.rmtree(stale, ignore_errors=True)  # one image at a time: the dev image changes often
+            partial = target.with_suffix(".partial")
+            partial.mkdir()
+            created = subprocess.run([docker, "create", "--entrypoint", "true", image], check=True, capture_output=True, text=True).stdout.strip()
+            try:
+                export = subprocess.Popen([docker, "export", created], stdout=subprocess.PIPE)
+                subprocess.run(["tar", "-x", "--numeric-owner", "-C", str(partial)], stdin=export.stdout, check=True)
+                if export.wait() != 0:
+                    raise RuntimeError(f"docker export of {image} failed")
+            finally:
+                subprocess.run([docker, "rm", "-f", created], capture_output=True)
+            partial.rename(target)
+    return target, env
+
+
+# ---------------------------------------------------------------- the host's view, before and after
+
+
+def host_state() -> dict[str, set[str]]:
+    cgroups = set()
+    for top, dirs, _files in os.walk(CGROUP_ROOT, followlinks=False):
+        cgroups.update(os.path.join(top, d) for d in dirs)
+    with open("/proc/self/mountinfo") as handle:
+        mounts = {line.split()[4] for line in handle}
+    netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    return {"cgroup": cgroups, "mount": mounts, "netns": netns, "link": set(os.listdir("/sys/class/net"))}
+
+
+def outer_container_ids(docker: str) -> set[str]:
+    listed = subprocess.run([docker, "ps", "-aq", "--no-trunc"], capture_output=True, text=True)
+    return set(listed.stdout.split())
+
+
+def new_on_host(before: dict[str, set[str]], docker: str) -> list[str]:
+    """What appeared on the host since `before`, less the outer engine's own containers; confirmed once after a second."""
+
+    def fresh() -> set[str]:
+        after = host_state()
+        ids = outer_container_ids(docker)
+        found = set()
+        for kind, items in after.items():
+            for item in items - before[kind]:
+                if kind == "cgroup" and any(i in item for i in ids):
+                    continue  # another container of the outer engine (other tests, image builds)
+                found.add(f"{kind} {item}")
+        return found
+
+    found = fresh()
+    if found:
+        time.sleep(1)
+        found &= fresh()
+    return sorted(found)
+
+
+# ---------------------------------------------------------------- the container
+
+
+class WorkerContainer:
+    """A resource container as a Concourse worker makes it (flavour `concourse` or `guardian`)."""
+
+    def __init__(
+        self, image: str, mounts: Sequence[tuple[str, str, bool]] = (), *, flavour: str = "concourse", docker: str = "docker", strict_devices: bool = False
+    ) -> None:
+        self.flavour = flavour
+        self.docker = docker
+        self.id = f"ce-{uuid.uuid4().hex[:10]}"
+        self.bundle = STATE_DIR / "containers" / self.id
+        self.host_leftovers: list[str] = []
+        self.dropped_capabilities = capabilities_within(bounding_set())[1]
+        self._strict_parent = ""
+        lower, env = image_rootfs(image, docker)
+        init = gdn_init()
+        self._before = host_state()
+        for name in ("rootfs", "upper", "work", "etc", "scratch"):
+            (self.bundle / name).mkdir(parents=True)
+        layers = f"lowerdir={lower},upperdir={self.bundle}/upper,workdir={self.bundle}/work"
+        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", layers, str(self.bundle / "rootfs")], check=True)
+        (self.bundle / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+        (self.bundle / "etc" / "hostname").write_text("worker-container\n")
+        (self.bundle / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\n")
+        self._make_network()
+        binds = [(str(self.bundle / "scratch"), "/scratch", False)] + [(os.path.abspath(h), t, ro) for h, t, ro in mounts]
+        spec = WorkerContainerSpec(
+            flavour, str(self.bundle / "rootfs"), env, f"/run/netns/{self.id}", init, str(self.bundle / "etc"), binds, self._cgroups_path(strict_devices)
+        )
+        (self.bundle / "config.json").write_text(json.dumps(spec.render(bounding_set()), indent=1))
+        # runc's stderr goes to a file: a pipe would be held open by the container's init.
+        with open(self.bundle / "runc.log", "w+") as log:
+            started = subprocess.run(
+                ["runc", "--root", RUNC_ROOT, "run", "-d", "--bundle", str(self.bundle), "--pid-file", str(self.bundle / "init.pid"), self.id],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+            log.seek(0)
+            problem = log.read().strip()
+        if started.returncode != 0:
+            self.remove()
+            raise RuntimeError(f"runc run of the resource container failed: {problem}")
+        self.init_pid = int((self.bundle / "init.pid").read_text())
+
+    def _make_network(self) -> None:
+        """A network namespace: a veth with a default route (concourse), or loopback only (guardian)."""
+        name = self.id
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+        if self.flavour != "concourse":
+            return
+        subnet = int(hashlib.sha256(name.encode()).hexdigest()[:4], 16) % 250 + 1
+        host_side = f"ve{self.id[3:]}"
+        subprocess.run(["ip", "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", name], check=True)
+        subprocess.run(["ip", "addr", "add", f"10.80.{subnet}.1/30", "dev", host_side], check=True)
+        subprocess.run(["ip", "link", "set", host_side, "up"], check=True)
+        subprocess.run(["ip", "-n", name, "addr", "add", f"10.80.{subnet}.2/30", "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", name, "link", "set", "eth0", "up"], check=True)
+        subprocess.run(["ip", "-n", name, "route", "add", "default", "via", f"10.80.{subnet}.1"], check=True)
+
+    def _cgroups_path(self, strict_devices: bool) -> str:
+        """Empty (runc's choice: a cgroup named after the container, below runc's own) on v1, as Concourse does.
+
+        On v2 the container goes below a "worker" cgroup with the controllers enabled, as on a
+        worker; `strict_devices` (v1) puts it below a devices cgroup that allows no more than
+        the container gets, so that the container cannot widen its own.
+        """
+        if cgroup_v2():
+            parent = CGROUP_ROOT / V2_PARENT
+            parent.mkdir(exist_ok=True)
+            wanted = (CGROUP_ROOT / "cgroup.subtree_control").read_text().split()
+            with contextlib.suppress(OSError):
+                (parent / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in wanted))
+            return f"/{V2_PARENT}/{self.id}"
+        if strict_devices:
+            self._strict_parent = STRICT_DEVICES_PARENT
+            devices = CGROUP_ROOT / "devices" / STRICT_DEVICES_PARENT
+            devices.mkdir(exist_ok=True)
+            (devices / "devices.deny").write_text("a")
+            for rule in RUNC_DEFAULT_DEVICE_RULES:
+                (devices / "devices.allow").write_text(rule)
+            return f"/{STRICT_DEVICES_PARENT}/{self.id}"
+        return ""
+
+    # -- scripts
+
+    def exec_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: str | None, pid_file: str) -> list[str]:
+        command = ["runc", "--root", RUNC_ROOT, "exec", "--cwd", workdir or WORKDIR[self.flavour], "--pid-file", pid_file]
+        for key, value in env.items():
+            command += ["--env", f"{key}={value}"]
+        return [*command, self.id, *argv]
+
+    def abort(self, pid_file: str, process: subprocess.Popen[str]) -> None:
+        """SIGTERM as the worker's runtime sends it on abort."""
+        pid = _read_pid(pid_file)
+        if self.flavour == "concourse":
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+            return
+        threading.Thread(target=self._guardian_abort, args=(process,), daemon=True).start()
+
+    def _guardian_abort(self, process: subprocess.Popen[str]) -> None:
+        """Every process in the container's cgroup but init, each second, ten times; then SIGKILL."""
+        for _ in range(10):
+            for pid in self.cgroup_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            try:
+                process.wait(1)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in self.cgroup_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def cgroup_dir(self) -> Path:
+        """The container's cgroup (v2), or its pids cgroup (v1), as the host sees it."""
+        for line in Path(f"/proc/{self.init_pid}/cgroup").read_text().splitlines():
+            number, controllers, path = line.split(":", 2)
+            if cgroup_v2() and number == "0":
+                return CGROUP_ROOT / path.lstrip("/")
+            if "pids" in controllers.split(","):
+                return CGROUP_ROOT / "pids" / path.lstrip("/")
+        raise RuntimeError("the container's cgroup was not found")
+
+    def cgroup_pids(self) -> list[int]:
+        """Every process in the container's cgroup and below it, but its init."""
+        pids = []
+        for top, _dirs, _files in os.walk(self.cgroup_dir()):
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in Path(top, "cgroup.procs").read_text().split()]
+        return [pid for pid in pids if pid != self.init_pid]
+
+    def probe(self, code: str) -> list[str]:
+        result = subprocess.run(["runc", "--root", RUNC_ROOT, "exec", self.id, "python3", "-c", code], capture_output=True, text=True)
+        return [line for line in result.stdout.splitlines() if line.strip()]
+
+    # -- removal
+
+    def remove(self) -> None:
+        """Delete the container as the worker does (kill, delete), then note what it left on the host."""
+        subprocess.run(["runc", "--root", RUNC_ROOT, "kill", self.id, "KILL"], capture_output=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            state = subprocess.run(["runc", "--root", RUNC_ROOT, "state", self.id], capture_output=True, text=True)
+            if state.returncode != 0 or '"stopped"' in state.stdout:
+                break
+            time.sleep(0.05)
+        subprocess.run(["runc", "--root", RUNC_ROOT, "delete", "-f", self.id], capture_output=True)
+        subprocess.run(["umount", str(self.bundle / "rootfs")], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.id], capture_output=True)
+        if self._strict_parent:
+            for hierarchy in CGROUP_ROOT.iterdir():
+                with contextlib.suppress(OSError):
+                    (hierarchy / self._strict_parent).rmdir()
+        shutil.rmtree(self.bundle, ignore_errors=True)
+        self.host_leftovers = new_on_host(self._before, self.docker)
+
+
+def _read_pid(pid_file: str) -> int | None:
+    try:
+        return int(Path(pid_file).read_text().strip())
+    except (OSError, ValueError):
+        return None
