@@ -107,19 +107,29 @@ def outer_container_ids(docker: str) -> set[str]:
     return set(listed.stdout.split())
 
 
+def outer_engines_own(kind: str, item: str, outer_ids: set[str]) -> bool:
+    """Whether a new cgroup, mount or link belongs to the outer engine's containers (other tests, image builds).
+
+    Nothing a put does inside a worker container reaches the host's mounts or links but through
+    the harness's own: mounts count below the harness's state, /run/netns and /sys/fs/cgroup
+    only, links only when not enslaved to a bridge (the outer engine's veths all are).
+    """
+    if kind == "cgroup":
+        return any(container_id in item for container_id in outer_ids)
+    if kind == "mount":
+        return not item.startswith((str(STATE_DIR), "/run/netns", str(CGROUP_ROOT)))
+    if kind == "link":
+        return os.path.exists(f"/sys/class/net/{item}/master")
+    return False
+
+
 def new_on_host(before: dict[str, set[str]], docker: str) -> list[str]:
-    """What appeared on the host since `before`, less the outer engine's own containers; confirmed once after a second."""
+    """What appeared on the host since `before`, less the outer engine's own; confirmed once after a second."""
 
     def fresh() -> set[str]:
         after = host_state()
-        ids = outer_container_ids(docker)
-        found = set()
-        for kind, items in after.items():
-            for item in items - before[kind]:
-                if kind == "cgroup" and any(i in item for i in ids):
-                    continue  # another container of the outer engine (other tests, image builds)
-                found.add(f"{kind} {item}")
-        return found
+        outer_ids = outer_container_ids(docker)
+        return {f"{kind} {item}" for kind, items in after.items() for item in items - before[kind] if not outer_engines_own(kind, item, outer_ids)}
 
     found = fresh()
     if found:

@@ -1,54 +1,270 @@
-"""Make the container's cgroups usable by a nested dockerd (v1 and v2).
+"""Place the inner dockerd's containers inside this container's own cgroup (v1 and v2), and sweep them out.
 
-Inside a privileged Concourse container the cgroup filesystem is often mounted
-read-only, v1 hierarchies may be missing, and on v2 the root of our cgroup
-namespace holds our own processes, which forbids enabling controllers for children.
+A worker's privileged container has no cgroup namespace: `/proc/self/cgroup` names host
+paths, and `/sys/fs/cgroup` shows the container's own cgroup of each v1 hierarchy
+(Concourse's containerd runtime), the host's whole v2 tree (the same on cgroup v2), or
+nothing at all (Guardian). A dockerd left to that view puts its containers at the host's
+`/docker/<id>`: outside the container's limits, out of reach of the worker's abort, and
+leaked after it. So, unless it already is at the root of a cgroup namespace of its own, the
+put enters a new cgroup namespace rooted at its own cgroup and mounts the cgroup filesystems
+afresh at `/sys/fs/cgroup`: they show that cgroup as their root, whatever the runtime mounted.
+dockerd gets the absolute `--cgroup-parent` CGROUP_PARENT, which then lands below the
+container's own cgroup in every hierarchy; nothing above it is ever written to.
+
+On v2 the own cgroup holds our processes, which forbids enabling controllers for children:
+they move to a leaf (`init`) first, as docker:dind does. On v1 the worker's devices cgroup
+allows a handful of devices (no `/dev/console`), and the inner containers, its children,
+can be given no more: it is widened to every device when its parent allows that.
+
+At teardown, `CgroupPlacement.sweep` kills whatever is still in the cgroups the put caused
+(`cgroup.kill` on v2, every pid in `cgroup.procs` on v1) and removes them; it needs no dockerd.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .mounts import MountError, MountTracker, read_mountinfo, remount_read_write
 
 CGROUP_ROOT = "/sys/fs/cgroup"
+#: dockerd's --cgroup-parent: absolute, so inside our namespace it is below our own cgroup.
+CGROUP_PARENT = "/compose-env"
+#: The v2 leaf our own processes move to (docker:dind's name for it).
+V2_LEAF = "init"
+#: How long the sweep keeps killing before it removes what it can.
+SWEEP_SECONDS = 2.0
+WORKER_HINT = (
+    "a Concourse worker gives a privileged container its own cgroup: use the containerd runtime"
+    " (CONCOURSE_RUNTIME=containerd; cgroup v2 works there) or Guardian on cgroup v1, and do not restrict the worker's own cgroup"
+)
+DEVICES_HINT = (
+    "the worker's devices cgroup does not let this container widen its own: allow the devices on the worker"
+    " (containerd runtime: --containerd-allowed-device / CONCOURSE_CONTAINERD_ALLOWED_DEVICE, e.g. `c 5:1 rwm` for /dev/console),"
+    " or run the worker on cgroup v2, which has no devices cgroup to inherit"
+)
 
 
-@dataclass(frozen=True)
-class CgroupReport:
+class PlacementError(OSError):
+    """The inner containers cannot be placed below our own cgroup."""
+
+
+@dataclass
+class CgroupPlacement:
+    """Where the inner containers go, what was done for it, and how to sweep them out at the end."""
+
     version: int
-    actions: tuple[str, ...]
+    own: str
+    actions: list[str]
+    #: Directories whose new subdirectories are ours to sweep: one per v1 hierarchy, or the v2 root.
+    roots: list[str] = field(default_factory=list)
+    #: Subdirectories each root had before the put (never swept).
+    existing: dict[str, set[str]] = field(default_factory=dict)
+    parent: str = CGROUP_PARENT
+
+    def summary(self) -> str:
+        return f"cgroup v{self.version}: " + "; ".join(self.actions)
+
+    def ours(self) -> list[Path]:
+        """Every cgroup the put caused, deepest first."""
+        found: list[Path] = []
+        for root in self.roots:
+            for name in sorted(set(_subdirectories(root)) - self.existing.get(root, set())):
+                found += [Path(top) for top, _dirs, _files in os.walk(os.path.join(root, name), topdown=False)]
+        return found
+
+    def sweep(self, seconds: float = SWEEP_SECONDS) -> tuple[int, list[str]]:
+        """Kill every process left in our cgroups, then remove them; (processes killed, problems)."""
+        groups = self.ours()
+        if not groups:
+            return 0, []
+        killed: set[int] = set()
+        deadline = time.monotonic() + seconds
+        while True:
+            pids = {pid for group in groups for pid in _procs(group)}
+            if not pids or time.monotonic() > deadline:
+                break
+            killed |= pids
+            _kill_all(groups, pids)
+            time.sleep(0.02)
+        problems = [f"cgroup {group}: still holds {' '.join(sorted(_procs(group)))}" for group in groups if _procs(group)]
+        for group in groups:
+            _remove(group, deadline + 1.0, problems)
+        return len(killed), problems
 
 
-def cgroup_version(root: str = CGROUP_ROOT) -> int:
-    return 2 if os.path.exists(os.path.join(root, "cgroup.controllers")) else 1
+# ---------------------------------------------------------------- reading where we are
 
 
-def in_own_cgroup_namespace(proc_self_cgroup: str = "/proc/self/cgroup") -> bool:
-    """On v2, `0::/` means we are at the root of our own cgroup namespace."""
+def read_own_cgroups(proc_self_cgroup: str = "/proc/self/cgroup") -> dict[str, str]:
+    """controllers (`cpu,cpuacct`, `name=systemd`, `` for v2) → our cgroup's path, as /proc/self/cgroup says."""
+    own = {}
     with open(proc_self_cgroup) as handle:
-        lines = [line.strip() for line in handle if line.strip()]
-    return lines == ["0::/"]
+        for line in handle:
+            if line.count(":") >= 2:
+                _number, controllers, path = line.rstrip("\n").split(":", 2)
+                own[controllers] = path
+    return own
 
 
-def _write(path: Path, text: str) -> None:
-    path.write_text(text)
+def at_namespace_root(own: dict[str, str]) -> bool:
+    """Every path is `/`: we are at the root of a cgroup namespace of our own (or of the host)."""
+    return bool(own) and all(path == "/" for path in own.values())
 
 
-def enable_v2_controllers(root: str, attempts: int = 50, write: Callable[[Path, str], None] = _write) -> list[str]:
+def cgroup_version(root: str = CGROUP_ROOT, own: dict[str, str] | None = None) -> int:
+    """2 when the host runs the unified hierarchy alone (or it is what is mounted), else 1."""
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return 2
+    own = own if own is not None else read_own_cgroups()
+    return 2 if list(own) == [""] else 1
+
+
+def describe_own(own: dict[str, str]) -> str:
+    """Our cgroup as the host names it: one path, or each hierarchy's where they differ."""
+    paths = {path for controllers, path in own.items() if controllers}
+    if not paths:
+        return own.get("", "/")
+    if len(paths) == 1:
+        return paths.pop()
+    common = max(paths, key=lambda p: sum(1 for path in own.values() if path == p))
+    others = [f"{controllers} {path}" for controllers, path in own.items() if controllers and path != common]
+    return f"{common} ({', '.join(others)})"
+
+
+# ---------------------------------------------------------------- placing
+
+
+def place(tracker: MountTracker, root: str = CGROUP_ROOT) -> CgroupPlacement:
+    """Make `CGROUP_PARENT` (absolute, for dockerd) a cgroup below our own in every hierarchy.
+
+    Runs in the main thread before any child is spawned: a namespace entered here is the
+    one every later child (containerd, dockerd, compose) inherits.
+    """
+    own = read_own_cgroups()
+    version = cgroup_version(root, own)
+    placement = CgroupPlacement(version, describe_own(own), [])
+    try:
+        if not at_namespace_root(own):
+            os.unshare(os.CLONE_NEWCGROUP)
+            placement.actions.append(f"own cgroup {placement.own}: entered a cgroup namespace rooted there")
+            if version == 2:
+                tracker.mount("cgroup2", root, "cgroup2")
+                placement.actions.append(f"mounted cgroup2 at {root}, showing that cgroup")
+            else:
+                _mount_v1(root, tracker, placement.actions)
+        else:
+            placement.actions.append("already at the root of our own cgroup namespace")
+            _ensure_mounted(root, version, tracker, placement.actions)
+        if version == 2:
+            placement.actions += enable_v2_controllers(root)
+            placement.roots = [root]
+        else:
+            placement.actions.append(widen_devices(os.path.join(root, "devices")))
+            placement.roots = _v1_hierarchy_dirs(root)
+    except (OSError, MountError) as error:
+        raise PlacementError(error.errno or errno.EPERM, f"cannot place the inner containers below this container's cgroup {placement.own}: {error}") from error
+    placement.existing = {r: set(_subdirectories(r)) for r in placement.roots}  # the v2 leaf included
+    placement.actions.append(f"inner containers go to {CGROUP_PARENT} below it")
+    return placement
+
+
+def _ensure_mounted(root: str, version: int, tracker: MountTracker, actions: list[str]) -> None:
+    """Our own namespace already: mount what is missing, make what is read-only writable."""
+    if version == 2:
+        info = next((m for m in read_mountinfo() if m.mount_point == root), None)
+        if info is None:
+            tracker.mount("cgroup2", root, "cgroup2")
+            actions.append(f"mounted cgroup2 at {root}")
+        elif "ro" in info.options:
+            remount_read_write(root)
+            actions.append(f"remounted {root} read-write")
+        return
+    mounted = {m.mount_point: m for m in read_mountinfo() if m.mount_point == root or m.mount_point.startswith(root + "/")}
+    if root not in mounted or any(m.fstype == "cgroup" and "ro" in m.options for m in mounted.values()):
+        _mount_v1(root, tracker, actions)
+
+
+def _mount_v1(root: str, tracker: MountTracker, actions: list[str]) -> None:
+    """A tmpfs at `root` with every v1 hierarchy the host has mounted below it (co-mounted ones together)."""
+    tracker.mount("cgroup", root, "tmpfs", 0, "mode=0755")
+    mounted = []
+    for grouping in v1_groupings():
+        name = "systemd" if grouping == "name=systemd" else grouping
+        target = os.path.join(root, name)
+        try:
+            tracker.mount("cgroup", target, "cgroup", 0, grouping)
+        except MountError as error:
+            actions.append(f"could not mount {grouping} ({error.strerror})")
+            continue
+        mounted.append(name)
+        for alias in grouping.split(","):
+            link = os.path.join(root, alias)
+            if alias != name and not alias.startswith("name=") and not os.path.lexists(link):
+                os.symlink(name, link)
+    if not os.path.exists(os.path.join(root, "systemd")):
+        tracker.mount("cgroup", os.path.join(root, "systemd"), "cgroup", 0, "none,name=systemd")
+        mounted.append("systemd")
+    actions.append(f"mounted a tmpfs at {root} and {len(mounted)} hierarchies below it ({' '.join(mounted)})")
+
+
+def v1_groupings(proc_cgroups: str = "/proc/cgroups", proc_self_cgroup: str = "/proc/self/cgroup") -> list[str]:
+    """Mount option sets of the v1 hierarchies the host has (co-mounted ones together: `cpu,cpuacct`)."""
+    joined = [controllers for controllers in read_own_cgroups(proc_self_cgroup) if controllers]
+    groupings: list[str] = []
+    with open(proc_cgroups) as handle:
+        for line in handle:
+            if line.startswith("#"):
+                continue
+            name, hierarchy, _count, enabled = line.split()
+            if enabled != "1" or hierarchy == "0":
+                continue  # disabled, or bound to the unified hierarchy
+            grouping = next((g for g in joined if name in g.split(",")), name)
+            if grouping not in groupings:
+                groupings.append(grouping)
+    groupings += [g for g in joined if g.startswith("name=") and g not in groupings]
+    return groupings
+
+
+def _v1_hierarchy_dirs(root: str) -> list[str]:
+    return sorted({m.mount_point for m in read_mountinfo() if m.fstype == "cgroup" and m.mount_point.startswith(root + "/")})
+
+
+def widen_devices(devices: str, write: Callable[[Path, str], None] | None = None) -> str:
+    """Let our devices cgroup (and so the inner containers) use every device, when its parent allows it."""
+    write = write or _write
+    base = Path(devices)
+    listed = (base / "devices.list").read_text().split("\n") if (base / "devices.list").exists() else []
+    if "a *:* rwm" in listed:
+        return "devices: every device allowed already"
+    rules = len([rule for rule in listed if rule.strip()])
+    for attempt in (["a"], ["c *:* rwm", "b *:* rwm"]):
+        try:
+            for rule in attempt:
+                write(base / "devices.allow", rule)
+            return f"devices: widened to every device (the worker allowed {rules} rule{'s' if rules != 1 else ''}; its parent allows all)"
+        except OSError:
+            continue
+    kept = f"{rules} rule{'s' if rules != 1 else ''}"
+    return f"devices: could not be widened, the worker's {kept} stay (containers needing other devices, e.g. /dev/console, will fail)"
+
+
+def enable_v2_controllers(root: str, attempts: int = 50, write: Callable[[Path, str], None] | None = None) -> list[str]:
     """The nesting dance of docker:dind: move our processes to `init`, then enable controllers.
 
-    Only for the root of our own cgroup namespace, never for a host's root cgroup.
-    Writing subtree_control fails with EBUSY while processes sit in the cgroup, and new
-    processes may appear between the move and the write, so retry.
+    Only at the root of our own cgroup namespace: there `root` is our own cgroup, never the
+    host's root. Writing subtree_control fails with EBUSY while processes sit in the cgroup,
+    and new processes may appear between the move and the write, so retry.
     """
+    write = write or _write
     base = Path(root)
-    init = base / "init"
+    init = base / V2_LEAF
     init.mkdir(exist_ok=True)
     controllers = (base / "cgroup.controllers").read_text().split()
     wanted = " ".join(f"+{c}" for c in controllers)
@@ -71,94 +287,52 @@ def enable_v2_controllers(root: str, attempts: int = 50, write: Callable[[Path, 
     raise OSError(errno.EBUSY, f"{base}/cgroup.subtree_control stayed busy after {attempts} attempts")
 
 
-def _mounted_v1_hierarchies(root: str) -> dict[str, tuple[str, bool]]:
-    """subsystem/name → (mount point, read-only) for the v1 hierarchies mounted below `root`."""
-    found: dict[str, tuple[str, bool]] = {}
-    for info in read_mountinfo():
-        if info.fstype == "cgroup" and info.mount_point.startswith(root + "/"):
-            found[os.path.basename(info.mount_point)] = (info.mount_point, "ro" in info.options)
-    return found
+# ---------------------------------------------------------------- sweeping
 
 
-def _v1_groupings(proc_cgroups: str = "/proc/cgroups", proc_self_cgroup: str = "/proc/self/cgroup") -> list[str]:
-    """Mount option sets for the enabled v1 subsystems, co-mounted ones together (`cpu,cpuacct`)."""
-    with open(proc_self_cgroup) as handle:
-        joined = [line.split(":")[1] for line in handle if line.count(":") >= 2 and line.split(":")[1]]
-    groupings: list[str] = []
-    with open(proc_cgroups) as handle:
-        for line in handle:
-            if line.startswith("#"):
-                continue
-            name, _hierarchy, _count, enabled = line.split()
-            if enabled != "1":
-                continue
-            grouping = next((g for g in joined if name in g.split(",")), name)
-            if grouping not in groupings:
-                groupings.append(grouping)
-    return groupings
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
 
 
-def prepare_v1(root: str, tracker: MountTracker) -> list[str]:
-    """Read-write cgroup tree with every enabled hierarchy, as docker-image-resource does."""
-    actions = []
-    root_info = next((m for m in read_mountinfo() if m.mount_point == root), None)
-    if root_info is None:
-        tracker.mount("cgroup", root, "tmpfs", 0, "mode=0755")
-        actions.append(f"mounted a tmpfs at {root}")
-    elif "ro" in root_info.options:
-        remount_read_write(root)
-        actions.append(f"remounted {root} read-write")
-    mounted = _mounted_v1_hierarchies(root)
-    for point, read_only in mounted.values():
-        if read_only:
-            remount_read_write(point)
-            actions.append(f"remounted {os.path.basename(point)} read-write")
-    for grouping in _v1_groupings():
-        name = grouping.removeprefix("name=")
-        target = os.path.join(root, name)
-        if name in mounted:
-            continue
-        tracker.mount("cgroup", target, "cgroup", 0, grouping)
-        actions.append(f"mounted {grouping} at {target}")
-        for alias in grouping.split(","):
-            link = os.path.join(root, alias)
-            if alias != name and not os.path.exists(link):
-                os.symlink(target, link)
-    systemd = os.path.join(root, "systemd")
-    if not os.path.exists(systemd):
-        tracker.mount("cgroup", systemd, "cgroup", 0, "none,name=systemd")
-        actions.append(f"mounted name=systemd at {systemd}")
-    return actions
-
-
-def prepare_v2(root: str, proc_self_cgroup: str = "/proc/self/cgroup", mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """Writable cgroup2 root, and the nesting dance when (and only when) we own the namespace."""
-    actions = []
-    info = next((m for m in read_mountinfo(mountinfo) if m.mount_point == root), None)
-    if info is not None and "ro" in info.options:
-        remount_read_write(root)
-        actions.append(f"remounted {root} read-write")
-    if in_own_cgroup_namespace(proc_self_cgroup):
-        actions += enable_v2_controllers(root)
-    else:
-        actions.append("not at the root of our own cgroup namespace: left the (host's) cgroup tree as it is")
-    return actions
-
-
-def unified_only(proc_self_cgroup: str = "/proc/self/cgroup") -> bool:
-    """A cgroup v2-only host: our /proc/self/cgroup has the single `0::` line."""
-    with open(proc_self_cgroup) as handle:
-        lines = [line.strip() for line in handle if line.strip()]
-    return len(lines) == 1 and lines[0].startswith("0::")
-
-
-def prepare(tracker: MountTracker, root: str = CGROUP_ROOT) -> CgroupReport:
+def _subdirectories(root: str) -> list[str]:
     try:
-        if cgroup_version(root) == 2:
-            return CgroupReport(2, tuple(prepare_v2(root)))
-        if unified_only() and not any(m.mount_point == root for m in read_mountinfo()):
-            tracker.mount("cgroup", root, "cgroup2")
-            return CgroupReport(2, (f"mounted cgroup2 at {root}", *prepare_v2(root)))
-        return CgroupReport(1, tuple(prepare_v1(root, tracker)))
-    except (OSError, MountError) as error:
-        raise OSError(error.errno, f"preparing cgroups: {error}") from error
+        return [entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+
+
+def _procs(group: Path) -> list[str]:
+    try:
+        return (group / "cgroup.procs").read_text().split()
+    except OSError:
+        return []
+
+
+def _kill_all(groups: list[Path], pids: set[int | str]) -> None:
+    """cgroup.kill where the kernel has it (v2, 5.14+); thaw frozen groups; SIGKILL each pid."""
+    for group in groups:
+        with contextlib.suppress(OSError):
+            if (group / "cgroup.kill").exists():
+                (group / "cgroup.kill").write_text("1")
+            elif (group / "cgroup.freeze").exists():
+                (group / "cgroup.freeze").write_text("0")
+            elif (group / "freezer.state").exists():
+                (group / "freezer.state").write_text("THAWED")
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def _remove(group: Path, deadline: float, problems: list[str]) -> None:
+    """rmdir, retried briefly: a cgroup stays busy for a moment after its last process died."""
+    while True:
+        try:
+            group.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if error.errno != errno.EBUSY or time.monotonic() > deadline:
+                problems.append(f"cgroup {group} not removed: {error.strerror}")
+                return
+            time.sleep(0.01)

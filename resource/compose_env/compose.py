@@ -33,6 +33,7 @@ from .console import Console
 from .daemon import die_with_parent
 from .errors import UserError
 from .report import RunResult, ServiceState
+from .start_failures import diagnose_start_failure
 
 TIMED_OUT_EXIT_CODE = 124
 #: Compose has ended but its output still arrives: wait as long as lines keep coming this often.
@@ -340,6 +341,8 @@ class ComposeProject:
         self._streamed: dict[tuple[str, bool], int] = {}
         #: host ports compose could not publish, seen in its output
         self._ports_taken: set[str] = set()
+        #: Diagnoses of containers the worker's container kept from starting, in order (a dict as an ordered set).
+        self._start_failures: dict[str, None] = {}
 
     # -- argv and environment
 
@@ -519,7 +522,8 @@ class ComposeProject:
             states = sorted([*states, ServiceState(shape.run_service, "exited", exit_code)], key=lambda s: (s.name, s.container))
         status = "timed_out" if timed_out else "passed" if exit_code == 0 else "failed"
         self.collect_logs(client)
-        return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing_services(shape, exit_code, states, timed_out))
+        failing = failing_services(shape, exit_code, states, timed_out)
+        return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing, list(self._start_failures) if exit_code else [])
 
     def kill(self) -> None:
         """Stop the compose process now (timeout or abort); the containers go at teardown."""
@@ -571,6 +575,8 @@ class ComposeProject:
         """File one line of compose's output under its service (and note a port compose could not publish)."""
         if not is_stdout and (taken := PORT_TAKEN.search(line)):
             self._ports_taken.add(taken.group("bind") or taken.group("listen"))
+        if not is_stdout and (diagnosis := diagnose_start_failure(line)):
+            self._start_failures[diagnosis] = None
         if shape.run_service:
             if is_stdout or not COMPOSE_OWN_LINE.match(line):
                 self.logs.append(shape.run_service, line)
@@ -663,6 +669,9 @@ class ComposeProject:
                 f"error: host port {port} is published twice or already taken on the worker (services {publishers}): "
                 "change or remove one of the published ports in the compose file"
             )
+        if not self.params.fail_on_error:  # else the put's last line says it
+            for diagnosis in result.diagnoses:
+                self.console.error(f"diagnosis: {diagnosis}")
 
     def down(self, grace: int) -> str:
         """`down --volumes --remove-orphans` with a short stop timeout; returns a problem description, or ''."""

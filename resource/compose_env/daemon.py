@@ -155,7 +155,7 @@ def tail_file(path: str, lines: int = 25) -> str:
 #: that the usual info lines mentioning cgroups or iptables do not produce false hints.
 DIAGNOSES = (
     (("operation not permitted", "permission denied", "read-only file system"), f"a permission was refused: {NOT_PRIVILEGED_HINT}"),
-    (("cgroup",), "cgroups: the container's cgroup tree is not usable; check the worker's cgroup setup (v1/v2)"),
+    (("cgroup",), f"cgroups: the container's cgroup tree is not usable: {cgroups.WORKER_HINT}"),
     (("iptables", "nf_tables", "xtables", "ip_tables"), "iptables: set source.dockerd.iptables to legacy (or nft); `off` runs without NAT"),
     (
         ("overlay", "storage-driver", "storage driver", "graphdriver", "driver not supported", "fuse"),
@@ -227,6 +227,8 @@ class InnerDaemon:
         self._placement: storage.Placement | None = None
         self._driver = self._iptables = ""
         self._mtu_value: int | None = None
+        #: Set by prepare(): where the inner containers' cgroups go, and how to sweep them out.
+        self.cgroups: cgroups.CgroupPlacement | None = None
 
     # -- start
 
@@ -245,15 +247,16 @@ class InnerDaemon:
         for directory in (RUN_DIR, self.log_dir, os.path.dirname(CONTAINERD_SOCKET)):
             os.makedirs(directory, exist_ok=True)
         self._remove_stale_files()
+        # Before any child: the cgroup namespace entered here is the one they all inherit.
+        try:
+            self.cgroups = cgroups.place(self.mounts)
+        except OSError as error:
+            raise RuntimeFailure(str(error), cgroups.WORKER_HINT) from None
+        self.console.info(self.cgroups.summary())
         # containerd boots in 0.1-0.3 s and needs none of what follows: start it now.
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
         self._containerd = self._spawn("containerd", self.containerd_argv(), self._base_env)
 
-        try:
-            report = cgroups.prepare(self.mounts)
-        except OSError as error:
-            raise RuntimeFailure(f"cannot prepare cgroups for the inner daemon: {error}", NOT_PRIVILEGED_HINT) from None
-        self.console.info(f"cgroup v{report.version}: " + ("; ".join(report.actions) or "ready as they are"))
         for action in prepare_kernel_interfaces(self.mounts):
             self.console.info(action)
         placement = storage.choose_placement(self.options.data_root_medium, self.data_root, images_bytes)
@@ -367,6 +370,8 @@ class InnerDaemon:
             f"--storage-driver={driver}",
             "--shutdown-timeout=1",
         ]
+        if not any(arg.split("=", 1)[0] == "--cgroup-parent" for arg in self.options.args):
+            argv.append(f"--cgroup-parent={cgroups.CGROUP_PARENT}")
         if mtu:
             argv += [f"--mtu={mtu}", f"--default-network-opt=bridge=com.docker.network.driver.mtu={mtu}"]
         if iptables == "off":
@@ -446,6 +451,10 @@ class InnerDaemon:
         killed = self._kill_strays()
         if killed:
             lap(f"{killed} stray process{'es' if killed > 1 else ''}")
+        if self.cgroups is not None:
+            swept, cgroup_problems = self.cgroups.sweep()
+            problems += cgroup_problems
+            lap(f"cgroups ({swept} process{'es' if swept != 1 else ''} left in them)" if swept else "cgroups")
         undone = len(self.mounts.made)
         problems += self.mounts.undo(also_below=(self.data_root, RUN_DIR))
         lap(f"{undone} mount{'s' if undone != 1 else ''}")

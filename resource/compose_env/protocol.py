@@ -110,10 +110,10 @@ def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
             "  hint: raise params.timeout, or see in the logs above what kept it from finishing"
         )
     failing = f" (failing: {', '.join(result.failing_services)})" if result.failing_services else ""
-    return (
-        f"error: the put fails: {command} exited with code {result.exit_code}{failing}\n"
-        "  hint: its output and the failing services' logs are above; set params.fail_on_error: false to report the exit code instead of failing"
-    )
+    text = f"error: the put fails: {command} exited with code {result.exit_code}{failing}\n"
+    if result.diagnoses:
+        return text + "\n".join(f"  diagnosis: {diagnosis}" for diagnosis in result.diagnoses)
+    return text + "  hint: its output and the failing services' logs are above; set params.fail_on_error: false to report the exit code instead of failing"
 
 
 def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:

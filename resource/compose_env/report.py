@@ -63,6 +63,8 @@ class RunResult:
     services: list[ServiceState] = field(default_factory=list)
     logs: dict[str, list[str]] = field(default_factory=dict)
     failing_services: list[str] = field(default_factory=list)
+    #: Why containers could not start, when the worker's container is the cause (start_failures.py).
+    diagnoses: list[str] = field(default_factory=list)
 
 
 def new_run_id(build_id: str = "") -> str:

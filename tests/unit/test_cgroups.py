@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -74,54 +75,95 @@ def test_v2_gives_up_when_always_busy(tmp_path: Path) -> None:
         cgroups.enable_v2_controllers(str(root), attempts=3, write=write)
 
 
-def test_v2_outside_our_own_namespace_never_writes_to_the_cgroup_tree(tmp_path: Path) -> None:
-    root = fake_v2_root(tmp_path)
-    before = {p.name: p.read_text() for p in root.iterdir()}
-    self_cgroup = fake_file(tmp_path, "self-cgroup", "0::/system.slice/docker-0123.scope\n")
-
-    actions = cgroups.prepare_v2(str(root), self_cgroup, fake_mountinfo(tmp_path, root, "rw"))
-
-    assert not (root / "init").exists()
-    assert {p.name: p.read_text() for p in root.iterdir()} == before
-    assert "left the (host's) cgroup tree as it is" in actions[0]
-
-
-def test_v2_at_the_root_of_our_namespace_does_the_dance(tmp_path: Path) -> None:
-    root = fake_v2_root(tmp_path)
-    self_cgroup = fake_file(tmp_path, "self-cgroup", "0::/\n")
-
-    actions = cgroups.prepare_v2(str(root), self_cgroup, fake_mountinfo(tmp_path, root, "rw"))
-
-    assert (root / "init" / "cgroup.procs").exists()
-    assert (root / "cgroup.subtree_control").read_text() == "+cpuset +cpu +io +memory +pids"
-    assert any(a.startswith("enabled controllers") for a in actions)
-
-
 @pytest.mark.parametrize(
     ("content", "own"),
-    [("0::/\n", True), ("0::/init\n", False), ("0::/system.slice/x.scope\n", False), ("12:memory:/\n0::/\n", False)],
+    [
+        ("0::/\n", True),
+        ("12:memory:/\n1:name=systemd:/\n0::/\n", True),
+        ("0::/init\n", False),
+        ("0::/system.slice/x.scope\n", False),
+        ("12:memory:/process_api/7\n5:devices:/\n0::/\n", False),
+    ],
 )
-def test_own_namespace_means_exactly_0_colon_colon_slash(tmp_path: Path, content: str, own: bool) -> None:
-    assert cgroups.in_own_cgroup_namespace(fake_file(tmp_path, "c", content)) is own
+def test_own_namespace_root_means_every_path_is_slash(tmp_path: Path, content: str, own: bool) -> None:
+    assert cgroups.at_namespace_root(cgroups.read_own_cgroups(fake_file(tmp_path, "c", content))) is own
 
 
-def test_version_is_2_when_the_root_has_cgroup_controllers(tmp_path: Path) -> None:
-    assert cgroups.cgroup_version(str(fake_v2_root(tmp_path))) == 2
-    assert cgroups.cgroup_version(str(tmp_path)) == 1
+def test_version_is_2_when_the_root_has_cgroup_controllers_or_the_host_has_only_the_unified_hierarchy(tmp_path: Path) -> None:
+    assert cgroups.cgroup_version(str(fake_v2_root(tmp_path)), {}) == 2
+    assert cgroups.cgroup_version(str(tmp_path / "none"), {"": "/"}) == 2
+    assert cgroups.cgroup_version(str(tmp_path / "none"), {"memory": "/", "": "/"}) == 1
 
 
-def test_v1_groupings_keep_co_mounted_controllers_together(tmp_path: Path) -> None:
+def test_own_cgroup_is_described_once_with_the_hierarchies_that_differ() -> None:
+    own = {"cpu": "/ce-1", "devices": "/ce-1", "memory": "/process_api/7/ce-1", "": "/"}
+    assert cgroups.describe_own(own) == "/ce-1 (memory /process_api/7/ce-1)"
+    assert cgroups.describe_own({"": "/system.slice/x"}) == "/system.slice/x"
+
+
+def test_v1_groupings_keep_co_mounted_controllers_together_and_skip_unmounted_ones(tmp_path: Path) -> None:
     proc_cgroups = fake_file(
         tmp_path,
         "cgroups",
         "#subsys_name\thierarchy\tnum_cgroups\tenabled\n"
-        "cpuset\t3\t1\t1\ncpu\t4\t1\t1\ncpuacct\t4\t1\t1\nmemory\t5\t1\t1\nnet_cls\t6\t1\t1\nnet_prio\t6\t1\t1\nrdma\t0\t1\t0\n",
+        "cpuset\t3\t1\t1\ncpu\t4\t1\t1\ncpuacct\t4\t1\t1\nmemory\t5\t1\t1\nnet_cls\t6\t1\t1\nnet_prio\t6\t1\t1\nrdma\t0\t1\t0\nmisc\t0\t1\t1\n",
     )
-    self_cgroup = fake_file(tmp_path, "self", "6:net_cls,net_prio:/\n5:memory:/\n4:cpu,cpuacct:/\n3:cpuset:/\n1:name=systemd:/\n")
+    self_cgroup = fake_file(tmp_path, "self", "6:net_cls,net_prio:/\n5:memory:/\n4:cpu,cpuacct:/\n3:cpuset:/\n1:name=systemd:/\n0::/\n")
 
-    assert cgroups._v1_groupings(proc_cgroups, self_cgroup) == ["cpuset", "cpu,cpuacct", "memory", "net_cls,net_prio"]
+    assert cgroups.v1_groupings(proc_cgroups, self_cgroup) == ["cpuset", "cpu,cpuacct", "memory", "net_cls,net_prio", "name=systemd"]
 
 
-def test_unified_only_host_is_recognised(tmp_path: Path) -> None:
-    assert cgroups.unified_only(fake_file(tmp_path, "a", "0::/\n"))
-    assert not cgroups.unified_only(fake_file(tmp_path, "b", "1:name=systemd:/\n0::/\n"))
+def fake_devices(tmp_path: Path, listed: str) -> Path:
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    (devices / "devices.list").write_text(listed)
+    return devices
+
+
+def test_devices_are_widened_with_a_when_the_parent_allows_it(tmp_path: Path) -> None:
+    devices = fake_devices(tmp_path, "c 1:3 rwm\nc 10:229 rwm\n")
+    writes: list[str] = []
+
+    action = cgroups.widen_devices(str(devices), write=lambda _path, rule: writes.append(rule))
+
+    assert writes == ["a"]
+    assert action == "devices: widened to every device (the worker allowed 2 rules; its parent allows all)"
+
+
+def test_devices_fall_back_to_wildcard_rules_then_say_what_stays(tmp_path: Path) -> None:
+    devices = fake_devices(tmp_path, "c 1:3 rwm\n")
+    writes: list[str] = []
+
+    def refuse_a(_path: Path, rule: str) -> None:
+        if rule == "a":
+            raise OSError(errno.EINVAL, "Invalid argument")
+        writes.append(rule)
+
+    assert cgroups.widen_devices(str(devices), write=refuse_a).startswith("devices: widened")
+    assert writes == ["c *:* rwm", "b *:* rwm"]
+
+    def refuse(_path: Path, _rule: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    assert "could not be widened, the worker's 1 rule stay" in cgroups.widen_devices(str(devices), write=refuse)
+
+
+def test_devices_that_allow_everything_are_left_alone(tmp_path: Path) -> None:
+    devices = fake_devices(tmp_path, "a *:* rwm\n")
+    assert cgroups.widen_devices(str(devices), write=lambda *_: pytest.fail("wrote")) == "devices: every device allowed already"
+
+
+def test_sweep_removes_only_the_cgroups_the_put_caused_deepest_first(tmp_path: Path) -> None:
+    root = tmp_path / "memory"
+    for name in ("already-there", "compose-env/abc/sub", "compose-env/def", "buildkit"):
+        (root / name).mkdir(parents=True)
+    placement = cgroups.CgroupPlacement(1, "/ce-1", [], roots=[str(root)], existing={str(root): {"already-there"}})
+
+    ours = placement.ours()
+    killed, problems = placement.sweep(seconds=0.1)
+
+    names = [str(p.relative_to(root)) for p in ours]
+    assert sorted(names) == ["buildkit", "compose-env", "compose-env/abc", "compose-env/abc/sub", "compose-env/def"]
+    assert all(names.index(name) < names.index(os.path.dirname(name)) for name in names if "/" in name)
+    assert (killed, problems) == (0, [])
+    assert sorted(p.name for p in root.iterdir()) == ["already-there"]
