@@ -26,13 +26,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker_container import WorkerContainer
+from worker_container import WorkerContainer, cgroup_dir_of
 
 PUT_DIR = "/tmp/build/put"
 RUNTIMES = ("docker", "concourse", "guardian")
@@ -123,9 +123,14 @@ class ResourceContainer:
         stdin: str | None = None,
         sigterm_after: float | None = None,
         sigterm_when: str | None = None,
+        at_line: Mapping[str, Callable[[], None]] = {},
         timeout: float = 900,
     ) -> RunOutcome:
-        """Run a script; SIGTERM it (as this runtime's abort does) after a delay or once its log shows a line."""
+        """Run a script; SIGTERM it (as this runtime's abort does) after a delay or once its log shows a line.
+
+        `at_line` calls each function once, the first time its text shows in the log (before a
+        `sigterm_when` on the same line signals).
+        """
         pid_file = f"/tmp/harness-exec-{uuid.uuid4().hex[:8]}.pid"
         command = self.exec_argv(argv, env, workdir or self.default_workdir, pid_file)
         started = time.monotonic()
@@ -141,11 +146,14 @@ class ResourceContainer:
             self.abort(argv[0], pid_file, process)
 
         stderr_lines: list[str] = []
+        waiting = dict(at_line)
 
         def read_stderr() -> None:
             assert process.stderr is not None
             for line in process.stderr:
                 stderr_lines.append(line)
+                for text in [text for text in waiting if text in line]:
+                    waiting.pop(text)()
                 if sigterm_when is not None and sigterm_when in line:
                     abort_once()
 
@@ -179,6 +187,10 @@ class ResourceContainer:
         raise NotImplementedError
 
     def probe(self, code: str) -> list[str]:
+        raise NotImplementedError
+
+    def host_cgroup(self) -> Path:
+        """The container's cgroup as the host sees it (v2, or the pids hierarchy on v1)."""
         raise NotImplementedError
 
     def take_baseline(self) -> None:
@@ -240,6 +252,10 @@ class Container(ResourceContainer):
         result = subprocess.run([self.docker, "exec", self.name, "python3", "-c", code], capture_output=True, text=True)
         return [line for line in result.stdout.splitlines() if line.strip()]
 
+    def host_cgroup(self) -> Path:
+        pid = subprocess.run([self.docker, "inspect", "-f", "{{.State.Pid}}", self.name], capture_output=True, text=True, check=True).stdout
+        return cgroup_dir_of(int(pid))
+
     def remove(self) -> None:
         subprocess.run([self.docker, "rm", "-f", "-v", self.name], capture_output=True)
 
@@ -262,6 +278,9 @@ class WorkerRuntimeContainer(ResourceContainer):
 
     def probe(self, code: str) -> list[str]:
         return self.worker.probe(code)
+
+    def host_cgroup(self) -> Path:
+        return self.worker.cgroup_dir()
 
     def remove(self) -> None:
         self.worker.remove()

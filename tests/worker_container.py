@@ -259,13 +259,7 @@ class WorkerContainer:
 
     def cgroup_dir(self) -> Path:
         """The container's cgroup (v2), or its pids cgroup (v1), as the host sees it."""
-        for line in Path(f"/proc/{self.init_pid}/cgroup").read_text().splitlines():
-            number, controllers, path = line.split(":", 2)
-            if cgroup_v2() and number == "0":
-                return CGROUP_ROOT / path.lstrip("/")
-            if "pids" in controllers.split(","):
-                return CGROUP_ROOT / "pids" / path.lstrip("/")
-        raise RuntimeError("the container's cgroup was not found")
+        return cgroup_dir_of(self.init_pid)
 
     def cgroup_pids(self) -> list[int]:
         """Every process in the container's cgroup and below it, but its init."""
@@ -299,6 +293,39 @@ class WorkerContainer:
                     (hierarchy / self._strict_parent).rmdir()
         shutil.rmtree(self.bundle, ignore_errors=True)
         self.host_leftovers = new_on_host(self._before, self.docker)
+
+
+def cgroup_dir_of(pid: int) -> Path:
+    """A process's cgroup (v2), or its pids cgroup (v1), as the host sees it."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        number, controllers, path = line.split(":", 2)
+        if cgroup_v2() and number == "0":
+            return CGROUP_ROOT / path.lstrip("/")
+        if "pids" in controllers.split(","):
+            return CGROUP_ROOT / "pids" / path.lstrip("/")
+    raise RuntimeError(f"no cgroup found for process {pid}")
+
+
+def processes_below(cgroup: Path, cmdline: str) -> dict[int, Path]:
+    """The host's processes running exactly `cmdline` whose cgroup is `cgroup` or below it, with their cgroups."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError, RuntimeError):
+            if Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip() == cmdline:
+                where = cgroup_dir_of(int(entry))
+                if where == cgroup or cgroup in where.parents:
+                    found[int(entry)] = where
+    return found
+
+
+def wait_for_processes_below(cgroup: Path, cmdline: str, seconds: float = 5) -> dict[int, Path]:
+    """processes_below, asked again until one shows (a service prints before it execs) or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while not (found := processes_below(cgroup, cmdline)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
 
 
 def _read_pid(pid_file: str) -> int | None:

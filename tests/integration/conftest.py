@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import RUNTIMES
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "compose-env:dev")
@@ -52,3 +53,9 @@ def put_dir(tmp_path: Path, example_images: Path) -> Iterator[Path]:
     target = tmp_path / "put"
     shutil.copytree(example_images, target, copy_function=os.link)
     yield target
+
+
+@pytest.fixture(params=RUNTIMES)
+def runtime(request: pytest.FixtureRequest) -> str:
+    """Each way the resource container is made: docker --privileged, Concourse's containerd runtime, Guardian."""
+    return str(request.param)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import DEFAULT_BUILD_ENV, PUT_DIR, Container, run_script
+from harness import DEFAULT_BUILD_ENV, PUT_DIR, Container, open_container, run_script
 from image_fixtures import docker_save_tarball, random_image
+from worker_container import wait_for_processes_below
 
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
 COMPOSE_FILE = f"""\
@@ -143,8 +144,8 @@ def test_a_daemon_that_dies_at_start_fails_with_its_log_tail_and_a_diagnosis(ima
     assert outcome.leftovers == []
 
 
-def test_sigterm_during_a_run_exits_143_within_5_seconds_with_nothing_left(image: str, daemon_put_dir: Path) -> None:
-    outcome = run_script(image, "out", request(["up", "sleeper"]), put_dir=str(daemon_put_dir), sigterm_after=12)
+def test_sigterm_during_a_run_exits_143_within_5_seconds_with_nothing_left(image: str, daemon_put_dir: Path, runtime: str) -> None:
+    outcome = run_script(image, "out", request(["up", "sleeper"]), put_dir=str(daemon_put_dir), sigterm_when="sleeper-up", runtime=runtime)
 
     assert "sleeper-up" in outcome.stderr, "the signal should arrive while the service runs: " + outcome.stderr[-2000:]
     assert outcome.exit_code == 143, outcome.stderr[-3000:]
@@ -153,7 +154,7 @@ def test_sigterm_during_a_run_exits_143_within_5_seconds_with_nothing_left(image
     assert "aborted (SIGTERM): tearing down" in outcome.stderr and "inner daemon stopped:" in outcome.stderr
 
 
-def test_sigterm_while_starting_or_loading_also_cleans_up(image: str, daemon_put_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_while_starting_or_loading_also_cleans_up(image: str, daemon_put_dir: Path, tmp_path: Path, runtime: str) -> None:
     # 1 GiB more to load, so that loading lasts past the signal whichever way the images go in.
     put = tmp_path / "put"
     subprocess.run(["cp", "-a", str(daemon_put_dir), str(put)], check=True)
@@ -161,12 +162,33 @@ def test_sigterm_while_starting_or_loading_also_cleans_up(image: str, daemon_put
     params = request(["run", "--rm", "probe"])
     params["params"]["images"].append("big.tar")
 
-    outcome = run_script(image, "out", params, put_dir=str(put), sigterm_after=1.2)
+    outcome = run_script(image, "out", params, put_dir=str(put), sigterm_when="==> Loading", runtime=runtime)
 
     assert outcome.exit_code == 143, outcome.stderr[-3000:]
     assert outcome.signal_to_exit is not None and outcome.signal_to_exit <= 5, outcome.signal_to_exit
     assert "Running docker compose" not in outcome.stderr
     assert outcome.leftovers == []
+
+
+def test_services_run_inside_the_resource_containers_own_cgroup(image: str, daemon_put_dir: Path, runtime: str) -> None:
+    """Within the container's limits and in reach of the worker's abort: never at the host's /docker/<id>."""
+    placed: dict[int, Path] = {}
+    with open_container(image, [(str(daemon_put_dir), PUT_DIR, True)], runtime=runtime) as container:
+        own = container.host_cgroup()
+        outcome = container.exec(
+            ["/opt/resource/out", PUT_DIR],
+            env=DEFAULT_BUILD_ENV,
+            stdin=json.dumps(request(["up", "sleeper"])),
+            at_line={"sleeper-up": lambda: placed.update(wait_for_processes_below(own, "sleep 300"))},
+            sigterm_when="sleeper-up",
+        )
+
+    assert outcome.exit_code == 143, outcome.stderr[-3000:]
+    assert len(placed) == 1, f"the service's process is not below the container's cgroup {own}: {outcome.stderr[-2000:]}"
+    (where,) = placed.values()
+    assert f"/{'/'.join(where.relative_to(own).parts[:1])}" == "/compose-env", where
+    print(f"{runtime}: container at {own}, its service at {where}")
+    assert outcome.leftovers == [] and container.host_leftovers == []
 
 
 @pytest.fixture

@@ -100,10 +100,10 @@ def shapes_put(work: Path) -> tuple[Path, list]:
     return put, images
 
 
-def test_every_shape_loads_and_runs_under_the_names_compose_uses(image: str, shapes_put: tuple[Path, list]) -> None:
+def test_every_shape_loads_and_runs_under_the_names_compose_uses(image: str, shapes_put: tuple[Path, list], runtime: str) -> None:
     put, images = shapes_put
 
-    outcome = run_script(image, "out", _put(put, images), put_dir=str(put))
+    outcome = run_script(image, "out", _put(put, images), put_dir=str(put), runtime=runtime)
 
     assert outcome.exit_code == 0, outcome.stderr
     for service, (name, marker, uid, greeting) in EXPECTED.items():
@@ -205,15 +205,18 @@ def test_an_invalid_tag_names_the_parameter(image: str, work: Path) -> None:
     assert "params.images[0].tag[1]: 'Bad Name!' is not a valid image reference" in outcome.stderr
 
 
-def test_an_abort_during_loading_stops_in_flight_uploads_within_the_grace(image: str, work: Path) -> None:
-    put = work / "abort-put"
+def test_an_abort_during_loading_stops_in_flight_uploads_within_the_grace(image: str, work: Path, runtime: str) -> None:
+    put = work / f"abort-put-{runtime}"
     for name in ("one", "two", "three"):
         docker_save_tarball(random_image(work / f"random-{name}", [256 << 20] * 2), put / f"{name}.tar", [f"example/{name}:ci"])
     _compose_file(put, {"one": "example/one:ci"})
+    request = _put(put, ["one.tar", "two.tar", "three.tar"])
+    request["source"] = {"dockerd": {"direct_load": False}}  # the uploads into docker load are what is aborted
 
-    outcome = run_script(image, "out", _put(put, ["one.tar", "two.tar", "three.tar"]), put_dir=str(put), sigterm_after=2.0)
+    outcome = run_script(image, "out", request, put_dir=str(put), sigterm_when="==> Loading 3 images", runtime=runtime)
 
     assert outcome.exit_code == 143, outcome.stderr
     assert "Loading 3 images" in outcome.stderr and "Running docker compose" not in outcome.stderr, outcome.stderr
+    assert "streamed in" not in outcome.stderr, "the signal should come while the images are being uploaded"
     assert outcome.signal_to_exit is not None and outcome.signal_to_exit < 10
     assert outcome.leftovers == []

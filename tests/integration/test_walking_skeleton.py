@@ -10,8 +10,8 @@ from harness import run_script
 EXAMPLE_REQUEST = json.loads((Path(__file__).resolve().parents[2] / "example" / "request.json").read_text())
 
 
-def test_passing_put_reports_version_and_metadata_on_stdout_only(image: str, put_dir: Path) -> None:
-    outcome = run_script(image, "out", EXAMPLE_REQUEST, put_dir=str(put_dir))
+def test_passing_put_reports_version_and_metadata_on_stdout_only(image: str, put_dir: Path, runtime: str) -> None:
+    outcome = run_script(image, "out", EXAMPLE_REQUEST, put_dir=str(put_dir), runtime=runtime)
 
     assert outcome.exit_code == 0, outcome.stderr
     response = outcome.response
@@ -52,16 +52,16 @@ def test_failing_command_with_fail_on_error_false_reports_the_exit_code(image: s
     assert outcome.metadata()["status"] == "failed"
 
 
-def test_check_returns_no_versions_without_one_and_echoes_a_given_one(image: str) -> None:
-    assert run_script(image, "check", {"source": {}}).response == []
+def test_check_returns_no_versions_without_one_and_echoes_a_given_one(image: str, runtime: str) -> None:
+    assert run_script(image, "check", {"source": {}}, runtime=runtime).response == []
     version = {"id": "42-x", "exit_code": "0"}
-    assert run_script(image, "check", {"source": {}, "version": version}).response == [version]
+    assert run_script(image, "check", {"source": {}, "version": version}, runtime=runtime).response == [version]
 
 
-def test_in_writes_the_version_and_shows_it_as_metadata(image: str) -> None:
+def test_in_writes_the_version_and_shows_it_as_metadata(image: str, runtime: str) -> None:
     version = {"id": "42-x", "exit_code": "3"}
 
-    outcome = run_script(image, "in", {"source": {}, "version": version, "params": {}})
+    outcome = run_script(image, "in", {"source": {}, "version": version, "params": {}}, runtime=runtime)
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.response["version"] == version
