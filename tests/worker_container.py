@@ -51,7 +51,9 @@ def cgroup_v2() -> bool:
 
 
 def gdn_init() -> str:
-    """The init binary (static, built once from tests/runtime/gdn-init.c; prebuilt where no compiler is)."""
+    """The init binary: static, built once from tests/runtime/gdn-init.c (COMPOSE_ENV_GDN_INIT: one built elsewhere)."""
+    if prebuilt := os.environ.get("COMPOSE_ENV_GDN_INIT"):
+        return prebuilt
     source = INIT_SOURCE.read_bytes()
     target = STATE_DIR / f"gdn-init-{hashlib.sha256(source).hexdigest()[:12]}"
     if not target.exists():
