@@ -18,8 +18,24 @@ RUN apt-get update \
 # Our package: small, changes often, so it comes last.
 COPY resource/compose_env /usr/lib/python3/dist-packages/compose_env
 COPY assets/ /opt/resource/
-RUN python3 -m compileall -q /usr/lib/python3/dist-packages/compose_env \
+
+# Which compose-env this is. `make image` and ci/pipeline.yml pass the VERSION file, the git
+# revision and the repository's URL; a plain `docker build .` is a dev build. Declared here, after the slow layers,
+# so that a new revision rebuilds only what follows. build.json is the one place the running
+# resource reads them from (compose_env/version.py); the labels show them to registries and
+# `docker inspect`.
+ARG VERSION=dev
+ARG REVISION=unknown
+ARG SOURCE=unknown
+RUN python3 -c 'import json, sys; print(json.dumps({"version": sys.argv[1], "revision": sys.argv[2]}))' "$VERSION" "$REVISION" \
+      >/usr/lib/python3/dist-packages/compose_env/build.json \
+ && python3 -m compileall -q /usr/lib/python3/dist-packages/compose_env \
  && python3 -c "import compose_env.protocol"
+LABEL org.opencontainers.image.title="compose-env" \
+      org.opencontainers.image.description="Concourse resource type and task: docker compose against loaded image tarballs in an inner Docker daemon" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
 
 ENV PYTHONUNBUFFERED=1
 WORKDIR /tmp/build/put

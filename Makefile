@@ -5,6 +5,10 @@ SHELL := bash
 IMAGE ?= compose-env:dev
 BASE_IMAGE ?= debian:trixie-slim
 PYTHON ?= python3
+# What the image says it is (OCI labels, the first line of every put's log); see CHANGELOG.md.
+VERSION := $(shell cat VERSION)
+REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
 export IMAGE BASE_IMAGE
 # Each recipe that needs Docker asks the dev engine script (idempotent) for its address.
 WITH_ENGINE = export DOCKER_HOST="$$(scripts/dev-engine.sh)";
@@ -36,10 +40,12 @@ format: dev-deps
 engine:
 	@scripts/dev-engine.sh
 
+## image: the resource image, labelled with the VERSION file, the git revision and the repository's URL
 image:
 	@$(WITH_ENGINE) scripts/base-image.sh $(BASE_IMAGE) && \
-	  docker build -q --build-arg BASE_IMAGE=$(BASE_IMAGE) -t $(IMAGE) . >/dev/null && \
-	  echo "built $(IMAGE)" >&2
+	  docker build -q --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
+	    --build-arg SOURCE=$(SOURCE) -t $(IMAGE) . >/dev/null && \
+	  echo "built $(IMAGE): compose-env $(VERSION) ($(REVISION))" >&2
 
 example: image
 	@$(WITH_ENGINE) example/build.sh

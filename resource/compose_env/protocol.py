@@ -27,6 +27,7 @@ from .report import RunResult, format_seconds, version_metadata
 from .schema import validate
 from .signals import ABORT
 from .task import run_task
+from .version import RESOURCE_VERSION
 
 Command = Callable[[TextIO, TextIO, Console, Sequence[str], Mapping[str, str]], int]
 EXAMPLE_REQUEST = '{"source": {}, "params": {"compose_files": ["repo/docker-compose.yml"]}}'
@@ -122,6 +123,8 @@ def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], e
 
 
 COMMANDS: dict[str, Command] = {"check": check, "in": get, "out": put, "task": task}
+#: Commands whose log is a build log: it opens with the version, so a log says what ran it.
+ANNOUNCED = ("out", "task")
 
 
 def run_command(name: str, stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env: Mapping[str, str]) -> int:
@@ -131,6 +134,8 @@ def run_command(name: str, stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: 
     one line asking for a report, then the traceback: on stderr only, secrets masked.
     """
     console = Console(stderr)
+    if name in ANNOUNCED:
+        console.line(RESOURCE_VERSION.describe())
     try:
         return COMMANDS[name](stdin, stdout, console, argv, env)
     except (UserError, RuntimeFailure) as error:

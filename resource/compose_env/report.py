@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .version import RESOURCE_VERSION
+
 RESPONSE_BUDGET = 4000
 LOG_ENTRY_PREFIX = "logs/"
 #: Below this many bytes a log tail says nothing useful: rather show fewer services.
@@ -182,6 +184,7 @@ def build_response(
     dockerd: str,
     redact: Callable[[str], str],
     budget: int = RESPONSE_BUDGET,
+    resource: str = RESOURCE_VERSION.describe(),
 ) -> dict[str, Any]:
     version = {"id": run_id, "exit_code": str(result.exit_code)}
     summary = [
@@ -193,6 +196,7 @@ def build_response(
         ("images", " ".join(images)),
         ("services", " ".join(s.summary() for s in result.services)),
         ("dockerd", dockerd),
+        ("resource", resource),
     ]
     base = [{"name": name, "value": redact(value)} for name, value in summary]
     base = shrink_to_fit(base, version, budget - (RESPONSE_BUDGET - SUMMARY_BUDGET))

@@ -6,6 +6,7 @@ image really ran.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -35,9 +36,28 @@ def engine() -> str:
 
 @pytest.fixture(scope="session")
 def image(engine: str) -> str:
-    """The resource image, (re)built once per session by `make image` (cached layers: seconds)."""
-    subprocess.run(["make", "-s", "image", f"IMAGE={IMAGE}"], cwd=ROOT, check=True)
+    """The resource image, (re)built once per session by `make image` (cached layers: seconds).
+
+    With IMAGE_PREBUILT=1 the image named IMAGE is tested as it is: ci/pipeline.yml tests the
+    image it built and will publish, not a rebuild.
+    """
+    if os.environ.get("IMAGE_PREBUILT") == "1":
+        subprocess.run(["docker", "image", "inspect", IMAGE], check=True, capture_output=True)
+    else:
+        subprocess.run(["make", "-s", "image", f"IMAGE={IMAGE}"], cwd=ROOT, check=True)
     return IMAGE
+
+
+@pytest.fixture(scope="session")
+def image_labels(image: str) -> dict[str, str]:
+    inspected = subprocess.run(["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", image], check=True, capture_output=True, text=True)
+    return json.loads(inspected.stdout) or {}
+
+
+@pytest.fixture(scope="session")
+def version_line(image_labels: dict[str, str]) -> str:
+    """What the image says it is, from its OCI labels: `compose-env 0.1.0 (3f2c1ab)`."""
+    return f"compose-env {image_labels['org.opencontainers.image.version']} ({image_labels['org.opencontainers.image.revision']})"
 
 
 @pytest.fixture(scope="session")

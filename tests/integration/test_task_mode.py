@@ -33,11 +33,34 @@ def run(image: str, put_dir: Path, out: Path, compose_env: dict) -> tuple:
     return outcome, report
 
 
-def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_report(image: str, put_dir: Path, tmp_path: Path) -> None:
-    # tasks/compose-env.yml as is (run --rm tests, /reports → compose-env-output/reports), plus the
-    # images this fixture needs, as `COMPOSE_ENV=... fly execute` would override it.
+def test_the_readme_quick_start_runs_the_bundled_example_through_the_shipped_task_file(image: str, put_dir: Path, tmp_path: Path, version_line: str) -> None:
+    # fly execute -c tasks/compose-env.yml --privileged --include-ignored -i code=example/put -o compose-env-output=./out:
+    # the example (with its image tarballs) as the input, COMPOSE_ENV from the task file's params, the output collected.
     out = tmp_path / "out"
-    compose_env = {**TASK_CONFIG["params"]["COMPOSE_ENV"], **BASE}
+    out.mkdir()
+    inputs = {item["name"]: str(put_dir) for item in TASK_CONFIG["inputs"]}
+
+    outcome = run_task(image, inputs, str(out), TASK_CONFIG["params"]["COMPOSE_ENV"], output_name=OUTPUT_NAME)
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert outcome.leftovers == []
+    assert outcome.stderr.splitlines()[0] == version_line
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "passed" and report["exit_code"] == 0
+    assert report["command"] == ["run", "--rm", "tests"]
+    assert {"example/redis:ci", "example/tests:ci"} <= set(" ".join(report["images"]).split())
+    assert {"name": "resource", "value": version_line} in report["metadata"]
+    assert report["logs"] == {"redis": "logs/redis.log", "tests": "logs/tests.log"}
+    assert "test: all passed" in (out / "logs" / "tests.log").read_text()
+    assert (out / "logs" / "redis.log").read_text()
+    assert {s["name"]: s["health"] for s in report["services"]}["redis"] == "healthy"
+
+
+def test_run_rm_tests_keeps_the_junit_report_full_redacted_logs_and_a_report(image: str, put_dir: Path, tmp_path: Path) -> None:
+    # The shipped task file's command (run --rm tests) on this fixture, with /reports → compose-env-output/,
+    # as `COMPOSE_ENV=... fly execute` would override it.
+    out = tmp_path / "out"
+    compose_env = {**TASK_CONFIG["params"]["COMPOSE_ENV"], **BASE, "artifacts": [{"service": "tests", "path": "/reports", "to": "."}]}
 
     outcome, report = run(image, put_dir, out, compose_env)
 

@@ -7,6 +7,7 @@ that every path starts with an input the step actually receives.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = yaml.safe_load((ROOT / "pipeline-example.yml").read_text())
 TASK_FILE = yaml.safe_load((ROOT / "tasks" / "compose-env.yml").read_text())
 TASK_PATH = "/opt/resource/task"
+#: The one variable a user fills in: where their compose-env image is (there is no public one).
+IMAGE_VARIABLE = "((compose_env_image))"
 #: Keys of a step that hold further steps.
 NESTED_STEPS = ("ensure", "on_success", "on_failure", "on_error", "on_abort", "try")
 
@@ -50,7 +53,7 @@ def resource_types() -> dict[str, str]:
 
 
 def compose_env_type() -> dict[str, Any]:
-    return next(t for t in PIPELINE["resource_types"] if t["source"]["repository"].endswith("compose-env"))
+    return next(t for t in PIPELINE["resource_types"] if t["source"]["repository"] == IMAGE_VARIABLE)
 
 
 def compose_env_puts() -> list[dict[str, Any]]:
@@ -158,7 +161,7 @@ def test_validation_is_not_vacuous_a_typo_in_the_example_would_be_caught() -> No
 def test_the_shipped_task_config_is_runnable_by_fly_execute() -> None:
     assert TASK_FILE["platform"] == "linux"
     assert TASK_FILE["image_resource"]["type"] == "registry-image"
-    assert TASK_FILE["image_resource"]["source"]["repository"] == compose_env_type()["source"]["repository"]
+    assert TASK_FILE["image_resource"]["source"]["repository"] == IMAGE_VARIABLE
     assert TASK_FILE["run"]["path"] == TASK_PATH
     assert [item["name"] for item in TASK_FILE["inputs"]] == ["code"]
     assert [item["name"] for item in TASK_FILE["outputs"]] == [DEFAULT_OUTPUT_DIR]
@@ -168,3 +171,42 @@ def test_the_shipped_task_configs_compose_env_passes_validation() -> None:
     compose_env = TASK_FILE["params"]["COMPOSE_ENV"]
     validate_compose_env(compose_env)
     assert first_components(compose_env, {}) <= {item["name"] for item in TASK_FILE["inputs"]}
+
+
+def test_the_shipped_task_config_runs_the_bundled_example_as_is() -> None:
+    """The README's quick start: `-i code=example/put`, the example's compose file and both image layouts."""
+    compose_env = TASK_FILE["params"]["COMPOSE_ENV"]
+    example = ROOT / "example" / "put"
+    for path in [*compose_env["compose_files"], *image_paths(compose_env)]:
+        assert path.startswith("code/")
+    for compose_file in compose_env["compose_files"]:
+        assert (example / Path(compose_file).relative_to("code")).is_file()
+    built_by_example = (ROOT / "example" / "build.sh").read_text()
+    for path in image_paths(compose_env):
+        assert f'"$put/{Path(path).parts[1]}' in built_by_example, f"example/build.sh does not make {path}"
+
+
+# ---------------------------------------------------------------- the image variable
+
+
+def test_both_files_name_the_image_only_through_the_one_variable() -> None:
+    """Copy-paste safe: no made-up public repository, and every compose-env image reference is the variable."""
+    texts = {name: (ROOT / name).read_text() for name in ("pipeline-example.yml", "tasks/compose-env.yml", "README.md")}
+    for name, text in texts.items():
+        assert "compose-env/compose-env" not in text, f"{name} names a made-up public repository"
+    for name in ("pipeline-example.yml", "tasks/compose-env.yml"):
+        assert IMAGE_VARIABLE in texts[name]
+    variables = set(re.findall(r"\(\((\w+)\)\)", texts["tasks/compose-env.yml"]))
+    assert variables == {"compose_env_image"}, "fly execute must need no other variable"
+    images = [compose_env_type()["source"]] + [config["image_resource"]["source"] for config in compose_env_tasks()]
+    assert {source["repository"] for source in images} == {IMAGE_VARIABLE}
+
+
+def test_the_readme_quick_start_comes_first_and_runs_the_shipped_task_file_on_the_example() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme[readme.index("## Quick start") : readme.index("## Configuration")]
+    first_section_after_the_description = readme.index("\n## ", readme.index("**compose-env** is")) + 1
+    assert readme.index("## Quick start") == first_section_after_the_description
+    command = " ".join(quick_start.replace("\\\n", " ").split())
+    assert "fly -t ci execute -c tasks/compose-env.yml --privileged --include-ignored -i code=example/put -o compose-env-output=./out" in command
+    assert f"-v {IMAGE_VARIABLE[2:-2]}=" in command

@@ -57,6 +57,18 @@ def test_stdin_that_is_not_a_json_object_is_a_configuration_error(command: str, 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["out", "task"])
+def test_a_put_or_task_log_opens_with_the_version_even_when_it_fails_at_once(command: str) -> None:
+    result = run(command, "")
+
+    assert result.stderr.splitlines()[0] == "compose-env dev (unknown)"
+
+
+@pytest.mark.parametrize("command", ["check", "in"])
+def test_check_and_in_print_no_version_line(command: str) -> None:
+    assert not run(command, "").stderr.startswith("compose-env ")
+
+
 def test_stdin_that_is_not_utf8_is_a_configuration_error() -> None:
     stdout, stderr = io.StringIO(), io.StringIO()
     stdin = io.TextIOWrapper(io.BytesIO(b'{"source": "\xff"}'), encoding="utf-8")
@@ -154,7 +166,10 @@ def test_a_runtime_failure_exits_1_with_its_diagnosis(monkeypatch: pytest.Monkey
     result = run("out", {})
 
     assert (result.code, result.stdout) == (EXIT_FAILED, "")
-    assert result.stderr.splitlines()[1] == "  diagnosis: check source.dockerd.args"
+    assert result.stderr.splitlines()[1:3] == [
+        "error: the inner Docker daemon did not start: dockerd exited with code 1",
+        "  diagnosis: check source.dockerd.args",
+    ]
 
 
 def test_an_abort_exits_143(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,7 +191,7 @@ def test_an_internal_bug_asks_for_a_report_then_shows_the_traceback_masked(monke
     monkeypatch.setitem(protocol.COMMANDS, "out", buggy)
     result = run("out", {"source": {"registries": [{"host": "r", "username": "u", "password": "the-registry-password"}]}})
 
-    lines = result.stderr.splitlines()
+    lines = result.stderr.splitlines()[1:]  # after the version line
     assert (result.code, result.stdout) == (EXIT_FAILED, "")
     assert "internal error in compose-env (KeyError): please report it" in lines[0]
     assert lines[1] == "Traceback (most recent call last):"

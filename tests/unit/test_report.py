@@ -49,10 +49,21 @@ def test_summary_entries_come_first_with_the_contract_names() -> None:
     response = response_for(result)
 
     names = [item["name"] for item in response["metadata"]]  # type: ignore[index]
-    assert names == ["status", "exit_code", "command", "duration", "timings", "images", "services", "dockerd", "logs/tests"]
+    assert names == ["status", "exit_code", "command", "duration", "timings", "images", "services", "dockerd", "resource", "logs/tests"]
     assert response["version"] == {"id": "42-20261128T000000Z-abcdef", "exit_code": "0"}
     assert metadata(response)["services"] == "tests=exited(0) redis=running(healthy)"
     assert metadata(response)["logs/tests"] == "ok"
+
+
+def test_the_resource_entry_names_the_version_and_revision_that_ran_the_put() -> None:
+    result = RunResult(("run", "tests"), 0, "passed", [ServiceState("tests", "exited", 0)], {"tests": ["ok"]})
+
+    shipped = build_response(
+        run_id="42", result=result, duration=1.0, timings={}, images=[], dockerd="", redact=Redactor(), resource="compose-env 1.2.3 (3f2c1ab)"
+    )
+
+    assert metadata(response_for(result))["resource"] == "compose-env dev (unknown)"  # a source tree has no build.json
+    assert metadata(shipped)["resource"] == "compose-env 1.2.3 (3f2c1ab)"
 
 
 def test_megabytes_of_logs_from_many_services_stay_under_the_budget() -> None:
