@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from harness import RUNTIMES
+from worker_spec import bounding_set, capabilities_within
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("IMAGE", "compose-env:dev")
@@ -79,3 +80,9 @@ def put_dir(tmp_path: Path, example_images: Path) -> Iterator[Path]:
 def runtime(request: pytest.FixtureRequest) -> str:
     """Each way the resource container is made: docker --privileged, Concourse's containerd runtime, Guardian."""
     return str(request.param)
+
+
+def pytest_report_header() -> str:
+    """Say what the worker runtimes could not give here: the host's bounding set limits runc's containers."""
+    _kept, dropped = capabilities_within(bounding_set())
+    return f"worker runtimes: capabilities this host cannot give: {', '.join(dropped) or 'none'}"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from harness import DEFAULT_BUILD_ENV, PUT_DIR, Container, open_container, run_script
 from image_fixtures import docker_save_tarball, random_image
-from worker_container import wait_for_processes_below
+from worker_container import cgroup_v2, wait_for_processes_below
 
 BASE_IMAGE = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
 COMPOSE_FILE = f"""\
@@ -214,3 +214,17 @@ def test_docker_host_mode_uses_the_outer_engine_and_starts_no_daemon(image: str,
     assert outcome.leftovers == []
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"], capture_output=True, text=True, check=True)
     assert left.stdout.strip() == ""
+
+
+def test_a_worker_whose_devices_cgroup_cannot_be_widened_gets_a_diagnosis_naming_the_worker_setting(image: str, daemon_put_dir: Path) -> None:
+    if cgroup_v2():
+        pytest.skip("cgroup v2 has no devices cgroup to inherit (the guest part covers v2)")
+    outcome = run_script(image, "out", request(["run", "--rm", "probe"]), put_dir=str(daemon_put_dir), runtime="concourse", strict_devices=True)
+
+    log = outcome.stderr
+    assert outcome.exit_code == 1, log[-3000:]
+    assert "devices: could not be widened" in log
+    last_lines = log.strip().splitlines()[-2:]
+    assert last_lines[0].startswith("\x1b[31merror: the put fails: `docker compose run --rm probe` exited with code"), last_lines
+    assert "diagnosis: the worker's devices cgroup refused `c 5:1 rwm`" in last_lines[1] and "--containerd-allowed-device" in last_lines[1], last_lines
+    assert outcome.leftovers == []
