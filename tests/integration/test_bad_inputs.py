@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import PUT_DIR, Container, RunOutcome, run_script
+from harness import PUT_DIR, Container, ResourceContainer, RunOutcome, open_container, run_script
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
 TINY = "compose-env-test/tiny:ci"
@@ -267,7 +267,7 @@ def resource(image: str, bad_put_dir: Path) -> Iterator[Container]:
         yield container
 
 
-def run_row(container: Container, row: Row) -> RunOutcome:
+def run_row(container: ResourceContainer, row: Row) -> RunOutcome:
     argv = {
         "check": ["/opt/resource/check"],
         "in": ["/opt/resource/in", "/tmp/build/get"],
@@ -343,3 +343,17 @@ def test_secrets_never_reach_stdout_or_stderr(resource: Container) -> None:
         assert secret not in everything, f"the {name} secret leaked"
     assert "token=*** password=***" in ANSI.sub("", outcome.stderr)
     assert "token=*** password=***" in outcome.metadata().get("logs/app", "")
+
+
+#: Rows that fail before, at and after the daemon's start: the same answers in a worker's container.
+WORKER_SAMPLE = ("stdin-not-json", "params-typo", "path-typo", "compose-invalid-yaml", "tarball-corrupt", "service-image-missing")
+
+
+@pytest.mark.parametrize("runtime", ["concourse", "guardian"])
+def test_a_sample_of_bad_inputs_gets_the_same_answers_in_a_workers_container(image: str, bad_put_dir: Path, runtime: str) -> None:
+    rows = {row.name: row for row in BEFORE_DAEMON_ROWS + DAEMON_ROWS}
+    with open_container(image, [(str(bad_put_dir), PUT_DIR, True)], runtime=runtime) as container:
+        for name in WORKER_SAMPLE:
+            assert_clear_failure(run_row(container, rows[name]), rows[name])
+
+    assert container.host_leftovers == []

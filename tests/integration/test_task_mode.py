@@ -33,14 +33,16 @@ def run(image: str, put_dir: Path, out: Path, compose_env: dict) -> tuple:
     return outcome, report
 
 
-def test_the_readme_quick_start_runs_the_bundled_example_through_the_shipped_task_file(image: str, put_dir: Path, tmp_path: Path, version_line: str) -> None:
+def test_the_readme_quick_start_runs_the_bundled_example_through_the_shipped_task_file(
+    image: str, put_dir: Path, tmp_path: Path, version_line: str, runtime: str
+) -> None:
     # fly execute -c tasks/compose-env.yml --privileged --include-ignored -i code=example/put -o compose-env-output=./out:
     # the example (with its image tarballs) as the input, COMPOSE_ENV from the task file's params, the output collected.
     out = tmp_path / "out"
     out.mkdir()
     inputs = {item["name"]: str(put_dir) for item in TASK_CONFIG["inputs"]}
 
-    outcome = run_task(image, inputs, str(out), TASK_CONFIG["params"]["COMPOSE_ENV"], output_name=OUTPUT_NAME)
+    outcome = run_task(image, inputs, str(out), TASK_CONFIG["params"]["COMPOSE_ENV"], output_name=OUTPUT_NAME, runtime=runtime)
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.leftovers == []
