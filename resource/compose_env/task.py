@@ -181,7 +181,6 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
     write_outputs(outcome, collector, task.output_dir, redact)
     copied = sum(copy.copied for copy in collector.copies)
     console.info(f"wrote report.json, logs/ for {len(outcome.logs.services())} services and {copied} of {len(task.artifacts)} artifacts to {task.output_dir}")
-    collector.raise_unknown_services()
     if outcome.exit_code != 0:
         console.error(f"the task fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: false to report it instead")
     return outcome.exit_code
@@ -207,7 +206,6 @@ class AfterRunCollector:
         self.console = console
         self.containers: dict[str, list[dict[str, Any]]] = {}
         self.copies: list[ArtifactCopy] = []
-        self.unknown: list[tuple[Artifact, list[str]]] = []
         self.timings: dict[str, float] = {}
 
     def __call__(self, project: ComposeProject, handle: DaemonHandle, result: RunResult) -> None:
@@ -220,14 +218,11 @@ class AfterRunCollector:
             return
         count = len(self.task.artifacts)
         with self.console.phase(f"Copying {count} artifact{'s' if count > 1 else ''}", self.timings, "artifacts"):
-            self._copy_all(handle.client, name, sorted(project.services()))
+            self._copy_all(handle.client, name)
 
-    def _copy_all(self, client: docker.APIClient, project: str, known: list[str]) -> None:
+    def _copy_all(self, client: docker.APIClient, project: str) -> None:
+        """Every artifact (check_services made sure each names a service, whatever its profile)."""
         for artifact in self.task.artifacts:
-            if artifact.service not in known:
-                self.unknown.append((artifact, known))
-                self.copies.append(ArtifactCopy(artifact.service, artifact.path, artifact.to, problem="not a service of the project"))
-                continue
             copy = self._copy(client, project, artifact)
             self.copies.append(copy)
             if copy.copied:
@@ -266,15 +261,6 @@ class AfterRunCollector:
         if unknown:
             raise UserError.many(
                 [(f"{a.param_path}.service", f"{a.service!r} is not a service of the project", f"services: {', '.join(known) or 'none'}") for a in unknown]
-            )
-
-    def raise_unknown_services(self) -> None:
-        if self.unknown:
-            raise UserError.many(
-                [
-                    (f"{a.param_path}.service", f"{a.service!r} is not a service of the project", f"services: {', '.join(known) or 'none'}")
-                    for a, known in self.unknown
-                ]
             )
 
 
