@@ -49,7 +49,7 @@ bench: image
 	@$(WITH_ENGINE) $(PYTHON) bench/run.py --image $(IMAGE) && $(PYTHON) bench/bench_images.py --image $(IMAGE)
 
 dev-deps:
-	@$(PYTHON) -c 'import pytest, ruff, yaml, docker, jsonschema, requests' 2>/dev/null || \
+	@$(PYTHON) -c 'import pytest, ruff, yaml, docker, jsonschema, requests, defusedxml' 2>/dev/null || \
 	  $(PYTHON) -m pip install -q -r requirements-dev.txt
 
 clean:

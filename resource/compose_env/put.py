@@ -6,22 +6,27 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import docker
+
 from . import images as images_module
-from . import layerstore
-from .compose import ComposeProject, ServiceLogs
-from .config import PutConfig
+from . import junit, layerstore
+from . import reports as reports_module
+from .compose import ComposeProject, ServiceLogs, analyse_command
+from .config import PutConfig, PutParams
 from .console import Console
+from .containers import service_container
 from .daemon import InnerDaemon
 from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from .errors import Aborted
 from .layerstore import DirectImage, RootfsImage
 from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
+from .reports import ReportsOutcome
 from .signals import ABORT
 
 #: compose down's deadline after SIGTERM, inside Concourse's 10 s before SIGKILL: with an inner
@@ -35,6 +40,8 @@ HOW_WRITTEN = {
     False: "inflated, checked against the config's diff_ids, extracted",
     True: "archived and extracted by GNU tar, with metadata.json's env and user",
 }
+#: Failing tests named in the build log, each with the first line of its message (all are in the reports).
+FAILING_TESTS_IN_LOG = 100
 #: Called after the run and before teardown, while the containers still exist (task artifacts).
 AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]
 #: Called with the validated project before anything starts: more checks of the caller's own.
@@ -49,6 +56,7 @@ class PutOutcome:
     logs: ServiceLogs
     timings: dict[str, float]
     images: list[str] = field(default_factory=list)
+    reports: ReportsOutcome | None = None
 
 
 def redactor_for(config: PutConfig) -> Redactor:
@@ -58,19 +66,29 @@ def redactor_for(config: PutConfig) -> Redactor:
     return Redactor(secrets)
 
 
-def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: AfterRun | None = None, check_project: CheckProject | None = None) -> PutOutcome:
+def run_put(
+    config: PutConfig,
+    console: Console,
+    redact: Redactor,
+    after_run: AfterRun | None = None,
+    check_project: CheckProject | None = None,
+    files_from: Collection[str] = (),
+    reports_dir: Path | None = None,
+) -> PutOutcome:
+    """The put; `files_from`: services the caller copies files from in `after_run`; `reports_dir`: where params.reports files go."""
     started = time.monotonic()
     timings: dict[str, float] = {}
-    params = config.params
     logs = ServiceLogs(Path(RUN_DIR) / "service-logs", redact)
 
     with console.phase("Checking the configuration", timings, "validate"):
-        plans = images_module.plan_images(params.images)
+        plans = images_module.plan_images(config.params.images)
         for plan in plans:
             console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
+        params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
         project = ComposeProject(params, console, logs)
         project.load_config()
         shape = project.check_command()
+        reports_module.check_services(params.reports, project.all_services())
         if check_project is not None:
             check_project(project)
         console.info(f"project {params.project_name}: services {', '.join(sorted(project.services())) or 'none'}")
@@ -80,6 +98,7 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     result: RunResult | None = None
     loaded: list[images_module.LoadedImage] = []
     loaded_names: list[str] = []
+    reports: ReportsOutcome | None = None
     aborted = False
     try:
         direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
@@ -110,8 +129,12 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
         _print_verdict(console, result)
         if result.status != "passed":
             project.print_failure_details(result, params.logs.tail)
+        if params.reports:
+            reports = _read_reports(params, handle.client, reports_dir or Path(RUN_DIR) / "reports", result, console, timings)
         if after_run is not None:
             after_run(project, handle, result)
+        if kept_run is not None:
+            _remove_run_container(handle.client, params.project_name, kept_run, console)
     except Aborted:
         aborted = True
         console.error("aborted (SIGTERM): tearing down")
@@ -132,9 +155,67 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
         images=loaded_names,
         dockerd=handle.description if handle else "",
         redact=redact,
+        tests=_tests_summary(reports) if reports is not None else None,
+        failed_tests=[case.name for case in reports.results.failing] if reports is not None else (),
     )
     exit_code = 0 if result.exit_code == 0 or not params.fail_on_error else 1
-    return PutOutcome(response, result, exit_code, logs, timings, loaded_names)
+    return PutOutcome(response, result, exit_code, logs, timings, loaded_names, reports)
+
+
+def keep_run_container(params: PutParams, needed: Collection[str], console: Console) -> tuple[PutParams, str | None]:
+    """`run --rm S` deletes S's container before its reports or artifacts are copied: drop `--rm`.
+
+    Returns the params to run and the service whose run container must be removed once
+    its files are copied (None when nothing changed).
+    """
+    command = params.command
+    service = analyse_command(command).run_service
+    if service is None or "--rm" not in command or service not in needed:
+        return params, None
+    options_end = command.index(service, 1)
+    kept = tuple(word for index, word in enumerate(command) if not (word == "--rm" and index < options_end))
+    console.info(f"files are copied out of the run container of {service}: keeping it until then (without --rm)")
+    return replace(params, command=kept), service
+
+
+def _read_reports(params: PutParams, client: docker.APIClient, target: Path, result: RunResult, console: Console, timings: dict[str, float]) -> ReportsOutcome:
+    """params.reports copied and read; then the failing tests, each with the first line of its message."""
+    count = len(params.reports)
+    with console.phase(f"Reading {count} test report entr{'ies' if count > 1 else 'y'}", timings, "reports"):
+        reports = reports_module.collect_reports(client, params.project_name, params.reports, target)
+        for report in reports.read:
+            console.info(f"{report.service}:{report.container_path}: {report.tests} test{'s' if report.tests != 1 else ''}")
+        failing = reports.results.failing
+        if failing and result.exit_code == 0:
+            reports.warnings.append(
+                f"the reports show {len(failing)} failing test{'s' if len(failing) > 1 else ''} but the command exited 0:"
+                " the put's status follows the exit code; check that the test runner's exit code reaches compose"
+            )
+        for warning in reports.warnings:
+            console.warn(warning)
+        console.info(f"tests: {_tests_summary(reports)}")
+    if failing:
+        console.header(f"{len(failing)} failing test{'s' if len(failing) > 1 else ''} (from the JUnit reports)")
+        for line in junit.failing_block(failing, FAILING_TESTS_IN_LOG):
+            console.error(f"    {line}")
+    return reports
+
+
+def _tests_summary(reports: ReportsOutcome) -> str:
+    if not reports.read:
+        return "no report could be read (see the warnings in the build log)"
+    return reports.results.totals().summary()
+
+
+def _remove_run_container(client: docker.APIClient, project: str, service: str, console: Console) -> None:
+    """The run container kept for its files, removed as `--rm` would have (teardown would otherwise)."""
+    container = service_container(client, project, service)
+    if container is None:
+        return
+    try:
+        client.remove_container(container, v=True, force=True)
+    except docker.errors.APIError as error:
+        console.warn(f"could not remove the run container of {service} ({error.explanation or error}): teardown removes it")
 
 
 def _get_images_in(

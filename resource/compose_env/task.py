@@ -7,17 +7,17 @@ may itself hold JSON, so the variable is decoded once or twice.
 
 The run is `put.run_put`, as for `out`. Only two things are added: a hook that runs
 while the containers still exist (container details, artifacts copied out), and the
-files written into `output_dir` afterwards: report.json, logs/<service>.log, artifacts.
+files written into `output_dir` afterwards: report.json, logs/<service>.log, artifacts,
+and the params.reports files under reports/ (run_put copies them there).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -25,20 +25,24 @@ from typing import Any
 
 import docker
 
-from .compose import ComposeProject, analyse_command
+from .compose import ComposeProject
 from .config import BuildMetadata, PutConfig, deep_merge, parse_put_request
 from .console import Console
+from .containers import service_container, streamed_archive
 from .engine import DaemonHandle
 from .errors import Aborted, RuntimeFailure, UserError
 from .put import PutOutcome, redactor_for, run_put
 from .redaction import Redactor, secrets_in_request
 from .report import RunResult
+from .reports import ReportsOutcome
 from .schema import validate
 
 ROOT = "COMPOSE_ENV"
 TASK_KEYS = ("source", "output_dir", "artifacts")
 DEFAULT_OUTPUT_DIR = "compose-env-output"
 DEFAULT_ARTIFACTS_DIR = "artifacts"
+#: Where params.reports files go in the output: reports/<service>/<their path in the container>.
+REPORTS_DIR = "reports"
 USAGE_HINT = "in the task config: params: {COMPOSE_ENV: {compose_files: [code/docker-compose.yml], ...}}"
 #: Docker reports a container that never finished with this FinishedAt.
 NEVER = "0001-01-01T00:00:00Z"
@@ -123,7 +127,8 @@ def parse_task_config(value: Mapping[str, Any], work_dir: Path, build: BuildMeta
         put = parse_put_request({"source": value.get("source") or {}, "params": params}, work_dir, build)
     except UserError as error:
         raise in_task_terms(error) from None
-    return TaskConfig(put, output_dir, artifacts)
+    reports = tuple(replace(entry, param_path=task_path(entry.param_path)) for entry in put.params.reports)
+    return TaskConfig(replace(put, params=replace(put.params, reports=reports)), output_dir, artifacts)
 
 
 def _inside(base: Path, given: str, path: str, what: str) -> Path:
@@ -134,20 +139,22 @@ def _inside(base: Path, given: str, path: str, what: str) -> Path:
     return target
 
 
-def in_task_terms(error: UserError) -> UserError:
+def task_path(path: str) -> str:
     """The put names `params.images[0]`; here the user wrote `COMPOSE_ENV.images[0]`."""
+    if path == "params" or path.startswith(("params.", "params[")):
+        return ROOT + path[len("params") :]
+    if path.startswith("source"):
+        return f"{ROOT}.{path}"
+    return path
 
-    def rename(path: str) -> str:
-        if path == "params" or path.startswith(("params.", "params[")):
-            return ROOT + path[len("params") :]
-        if path.startswith("source"):
-            return f"{ROOT}.{path}"
-        return path
+
+def in_task_terms(error: UserError) -> UserError:
+    """A put's error in the task's words: `COMPOSE_ENV` paths, the task's working directory and inputs."""
 
     def reword(text: str) -> str:
         return text.replace("put directory", "task's working directory").replace("the put's `inputs`", "the task's `inputs`")
 
-    return UserError.many([(rename(path), reword(message), reword(hint)) for path, message, hint in error.problems])
+    return UserError.many([(task_path(path), reword(message), reword(hint)) for path, message, hint in error.problems])
 
 
 # ---------------------------------------------------------------- the run
@@ -166,7 +173,15 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
     collector = AfterRunCollector(task, console)
     report_file = task.output_dir / "report.json"
     try:
-        outcome = run_put(keep_run_container(task, console), console, redact, after_run=collector, check_project=collector.check_services)
+        outcome = run_put(
+            task.put,
+            console,
+            redact,
+            after_run=collector,
+            check_project=collector.check_services,
+            files_from={artifact.service for artifact in task.artifacts},
+            reports_dir=task.output_dir / REPORTS_DIR,
+        )
     except UserError as error:
         renamed = in_task_terms(error)
         write_json(report_file, {"status": "error", "exit_code": renamed.exit_code, "error": redact(renamed.render())})
@@ -180,22 +195,13 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
         raise
     write_outputs(outcome, collector, task.output_dir, redact)
     copied = sum(copy.copied for copy in collector.copies)
-    console.info(f"wrote report.json, logs/ for {len(outcome.logs.services())} services and {copied} of {len(task.artifacts)} artifacts to {task.output_dir}")
+    reports = f", {len(outcome.reports.read)} test reports in {REPORTS_DIR}/" if outcome.reports is not None else ""
+    console.info(
+        f"wrote report.json, logs/ for {len(outcome.logs.services())} services{reports} and {copied} of {len(task.artifacts)} artifacts to {task.output_dir}"
+    )
     if outcome.exit_code != 0:
         console.error(f"the task fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: false to report it instead")
     return outcome.exit_code
-
-
-def keep_run_container(task: TaskConfig, console: Console) -> PutConfig:
-    """`run --rm S` deletes S's container before its artifacts are copied: drop `--rm` (teardown removes it)."""
-    command = task.put.params.command
-    service = analyse_command(command).run_service
-    if service is None or "--rm" not in command or service not in {a.service for a in task.artifacts}:
-        return task.put
-    options_end = command.index(service, 1)
-    kept = tuple(word for index, word in enumerate(command) if not (word == "--rm" and index < options_end))
-    console.info(f"artifacts come from the run container of {service}: keeping it until teardown (without --rm)")
-    return replace(task.put, params=replace(task.put.params, command=kept))
 
 
 class AfterRunCollector:
@@ -268,44 +274,13 @@ def _human_size(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
 
 
-def service_container(client: docker.APIClient, project: str, service: str) -> str | None:
-    """The newest container of the service: the `run` container when there is one."""
-    labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
-    containers = client.containers(all=True, filters={"label": labels})
-    if not containers:
-        return None
-    return max(containers, key=lambda c: c.get("Created", 0))["Id"]
-
-
-class ChunkReader(io.RawIOBase):
-    """A read-only file over docker-py's chunk iterator, so that tarfile reads the archive as it arrives."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
-
-
 def extract_stream(chunks: Iterable[bytes], target: Path, copy: ArtifactCopy) -> None:
     """Unpack a streamed tar archive into `target`: constant memory, nothing lands outside `target`.
 
     tarfile's `data` filter refuses absolute names, `..`, links that lead out and device
     files, and drops owners and setuid bits; a refused entry is skipped and reported.
     """
-    with tarfile.open(fileobj=io.BufferedReader(ChunkReader(chunks), 1 << 20), mode="r|") as archive:
+    with streamed_archive(chunks) as archive:
         for member in archive:
             try:
                 archive.extract(member, target, filter="data")
@@ -366,7 +341,37 @@ def write_outputs(outcome: PutOutcome, collector: AfterRunCollector, output_dir:
     for service in outcome.logs.services():
         shutil.copyfile(outcome.logs.path(service), logs_dir / f"{service}.log")
         log_files[service] = f"logs/{service}.log"
-    write_json(output_dir / "report.json", build_report(outcome, collector, log_files, redact))
+    report = build_report(outcome, collector, log_files, redact)
+    if outcome.reports is not None:
+        report["tests"] = tests_report(outcome.reports, output_dir, redact)
+    write_json(output_dir / "report.json", report)
+
+
+def tests_report(reports: ReportsOutcome, output_dir: Path, redact: Redactor) -> dict[str, Any]:
+    """report.json's `tests`: the totals, the files (under reports/), the warnings, and every test."""
+    totals = reports.results.totals()
+    return {
+        "summary": totals.summary() if reports.read else None,
+        "passed": totals.passed,
+        "failed": totals.failed,
+        "errors": totals.errors,
+        "skipped": totals.skipped,
+        "time": round(totals.time, 3),
+        "files": [
+            {
+                "service": report.service,
+                "path": report.container_path,
+                "file": str(report.local_path.relative_to(output_dir)) if report.local_path.is_relative_to(output_dir) else None,
+                "tests": report.tests,
+                "problem": report.problem,
+            }
+            for report in reports.files
+        ],
+        "warnings": [redact(warning) for warning in reports.warnings],
+        "cases": [
+            {"name": redact(case.name), "status": case.status, "time": round(case.time, 3), "message": redact(case.message)} for case in reports.results.cases
+        ],
+    }
 
 
 def build_report(outcome: PutOutcome, collector: AfterRunCollector, log_files: Mapping[str, str], redact: Redactor) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import pytest
 from compose_env.compose import ServiceLogs
 from compose_env.config import BuildMetadata
 from compose_env.console import Console
+from compose_env.containers import ChunkReader
 from compose_env.errors import UserError
 from compose_env.put import PutOutcome
 from compose_env.redaction import Redactor
@@ -22,14 +23,12 @@ from compose_env.report import RunResult, ServiceState
 from compose_env.task import (
     AfterRunCollector,
     ArtifactCopy,
-    ChunkReader,
     TaskConfig,
     _parse_time,
     _seconds_between,
     build_report,
     decode_compose_env,
     extract_stream,
-    keep_run_container,
     parse_task_config,
     run_task,
 )
@@ -173,19 +172,6 @@ def test_a_user_error_during_the_run_is_named_under_compose_env_and_written_to_r
     report = json.loads((work_dir / "compose-env-output" / "report.json").read_text())
     assert report["status"] == "error" and report["exit_code"] == 2
     assert "COMPOSE_ENV.images[0]" in report["error"]
-
-
-# ---------------------------------------------------------------- run --rm
-
-
-def test_run_rm_is_dropped_only_when_artifacts_come_from_the_run_service(work_dir: Path) -> None:
-    console = Console(io.StringIO())
-    command = ["run", "--rm", "-e", "X=1", "tests", "pytest", "--rm"]
-    from_tests = parse({**PARAMS, "command": command, "artifacts": [{"service": "tests", "path": "/r"}]}, work_dir)
-    from_other = parse({**PARAMS, "command": command, "artifacts": [{"service": "db", "path": "/r"}]}, work_dir)
-
-    assert keep_run_container(from_tests, console).params.command == ("run", "-e", "X=1", "tests", "pytest", "--rm")
-    assert keep_run_container(from_other, console).params.command == tuple(command)
 
 
 # ---------------------------------------------------------------- streamed extraction
