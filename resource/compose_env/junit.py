@@ -28,6 +28,8 @@ MAX_REPORT_BYTES = 64 * 2**20
 MAX_MESSAGE_CHARS = 4000
 #: Outcome elements of a testcase, the stronger first (pytest adds a teardown `error` to a failed test).
 OUTCOMES = (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
+#: `message` attributes that say nothing the status does not: the element's text is read instead.
+PLACEHOLDER_MESSAGES = {"", "failed", "failure", "error"}
 STATUSES = ("passed", "failed", "error", "skipped")
 
 
@@ -36,7 +38,7 @@ class ReportError(Exception):
 
 
 @dataclass(frozen=True)
-class TestCase:
+class CaseResult:
     """One `testcase`: `classname.name`, its outcome, seconds, and the message of its outcome."""
 
     name: str
@@ -54,7 +56,7 @@ class TestCase:
 
 
 @dataclass(frozen=True)
-class TestTotals:
+class Totals:
     passed: int = 0
     failed: int = 0
     errors: int = 0
@@ -72,16 +74,16 @@ class TestTotals:
 
 @dataclass(frozen=True)
 class ParsedReport:
-    cases: tuple[TestCase, ...]
+    cases: tuple[CaseResult, ...]
     #: the suites' own total time (includes set-up the cases do not count), else the cases' sum
     time: float
 
 
 @dataclass
-class TestResults:
+class ReportResults:
     """Every case of every report read, in order."""
 
-    cases: list[TestCase] = field(default_factory=list)
+    cases: list[CaseResult] = field(default_factory=list)
     time: float = 0.0
 
     def add(self, report: ParsedReport) -> None:
@@ -89,14 +91,14 @@ class TestResults:
         self.time += report.time
 
     @property
-    def failing(self) -> list[TestCase]:
+    def failing(self) -> list[CaseResult]:
         return [case for case in self.cases if case.failing]
 
-    def totals(self) -> TestTotals:
+    def totals(self) -> Totals:
         counts = {status: 0 for status in STATUSES}
         for case in self.cases:
             counts[case.status] += 1
-        return TestTotals(counts["passed"], counts["failed"], counts["error"], counts["skipped"], self.time)
+        return Totals(counts["passed"], counts["failed"], counts["error"], counts["skipped"], self.time)
 
 
 def parse_report(path: Path) -> ParsedReport:
@@ -126,7 +128,7 @@ def read_root(root: ElementTree.Element) -> ParsedReport:
     return ParsedReport(cases, _suite_time(root, cases))
 
 
-def _case(element: ElementTree.Element) -> TestCase:
+def _case(element: ElementTree.Element) -> CaseResult:
     classname, name = element.get("classname", "").strip(), element.get("name", "").strip() or "(unnamed)"
     status, message = "passed", ""
     children = {_local(child.tag): child for child in reversed(list(element))}  # the first of each kind
@@ -134,16 +136,17 @@ def _case(element: ElementTree.Element) -> TestCase:
         if tag in children:
             status, message = outcome, _message(children[tag])
             break
-    return TestCase(f"{classname}.{name}" if classname else name, status, _number(element.get("time")) or 0.0, message)
+    return CaseResult(f"{classname}.{name}" if classname else name, status, _number(element.get("time")) or 0.0, message)
 
 
 def _message(element: ElementTree.Element) -> str:
-    """The `message` attribute, else the element's text (jest-junit and go-junit-report put it there)."""
-    text = (element.get("message") or "").strip() or (element.text or "").strip()
+    """The `message` attribute, else the element's text (jest-junit writes no attribute, go-junit-report a mere "Failed")."""
+    attribute = (element.get("message") or "").strip()
+    text = attribute if attribute.lower() not in PLACEHOLDER_MESSAGES else (element.text or "").strip() or attribute
     return text[:MAX_MESSAGE_CHARS]
 
 
-def _suite_time(root: ElementTree.Element, cases: Sequence[TestCase]) -> float:
+def _suite_time(root: ElementTree.Element, cases: Sequence[CaseResult]) -> float:
     """The root's `time`; else the sum of its top-level suites' times; else the cases' sum."""
     own = _number(root.get("time"))
     if own is not None:
@@ -170,7 +173,7 @@ def _local(tag: object) -> str:
     return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
 
 
-def failing_block(cases: Iterable[TestCase], limit: int) -> list[str]:
+def failing_block(cases: Iterable[CaseResult], limit: int) -> list[str]:
     """`name: first line of the message` for each failing test, at most `limit` lines, then `+N more`."""
     failing = [case for case in cases if case.failing]
     lines = [f"{case.name}: {case.first_line}" if case.first_line else case.name for case in failing[:limit]]

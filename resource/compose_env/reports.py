@@ -23,7 +23,7 @@ import docker
 from .config import ReportEntry
 from .containers import service_container, streamed_archive
 from .errors import UserError
-from .junit import MAX_REPORT_BYTES, ReportError, TestResults, parse_report
+from .junit import MAX_REPORT_BYTES, ReportError, ReportResults, parse_report
 
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
@@ -41,7 +41,7 @@ class ReportFile:
 
 @dataclass
 class ReportsOutcome:
-    results: TestResults = field(default_factory=TestResults)
+    results: ReportResults = field(default_factory=ReportResults)
     files: list[ReportFile] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -118,7 +118,7 @@ def collect_reports(client: docker.APIClient, project: str, entries: Sequence[Re
     return outcome
 
 
-def _read(entry: ReportEntry, container_path: str, local_path: Path, skipped: str, results: TestResults) -> ReportFile:
+def _read(entry: ReportEntry, container_path: str, local_path: Path, skipped: str, results: ReportResults) -> ReportFile:
     if skipped:
         return ReportFile(entry.service, container_path, local_path, problem=skipped)
     try:
