@@ -34,8 +34,8 @@ def run(image: str, put_dir: Path, out: Path, compose_env: dict) -> tuple:
 
 
 def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_report(image: str, put_dir: Path, tmp_path: Path) -> None:
-    # tasks/compose-env.yml as is (run --rm tests, /reports → compose-env-output/reports), plus the
-    # images this fixture needs, as `COMPOSE_ENV=... fly execute` would override it.
+    # tasks/compose-env.yml as is (run --rm tests, reports from /reports → compose-env-output/reports/tests/reports),
+    # plus the images this fixture needs, as `COMPOSE_ENV=... fly execute` would override it.
     out = tmp_path / "out"
     compose_env = {**TASK_CONFIG["params"]["COMPOSE_ENV"], **BASE}
 
@@ -43,7 +43,7 @@ def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_rep
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.leftovers == []
-    junit = (out / "reports" / "junit.xml").read_text()
+    junit = (out / "reports" / "tests" / "reports" / "junit.xml").read_text()
     assert 'failures="0"' in junit and "ping_set_get" in junit
     tests_log = (out / "logs" / "tests.log").read_text()
     assert "test: all passed" in tests_log
@@ -60,11 +60,10 @@ def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_rep
     run_container = services["tests"]["containers"][0]
     assert run_container["one_off"] is True and run_container["exit_code"] == 0
     assert run_container["duration_seconds"] is not None
-    assert set(report["timings"]) >= {"daemon", "load", "run", "artifacts", "teardown"}
+    assert set(report["timings"]) >= {"daemon", "load", "run", "reports", "teardown"}
     assert report["logs"]["tests"] == "logs/tests.log"
-    assert report["artifacts"] == [
-        {"service": "tests", "path": "/reports", "to": ".", "copied": True, "files": 1, "bytes": len(junit), "problem": "", "skipped": []}
-    ]
+    assert report["tests"]["summary"].startswith("1 passed, 0 failed, 0 errors, 0 skipped (")
+    assert report["tests"]["cases"][0]["name"] == "example.redis.ping_set_get"
 
 
 def test_failing_tests_still_return_the_junit_report_and_fail_the_task(image: str, put_dir: Path, tmp_path: Path) -> None:
