@@ -20,7 +20,7 @@ from .compose import ComposeProject, ServiceLogs, analyse_command
 from .config import PutConfig, PutParams
 from .console import Console
 from .containers import service_container
-from .daemon import InnerDaemon
+from .daemon import InnerDaemon, PreparedStore
 from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from .errors import Aborted
 from .layerstore import DirectImage, RootfsImage
@@ -102,6 +102,7 @@ def run_put(
     aborted = False
     try:
         direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
+        cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
         with console.phase("Starting the Docker daemon", timings, "daemon"):
             if config.source.docker_host:
                 _prepare_loads(plans, direct)
@@ -109,8 +110,11 @@ def run_put(
             else:
                 inner = InnerDaemon(config.source, console)
                 store = inner.prepare(sum(plan.estimated_bytes for plan in plans))
-                direct = _writable_images(plans) if store.writable else {}
-                _prepare_loads(plans, direct)
+                kept = layerstore.has_images(store.data_root, store.driver)
+                direct = _writable_images(plans) if store.writable or kept else {}
+                cached = {key: planned for key, planned in direct.items() if _in_store(planned[1], store)}
+                direct = {key: planned for key, planned in direct.items() if key not in cached} if store.writable else {}
+                _prepare_loads([plan for plan in plans if all(plan is not held for held, _image in cached.values())], direct)
                 if direct:
                     console.info("dockerd starts once the images are in its store (see Loading)")
                 else:
@@ -118,7 +122,7 @@ def run_put(
 
         if plans:
             with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
-                handle, loaded = _get_images_in(plans, inner, handle, direct, console, timings)
+                handle, loaded = _get_images_in(plans, inner, handle, direct, cached, console, timings)
                 loaded_names += [name for image in loaded for name in image.names]
         assert handle is not None
         project.use_engine(handle.env)
@@ -223,12 +227,16 @@ def _get_images_in(
     inner: InnerDaemon | None,
     handle: DaemonHandle | None,
     direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
+    cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
     console: Console,
     timings: dict[str, float],
 ) -> tuple[DaemonHandle, list[images_module.LoadedImage]]:
-    """Direct writes first (dockerd starts after them), docker load for the rest; the images in plan order."""
+    """Images a kept data root holds are only named; direct writes next (dockerd starts after them), docker load for the rest.
+
+    Returns the images in plan order.
+    """
     if inner is not None:
-        images_module.check_free_space(plans, inner.data_root)
+        images_module.check_free_space([plan for plan in plans if all(plan is not held for held, _image in cached.values())], inner.data_root)
     by_plan: dict[int, images_module.LoadedImage] = {}
     if inner is not None and direct:
         handle, by_plan, launch_seconds = _write_then_launch(inner, direct, console)
@@ -236,11 +244,33 @@ def _get_images_in(
         timings["daemon"] += launch_seconds
         timings["load"] = timings.get("load", 0.0) - launch_seconds
     assert handle is not None
+    by_plan.update(_name_cached(cached, handle, console))
     rest = [plan for plan in plans if id(plan) not in by_plan]
     spool_dir = os.path.dirname(inner.data_root) if inner is not None else None
     for image in images_module.load_images(rest, handle.client, handle.load_client, console, spool_dir=spool_dir):
         by_plan[id(next(plan for plan in rest if plan.entry is image.entry))] = image
     return handle, [by_plan[id(plan)] for plan in plans]
+
+
+def _in_store(image: DirectImage | RootfsImage, store: PreparedStore) -> bool:
+    return isinstance(image, DirectImage) and layerstore.holds(store.data_root, store.driver, image)
+
+
+def _name_cached(
+    cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]], handle: DaemonHandle, console: Console
+) -> dict[int, images_module.LoadedImage]:
+    """Name the images the kept data root (a task cache) holds: nothing to load. One dockerd does not list goes to docker load."""
+    named: dict[int, images_module.LoadedImage] = {}
+    for plan, image in cached.values():
+        assert isinstance(image, DirectImage)
+        loaded = images_module.name_written_image(plan, image.image_id, image.repo_tags, handle.client, 0.0, 0)
+        if loaded is None:
+            console.warn(f"{plan.where}: its files are in the cache but dockerd does not list {image.image_id[:19]}: loading it")
+            _prepare_loads([plan], {})
+            continue
+        console.info(f"{plan.where}: {image.image_id[:19]} already in the cache → {', '.join(loaded.names) or 'no name'}")
+        named[id(plan)] = loaded
+    return named
 
 
 def _prepare_loads(plans: list[images_module.ImagePlan], direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]) -> None:

@@ -18,6 +18,7 @@ import os
 import shutil
 import tarfile
 from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -25,12 +26,13 @@ from typing import Any
 
 import docker
 
-from .compose import ComposeProject
+from .cache import DEFAULT_MAX_SIZE, CacheConfig, TaskCache, parse_size
+from .compose import ComposeProject, services_started
 from .config import BuildMetadata, PutConfig, deep_merge, parse_put_request
 from .console import Console
 from .containers import service_container, streamed_archive
 from .engine import DaemonHandle
-from .errors import Aborted, RuntimeFailure, UserError
+from .errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
 from .put import PutOutcome, redactor_for, run_put
 from .redaction import Redactor, secrets_in_request
 from .report import RunResult
@@ -38,7 +40,7 @@ from .reports import ReportsOutcome
 from .schema import validate
 
 ROOT = "COMPOSE_ENV"
-TASK_KEYS = ("source", "output_dir", "artifacts")
+TASK_KEYS = ("source", "output_dir", "artifacts", "cache_dir", "cache_max_size")
 DEFAULT_OUTPUT_DIR = "compose-env-output"
 DEFAULT_ARTIFACTS_DIR = "artifacts"
 #: Where params.reports files go in the output: reports/<service>/<their path in the container>.
@@ -67,6 +69,7 @@ class TaskConfig:
     put: PutConfig
     output_dir: Path
     artifacts: tuple[Artifact, ...] = ()
+    cache: CacheConfig | None = None
 
 
 @dataclass
@@ -128,7 +131,34 @@ def parse_task_config(value: Mapping[str, Any], work_dir: Path, build: BuildMeta
     except UserError as error:
         raise in_task_terms(error) from None
     reports = tuple(replace(entry, param_path=task_path(entry.param_path)) for entry in put.params.reports)
-    return TaskConfig(replace(put, params=replace(put.params, reports=reports)), output_dir, artifacts)
+    put = replace(put, params=replace(put.params, reports=reports))
+    cache = parse_cache(value, work_dir, output_dir)
+    if cache is not None:
+        # The inner dockerd keeps its data root in the cache, on disk (a tmpfs would not outlive the task).
+        put = replace(put, source=replace(put.source, dockerd=replace(put.source.dockerd, data_root=str(cache.data_root), data_root_medium="disk")))
+    return TaskConfig(put, output_dir, artifacts, cache)
+
+
+def parse_cache(value: Mapping[str, Any], work_dir: Path, output_dir: Path) -> CacheConfig | None:
+    """`cache_dir` and `cache_max_size`, refused where they cannot work (another data root, a remote engine)."""
+    if "cache_dir" not in value:
+        if "cache_max_size" in value:
+            raise UserError(
+                f"{ROOT}.cache_max_size", "is only used with cache_dir", "set cache_dir (a directory declared under the task's caches:) or remove it"
+            )
+        return None
+    path = _inside(work_dir, value["cache_dir"], f"{ROOT}.cache_dir", "the task's working directory")
+    if path == Path(os.path.realpath(work_dir)) or path == output_dir or output_dir.is_relative_to(path):
+        raise UserError(
+            f"{ROOT}.cache_dir", f"{value['cache_dir']!r} must be a directory of its own", "use the path of the task's cache, e.g. compose-env-cache"
+        )
+    source = value.get("source") or {}
+    clashing = [f"source.{key}" for key in ("docker_host",) if key in source]
+    clashing += [f"source.dockerd.{key}" for key in ("data_root", "data_root_medium") if key in (source.get("dockerd") or {})]
+    if clashing:
+        raise UserError(f"{ROOT}.cache_dir", f"cannot be used with {ROOT}.{clashing[0]}: the cache is the inner dockerd's data root", "remove one of them")
+    max_size = parse_size(value.get("cache_max_size", DEFAULT_MAX_SIZE), f"{ROOT}.cache_max_size")
+    return CacheConfig(path, max_size)
 
 
 def _inside(base: Path, given: str, path: str, what: str) -> Path:
@@ -173,15 +203,13 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
     collector = AfterRunCollector(task, console)
     report_file = task.output_dir / "report.json"
     try:
-        outcome = run_put(
-            task.put,
-            console,
-            redact,
-            after_run=collector,
-            check_project=collector.check_services,
-            files_from={artifact.service for artifact in task.artifacts},
-            reports_dir=task.output_dir / REPORTS_DIR,
-        )
+        with ExitStack() as stack:
+            cache = None
+            if task.cache is not None:
+                cache = TaskCache(task.cache, console)
+                stack.enter_context(cache.locked())
+                cache.check()
+            outcome = run_with_cache(task, console, redact, collector, cache)
     except UserError as error:
         renamed = in_task_terms(error)
         write_json(report_file, {"status": "error", "exit_code": renamed.exit_code, "error": redact(renamed.render())})
@@ -202,6 +230,38 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
     if outcome.exit_code != 0:
         console.error(f"the task fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: false to report it instead")
     return outcome.exit_code
+
+
+def run_with_cache(task: TaskConfig, console: Console, redact: Redactor, collector: AfterRunCollector, cache: TaskCache | None) -> PutOutcome:
+    """The put; with a cache, also its after-run pruning, and one more try on a fresh cache if dockerd refused it."""
+
+    def after_run(project: ComposeProject, handle: DaemonHandle, result: RunResult) -> None:
+        collector(project, handle, result)
+        if cache is not None:
+            with console.phase("Keeping the cache", collector.timings, "cache"):
+                services = project.all_services()
+                started = services_started(project.shape, services)
+                cache.after_run(handle.client, project.params.project_name, [services[name]["image"] for name in started if services[name].get("image")])
+
+    def run() -> PutOutcome:
+        return run_put(
+            task.put,
+            console,
+            redact,
+            after_run=after_run,
+            check_project=collector.check_services,
+            files_from={artifact.service for artifact in task.artifacts},
+            reports_dir=task.output_dir / REPORTS_DIR,
+        )
+
+    if cache is None:
+        return run()
+    try:
+        return run()
+    except DaemonStartFailure as error:
+        cache.wipe(f"dockerd did not start on it ({error.message})")
+        cache.write_marker()
+        return run()
 
 
 class AfterRunCollector:

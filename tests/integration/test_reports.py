@@ -1,46 +1,19 @@
 """params.reports through the real image: a real pytest JUnit file in put and task mode, and every broken case.
 
-The fixture project (tests/data/reports/code) runs Debian's pytest on one test of each
-outcome; its `writer` service (behind a profile) leaves good, failing, malformed and
-billion-laughs report files.
+The fixture project (tests/data/reports/code, with the `inputs` fixture) runs Debian's pytest
+on one test of each outcome; its `writer` service (behind a profile) leaves good, failing,
+malformed and billion-laughs report files.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 from harness import run_script, run_task
 
-ROOT = Path(__file__).resolve().parents[2]
-DATA = ROOT / "tests" / "data" / "reports"
-RUNNER_IMAGE = "compose-env-test/pytest:ci"
 SUMMARY = re.compile(r"^2 passed, 1 failed, 1 errors, 1 skipped \(\d+\.\ds\)$")
-
-
-@pytest.fixture(scope="module")
-def runner_tarball(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The pytest image, built from the base image with Debian's python3-pytest, saved as an oci-build-task would."""
-    base = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
-    subprocess.run(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", RUNNER_IMAGE, str(DATA)], check=True, capture_output=True)
-    tarball = tmp_path_factory.mktemp("runner") / "image.tar"
-    subprocess.run(["docker", "save", RUNNER_IMAGE, "-o", str(tarball)], check=True, capture_output=True)
-    return tarball
-
-
-@pytest.fixture
-def inputs(tmp_path: Path, runner_tarball: Path) -> Path:
-    """A put directory (or task working directory): code/ and runner/image.tar."""
-    put = tmp_path / "put"
-    shutil.copytree(DATA / "code", put / "code")
-    (put / "runner").mkdir()
-    os.link(runner_tarball, put / "runner" / "image.tar")
-    return put
 
 
 def test_failing_put_reports_test_totals_and_failing_names_in_metadata_and_the_log(image: str, inputs: Path) -> None:
