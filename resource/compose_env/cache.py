@@ -31,7 +31,8 @@ from typing import Any
 import docker
 
 from .console import Console
-from .errors import UserError
+from .errors import RuntimeFailure, UserError
+from .mounts import MountError, read_mountinfo, umount
 
 CACHE_FORMAT = 1
 MARKER_FILE = "compose-env-cache.json"
@@ -127,11 +128,21 @@ class TaskCache:
 
     def wipe(self, why: str) -> None:
         self.console.warn(f"cache {self.config.path}: {why}: wiping it and starting afresh")
+        self._unmount_data_root()
         shutil.rmtree(self.config.data_root, ignore_errors=True)
         if self.config.data_root.exists():
-            # What rmtree could not remove (a stuck mount) is set aside; the run starts afresh all the same.
-            os.rename(self.config.data_root, self.config.path / f"{DATA_ROOT_DIR}.wiped-{time.time_ns()}")
+            raise RuntimeFailure(f"cannot wipe the cache {self.config.path}", "remove the task's cache (fly clear-task-cache) and run it again")
         self.last_used = {}
+
+    def _unmount_data_root(self) -> None:
+        """A dockerd that failed to start leaves the data root bind-mounted on itself (and maybe more below it)."""
+        root = str(self.config.data_root)
+        points = [m.mount_point for m in read_mountinfo() if m.mount_point == root or m.mount_point.startswith(root + "/")]
+        for point in sorted(set(points), key=len, reverse=True):
+            try:
+                umount(point, lazy=True)
+            except MountError:
+                continue
 
     def _read_marker(self) -> dict[str, Any] | None:
         try:

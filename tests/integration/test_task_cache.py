@@ -35,7 +35,9 @@ def run_cached(image: str, put: Path, out: Path, cache: Path, extra: dict | None
     ]
     with Container(image, mounts) as container:
         outcome = container.exec(["/opt/resource/task"], env={"COMPOSE_ENV": json.dumps(compose_env)}, workdir=WORKDIR)
-    return outcome, json.loads((out / "report.json").read_text())
+    report_file = out / "report.json"
+    assert report_file.is_file(), outcome.stderr
+    return outcome, json.loads(report_file.read_text())
 
 
 def built_stamp(outcome: RunOutcome) -> str:
