@@ -153,6 +153,7 @@ class TaskCache:
 
     def write_marker(self) -> None:
         document = {"format": CACHE_FORMAT, "engine": self.version, "last_used": self.last_used}
+        self.config.path.mkdir(parents=True, exist_ok=True)
         temporary = self.marker_path.with_suffix(".tmp")
         temporary.write_text(json.dumps(document, indent=1) + "\n")
         os.replace(temporary, self.marker_path)

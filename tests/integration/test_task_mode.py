@@ -38,6 +38,9 @@ def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_rep
     # plus the images this fixture needs, as `COMPOSE_ENV=... fly execute` would override it.
     out = tmp_path / "out"
     compose_env = {**TASK_CONFIG["params"]["COMPOSE_ENV"], **BASE}
+    # The harness mounts no cache volume (a directory in the container's own overlayfs would take vfs):
+    # test_task_cache.py runs the cache on a mounted directory.
+    assert compose_env.pop("cache_dir") == TASK_CONFIG["caches"][0]["path"]
 
     outcome, report = run(image, put_dir, out, compose_env)
 
