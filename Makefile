@@ -46,7 +46,8 @@ example: image
 
 ## bench: the side-by-side benchmarks (not tests); prints ratios
 bench: image
-	@$(WITH_ENGINE) $(PYTHON) bench/run.py --image $(IMAGE) && $(PYTHON) bench/bench_images.py --image $(IMAGE)
+	@$(WITH_ENGINE) $(PYTHON) bench/run.py --image $(IMAGE) && $(PYTHON) bench/bench_images.py --image $(IMAGE) && \
+	  $(PYTHON) bench/bench_cache.py --image $(IMAGE)
 
 dev-deps:
 	@$(PYTHON) -c 'import pytest, ruff, yaml, docker, jsonschema, requests, defusedxml' 2>/dev/null || \
