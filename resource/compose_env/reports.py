@@ -131,11 +131,11 @@ def _read(entry: ReportEntry, container_path: str, local_path: Path, skipped: st
 
 def copy_entry(client: docker.APIClient, project: str, entry: ReportEntry, target: Path) -> tuple[list[tuple[str, Path, str]], str]:
     """The entry's files written under `target/<service>/`: [(path in the container, local path, why skipped)], and a problem."""
-    container = service_container(client, project, entry.service)
-    if container is None:
-        return [], f"no container of service {entry.service} (it did not run)"
     base, wanted = path_matcher(entry.path)
     try:
+        container = service_container(client, project, entry.service)
+        if container is None:
+            return [], f"no container of service {entry.service} (it did not run)"
         chunks, _stat = client.get_archive(container, base)
     except docker.errors.NotFound:
         return [], "no such file or directory in the container (did the tests get far enough to write it?)"
