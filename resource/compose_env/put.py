@@ -130,6 +130,8 @@ def run_put(
 
         with console.phase(f"Running docker compose {' '.join(params.command)}", timings, "run"):
             result = project.run(shape, handle.client)
+        # Reported as the user wrote it; the log shows the argv that ran (without a dropped --rm).
+        result.command = tuple(config.params.command)
         _print_verdict(console, result)
         if result.status != "passed":
             project.print_failure_details(result, params.logs.tail)

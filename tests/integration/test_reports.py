@@ -34,6 +34,7 @@ def test_failing_put_reports_test_totals_and_failing_names_in_metadata_and_the_l
     assert outcome.leftovers == []
     metadata = outcome.metadata()
     assert metadata["status"] == "failed" and metadata["exit_code"] == "1"
+    assert metadata["command"] == "run --rm pytest"
     assert SUMMARY.match(metadata["tests"]), metadata["tests"]
     assert metadata["failed_tests"] == "test_sample.test_fails\ntest_sample.test_errors"
     names = [entry["name"] for entry in outcome.response["metadata"]]
