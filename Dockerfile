@@ -10,7 +10,7 @@ FROM ${BASE_IMAGE}
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       docker.io docker-cli docker-compose containerd runc iptables fuse-overlayfs \
-      python3 python3-docker python3-requests python3-jsonschema \
+      python3 python3-docker python3-requests python3-jsonschema python3-defusedxml \
       zstd pigz ca-certificates \
  && if apt-cache show isal >/dev/null 2>&1; then apt-get install -y --no-install-recommends isal; fi \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb

@@ -52,10 +52,11 @@ example: image
 
 ## bench: the side-by-side benchmarks (not tests); prints ratios
 bench: image
-	@$(WITH_ENGINE) $(PYTHON) bench/run.py --image $(IMAGE) && $(PYTHON) bench/bench_images.py --image $(IMAGE)
+	@$(WITH_ENGINE) $(PYTHON) bench/run.py --image $(IMAGE) && $(PYTHON) bench/bench_images.py --image $(IMAGE) && \
+	  $(PYTHON) bench/bench_cache.py --image $(IMAGE)
 
 dev-deps:
-	@$(PYTHON) -c 'import pytest, ruff, yaml, docker, jsonschema, requests' 2>/dev/null || \
+	@$(PYTHON) -c 'import pytest, ruff, yaml, docker, jsonschema, requests, defusedxml' 2>/dev/null || \
 	  $(PYTHON) -m pip install -q -r requirements-dev.txt
 
 clean:

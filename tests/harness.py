@@ -353,14 +353,17 @@ def run_task(
     output_name: str = "compose-env-output",
     env: Mapping[str, str] | None = None,
     runtime: str = DEFAULT_RUNTIME,
+    caches: Mapping[str, str] = {},
 ) -> RunOutcome:
-    """Like `fly execute -c tasks/compose-env.yml -i NAME=DIR -o OUTPUT=DIR`: inputs and the output under the working dir.
+    """Like `fly execute -c tasks/compose-env.yml -i NAME=DIR -o OUTPUT=DIR`: inputs, the output and caches under the working dir.
 
     Concourse gives tasks no BUILD_* variables, so neither does this (unless `env` sets them).
+    `caches` maps a task cache's path to the host directory that holds it (a volume on the worker's disk).
     """
     workdir = "/tmp/build/task"
     mounts = [(host, f"{workdir}/{name}", True) for name, host in inputs.items()]
     mounts.append((output_dir, f"{workdir}/{output_name}", False))
+    mounts += [(host, f"{workdir}/{path}", False) for path, host in caches.items()]
     task_env = {**(env or {}), "COMPOSE_ENV": json.dumps(compose_env)}
     outcomes: list[RunOutcome] = []
     with removed_after(open_container(image, mounts, runtime=runtime), outcomes) as container:

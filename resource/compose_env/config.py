@@ -115,6 +115,19 @@ class LogOptions:
 
 
 @dataclass(frozen=True)
+class ReportEntry:
+    """One `params.reports` entry: JUnit XML at `path` (a file, a directory or a glob) in a container of `service`."""
+
+    param_path: str
+    service: str
+    path: str
+
+    def describe(self) -> str:
+        """`params.reports[0] (tests:/reports/*.xml)`: what a warning names."""
+        return f"{self.param_path} ({self.service}:{self.path})"
+
+
+@dataclass(frozen=True)
 class PutParams:
     compose_files: tuple[Path, ...]
     project_directory: Path
@@ -128,6 +141,7 @@ class PutParams:
     fail_on_error: bool = True
     logs: LogOptions = LogOptions()
     stop_grace: int = 0
+    reports: tuple[ReportEntry, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -356,6 +370,7 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         fail_on_error=raw.get("fail_on_error", True),
         logs=LogOptions(tail=logs_raw.get("tail", 20), services=tuple(logs_raw["services"]) if "services" in logs_raw else None),
         stop_grace=raw.get("stop_grace", 0),
+        reports=tuple(ReportEntry(merged.path("reports", i), item["service"], item["path"]) for i, item in enumerate(raw.get("reports", ()))),
     )
 
 

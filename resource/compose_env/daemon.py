@@ -32,7 +32,7 @@ from . import cgroups, storage
 from .config import Source
 from .console import Console
 from .engine import RUN_DIR, DaemonHandle, make_clients, write_docker_config
-from .errors import RuntimeFailure
+from .errors import DaemonStartFailure, RuntimeFailure
 from .mounts import MountError, MountTracker, is_mount_point, mount, read_mountinfo, remount_read_write, umount
 from .network import choose_iptables, default_route_mtu, iptables_path_dir
 
@@ -414,7 +414,7 @@ class InnerDaemon:
         shown = f"last lines of the {name} log ({self.log_dir}/{name}.log):\n{logs[name]}"
         if error_lines(logs[other]):
             shown += f"\n\nerrors in the {other} log:\n" + "\n".join(error_lines(logs[other])[-5:])
-        raise RuntimeFailure(f"the inner Docker daemon did not start: {message}", f"{shown}\n\ndiagnosis: {diagnose(logs['dockerd'] + logs['containerd'])}")
+        raise DaemonStartFailure(f"the inner Docker daemon did not start: {message}", f"{shown}\n\ndiagnosis: {diagnose(logs['dockerd'] + logs['containerd'])}")
 
     # -- stop
 

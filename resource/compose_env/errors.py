@@ -58,6 +58,10 @@ class RuntimeFailure(Exception):
         return text
 
 
+class DaemonStartFailure(RuntimeFailure):
+    """The inner dockerd or containerd did not start: a task cache it refused is wiped and the run tried again."""
+
+
 class Aborted(BaseException):
     """Raised in the main thread by the SIGTERM handler (Concourse abort or step timeout).
 

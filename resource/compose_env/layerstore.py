@@ -550,3 +550,17 @@ def write_images(images: dict[str, DirectImage | RootfsImage], data_root: str) -
     """StoreWriter.write with its duration; a SIGTERM (an exception in this thread) stops it cleanly."""
     started = time.monotonic()
     return StoreWriter(data_root).write(images), time.monotonic() - started
+
+
+def holds(data_root: str, driver: str, image: DirectImage) -> bool:
+    """Whether a kept data root (a task cache) has this image already: its config and every layer (by chain ID)."""
+    image_home = Path(data_root) / "image" / driver
+    if not (image_home / "imagedb" / "content" / "sha256" / image.image_id.removeprefix("sha256:")).is_file():
+        return False
+    return all((image_home / "layerdb" / "sha256" / chain.removeprefix("sha256:") / "cache-id").is_file() for chain in image.chain_ids)
+
+
+def has_images(data_root: str, driver: str) -> bool:
+    """Whether the data root already holds image configs (a kept task cache; a put's is always empty)."""
+    content = Path(data_root) / "image" / driver / "imagedb" / "content" / "sha256"
+    return content.is_dir() and any(content.iterdir())

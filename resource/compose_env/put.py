@@ -6,22 +6,27 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import docker
+
 from . import images as images_module
-from . import layerstore
-from .compose import ComposeProject, ServiceLogs
-from .config import PutConfig
+from . import junit, layerstore
+from . import reports as reports_module
+from .compose import ComposeProject, ServiceLogs, analyse_command
+from .config import PutConfig, PutParams
 from .console import Console
-from .daemon import InnerDaemon
+from .containers import service_container
+from .daemon import InnerDaemon, PreparedStore
 from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from .errors import Aborted
 from .layerstore import DirectImage, RootfsImage
 from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
+from .reports import ReportsOutcome
 from .signals import ABORT
 
 #: compose down's deadline after SIGTERM, inside Concourse's 10 s before SIGKILL: with an inner
@@ -35,6 +40,8 @@ HOW_WRITTEN = {
     False: "inflated, checked against the config's diff_ids, extracted",
     True: "archived and extracted by GNU tar, with metadata.json's env and user",
 }
+#: Failing tests named in the build log, each with the first line of its message (all are in the reports).
+FAILING_TESTS_IN_LOG = 100
 #: Called after the run and before teardown, while the containers still exist (task artifacts).
 AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]
 #: Called with the validated project before anything starts: more checks of the caller's own.
@@ -49,6 +56,7 @@ class PutOutcome:
     logs: ServiceLogs
     timings: dict[str, float]
     images: list[str] = field(default_factory=list)
+    reports: ReportsOutcome | None = None
 
 
 def redactor_for(config: PutConfig) -> Redactor:
@@ -58,19 +66,29 @@ def redactor_for(config: PutConfig) -> Redactor:
     return Redactor(secrets)
 
 
-def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: AfterRun | None = None, check_project: CheckProject | None = None) -> PutOutcome:
+def run_put(
+    config: PutConfig,
+    console: Console,
+    redact: Redactor,
+    after_run: AfterRun | None = None,
+    check_project: CheckProject | None = None,
+    files_from: Collection[str] = (),
+    reports_dir: Path | None = None,
+) -> PutOutcome:
+    """The put; `files_from`: services the caller copies files from in `after_run`; `reports_dir`: where params.reports files go."""
     started = time.monotonic()
     timings: dict[str, float] = {}
-    params = config.params
     logs = ServiceLogs(Path(RUN_DIR) / "service-logs", redact)
 
     with console.phase("Checking the configuration", timings, "validate"):
-        plans = images_module.plan_images(params.images)
+        plans = images_module.plan_images(config.params.images)
         for plan in plans:
             console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
+        params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
         project = ComposeProject(params, console, logs)
         project.load_config()
         shape = project.check_command()
+        reports_module.check_services(params.reports, project.all_services())
         if check_project is not None:
             check_project(project)
         console.info(f"project {params.project_name}: services {', '.join(sorted(project.services())) or 'none'}")
@@ -80,9 +98,11 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
     result: RunResult | None = None
     loaded: list[images_module.LoadedImage] = []
     loaded_names: list[str] = []
+    reports: ReportsOutcome | None = None
     aborted = False
     try:
         direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
+        cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
         with console.phase("Starting the Docker daemon", timings, "daemon"):
             if config.source.docker_host:
                 _prepare_loads(plans, direct)
@@ -90,8 +110,11 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
             else:
                 inner = InnerDaemon(config.source, console)
                 store = inner.prepare(sum(plan.estimated_bytes for plan in plans))
-                direct = _writable_images(plans) if store.writable else {}
-                _prepare_loads(plans, direct)
+                kept = layerstore.has_images(store.data_root, store.driver)
+                direct = _writable_images(plans) if store.writable or kept else {}
+                cached = {key: planned for key, planned in direct.items() if _in_store(planned[1], store)}
+                direct = {key: planned for key, planned in direct.items() if key not in cached} if store.writable else {}
+                _prepare_loads([plan for plan in plans if all(plan is not held for held, _image in cached.values())], direct)
                 if direct:
                     console.info("dockerd starts once the images are in its store (see Loading)")
                 else:
@@ -99,7 +122,7 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
 
         if plans:
             with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
-                handle, loaded = _get_images_in(plans, inner, handle, direct, console, timings)
+                handle, loaded = _get_images_in(plans, inner, handle, direct, cached, console, timings)
                 loaded_names += [name for image in loaded for name in image.names]
         assert handle is not None
         project.use_engine(handle.env)
@@ -107,11 +130,17 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
 
         with console.phase(f"Running docker compose {' '.join(params.command)}", timings, "run"):
             result = project.run(shape, handle.client)
+        # Reported as the user wrote it; the log shows the argv that ran (without a dropped --rm).
+        result.command = tuple(config.params.command)
         _print_verdict(console, result)
         if result.status != "passed":
             project.print_failure_details(result, params.logs.tail)
+        if params.reports:
+            reports = _read_reports(params, handle.client, reports_dir or Path(RUN_DIR) / "reports", result, console, timings)
         if after_run is not None:
             after_run(project, handle, result)
+        if kept_run is not None:
+            _remove_run_container(handle.client, params.project_name, kept_run, console)
     except Aborted:
         aborted = True
         console.error("aborted (SIGTERM): tearing down")
@@ -132,9 +161,67 @@ def run_put(config: PutConfig, console: Console, redact: Redactor, after_run: Af
         images=loaded_names,
         dockerd=handle.description if handle else "",
         redact=redact,
+        tests=_tests_summary(reports) if reports is not None else None,
+        failed_tests=[case.name for case in reports.results.failing] if reports is not None else (),
     )
     exit_code = 0 if result.exit_code == 0 or not params.fail_on_error else 1
-    return PutOutcome(response, result, exit_code, logs, timings, loaded_names)
+    return PutOutcome(response, result, exit_code, logs, timings, loaded_names, reports)
+
+
+def keep_run_container(params: PutParams, needed: Collection[str], console: Console) -> tuple[PutParams, str | None]:
+    """`run --rm S` deletes S's container before its reports or artifacts are copied: drop `--rm`.
+
+    Returns the params to run and the service whose run container must be removed once
+    its files are copied (None when nothing changed).
+    """
+    command = params.command
+    service = analyse_command(command).run_service
+    if service is None or "--rm" not in command or service not in needed:
+        return params, None
+    options_end = command.index(service, 1)
+    kept = tuple(word for index, word in enumerate(command) if not (word == "--rm" and index < options_end))
+    console.info(f"files are copied out of the run container of {service}: keeping it until then (without --rm)")
+    return replace(params, command=kept), service
+
+
+def _read_reports(params: PutParams, client: docker.APIClient, target: Path, result: RunResult, console: Console, timings: dict[str, float]) -> ReportsOutcome:
+    """params.reports copied and read; then the failing tests, each with the first line of its message."""
+    count = len(params.reports)
+    with console.phase(f"Reading {count} test report entr{'ies' if count > 1 else 'y'}", timings, "reports"):
+        reports = reports_module.collect_reports(client, params.project_name, params.reports, target)
+        for report in reports.read:
+            console.info(f"{report.service}:{report.container_path}: {report.tests} test{'s' if report.tests != 1 else ''}")
+        failing = reports.results.failing
+        if failing and result.exit_code == 0:
+            reports.warnings.append(
+                f"the reports show {len(failing)} failing test{'s' if len(failing) > 1 else ''} but the command exited 0:"
+                " the put's status follows the exit code; check that the test runner's exit code reaches compose"
+            )
+        for warning in reports.warnings:
+            console.warn(warning)
+        console.info(f"tests: {_tests_summary(reports)}")
+    if failing:
+        console.header(f"{len(failing)} failing test{'s' if len(failing) > 1 else ''} (from the JUnit reports)")
+        for line in junit.failing_block(failing, FAILING_TESTS_IN_LOG):
+            console.error(f"    {line}")
+    return reports
+
+
+def _tests_summary(reports: ReportsOutcome) -> str:
+    if not reports.read:
+        return "no report could be read (see the warnings in the build log)"
+    return reports.results.totals().summary()
+
+
+def _remove_run_container(client: docker.APIClient, project: str, service: str, console: Console) -> None:
+    """The run container kept for its files, removed as `--rm` would have (teardown would otherwise)."""
+    container = service_container(client, project, service)
+    if container is None:
+        return
+    try:
+        client.remove_container(container, v=True, force=True)
+    except docker.errors.APIError as error:
+        console.warn(f"could not remove the run container of {service} ({error.explanation or error}): teardown removes it")
 
 
 def _get_images_in(
@@ -142,12 +229,16 @@ def _get_images_in(
     inner: InnerDaemon | None,
     handle: DaemonHandle | None,
     direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
+    cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
     console: Console,
     timings: dict[str, float],
 ) -> tuple[DaemonHandle, list[images_module.LoadedImage]]:
-    """Direct writes first (dockerd starts after them), docker load for the rest; the images in plan order."""
+    """Images a kept data root holds are only named; direct writes next (dockerd starts after them), docker load for the rest.
+
+    Returns the images in plan order.
+    """
     if inner is not None:
-        images_module.check_free_space(plans, inner.data_root)
+        images_module.check_free_space([plan for plan in plans if all(plan is not held for held, _image in cached.values())], inner.data_root)
     by_plan: dict[int, images_module.LoadedImage] = {}
     if inner is not None and direct:
         handle, by_plan, launch_seconds = _write_then_launch(inner, direct, console)
@@ -155,11 +246,33 @@ def _get_images_in(
         timings["daemon"] += launch_seconds
         timings["load"] = timings.get("load", 0.0) - launch_seconds
     assert handle is not None
+    by_plan.update(_name_cached(cached, handle, console))
     rest = [plan for plan in plans if id(plan) not in by_plan]
     spool_dir = os.path.dirname(inner.data_root) if inner is not None else None
     for image in images_module.load_images(rest, handle.client, handle.load_client, console, spool_dir=spool_dir):
         by_plan[id(next(plan for plan in rest if plan.entry is image.entry))] = image
     return handle, [by_plan[id(plan)] for plan in plans]
+
+
+def _in_store(image: DirectImage | RootfsImage, store: PreparedStore) -> bool:
+    return isinstance(image, DirectImage) and layerstore.holds(store.data_root, store.driver, image)
+
+
+def _name_cached(
+    cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]], handle: DaemonHandle, console: Console
+) -> dict[int, images_module.LoadedImage]:
+    """Name the images the kept data root (a task cache) holds: nothing to load. One dockerd does not list goes to docker load."""
+    named: dict[int, images_module.LoadedImage] = {}
+    for plan, image in cached.values():
+        assert isinstance(image, DirectImage)
+        loaded = images_module.name_written_image(plan, image.image_id, image.repo_tags, handle.client, 0.0, 0)
+        if loaded is None:
+            console.warn(f"{plan.where}: its files are in the cache but dockerd does not list {image.image_id[:19]}: loading it")
+            _prepare_loads([plan], {})
+            continue
+        console.info(f"{plan.where}: {image.image_id[:19]} already in the cache → {', '.join(loaded.names) or 'no name'}")
+        named[id(plan)] = loaded
+    return named
 
 
 def _prepare_loads(plans: list[images_module.ImagePlan], direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]) -> None:

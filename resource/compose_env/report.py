@@ -3,7 +3,9 @@
 Concourse stores the response as containerd labels of at most 4096 bytes, so the whole
 stdout line (JSON plus newline) stays under `RESPONSE_BUDGET` whatever the logs are. The
 summary entries come first and are cut only in extreme cases; the `logs/<service>` tails
-share what is left fairly, failing services first.
+share what is left fairly, failing services first. With test reports, `tests` is a summary
+entry and `failed_tests` comes right after the summary: the failing tests' names take their
+room before the log tails do.
 """
 
 from __future__ import annotations
@@ -183,9 +185,12 @@ def build_response(
     images: Sequence[str],
     dockerd: str,
     redact: Callable[[str], str],
+    tests: str | None = None,
+    failed_tests: Sequence[str] = (),
     budget: int = RESPONSE_BUDGET,
     resource: str = RESOURCE_VERSION.describe(),
 ) -> dict[str, Any]:
+    """The response; `tests` and `failed_tests` (from params.reports) only when there are reports and failures."""
     version = {"id": run_id, "exit_code": str(result.exit_code)}
     summary = [
         ("status", result.status),
@@ -198,13 +203,43 @@ def build_response(
         ("dockerd", dockerd),
         ("resource", resource),
     ]
+    if tests is not None:
+        summary.append(("tests", tests))
     base = [{"name": name, "value": redact(value)} for name, value in summary]
-    base = shrink_to_fit(base, version, budget - (RESPONSE_BUDGET - SUMMARY_BUDGET))
+    summary_budget = budget - (RESPONSE_BUDGET - SUMMARY_BUDGET)
+    base = shrink_to_fit(base, version, summary_budget)
+    if failed_tests:
+        base = fit_failed_tests(base, version, [redact(name) for name in failed_tests], summary_budget)
     failing = [name for name in dict.fromkeys(result.failing_services) if name in result.logs]
     order = failing + sorted(name for name in result.logs if name not in failing)
     redacted_logs = {name: [redact(line) for line in lines] for name, lines in result.logs.items()}
     metadata = fit_logs(base, version, redacted_logs, order, budget)
     return {"version": version, "metadata": metadata}
+
+
+def fit_failed_tests(base: list[dict[str, str]], version: Mapping[str, str], names: Sequence[str], budget: int) -> list[dict[str, str]]:
+    """A `failed_tests` entry after the summary: one name a line, as many as fit `budget`, then `+N more`.
+
+    It takes its room before the log tails, which share what is left (at least
+    `RESPONSE_BUDGET - SUMMARY_BUDGET` bytes, kept for them whatever the failures).
+    """
+    room = budget - response_size([*base, {"name": "failed_tests", "value": ""}], version)
+    kept: list[str] = []
+    used = 0
+    for index, name in enumerate(names):
+        cost = _encoded_length(name) + (2 if kept else 0)
+        rest = len(names) - index - 1
+        more = _encoded_length(f"\n+{rest} more") if rest else 0
+        if used + cost + more > room:
+            break
+        kept.append(name)
+        used += cost
+    if len(kept) < len(names):
+        marker = f"+{len(names) - len(kept)} more"
+        while kept and used + _encoded_length(("\n" if kept else "") + marker) > room:
+            used -= _encoded_length(kept.pop()) + (2 if kept else 0)
+        kept.append(marker)
+    return [*base, {"name": "failed_tests", "value": "\n".join(kept)}]
 
 
 def shrink_to_fit(entries: list[dict[str, str]], version: Mapping[str, str], budget: int) -> list[dict[str, str]]:

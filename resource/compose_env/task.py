@@ -7,17 +7,18 @@ may itself hold JSON, so the variable is decoded once or twice.
 
 The run is `put.run_put`, as for `out`. Only two things are added: a hook that runs
 while the containers still exist (container details, artifacts copied out), and the
-files written into `output_dir` afterwards: report.json, logs/<service>.log, artifacts.
+files written into `output_dir` afterwards: report.json, logs/<service>.log, artifacts,
+and the params.reports files under reports/ (run_put copies them there).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -25,20 +26,25 @@ from typing import Any
 
 import docker
 
-from .compose import ComposeProject, analyse_command
+from .cache import DEFAULT_MAX_SIZE, CacheConfig, TaskCache, parse_size
+from .compose import ComposeProject, services_started
 from .config import BuildMetadata, PutConfig, deep_merge, parse_put_request
 from .console import Console
+from .containers import service_container, streamed_archive
 from .engine import DaemonHandle
-from .errors import Aborted, RuntimeFailure, UserError
+from .errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
 from .put import PutOutcome, redactor_for, run_put
 from .redaction import Redactor, secrets_in_request
 from .report import RunResult
+from .reports import ReportsOutcome
 from .schema import validate
 
 ROOT = "COMPOSE_ENV"
-TASK_KEYS = ("source", "output_dir", "artifacts")
+TASK_KEYS = ("source", "output_dir", "artifacts", "cache_dir", "cache_max_size")
 DEFAULT_OUTPUT_DIR = "compose-env-output"
 DEFAULT_ARTIFACTS_DIR = "artifacts"
+#: Where params.reports files go in the output: reports/<service>/<their path in the container>.
+REPORTS_DIR = "reports"
 USAGE_HINT = "in the task config: params: {COMPOSE_ENV: {compose_files: [code/docker-compose.yml], ...}}"
 #: Docker reports a container that never finished with this FinishedAt.
 NEVER = "0001-01-01T00:00:00Z"
@@ -63,6 +69,7 @@ class TaskConfig:
     put: PutConfig
     output_dir: Path
     artifacts: tuple[Artifact, ...] = ()
+    cache: CacheConfig | None = None
 
 
 @dataclass
@@ -123,7 +130,35 @@ def parse_task_config(value: Mapping[str, Any], work_dir: Path, build: BuildMeta
         put = parse_put_request({"source": value.get("source") or {}, "params": params}, work_dir, build)
     except UserError as error:
         raise in_task_terms(error) from None
-    return TaskConfig(put, output_dir, artifacts)
+    reports = tuple(replace(entry, param_path=task_path(entry.param_path)) for entry in put.params.reports)
+    put = replace(put, params=replace(put.params, reports=reports))
+    cache = parse_cache(value, work_dir, output_dir)
+    if cache is not None:
+        # The inner dockerd keeps its data root in the cache, on disk (a tmpfs would not outlive the task).
+        put = replace(put, source=replace(put.source, dockerd=replace(put.source.dockerd, data_root=str(cache.data_root), data_root_medium="disk")))
+    return TaskConfig(put, output_dir, artifacts, cache)
+
+
+def parse_cache(value: Mapping[str, Any], work_dir: Path, output_dir: Path) -> CacheConfig | None:
+    """`cache_dir` and `cache_max_size`, refused where they cannot work (another data root, a remote engine)."""
+    if "cache_dir" not in value:
+        if "cache_max_size" in value:
+            raise UserError(
+                f"{ROOT}.cache_max_size", "is only used with cache_dir", "set cache_dir (a directory declared under the task's caches:) or remove it"
+            )
+        return None
+    path = _inside(work_dir, value["cache_dir"], f"{ROOT}.cache_dir", "the task's working directory")
+    if path == Path(os.path.realpath(work_dir)) or path == output_dir or output_dir.is_relative_to(path):
+        raise UserError(
+            f"{ROOT}.cache_dir", f"{value['cache_dir']!r} must be a directory of its own", "use the path of the task's cache, e.g. compose-env-cache"
+        )
+    source = value.get("source") or {}
+    clashing = [f"source.{key}" for key in ("docker_host",) if key in source]
+    clashing += [f"source.dockerd.{key}" for key in ("data_root", "data_root_medium") if key in (source.get("dockerd") or {})]
+    if clashing:
+        raise UserError(f"{ROOT}.cache_dir", f"cannot be used with {ROOT}.{clashing[0]}: the cache is the inner dockerd's data root", "remove one of them")
+    max_size = parse_size(value.get("cache_max_size", DEFAULT_MAX_SIZE), f"{ROOT}.cache_max_size")
+    return CacheConfig(path, max_size)
 
 
 def _inside(base: Path, given: str, path: str, what: str) -> Path:
@@ -134,20 +169,22 @@ def _inside(base: Path, given: str, path: str, what: str) -> Path:
     return target
 
 
-def in_task_terms(error: UserError) -> UserError:
+def task_path(path: str) -> str:
     """The put names `params.images[0]`; here the user wrote `COMPOSE_ENV.images[0]`."""
+    if path == "params" or path.startswith(("params.", "params[")):
+        return ROOT + path[len("params") :]
+    if path.startswith("source"):
+        return f"{ROOT}.{path}"
+    return path
 
-    def rename(path: str) -> str:
-        if path == "params" or path.startswith(("params.", "params[")):
-            return ROOT + path[len("params") :]
-        if path.startswith("source"):
-            return f"{ROOT}.{path}"
-        return path
+
+def in_task_terms(error: UserError) -> UserError:
+    """A put's error in the task's words: `COMPOSE_ENV` paths, the task's working directory and inputs."""
 
     def reword(text: str) -> str:
         return text.replace("put directory", "task's working directory").replace("the put's `inputs`", "the task's `inputs`")
 
-    return UserError.many([(rename(path), reword(message), reword(hint)) for path, message, hint in error.problems])
+    return UserError.many([(task_path(path), reword(message), reword(hint)) for path, message, hint in error.problems])
 
 
 # ---------------------------------------------------------------- the run
@@ -166,7 +203,13 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
     collector = AfterRunCollector(task, console)
     report_file = task.output_dir / "report.json"
     try:
-        outcome = run_put(keep_run_container(task, console), console, redact, after_run=collector, check_project=collector.check_services)
+        with ExitStack() as stack:
+            cache = None
+            if task.cache is not None:
+                cache = TaskCache(task.cache, console)
+                stack.enter_context(cache.locked())
+                cache.check()
+            outcome = run_with_cache(task, console, redact, collector, cache)
     except UserError as error:
         renamed = in_task_terms(error)
         write_json(report_file, {"status": "error", "exit_code": renamed.exit_code, "error": redact(renamed.render())})
@@ -180,23 +223,45 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
         raise
     write_outputs(outcome, collector, task.output_dir, redact)
     copied = sum(copy.copied for copy in collector.copies)
-    console.info(f"wrote report.json, logs/ for {len(outcome.logs.services())} services and {copied} of {len(task.artifacts)} artifacts to {task.output_dir}")
-    collector.raise_unknown_services()
+    reports = f", {len(outcome.reports.read)} test reports in {REPORTS_DIR}/" if outcome.reports is not None else ""
+    console.info(
+        f"wrote report.json, logs/ for {len(outcome.logs.services())} services{reports} and {copied} of {len(task.artifacts)} artifacts to {task.output_dir}"
+    )
     if outcome.exit_code != 0:
         console.error(f"the task fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: false to report it instead")
     return outcome.exit_code
 
 
-def keep_run_container(task: TaskConfig, console: Console) -> PutConfig:
-    """`run --rm S` deletes S's container before its artifacts are copied: drop `--rm` (teardown removes it)."""
-    command = task.put.params.command
-    service = analyse_command(command).run_service
-    if service is None or "--rm" not in command or service not in {a.service for a in task.artifacts}:
-        return task.put
-    options_end = command.index(service, 1)
-    kept = tuple(word for index, word in enumerate(command) if not (word == "--rm" and index < options_end))
-    console.info(f"artifacts come from the run container of {service}: keeping it until teardown (without --rm)")
-    return replace(task.put, params=replace(task.put.params, command=kept))
+def run_with_cache(task: TaskConfig, console: Console, redact: Redactor, collector: AfterRunCollector, cache: TaskCache | None) -> PutOutcome:
+    """The put; with a cache, also its after-run pruning, and one more try on a fresh cache if dockerd refused it."""
+
+    def after_run(project: ComposeProject, handle: DaemonHandle, result: RunResult) -> None:
+        collector(project, handle, result)
+        if cache is not None:
+            with console.phase("Keeping the cache", collector.timings, "cache"):
+                services = project.all_services()
+                started = services_started(project.shape, services)
+                cache.after_run(handle.client, project.params.project_name, [services[name]["image"] for name in started if services[name].get("image")])
+
+    def run() -> PutOutcome:
+        return run_put(
+            task.put,
+            console,
+            redact,
+            after_run=after_run,
+            check_project=collector.check_services,
+            files_from={artifact.service for artifact in task.artifacts},
+            reports_dir=task.output_dir / REPORTS_DIR,
+        )
+
+    if cache is None:
+        return run()
+    try:
+        return run()
+    except DaemonStartFailure as error:
+        cache.wipe(f"dockerd did not start on it ({error.message})")
+        cache.write_marker()
+        return run()
 
 
 class AfterRunCollector:
@@ -207,7 +272,6 @@ class AfterRunCollector:
         self.console = console
         self.containers: dict[str, list[dict[str, Any]]] = {}
         self.copies: list[ArtifactCopy] = []
-        self.unknown: list[tuple[Artifact, list[str]]] = []
         self.timings: dict[str, float] = {}
 
     def __call__(self, project: ComposeProject, handle: DaemonHandle, result: RunResult) -> None:
@@ -220,14 +284,11 @@ class AfterRunCollector:
             return
         count = len(self.task.artifacts)
         with self.console.phase(f"Copying {count} artifact{'s' if count > 1 else ''}", self.timings, "artifacts"):
-            self._copy_all(handle.client, name, sorted(project.services()))
+            self._copy_all(handle.client, name)
 
-    def _copy_all(self, client: docker.APIClient, project: str, known: list[str]) -> None:
+    def _copy_all(self, client: docker.APIClient, project: str) -> None:
+        """Every artifact (check_services made sure each names a service, whatever its profile)."""
         for artifact in self.task.artifacts:
-            if artifact.service not in known:
-                self.unknown.append((artifact, known))
-                self.copies.append(ArtifactCopy(artifact.service, artifact.path, artifact.to, problem="not a service of the project"))
-                continue
             copy = self._copy(client, project, artifact)
             self.copies.append(copy)
             if copy.copied:
@@ -268,49 +329,9 @@ class AfterRunCollector:
                 [(f"{a.param_path}.service", f"{a.service!r} is not a service of the project", f"services: {', '.join(known) or 'none'}") for a in unknown]
             )
 
-    def raise_unknown_services(self) -> None:
-        if self.unknown:
-            raise UserError.many(
-                [
-                    (f"{a.param_path}.service", f"{a.service!r} is not a service of the project", f"services: {', '.join(known) or 'none'}")
-                    for a, known in self.unknown
-                ]
-            )
-
 
 def _human_size(size: int) -> str:
     return f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB"
-
-
-def service_container(client: docker.APIClient, project: str, service: str) -> str | None:
-    """The newest container of the service: the `run` container when there is one."""
-    labels = [f"com.docker.compose.project={project}", f"com.docker.compose.service={service}"]
-    containers = client.containers(all=True, filters={"label": labels})
-    if not containers:
-        return None
-    return max(containers, key=lambda c: c.get("Created", 0))["Id"]
-
-
-class ChunkReader(io.RawIOBase):
-    """A read-only file over docker-py's chunk iterator, so that tarfile reads the archive as it arrives."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
 
 
 def extract_stream(chunks: Iterable[bytes], target: Path, copy: ArtifactCopy) -> None:
@@ -319,7 +340,7 @@ def extract_stream(chunks: Iterable[bytes], target: Path, copy: ArtifactCopy) ->
     tarfile's `data` filter refuses absolute names, `..`, links that lead out and device
     files, and drops owners and setuid bits; a refused entry is skipped and reported.
     """
-    with tarfile.open(fileobj=io.BufferedReader(ChunkReader(chunks), 1 << 20), mode="r|") as archive:
+    with streamed_archive(chunks) as archive:
         for member in archive:
             try:
                 archive.extract(member, target, filter="data")
@@ -380,7 +401,37 @@ def write_outputs(outcome: PutOutcome, collector: AfterRunCollector, output_dir:
     for service in outcome.logs.services():
         shutil.copyfile(outcome.logs.path(service), logs_dir / f"{service}.log")
         log_files[service] = f"logs/{service}.log"
-    write_json(output_dir / "report.json", build_report(outcome, collector, log_files, redact))
+    report = build_report(outcome, collector, log_files, redact)
+    if outcome.reports is not None:
+        report["tests"] = tests_report(outcome.reports, output_dir, redact)
+    write_json(output_dir / "report.json", report)
+
+
+def tests_report(reports: ReportsOutcome, output_dir: Path, redact: Redactor) -> dict[str, Any]:
+    """report.json's `tests`: the totals, the files (under reports/), the warnings, and every test."""
+    totals = reports.results.totals()
+    return {
+        "summary": totals.summary() if reports.read else None,
+        "passed": totals.passed,
+        "failed": totals.failed,
+        "errors": totals.errors,
+        "skipped": totals.skipped,
+        "time": round(totals.time, 3),
+        "files": [
+            {
+                "service": report.service,
+                "path": report.container_path,
+                "file": str(report.local_path.relative_to(output_dir)) if report.local_path.is_relative_to(output_dir) else None,
+                "tests": report.tests,
+                "problem": report.problem,
+            }
+            for report in reports.files
+        ],
+        "warnings": [redact(warning) for warning in reports.warnings],
+        "cases": [
+            {"name": redact(case.name), "status": case.status, "time": round(case.time, 3), "message": redact(case.message)} for case in reports.results.cases
+        ],
+    }
 
 
 def build_report(outcome: PutOutcome, collector: AfterRunCollector, log_files: Mapping[str, str], redact: Redactor) -> dict[str, Any]:

@@ -86,3 +86,28 @@ def pytest_report_header() -> str:
     """Say what the worker runtimes could not give here: the host's bounding set limits runc's containers."""
     _kept, dropped = capabilities_within(bounding_set())
     return f"worker runtimes: capabilities this host cannot give: {', '.join(dropped) or 'none'}"
+
+
+# The reports and task-cache tests' project (tests/data/reports): a pytest runner image built from the base image.
+REPORTS_DATA = ROOT / "tests" / "data" / "reports"
+RUNNER_IMAGE = "compose-env-test/pytest:ci"
+
+
+@pytest.fixture(scope="session")
+def runner_tarball(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The pytest image, built from the base image with Debian's python3-pytest, saved as an oci-build-task would."""
+    base = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
+    subprocess.run(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", RUNNER_IMAGE, str(REPORTS_DATA)], check=True, capture_output=True)
+    tarball = tmp_path_factory.mktemp("runner") / "image.tar"
+    subprocess.run(["docker", "save", RUNNER_IMAGE, "-o", str(tarball)], check=True, capture_output=True)
+    return tarball
+
+
+@pytest.fixture
+def inputs(tmp_path: Path, runner_tarball: Path) -> Path:
+    """A put directory (or task working directory): code/ and runner/image.tar."""
+    put = tmp_path / "put"
+    shutil.copytree(REPORTS_DATA / "code", put / "code")
+    (put / "runner").mkdir()
+    os.link(runner_tarball, put / "runner" / "image.tar")
+    return put

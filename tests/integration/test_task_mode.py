@@ -8,6 +8,7 @@ whether the tests pass or fail.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -41,8 +42,11 @@ def test_the_readme_quick_start_runs_the_bundled_example_through_the_shipped_tas
     out = tmp_path / "out"
     out.mkdir()
     inputs = {item["name"]: str(put_dir) for item in TASK_CONFIG["inputs"]}
+    caches = {item["path"]: str(tmp_path / f"cache-{number}") for number, item in enumerate(TASK_CONFIG["caches"])}
+    for host in caches.values():
+        os.mkdir(host)
 
-    outcome = run_task(image, inputs, str(out), TASK_CONFIG["params"]["COMPOSE_ENV"], output_name=OUTPUT_NAME, runtime=runtime)
+    outcome = run_task(image, inputs, str(out), TASK_CONFIG["params"]["COMPOSE_ENV"], output_name=OUTPUT_NAME, runtime=runtime, caches=caches)
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.leftovers == []
@@ -58,17 +62,19 @@ def test_the_readme_quick_start_runs_the_bundled_example_through_the_shipped_tas
     assert {s["name"]: s["health"] for s in report["services"]}["redis"] == "healthy"
 
 
-def test_run_rm_tests_keeps_the_junit_report_full_redacted_logs_and_a_report(image: str, put_dir: Path, tmp_path: Path) -> None:
-    # The shipped task file's command (run --rm tests) on this fixture, with /reports → compose-env-output/,
-    # as `COMPOSE_ENV=... fly execute` would override it.
+def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_report(image: str, put_dir: Path, tmp_path: Path) -> None:
+    # tasks/compose-env.yml (run --rm tests) with reports from /reports → compose-env-output/reports/tests/reports,
+    # plus the images this fixture needs, as `COMPOSE_ENV=... fly execute` would override it.
     out = tmp_path / "out"
-    compose_env = {**TASK_CONFIG["params"]["COMPOSE_ENV"], **BASE, "artifacts": [{"service": "tests", "path": "/reports", "to": "."}]}
+    compose_env = {**TASK_CONFIG["params"]["COMPOSE_ENV"], **BASE, "reports": [{"service": "tests", "path": "/reports"}]}
+    # test_task_cache.py runs the cache on a mounted directory.
+    assert compose_env.pop("cache_dir") == TASK_CONFIG["caches"][0]["path"]
 
     outcome, report = run(image, put_dir, out, compose_env)
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.leftovers == []
-    junit = (out / "reports" / "junit.xml").read_text()
+    junit = (out / "reports" / "tests" / "reports" / "junit.xml").read_text()
     assert 'failures="0"' in junit and "ping_set_get" in junit
     tests_log = (out / "logs" / "tests.log").read_text()
     assert "test: all passed" in tests_log
@@ -85,11 +91,10 @@ def test_run_rm_tests_keeps_the_junit_report_full_redacted_logs_and_a_report(ima
     run_container = services["tests"]["containers"][0]
     assert run_container["one_off"] is True and run_container["exit_code"] == 0
     assert run_container["duration_seconds"] is not None
-    assert set(report["timings"]) >= {"daemon", "load", "run", "artifacts", "teardown"}
+    assert set(report["timings"]) >= {"daemon", "load", "run", "reports", "teardown"}
     assert report["logs"]["tests"] == "logs/tests.log"
-    assert report["artifacts"] == [
-        {"service": "tests", "path": "/reports", "to": ".", "copied": True, "files": 1, "bytes": len(junit), "problem": "", "skipped": []}
-    ]
+    assert report["tests"]["summary"].startswith("1 passed, 0 failed, 0 errors, 0 skipped (")
+    assert report["tests"]["cases"][0]["name"] == "example.redis.ping_set_get"
 
 
 def test_failing_tests_still_return_the_junit_report_and_fail_the_task(image: str, put_dir: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from compose_env.compose import ServiceLogs
 from compose_env.config import BuildMetadata
 from compose_env.console import Console
+from compose_env.containers import ChunkReader
 from compose_env.errors import UserError
 from compose_env.put import PutOutcome
 from compose_env.redaction import Redactor
@@ -22,14 +23,12 @@ from compose_env.report import RunResult, ServiceState
 from compose_env.task import (
     AfterRunCollector,
     ArtifactCopy,
-    ChunkReader,
     TaskConfig,
     _parse_time,
     _seconds_between,
     build_report,
     decode_compose_env,
     extract_stream,
-    keep_run_container,
     parse_task_config,
     run_task,
 )
@@ -175,19 +174,6 @@ def test_a_user_error_during_the_run_is_named_under_compose_env_and_written_to_r
     assert "COMPOSE_ENV.images[0]" in report["error"]
 
 
-# ---------------------------------------------------------------- run --rm
-
-
-def test_run_rm_is_dropped_only_when_artifacts_come_from_the_run_service(work_dir: Path) -> None:
-    console = Console(io.StringIO())
-    command = ["run", "--rm", "-e", "X=1", "tests", "pytest", "--rm"]
-    from_tests = parse({**PARAMS, "command": command, "artifacts": [{"service": "tests", "path": "/r"}]}, work_dir)
-    from_other = parse({**PARAMS, "command": command, "artifacts": [{"service": "db", "path": "/r"}]}, work_dir)
-
-    assert keep_run_container(from_tests, console).params.command == ("run", "-e", "X=1", "tests", "pytest", "--rm")
-    assert keep_run_container(from_other, console).params.command == tuple(command)
-
-
 # ---------------------------------------------------------------- streamed extraction
 
 
@@ -322,18 +308,22 @@ class FakeEngine:
 
 
 class FakeProject:
+    """`extra` is behind a profile that is not active: only all_services() knows it."""
+
     params = SimpleNamespace(project_name="p")
 
     def services(self) -> dict:
         return {"tests": {}, "db": {}}
 
+    def all_services(self) -> dict:
+        return {"tests": {}, "db": {}, "extra": {}}
 
-def test_after_run_copies_what_exists_reports_what_does_not_and_refuses_unknown_services(work_dir: Path) -> None:
+
+def test_after_run_copies_what_exists_and_reports_what_does_not(work_dir: Path) -> None:
     artifacts = [
         {"service": "tests", "path": "/reports"},
         {"service": "tests", "path": "/coverage"},
         {"service": "db", "path": "/var/log"},
-        {"service": "test", "path": "/reports"},
     ]
     task = parse({**PARAMS, "artifacts": artifacts}, work_dir)
     collector = AfterRunCollector(task, Console(io.StringIO()))
@@ -342,17 +332,26 @@ def test_after_run_copies_what_exists_reports_what_does_not_and_refuses_unknown_
     collector(FakeProject(), SimpleNamespace(client=engine), RunResult(("run", "tests"), 3, "failed"))
 
     assert (task.output_dir / "artifacts" / "tests" / "reports" / "junit.xml").read_bytes() == b"<testsuite/>"
-    copied, missing, not_run, unknown = collector.copies
+    copied, missing, not_run = collector.copies
     assert copied.copied and copied.files == 1
     assert not missing.copied and "no such file" in missing.problem
     assert not not_run.copied and "did not run" in not_run.problem
-    assert not unknown.copied
     assert collector.containers["tests"][0]["duration_seconds"] == 1.5
     assert "artifacts" in collector.timings
-    with pytest.raises(UserError) as error:
-        collector.raise_unknown_services()
-    assert error.value.path == "COMPOSE_ENV.artifacts[3].service"
-    assert "services: db, tests" in error.value.hint
+
+
+def test_an_artifact_of_a_service_behind_an_inactive_profile_is_copied(work_dir: Path) -> None:
+    # `run extra` starts a service whose profile is off: the check accepted it, so must the copy.
+    task = parse({**PARAMS, "command": ["run", "extra"], "artifacts": [{"service": "extra", "path": "/reports"}]}, work_dir)
+    collector = AfterRunCollector(task, Console(io.StringIO()))
+    collector.check_services(FakeProject())  # type: ignore[arg-type]
+    engine = FakeEngine(tar_bytes([member("reports", tarfile.DIRTYPE), member("reports/junit.xml")], {"reports/junit.xml": b"<testsuite/>"}))
+
+    collector(FakeProject(), SimpleNamespace(client=engine), RunResult(("run", "extra"), 0, "passed"))
+
+    (copy,) = collector.copies
+    assert copy.copied and copy.problem == ""
+    assert (task.output_dir / "artifacts" / "extra" / "reports" / "junit.xml").is_file()
 
 
 def test_an_artifact_of_an_unknown_service_is_refused_before_anything_starts(work_dir: Path) -> None:

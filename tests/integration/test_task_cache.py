@@ -1,0 +1,101 @@
+"""The task cache (`cache_dir`) through the real image: runs in fresh containers sharing one cache directory.
+
+As Concourse does with a task's `caches:`, each run gets a new container and the same cache
+directory (bind-mounted here). The fixture is the reports project: its runner image is
+loaded from a tarball, and its `built` service is built by compose from it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from harness import Container, RunOutcome
+
+WORKDIR = "/tmp/build/task"
+BUILT = re.compile(r"built at (\d+)")
+
+
+def run_cached(image: str, put: Path, out: Path, cache: Path, extra: dict | None = None) -> tuple[RunOutcome, dict]:
+    out.mkdir(exist_ok=True)
+    cache.mkdir(exist_ok=True)
+    compose_env = {
+        "compose_files": ["code/docker-compose.yml"],
+        "images": ["runner/image.tar"],
+        "command": ["run", "--build", "--rm", "built"],
+        "cache_dir": "compose-env-cache",
+        **(extra or {}),
+    }
+    mounts = [
+        (str(put / "code"), f"{WORKDIR}/code", True),
+        (str(put / "runner"), f"{WORKDIR}/runner", True),
+        (str(out), f"{WORKDIR}/compose-env-output", False),
+        (str(cache), f"{WORKDIR}/compose-env-cache", False),
+    ]
+    with Container(image, mounts) as container:
+        outcome = container.exec(["/opt/resource/task"], env={"COMPOSE_ENV": json.dumps(compose_env)}, workdir=WORKDIR)
+    report_file = out / "report.json"
+    assert report_file.is_file(), outcome.stderr
+    return outcome, json.loads(report_file.read_text())
+
+
+def built_stamp(outcome: RunOutcome) -> str:
+    match = BUILT.search(outcome.stderr)
+    assert match, outcome.stderr
+    return match.group(1)
+
+
+def test_a_warm_cache_loads_nothing_keeps_build_layers_and_an_unusable_one_is_rebuilt(image: str, inputs: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+
+    cold, cold_report = run_cached(image, inputs, tmp_path / "out1", cache)
+    assert cold.exit_code == 0, cold.stderr
+    assert cold.leftovers == []
+    assert "is empty: this run fills it" in cold.stderr
+    assert "already in the cache" not in cold.stderr
+    stamp = built_stamp(cold)
+    marker = json.loads((cache / "compose-env-cache.json").read_text())
+    assert marker["format"] == 1 and marker["engine"].startswith("Docker version")
+
+    warm, warm_report = run_cached(image, inputs, tmp_path / "out2", cache)
+    assert warm.exit_code == 0, warm.stderr
+    assert warm.leftovers == []
+    assert "kept from an earlier run" in warm.stderr
+    assert "already in the cache → compose-env-test/pytest:ci" in warm.stderr
+    assert "streamed in" not in warm.stderr and "written into the overlay2 store" not in warm.stderr
+    assert built_stamp(warm) == stamp  # the RUN step came from BuildKit's cache
+    assert warm_report["timings"]["load"] < cold_report["timings"]["load"]
+    print(f"\ncold load {cold_report['timings']['load']}s, warm load {warm_report['timings']['load']}s")
+
+    # Another engine version wrote it: wiped with a warning, rebuilt, and the task passes.
+    marker["engine"] = "Docker version 1.0.0, build 0000000"
+    (cache / "compose-env-cache.json").write_text(json.dumps(marker))
+    other, _ = run_cached(image, inputs, tmp_path / "out3", cache)
+    assert other.exit_code == 0, other.stderr
+    assert "written by Docker version 1.0.0" in other.stderr and "wiping it and starting afresh" in other.stderr
+    assert "already in the cache" not in other.stderr
+    assert built_stamp(other) != stamp
+
+    # Truncated files in the data root: dockerd refuses it, or loses the images; either way the run rebuilds.
+    image_store = cache / "docker" / "image" / "overlay2"
+    for path in [image_store / "repositories.json", *(image_store / "imagedb" / "content" / "sha256").iterdir()]:
+        path.write_bytes(path.read_bytes()[:10])
+    truncated, _ = run_cached(image, inputs, tmp_path / "out4", cache)
+    assert truncated.exit_code == 0, truncated.stderr
+    assert truncated.leftovers == []
+    assert "wiping it and starting afresh" in truncated.stderr or "does not list" in truncated.stderr
+    assert "already in the cache" not in truncated.stderr
+
+
+def test_unused_images_beyond_cache_max_size_are_pruned_oldest_use_first(image: str, inputs: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first, _ = run_cached(image, inputs, tmp_path / "out1", cache)
+    assert first.exit_code == 0, first.stderr
+    assert "within cache_max_size (10.00 GiB)" in first.stderr
+
+    # `run --rm built` uses only the built image: the runner image it was built from goes.
+    pruned, report = run_cached(image, inputs, tmp_path / "out2", cache, {"cache_max_size": "1MiB"})
+    assert pruned.exit_code == 0, pruned.stderr
+    assert "pruned 1 unused image, oldest use first: compose-env-test/pytest:ci" in pruned.stderr
+    assert "cache" in report["timings"]
