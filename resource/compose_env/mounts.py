@@ -93,10 +93,12 @@ class MountTracker:
         self.made.append(target)
 
     def undo(self, also_below: tuple[str, ...] = ()) -> list[str]:
-        """Unmount what we mounted, and anything mounted below `also_below` (dockerd's leftovers)."""
+        """Unmount what we mounted, and anything mounted at or below `also_below` (dockerd's leftovers:
+        it bind-mounts a data root that is no mount point onto itself)."""
         problems = []
-        prefixes = tuple(p.rstrip("/") + "/" for p in also_below)
-        leftovers = [m.mount_point for m in read_mountinfo() if m.mount_point.startswith(prefixes)] if prefixes else []
+        roots = tuple(p.rstrip("/") for p in also_below)
+        prefixes = tuple(root + "/" for root in roots)
+        leftovers = [m.mount_point for m in read_mountinfo() if m.mount_point in roots or m.mount_point.startswith(prefixes)] if roots else []
         for target in sorted(set(leftovers), key=len, reverse=True) + list(reversed(self.made)):
             if not is_mount_point(target):
                 continue
