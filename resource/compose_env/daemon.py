@@ -29,7 +29,7 @@ from pathlib import Path
 import docker
 
 from . import cgroups, storage
-from .config import Source
+from .config import DEFAULT_DATA_ROOT, Source
 from .console import Console
 from .engine import RUN_DIR, DaemonHandle, make_clients, write_docker_config
 from .errors import DaemonStartFailure, RuntimeFailure
@@ -277,6 +277,11 @@ class InnerDaemon:
         self._placement, self._driver, self._iptables, self._mtu_value = placement, driver.driver, iptables, mtu
         self._prepared = time.monotonic()
         return PreparedStore(placement.data_root, driver.driver, self.store_writable(driver.driver))
+
+    @property
+    def keeps_data_root(self) -> bool:
+        """A data root of the user's (or a task cache) may outlive the put; the default one goes with the container."""
+        return self.data_root != DEFAULT_DATA_ROOT
 
     def store_writable(self, driver: str) -> bool:
         """Whether layerstore may write images into the data root before dockerd starts."""

@@ -342,14 +342,15 @@ def _print_verdict(console: Console, result: RunResult) -> None:
 def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerDaemon | None, console: Console, grace: int, aborted: bool) -> None:
     """The one cleanup for every ending (success, failure, error, SIGTERM), bounded in time.
 
-    `compose down --volumes --remove-orphans` first, as the contract says, with a deadline
-    (after SIGTERM it must fit in Concourse's 10 s before SIGKILL, with room for the rest).
-    Then, for an inner daemon, its stop: containers still there get `grace` seconds all at
-    once, dockerd and containerd stop, our mounts are undone. A daemon that failed or was
-    aborted while starting has no project to take down: only the stop runs.
+    `compose down --volumes --remove-orphans` where it matters (see `_down_matters`), with a
+    deadline (after SIGTERM it must fit in Concourse's 10 s before SIGKILL, with room for the
+    rest). Then, for an inner daemon, its stop: containers still there get `grace` seconds all
+    at once (killed at once with none), dockerd and containerd stop, what is left in our cgroups
+    is killed, our mounts are undone. A daemon that failed or was aborted while starting has no
+    project to take down: only the stop runs.
     """
     project.kill()
-    if handle is not None:
+    if handle is not None and _down_matters(inner, grace, aborted):
         abort_budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"]
         budget = abort_budget if aborted else grace + NORMAL_DOWN_SECONDS
         started = time.monotonic()
@@ -371,6 +372,19 @@ def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerD
         shutil.rmtree(directory, ignore_errors=True)
     for problem in problems:
         console.warn(f"teardown: {problem}")
+
+
+def _down_matters(inner: InnerDaemon | None, grace: int, aborted: bool) -> bool:
+    """Whether `compose down` does anything the inner daemon's stop does not.
+
+    An inner daemon whose data root is thrown away with the container takes its containers,
+    networks and volumes with it: with no grace to give, killing the containers at once is the
+    whole job. `compose down` stays for a remote engine, for graceful stops (stop_grace > 0),
+    and for a data root that outlives the put (a task cache, a data_root of the user's).
+    """
+    if inner is None or inner.keeps_data_root:
+        return True
+    return grace > 0 and not aborted
 
 
 def _within(seconds: float, function: Callable[[], str], abort_seconds: float) -> str | None:
