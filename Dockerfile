@@ -18,8 +18,10 @@ RUN apt-get update \
 # Our package: small, changes often, so it comes last.
 COPY resource/compose_env /usr/lib/python3/dist-packages/compose_env
 COPY assets/ /opt/resource/
+# The build fails here if dockerd is not a version direct writes were tested with (see tested_engines.py).
 RUN python3 -m compileall -q /usr/lib/python3/dist-packages/compose_env \
- && python3 -c "import compose_env.protocol"
+ && python3 -c "import compose_env.protocol" \
+ && python3 -m compose_env.tested_engines
 
 ENV PYTHONUNBUFFERED=1
 WORKDIR /tmp/build/put
