@@ -341,6 +341,7 @@ class InnerDaemon:
         for path in (DOCKER_SOCKET, DOCKERD_PIDFILE):
             if os.path.lexists(path):
                 os.unlink(path)
+        self._started = self._prepared = time.monotonic()  # launch's log line then counts from here
         return self.launch(config_dir)
 
     def empty_data_root(self) -> None:

@@ -16,7 +16,7 @@ from . import layerstore, store_faults
 from .compose import ComposeProject, ServiceLogs
 from .config import PutConfig
 from .console import Console
-from .daemon import InnerDaemon
+from .daemon import InnerDaemon, error_lines
 from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from .errors import Aborted, RuntimeFailure
 from .layerstore import DirectImage, RootfsImage
@@ -213,7 +213,7 @@ def _write_then_launch(
         if not accepted:
             raise
         launch_seconds = time.monotonic() - launched
-        refused = ("", f"dockerd did not start on the written store: {failure.message.splitlines()[0]}")
+        refused = ("", f"dockerd did not start on the written store ({_start_failure(failure)})")
     if refused is not None:
         key, reason = refused
         where = direct[key][0].where if key else ", ".join(plan.where for plan, _image in accepted.values())
@@ -252,6 +252,15 @@ def _refused_image(handle: DaemonHandle, accepted: Written, write: layerstore.St
         if problem:
             return key, problem
     return None
+
+
+def _start_failure(failure: RuntimeFailure) -> str:
+    """dockerd's own last error line when its log has one, else our message."""
+    errors = error_lines(failure.diagnosis)
+    if not errors:
+        return failure.message.removeprefix("the inner Docker daemon did not start: ")
+    line = errors[-1].strip()
+    return line.split('msg="', 1)[1].rstrip('"') if 'msg="' in line else line
 
 
 def _fall_back(console: Console, inputs: Written, reason: str, action: str) -> None:

@@ -3,8 +3,9 @@
 `COMPOSE_ENV_TEST_STORE_FAULT` is set by tests/integration/test_direct_load.py and by nothing
 else; unset, this module does nothing. Each value damages the top layer of every image that
 was written:
-- `remove-layer`: its overlay2 directory is removed: dockerd lists the image, but creating a
-  container from it (which mounts the layers) fails;
+- `remove-layer`: its overlay2 directory is removed: dockerd cannot inspect the image;
+- `corrupt-layer`: its `diff` directory becomes an empty file: dockerd lists the image, but
+  creating a container from it (which mounts the layers) fails;
 - `drop-layer-entry`: its layer store entry loses its `cache-id`: dockerd skips the image and
   leaves the entry's directory, on which `docker load`'s final rename would fail;
 - `break-dockerd`: the image store's `repositories.json` is not JSON: dockerd refuses to start.
@@ -19,7 +20,7 @@ from pathlib import Path
 from .layerstore import StoreWrite, chain_ids
 
 FAULT_ENV = "COMPOSE_ENV_TEST_STORE_FAULT"
-FAULTS = ("remove-layer", "drop-layer-entry", "break-dockerd")
+FAULTS = ("remove-layer", "corrupt-layer", "drop-layer-entry", "break-dockerd")
 
 
 def inject(data_root: str, write: StoreWrite) -> str:
@@ -35,8 +36,12 @@ def inject(data_root: str, write: StoreWrite) -> str:
         if result.problem is not None:
             continue
         entry = image_home / "layerdb" / "sha256" / chain_ids(result.diff_ids)[-1].removeprefix("sha256:")
+        layer_home = Path(data_root) / "overlay2" / (entry / "cache-id").read_text().strip()
         if fault == "remove-layer":
-            shutil.rmtree(Path(data_root) / "overlay2" / (entry / "cache-id").read_text().strip())
+            shutil.rmtree(layer_home)
+        elif fault == "corrupt-layer":
+            shutil.rmtree(layer_home / "diff")
+            (layer_home / "diff").touch()
         else:
             (entry / "cache-id").unlink()
     return fault
