@@ -40,7 +40,7 @@ def put(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
     docker_save_tarball(parts_from_docker(build_marked_image("fallback-saved", "fallback-saved"), work / "saved"), put / "saved.tar", ["example/saved:ci"])
     registry = parts_from_docker(build_marked_image("fallback-registry", "fallback-registry"), work / "registry")
     registry_image_oci_dir(registry, put / "registry-image", "example/registry", "ci", "index.docker.io/example/registry:ci")
-    services = {"saved": {"image": "example/saved:ci", "command": ["cat", "/shape"]}, "registry": {"image": "example/registry:ci", "command": ["cat", "/shape"]}}
+    services = {name: {"image": f"example/{name}:ci", "command": ["cat", "/shape"]} for name in ("saved", "registry")}
     (put / "src").mkdir()
     (put / "src" / "docker-compose.yml").write_text(json.dumps({"services": services}))
     return put
