@@ -56,22 +56,6 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 #: What dockerd's overlay2 driver names a layer's link (26 characters of base32).
 LINK_LENGTH = 26
-#: GNU tar making a layer of a rootfs directory (PAX, so that xattrs and long names fit).
-#: Sorted and without atime/ctime records: the same tree gives the same diff_id (shared layers, stable image IDs).
-#: trusted.* and security.selinux belong to the filesystem the rootfs lies on, not to the image.
-ARCHIVE_ARGS = [
-    "tar",
-    "--create",
-    "--file=-",
-    "--format=posix",
-    "--pax-option=delete=atime,delete=ctime",
-    "--sort=name",
-    "--numeric-owner",
-    "--xattrs",
-    "--xattrs-include=*",
-    "--xattrs-exclude=trusted.*",
-    "--xattrs-exclude=security.selinux",
-]
 #: A rootfs is scheduled first: it is usually the biggest layer of a put, and its size is not known up front.
 ROOTFS_SIZE_HINT = 1 << 40
 TAR_ARGS = [
@@ -366,9 +350,9 @@ class StoreWriter:
         return "sha256:" + digest.hexdigest()
 
     def _archived(self, rootfs: Path) -> Iterator[bytes]:
-        """The tar GNU tar makes of `rootfs` (numeric owners, xattrs, hardlinks; sockets skipped)."""
+        """The tar GNU tar makes of `rootfs`, as for docker load (archives.ROOTFS_TAR_ARGS), under this writer's cancellation."""
         with tempfile.TemporaryFile() as errors:
-            process = self._spawn([*ARCHIVE_ARGS, f"--directory={rootfs}", "."], stdout=subprocess.PIPE, stderr=errors)
+            process = self._spawn(archives.rootfs_tar_argv(rootfs), stdout=subprocess.PIPE, stderr=errors)
             try:
                 yield from _output(process)
             finally:
