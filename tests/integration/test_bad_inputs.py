@@ -167,6 +167,12 @@ BEFORE_DAEMON_ROWS = [
         ('error: params.env_files[1] (app/broken.env), line 2: unexpected character "\\"" in variable name',),
     ),
     Row(
+        "containerd-snapshotter-with-direct-writes",
+        put(APP, {"dockerd": {"args": ["--feature", "containerd-snapshotter"]}}),
+        2,
+        ("error: source.dockerd.args: --feature containerd-snapshotter cannot be used with direct writes", "direct_load: false"),
+    ),
+    Row(
         "command-unknown-service",
         put({**APP, "command": ["run", "--rm", "nope"]}),
         2,
