@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import archives
+from . import archives, store_faults
 from .archives import Blob
 
 #: dockerd refuses deeper images at load (overlay's lowerdir limit): such an image gets docker load's error.
@@ -162,6 +162,8 @@ class ImageWrite:
     image_id: str = ""
     #: The layers dockerd must list for it once it starts (RootFS.Layers).
     diff_ids: tuple[str, ...] = ()
+    #: Its registering failed part way: the store may hold some of its entries.
+    left_entries: bool = False
 
 
 @dataclass(frozen=True)
@@ -223,8 +225,8 @@ class StoreWriter:
         try:
             return self._register_image(key, image, written, failed)
         except Exception as error:
-            self.damaged = self.damaged or f"registering image {key} failed part way ({error})"
-            return ImageWrite(f"registering it: {error}")
+            self.damaged = self.damaged or f"registering an image failed part way ({error})"
+            return ImageWrite(f"registering it: {error}", left_entries=True)
 
     def _register_image(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
         if isinstance(image, RootfsImage):
@@ -442,6 +444,8 @@ class StoreWriter:
         _write(content, config, 0o600)
 
     def _register_layer(self, layer: WrittenLayer, parent_chain: str) -> None:
+        if store_faults.registering_fails(parent_chain):
+            raise OSError(f"injected by {store_faults.FAULT_ENV}")
         layer_home = self.driver_home / layer.cache_id
         link = _new_link_id()
         (self.driver_home / "l" / link).symlink_to(f"../{layer.cache_id}/diff")

@@ -200,7 +200,8 @@ def _write_then_launch(
             console.warn(f"{plan.where}: not written into the store directly ({write.images[key].problem}): loading it with docker load")
     accepted = {key: (plan, image) for key, (plan, image) in direct.items() if write.images[key].problem is None}
     if write.damaged:
-        _fall_back(console, direct, f"the store may hold half-registered entries ({write.damaged})", "emptying the data root")
+        culprits = [plan.where for key, (plan, _image) in direct.items() if write.images[key].left_entries] or [plan.where for plan, _image in direct.values()]
+        _fall_back(console, direct, f"{', '.join(culprits)}: the store may hold half-registered entries ({write.damaged})", "emptying the data root")
         inner.empty_data_root()
         accepted = {}
     _prepare_loads([plan for key, (plan, _image) in direct.items() if key not in accepted], {})

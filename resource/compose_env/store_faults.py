@@ -8,7 +8,9 @@ was written:
   creating a container from it (which mounts the layers) fails;
 - `drop-layer-entry`: its layer store entry loses its `cache-id`: dockerd skips the image and
   leaves the entry's directory, on which `docker load`'s final rename would fail;
-- `break-dockerd`: the image store's `repositories.json` is not JSON: dockerd refuses to start.
+- `break-dockerd`: the image store's `repositories.json` is not JSON: dockerd refuses to start;
+- `fail-registering`: registering any layer above an image's first fails (layerstore asks
+  `registering_fails`): the store holds half-registered entries before dockerd starts.
 """
 
 from __future__ import annotations
@@ -16,17 +18,26 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .layerstore import StoreWrite, chain_ids
+if TYPE_CHECKING:
+    from .layerstore import StoreWrite
 
 FAULT_ENV = "COMPOSE_ENV_TEST_STORE_FAULT"
-FAULTS = ("remove-layer", "corrupt-layer", "drop-layer-entry", "break-dockerd")
+FAULTS = ("remove-layer", "corrupt-layer", "drop-layer-entry", "break-dockerd", "fail-registering")
+
+
+def registering_fails(parent_chain: str) -> bool:
+    """Whether registering a layer on `parent_chain` is to fail (only under `fail-registering`)."""
+    return bool(parent_chain) and os.environ.get(FAULT_ENV) == "fail-registering"
 
 
 def inject(data_root: str, write: StoreWrite) -> str:
     """Apply the fault the environment asks for; returns its name ("" when none)."""
+    from .layerstore import chain_ids  # layerstore imports this module
+
     fault = os.environ.get(FAULT_ENV, "")
-    if fault not in FAULTS:
+    if fault not in FAULTS or fault == "fail-registering":
         return ""
     image_home = Path(data_root) / "image" / "overlay2"
     if fault == "break-dockerd":

@@ -28,7 +28,10 @@ STORE_FAULTS = {
     "remove-layer": r"params\.images\[0\] \(saved\.tar\): inspecting it failed: stat /scratch/docker/overlay2/[0-9a-f]{64}: no such file",
     "corrupt-layer": r"params\.images\[0\] \(saved\.tar\): creating a container from it failed: ",
     "drop-layer-entry": r"params\.images\[0\] \(saved\.tar\): inspecting it failed: layer does not exist",
-    "break-dockerd": r"params\.images\[0\] \(saved\.tar\), params\.images\[1\] \(registry-image\): dockerd did not start on the written store: ",
+    "break-dockerd": (
+        r"params\.images\[0\] \(saved\.tar\), params\.images\[1\] \(registry-image\):"
+        r" dockerd did not start on the written store \(failed to start daemon: Couldn't create reference store"
+    ),
 }
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -93,6 +96,20 @@ def test_a_store_dockerd_does_not_take_falls_back_to_docker_load_on_an_emptied_d
     assert re.search(GIVEN_UP + STORE_FAULTS[fault], warnings[0]), warnings[0]
     assert warnings[0].rstrip().endswith("restarting dockerd on an emptied data root, then docker load for params.images[0], params.images[1]"), warnings[0]
     assert "dockerd restarted on an emptied data root in " in log
+
+
+def test_a_store_left_half_registered_is_emptied_before_dockerd_starts(image: str, put: Path) -> None:
+    outcome = _run(image, put, {"COMPOSE_ENV_TEST_STORE_FAULT": "fail-registering"})
+    _report("fail-registering", outcome)
+
+    log = _passed_through_docker_load(outcome)
+    warnings = [line.strip() for line in log.splitlines() if line.strip().startswith(GIVEN_UP)]
+    assert warnings == [
+        "warning: direct writes given up: params.images[0] (saved.tar), params.images[1] (registry-image): the store may hold half-registered entries"
+        " (registering an image failed part way (injected by COMPOSE_ENV_TEST_STORE_FAULT)); emptying the data root,"
+        " then docker load for params.images[0], params.images[1]"
+    ]
+    assert "dockerd restarted" not in log
 
 
 def test_an_untested_engine_loads_every_image_with_docker_load(image: str, put: Path) -> None:
