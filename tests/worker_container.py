@@ -65,11 +65,24 @@ def gdn_init() -> str:
     return str(target)
 
 
-def image_rootfs(image: str, docker: str = "docker") -> tuple[Path, list[str]]:
-    """The image's exported filesystem (cached by image ID) and its environment."""
+def image_rootfs(image: str, docker: str = "docker") -> tuple[str, list[str]]:
+    """The image's filesystem as overlay lower directories, and its environment.
+
+    The engine's own overlay2 layer directories where they are on this machine (nothing to
+    copy: the emulated cgroup v2 guest would spend minutes exporting), else the exported
+    filesystem, cached by image ID.
+    """
     inspected = json.loads(subprocess.run([docker, "image", "inspect", image], check=True, capture_output=True, text=True).stdout)[0]
-    image_id = inspected["Id"].split(":")[-1][:16]
     env = inspected["Config"].get("Env") or []
+    driver = inspected.get("GraphDriver") or {}
+    layers = [driver.get("Data", {}).get(key) for key in ("UpperDir", "LowerDir")]
+    lower = ":".join(part for layer in layers if layer for part in layer.split(":"))
+    if driver.get("Name") == "overlay2" and lower and all(os.path.isdir(part) for part in lower.split(":")):
+        return lower, env
+    return str(_exported_rootfs(image, inspected["Id"].split(":")[-1][:16], docker)), env
+
+
+def _exported_rootfs(image: str, image_id: str, docker: str) -> Path:
     target = STATE_DIR / "rootfs" / image_id
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(STATE_DIR / "rootfs.lock", "w") as lock:
@@ -88,7 +101,7 @@ def image_rootfs(image: str, docker: str = "docker") -> tuple[Path, list[str]]:
             finally:
                 subprocess.run([docker, "rm", "-f", created], capture_output=True)
             partial.rename(target)
-    return target, env
+    return target
 
 
 # ---------------------------------------------------------------- the host's view, before and after
@@ -118,8 +131,8 @@ def outer_engines_own(kind: str, item: str, outer_ids: set[str]) -> bool:
     """
     if kind == "cgroup":
         return any(container_id in item for container_id in outer_ids)
-    if kind == "mount":
-        return not item.startswith((str(STATE_DIR), "/run/netns", str(CGROUP_ROOT)))
+    if kind == "mount":  # /run/netns itself is iproute2's, made on its first use and kept
+        return item == "/run/netns" or not item.startswith((str(STATE_DIR), "/run/netns", str(CGROUP_ROOT)))
     if kind == "link":
         return os.path.exists(f"/sys/class/net/{item}/master")
     return False
@@ -158,6 +171,7 @@ class WorkerContainer:
         self._strict_parent = ""
         lower, env = image_rootfs(image, docker)
         init = gdn_init()
+        cgroups_path = self._cgroups_path(strict_devices)  # the "worker's" cgroups exist before the snapshot
         self._before = host_state()
         for name in ("rootfs", "upper", "work", "etc", "scratch"):
             (self.bundle / name).mkdir(parents=True)
@@ -168,9 +182,7 @@ class WorkerContainer:
         (self.bundle / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         self._make_network()
         binds = [(str(self.bundle / "scratch"), "/scratch", False)] + [(os.path.abspath(h), t, ro) for h, t, ro in mounts]
-        spec = WorkerContainerSpec(
-            flavour, str(self.bundle / "rootfs"), env, f"/run/netns/{self.id}", init, str(self.bundle / "etc"), binds, self._cgroups_path(strict_devices)
-        )
+        spec = WorkerContainerSpec(flavour, str(self.bundle / "rootfs"), env, f"/run/netns/{self.id}", init, str(self.bundle / "etc"), binds, cgroups_path)
         (self.bundle / "config.json").write_text(json.dumps(spec.render(bounding_set()), indent=1))
         # runc's stderr goes to a file: a pipe would be held open by the container's init.
         with open(self.bundle / "runc.log", "w+") as log:

@@ -256,7 +256,7 @@ class InnerDaemon:
         # Before any child: the cgroup namespace entered here is the one they all inherit.
         try:
             self.cgroups = cgroups.place(self.mounts)
-        except OSError as error:
+        except cgroups.PlacementError as error:
             raise RuntimeFailure(str(error), cgroups.WORKER_HINT) from None
         self.console.info(self.cgroups.summary())
         # containerd boots in 0.1-0.3 s and needs none of what follows: start it now.
