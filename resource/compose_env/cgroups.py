@@ -66,7 +66,6 @@ class CgroupPlacement:
     roots: list[str] = field(default_factory=list)
     #: Subdirectories each root had before the put (never swept).
     existing: dict[str, set[str]] = field(default_factory=dict)
-    parent: str = CGROUP_PARENT
 
     def summary(self) -> str:
         return f"cgroup v{self.version}: " + "; ".join(self.actions)
