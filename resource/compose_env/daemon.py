@@ -466,9 +466,10 @@ class InnerDaemon:
     # -- stop
 
     def stop(self, grace: float = 0) -> list[str]:
-        """Idempotent, bounded teardown: containers, dockerd, containerd, shims, mounts.
+        """Idempotent, bounded teardown: containers, dockerd, containerd, shims, cgroups, mounts.
 
-        `grace` is what containers get to stop (params.stop_grace; 0 on abort). Every step
+        `grace` is what containers get to stop (params.stop_grace; 0 on abort). With none to give
+        and a data root that goes with the container, everything is killed at once. Every step
         has a deadline, so the whole stop fits in Concourse's 10 s between SIGTERM and SIGKILL.
         """
         with self._lock:
@@ -485,11 +486,16 @@ class InnerDaemon:
             steps.append(f"{what} {now - clock:.2f}s")
             clock = now
 
-        stopped = self._stop_containers(grace, problems)
-        lap(f"{stopped} container{'s' if stopped != 1 else ''}")
-        # dockerd gets SIGTERM (it unmounts and removes its network namespaces itself);
-        # containerd's graceful stop only tidies state in the data root we throw away.
-        dockerd_grace = DAEMON_GRACE_SECONDS if grace > 0 else ABORT_DAEMON_GRACE_SECONDS
+        if grace == 0 and not self.keeps_data_root:
+            # Nothing to stop gracefully and nothing to keep: the daemons are killed at once (no
+            # restart policy can bring a container back), the containers with our cgroups below.
+            dockerd_grace = 0.0
+        else:
+            stopped = self._stop_containers(grace, problems)
+            lap(f"{stopped} container{'s' if stopped != 1 else ''}")
+            # dockerd gets SIGTERM (it unmounts and removes its network namespaces itself);
+            # containerd's graceful stop only tidies state in the data root we throw away.
+            dockerd_grace = DAEMON_GRACE_SECONDS if grace > 0 else ABORT_DAEMON_GRACE_SECONDS
         for name, wait in (("dockerd", dockerd_grace), ("containerd", 0.0)):
             for process_name, process in self.processes:
                 if process_name == name and process.poll() is None:
