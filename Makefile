@@ -5,6 +5,8 @@ SHELL := bash
 IMAGE ?= compose-env:dev
 BASE_IMAGE ?= debian:trixie-slim
 PYTHON ?= python3
+# Who makes the resource container for `make try`: docker, concourse or guardian (see tests/harness.py).
+HARNESS_RUNTIME ?= docker
 # What the image says it is (OCI labels, the first line of every put's log); see CHANGELOG.md.
 VERSION := $(shell cat VERSION)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -17,7 +19,7 @@ WITH_ENGINE = export DOCKER_HOST="$$(scripts/dev-engine.sh)";
 
 ## try: build the image and the example, run the example put as Concourse would, print the response
 try: example
-	@$(WITH_ENGINE) $(PYTHON) tests/harness.py out --image $(IMAGE) --put-dir example/put --request example/request.json
+	@$(WITH_ENGINE) $(PYTHON) tests/harness.py out --image $(IMAGE) --put-dir example/put --request example/request.json --runtime $(HARNESS_RUNTIME)
 
 ## test: lint, unit tests, then integration tests against the real image
 test: dev-deps lint image

@@ -21,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
-from image_fixtures import FIXTURE_REPOSITORY, ImageParts, docker
+from image_fixtures import FIXTURE_REPOSITORY, ImageParts, docker, write_name_files
 
 TRICKY_TAG = f"{FIXTURE_REPOSITORY}/tricky:latest"
 #: 2001-01-01T00:00:00Z, the mtime `touch -d 2001-01-01` gives in a UTC build container.
@@ -174,7 +176,53 @@ def with_mismatched_top_layer(parts: ImageParts, workdir: Path) -> ImageParts:
     return ImageParts(parts.config, (*parts.layers[:-1], other))
 
 
-# ---------------------------------------------------------------- listing inside a service
+def rootfs_from_image(reference: str, directory: Path, repository: str, tag: str, metadata: dict) -> Path:
+    """registry-image's default format made from an image: its filesystem (`docker export`) in `rootfs/`, plus metadata.json.
+
+    docker export keeps only security.capability of the xattrs: user xattrs are added to two
+    entries afterwards, so that the rootfs carries some for both paths to keep.
+    """
+    rootfs = directory / "rootfs"
+    rootfs.mkdir(parents=True)
+    container = docker("create", reference, "true").strip()  # no CMD in a debootstrapped base
+    try:
+        exported = subprocess.run(["docker", "export", container], check=True, capture_output=True).stdout
+    finally:
+        docker("rm", container)
+    extract = ["tar", "--extract", "--numeric-owner", "--same-owner", "--preserve-permissions", "--xattrs", "--xattrs-include=*", f"--directory={rootfs}"]
+    subprocess.run(extract, input=exported, check=True)
+    os.setxattr(rootfs / "tricky" / "owned", "user.greeting", b"hello")
+    os.setxattr(rootfs / "tricky" / "empty", "user.dir", b"yes")
+    (directory / "metadata.json").write_text(json.dumps(metadata))
+    write_name_files(directory, repository, tag)
+    return directory
+
+
+# ---------------------------------------------------------------- inspecting and listing inside a service
+
+#: Perl (debian's perl-base: every image made from the tricky one has it) asking the inner dockerd,
+#: through its socket mounted into the service, for each named image: `INSPECT <name> <JSON>`.
+#: `$$` is compose's escape for `$`.
+INSPECT = (
+    r"for my $$n (@ARGV) { my $$s = IO::Socket::UNIX->new(Peer => '/var/run/docker.sock') or die qq(connect: $$!);"
+    r" print $$s qq(GET /images/$$n/json HTTP/1.0\r\nHost: docker\r\n\r\n); local $$/; my $$r = <$$s>;"
+    r" my (undef, $$b) = split /\r\n\r\n/, $$r, 2; $$b =~ s/\s+$$//; print qq(INSPECT $$n $$b\n); }"
+)
+
+
+def inspect_service(image: str, names: list[str]) -> dict:
+    """A compose service that prints, for each of `names`, what the inner dockerd's image inspect says."""
+    return {"image": image, "command": ["perl", "-MIO::Socket::UNIX", "-e", INSPECT, *names], "volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}
+
+
+def inspected(log: str, service: str = "inspect") -> dict[str, dict]:
+    """name → (image ID, RootFS.Layers) from the INSPECT lines `service` printed."""
+    found = {}
+    for match in re.finditer(rf"^{re.escape(service)}-1\s+\| INSPECT (\S+) (.*)$", log, re.MULTILINE):
+        document = json.loads(match.group(2))
+        found[match.group(1)] = {"Id": document["Id"], "Layers": document["RootFS"]["Layers"]}
+    return found
+
 
 #: The whole root filesystem (minus what the engine mounts or makes per container), then
 #: hashes, capabilities and xattrs under /tricky. No `$` in it: compose would interpolate.

@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -65,11 +66,34 @@ def gdn_init() -> str:
     return str(target)
 
 
-def image_rootfs(image: str, docker: str = "docker") -> tuple[Path, list[str]]:
-    """The image's exported filesystem (cached by image ID) and its environment."""
+def image_rootfs(image: str, docker: str = "docker") -> tuple[str, list[str], str]:
+    """The image's filesystem as overlay lower directories, its environment, and its short ID.
+
+    The engine's own overlay2 layer directories where they are on this machine (nothing to
+    copy: the emulated cgroup v2 guest would spend minutes exporting), else the exported
+    filesystem, cached by image ID.
+    """
     inspected = json.loads(subprocess.run([docker, "image", "inspect", image], check=True, capture_output=True, text=True).stdout)[0]
-    image_id = inspected["Id"].split(":")[-1][:16]
     env = inspected["Config"].get("Env") or []
+    driver = inspected.get("GraphDriver") or {}
+    layers = [driver.get("Data", {}).get(key) for key in ("UpperDir", "LowerDir")]
+    lower = ":".join(part for layer in layers if layer for part in layer.split(":"))
+    image_id = inspected["Id"].split(":")[-1][:16]
+    if driver.get("Name") == "overlay2" and lower and all(os.path.isdir(part) for part in lower.split(":")):
+        return lower, env, image_id
+    return str(_exported_rootfs(image, image_id, docker)), env, image_id
+
+
+def _overlay(lower: str, bundle: Path) -> bool:
+    """The container's root: `lower` read-only, its changes in the bundle. False (and why, on stderr) if the kernel refuses."""
+    layers = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
+    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", layers, str(bundle / "rootfs")], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        print(f"harness: overlay over {lower[:80]}… refused: {mounted.stderr.strip()}", file=sys.stderr)
+    return mounted.returncode == 0
+
+
+def _exported_rootfs(image: str, image_id: str, docker: str) -> Path:
     target = STATE_DIR / "rootfs" / image_id
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(STATE_DIR / "rootfs.lock", "w") as lock:
@@ -88,7 +112,7 @@ def image_rootfs(image: str, docker: str = "docker") -> tuple[Path, list[str]]:
             finally:
                 subprocess.run([docker, "rm", "-f", created], capture_output=True)
             partial.rename(target)
-    return target, env
+    return target
 
 
 # ---------------------------------------------------------------- the host's view, before and after
@@ -109,17 +133,25 @@ def outer_container_ids(docker: str) -> set[str]:
     return set(listed.stdout.split())
 
 
-def outer_engines_own(kind: str, item: str, outer_ids: set[str]) -> bool:
-    """Whether a new cgroup, mount or link belongs to the outer engine's containers (other tests, image builds).
+def live_harness_ids() -> set[str]:
+    """The harness's runc containers that exist now (another test run's, on a shared machine), without `ce-`."""
+    listed = subprocess.run(["runc", "--root", RUNC_ROOT, "list", "-q"], capture_output=True, text=True)
+    return {name.removeprefix("ce-") for name in listed.stdout.split()}
+
+
+def someone_elses(kind: str, item: str, other_ids: set[str]) -> bool:
+    """Whether a new cgroup, mount, netns or link is another container's: the outer engine's (other tests, image builds) or another harness run's.
 
     Nothing a put does inside a worker container reaches the host's mounts or links but through
     the harness's own: mounts count below the harness's state, /run/netns and /sys/fs/cgroup
     only, links only when not enslaved to a bridge (the outer engine's veths all are).
     """
+    if any(container_id in item for container_id in other_ids):
+        return True
     if kind == "cgroup":
-        return any(container_id in item for container_id in outer_ids)
-    if kind == "mount":
-        return not item.startswith((str(STATE_DIR), "/run/netns", str(CGROUP_ROOT)))
+        return False
+    if kind == "mount":  # /run/netns itself is iproute2's, made on its first use and kept
+        return item == "/run/netns" or not item.startswith((str(STATE_DIR), "/run/netns", str(CGROUP_ROOT)))
     if kind == "link":
         return os.path.exists(f"/sys/class/net/{item}/master")
     return False
@@ -130,8 +162,8 @@ def new_on_host(before: dict[str, set[str]], docker: str) -> list[str]:
 
     def fresh() -> set[str]:
         after = host_state()
-        outer_ids = outer_container_ids(docker)
-        return {f"{kind} {item}" for kind, items in after.items() for item in items - before[kind] if not outer_engines_own(kind, item, outer_ids)}
+        others = outer_container_ids(docker) | live_harness_ids()
+        return {f"{kind} {item}" for kind, items in after.items() for item in items - before[kind] if not someone_elses(kind, item, others)}
 
     found = fresh()
     if found:
@@ -156,21 +188,20 @@ class WorkerContainer:
         self.host_leftovers: list[str] = []
         self.dropped_capabilities = capabilities_within(bounding_set())[1]
         self._strict_parent = ""
-        lower, env = image_rootfs(image, docker)
+        lower, env, image_id = image_rootfs(image, docker)
         init = gdn_init()
+        cgroups_path = self._cgroups_path(strict_devices)  # the "worker's" cgroups exist before the snapshot
         self._before = host_state()
         for name in ("rootfs", "upper", "work", "etc", "scratch"):
             (self.bundle / name).mkdir(parents=True)
-        layers = f"lowerdir={lower},upperdir={self.bundle}/upper,workdir={self.bundle}/work"
-        subprocess.run(["mount", "-t", "overlay", "overlay", "-o", layers, str(self.bundle / "rootfs")], check=True)
+        if not _overlay(lower, self.bundle) and not _overlay(str(_exported_rootfs(image, image_id, docker)), self.bundle):
+            raise RuntimeError(f"cannot mount the image's filesystem for {image}")
         (self.bundle / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
         (self.bundle / "etc" / "hostname").write_text("worker-container\n")
         (self.bundle / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         self._make_network()
         binds = [(str(self.bundle / "scratch"), "/scratch", False)] + [(os.path.abspath(h), t, ro) for h, t, ro in mounts]
-        spec = WorkerContainerSpec(
-            flavour, str(self.bundle / "rootfs"), env, f"/run/netns/{self.id}", init, str(self.bundle / "etc"), binds, self._cgroups_path(strict_devices)
-        )
+        spec = WorkerContainerSpec(flavour, str(self.bundle / "rootfs"), env, f"/run/netns/{self.id}", init, str(self.bundle / "etc"), binds, cgroups_path)
         (self.bundle / "config.json").write_text(json.dumps(spec.render(bounding_set()), indent=1))
         # runc's stderr goes to a file: a pipe would be held open by the container's init.
         with open(self.bundle / "runc.log", "w+") as log:

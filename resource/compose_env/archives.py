@@ -9,11 +9,11 @@ matter, but it cannot read an OCI layout: those get a `manifest.json` added here
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
 import tarfile
+import tempfile
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -522,53 +522,49 @@ def oci_stream(layout: LayoutReader, platform: Platform, repo_tags: list[str]) -
 # ---------------------------------------------------------------- rootfs
 
 
-def _raise(error: OSError) -> None:
-    raise error
+#: GNU tar making a layer of a rootfs directory, for docker load and for the direct write alike
+#: (one archiver: the same rootfs/ gives the same diff_id, so the same image ID, either way).
+#: PAX, so that xattrs and long names fit; sorted and without atime/ctime records, so the same
+#: tree gives the same bytes; numeric owners (the image's /etc/passwd decides names); sockets
+#: are skipped. trusted.* and security.selinux belong to the filesystem the rootfs lies on, not
+#: to the image; every other xattr (file capabilities above all) is kept, as dockerd applies them.
+ROOTFS_TAR_ARGS = [
+    "tar",
+    "--create",
+    "--file=-",
+    "--format=posix",
+    "--pax-option=delete=atime,delete=ctime",
+    "--sort=name",
+    "--numeric-owner",
+    "--xattrs",
+    "--xattrs-include=*",
+    "--xattrs-exclude=trusted.*",
+    "--xattrs-exclude=security.selinux",
+]
 
 
-def _rootfs_entries(rootfs: Path) -> Iterator[tuple[tarfile.TarInfo, str]]:
-    """Every file under `rootfs` in a fixed order, as tar headers (hard links recognised)."""
-    # A TarFile only for gettarinfo and its hard-link table; nothing is written to it.
-    with tarfile.open(fileobj=io.BytesIO(), mode="w") as namer:
-        for directory, dirnames, filenames in os.walk(rootfs, onerror=_raise):
-            dirnames.sort()
-            relative_dir = os.path.relpath(directory, rootfs)
-            for name in sorted(dirnames) + sorted(filenames):
-                full = os.path.join(directory, name)
-                info = namer.gettarinfo(full, name if relative_dir == "." else f"{relative_dir}/{name}")
-                if info is None:  # sockets cannot be archived
-                    continue
-                info.uname = info.gname = ""  # numeric ids only: the image's /etc/passwd decides names
-                info.pax_headers.update(_xattr_records(full))
-                yield info, full
-
-
-def _xattr_records(path: str) -> dict[str, str]:
-    """The file's xattrs as the PAX records dockerd applies (file capabilities above all), as the direct write keeps them.
-
-    trusted.* and security.selinux belong to the filesystem the rootfs lies on, not to the image.
-    """
-    records = {}
-    try:
-        for name in os.listxattr(path, follow_symlinks=False):
-            if not name.startswith("trusted.") and name != "security.selinux":
-                records[f"SCHILY.xattr.{name}"] = os.getxattr(path, name, follow_symlinks=False).decode("utf-8", "surrogateescape")
-    except OSError:  # no xattr support where the rootfs lies
-        pass
-    return records
+def rootfs_tar_argv(rootfs: Path) -> list[str]:
+    return [*ROOTFS_TAR_ARGS, f"--directory={rootfs}", "."]
 
 
 def _rootfs_tar(rootfs: Path) -> Iterator[bytes]:
-    """A deterministic tar of `rootfs`, file data streamed in chunks (never a whole file in memory)."""
-    for info, full in _rootfs_entries(rootfs):
-        yield info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
-        if info.isreg() and info.size:
-            sent = 0
-            for chunk in file_chunks(Path(full), 0, info.size):
-                sent += len(chunk)
+    """The layer tar of `rootfs` as GNU tar makes it, in chunks as they come (nothing on disk, bounded memory)."""
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(rootfs_tar_argv(rootfs), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        assert process.stdout is not None
+        try:
+            while chunk := os.read(process.stdout.fileno(), CHUNK):
                 yield chunk
-            yield _padding(sent)
-    yield end_of_archive()
+            process.wait()
+        finally:
+            if process.poll() is None:  # the reader stopped early
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        if process.returncode != 0:
+            errors.seek(0)
+            lines = errors.read().decode(errors="replace").strip().splitlines()
+            raise ArchiveError(f"tar failed on {rootfs} ({lines[-1] if lines else f'exit {process.returncode}'})")
 
 
 class RootfsLayer:

@@ -51,7 +51,7 @@ DEVICES_HINT = (
 )
 
 
-class PlacementError(OSError):
+class PlacementError(Exception):
     """The inner containers cannot be placed below our own cgroup."""
 
 
@@ -66,7 +66,6 @@ class CgroupPlacement:
     roots: list[str] = field(default_factory=list)
     #: Subdirectories each root had before the put (never swept).
     existing: dict[str, set[str]] = field(default_factory=dict)
-    parent: str = CGROUP_PARENT
 
     def summary(self) -> str:
         return f"cgroup v{self.version}: " + "; ".join(self.actions)
@@ -155,6 +154,8 @@ def place(tracker: MountTracker, root: str = CGROUP_ROOT) -> CgroupPlacement:
             os.unshare(os.CLONE_NEWCGROUP)
             placement.actions.append(f"own cgroup {placement.own}: entered a cgroup namespace rooted there")
             if version == 2:
+                # A tmpfs first: the kernel refuses a filesystem mounted on the root of a mount of itself.
+                tracker.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
                 tracker.mount("cgroup2", root, "cgroup2")
                 placement.actions.append(f"mounted cgroup2 at {root}, showing that cgroup")
             else:
@@ -168,8 +169,9 @@ def place(tracker: MountTracker, root: str = CGROUP_ROOT) -> CgroupPlacement:
         else:
             placement.actions.append(widen_devices(os.path.join(root, "devices")))
             placement.roots = _v1_hierarchy_dirs(root)
-    except (OSError, MountError) as error:
-        raise PlacementError(error.errno or errno.EPERM, f"cannot place the inner containers below this container's cgroup {placement.own}: {error}") from error
+    except OSError as error:  # MountError included
+        detail = f"{error.filename}: {error.strerror}" if error.filename else error.strerror or str(error)
+        raise PlacementError(f"cannot place the inner containers below this container's cgroup {placement.own}: {detail}") from error
     placement.existing = {r: set(_subdirectories(r)) for r in placement.roots}  # the v2 leaf included
     placement.actions.append(f"inner containers go to {CGROUP_PARENT} below it")
     return placement

@@ -28,6 +28,7 @@ from typing import IO, Any
 
 import docker
 
+from . import compose_errors
 from .config import PutParams
 from .console import Console
 from .daemon import die_with_parent
@@ -357,10 +358,10 @@ class ComposeProject:
         dotenv = self.params.project_directory / ".env"
         return [dotenv] if dotenv.is_file() else []
 
-    def base_argv(self, profiles: Sequence[str] | None = None) -> list[str]:
+    def base_argv(self, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None) -> list[str]:
         argv = ["docker", "compose", "--ansi", "never", "--progress", "plain", "-p", self.params.project_name]
         argv += ["--project-directory", str(self.params.project_directory)]
-        for compose_file in self.params.compose_files:
+        for compose_file in self.params.compose_files if compose_files is None else compose_files:
             argv += ["-f", str(compose_file)]
         for env_file in self.env_files():
             argv += ["--env-file", str(env_file)]
@@ -368,9 +369,11 @@ class ComposeProject:
             argv += ["--profile", profile]
         return argv
 
-    def _run_quiet(self, args: Sequence[str], timeout: float = 60, profiles: Sequence[str] | None = None) -> subprocess.CompletedProcess[str]:
+    def _run_quiet(
+        self, args: Sequence[str], timeout: float = 60, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*self.base_argv(profiles), *args],
+            [*self.base_argv(profiles, compose_files), *args],
             env=self.env,
             capture_output=True,
             text=True,
@@ -401,16 +404,38 @@ class ComposeProject:
     def _config(self, profiles: Sequence[str]) -> dict[str, Any]:
         result = self._run_quiet(["config", "--format", "json"], profiles=profiles)
         if result.returncode != 0:
+            hint = "fix the compose file, or the env / env_files / profiles it depends on; nothing was started"
+            named = self._rejected_file(result.stderr, profiles)
+            if named is not None:
+                raise UserError(named.path, self.redact(named.message), hint)
             lines = [self.redact(line.strip()) for line in result.stderr.splitlines() if line.strip()] or ["(no message)"]
-            raise UserError(
-                "params.compose_files",
-                "docker compose rejects the project:\n    " + "\n    ".join(lines),
-                "fix the compose file, or the env / env_files / profiles it depends on; nothing was started",
-            )
+            raise UserError("params.compose_files", "docker compose rejects the project:\n    " + "\n    ".join(lines), hint)
         for line in result.stderr.splitlines():
             if line.strip():
                 self.console.warn(line.strip())
         return json.loads(result.stdout)
+
+    def _rejected_file(self, error: str, profiles: Sequence[str]) -> compose_errors.RejectedFile | None:
+        """The compose or env file `error` is about, named as params name it; None when that cannot be told.
+
+        compose names the file in most errors; for the others (YAML syntax) each compose file is
+        checked alone, and the one that fails with the same first line is the culprit.
+        """
+        labels = self.params.file_labels
+        culprit = compose_errors.file_named_in(error, labels)
+        compose_files = list(dict.fromkeys(self.params.compose_files))
+        if culprit is None and len(compose_files) == 1:
+            culprit = compose_files[0]
+        elif culprit is None and error.strip():
+            wanted = compose_errors.first_line(error, labels)
+            for compose_file in compose_files:
+                alone = self._run_quiet(["config", "--quiet", "--no-consistency"], profiles=profiles, compose_files=[compose_file])
+                if alone.returncode != 0 and compose_errors.first_line(alone.stderr, labels) == wanted:
+                    culprit = compose_file
+                    break
+        if culprit is None or culprit not in labels:
+            return None
+        return compose_errors.rejected(error, culprit, labels[culprit])
 
     def services(self) -> dict[str, Any]:
         """The services of the active profiles."""

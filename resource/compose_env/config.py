@@ -142,6 +142,8 @@ class PutParams:
     logs: LogOptions = LogOptions()
     stop_grace: int = 0
     reports: tuple[ReportEntry, ...] = ()
+    #: Each compose and env file → how an error names it: `params.compose_files[1] (ci/compose.test.yml)`.
+    file_labels: Mapping[Path, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -339,9 +341,13 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
 
     compose_given = _as_tuple(raw["compose_files"])
     as_list = isinstance(raw["compose_files"], list)
-    compose_files = tuple(
-        resolver.resolve(given, merged.path("compose_files", i) if as_list else merged.path("compose_files")) for i, given in enumerate(compose_given)
-    )
+    labels: dict[Path, str] = {}
+    resolved_files = []
+    for index, given in enumerate(compose_given):
+        where = merged.path("compose_files", index) if as_list else merged.path("compose_files")
+        resolved_files.append(resolver.resolve(given, where))
+        labels.setdefault(resolved_files[-1], f"{where} ({given})")
+    compose_files = tuple(resolved_files)
     if "project_directory" in raw:
         project_directory = resolver.resolve(raw["project_directory"], merged.path("project_directory"), kind="directory")
     else:
@@ -356,6 +362,8 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         images.append(ImageEntry(index=index, path=resolved, given=given, tags=tags))
 
     env_files = tuple(resolver.resolve(g, merged.path("env_files", i)) for i, g in enumerate(raw.get("env_files", ())))
+    for index, (given, env_file) in enumerate(zip(raw.get("env_files", ()), env_files, strict=True)):
+        labels.setdefault(env_file, f"{merged.path('env_files', index)} ({given})")
     logs_raw = raw.get("logs", {})
     return PutParams(
         compose_files=compose_files,
@@ -371,6 +379,7 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         logs=LogOptions(tail=logs_raw.get("tail", 20), services=tuple(logs_raw["services"]) if "services" in logs_raw else None),
         stop_grace=raw.get("stop_grace", 0),
         reports=tuple(ReportEntry(merged.path("reports", i), item["service"], item["path"]) for i, item in enumerate(raw.get("reports", ()))),
+        file_labels=labels,
     )
 
 

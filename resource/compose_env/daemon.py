@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import docker
 
-from . import cgroups, storage
+from . import cgroups, storage, store_guard, tested_engines
 from .config import DEFAULT_DATA_ROOT, Source
 from .console import Console
 from .engine import RUN_DIR, DaemonHandle, make_clients, write_docker_config
@@ -190,17 +191,18 @@ def diagnose(log_text: str) -> str:
 
 # ---------------------------------------------------------------- the inner daemon
 
-#: dockerd flags in source.dockerd.args after which the store layerstore would write is not the one dockerd reads.
-STORE_CHANGING_FLAGS = frozenset({"--userns-remap", "--data-root", "-g", "--graph", "--storage-driver", "-s", "--storage-opt", "--config-file", "--feature"})
-
 
 @dataclass(frozen=True)
 class PreparedStore:
-    """The data root and driver dockerd will get; `writable`: layerstore may write images into it first."""
+    """The data root and driver dockerd will get; `writable`: layerstore may write images into it first.
+
+    `note`: why not, when that is worth a line in the log (an untested engine, a reshaped store).
+    """
 
     data_root: str
     driver: str
     writable: bool
+    note: str = ""
 
 
 class InnerDaemon:
@@ -229,6 +231,7 @@ class InnerDaemon:
         self._mtu_value: int | None = None
         #: Set by prepare(): where the inner containers' cgroups go, and how to sweep them out.
         self.cgroups: cgroups.CgroupPlacement | None = None
+        self._version_probe: subprocess.Popen[str] | None = None
 
     # -- start
 
@@ -244,13 +247,16 @@ class InnerDaemon:
         """
         self._started = time.monotonic()
         check_privileged()
+        if self.options.direct_load:
+            store_guard.refuse_snapshotter(self.options.args, store_guard.read_daemon_json()[0])
+            self._version_probe = tested_engines.start_version_probe()
         for directory in (RUN_DIR, self.log_dir, os.path.dirname(CONTAINERD_SOCKET)):
             os.makedirs(directory, exist_ok=True)
         self._remove_stale_files()
         # Before any child: the cgroup namespace entered here is the one they all inherit.
         try:
             self.cgroups = cgroups.place(self.mounts)
-        except OSError as error:
+        except cgroups.PlacementError as error:
             raise RuntimeFailure(str(error), cgroups.WORKER_HINT) from None
         self.console.info(self.cgroups.summary())
         # containerd boots in 0.1-0.3 s and needs none of what follows: start it now.
@@ -276,19 +282,26 @@ class InnerDaemon:
         self.console.info(f"mtu: {mtu or 1500} ({mtu_why})")
         self._placement, self._driver, self._iptables, self._mtu_value = placement, driver.driver, iptables, mtu
         self._prepared = time.monotonic()
-        return PreparedStore(placement.data_root, driver.driver, self.store_writable(driver.driver))
+        writable, note = self.store_writable(driver.driver)
+        return PreparedStore(placement.data_root, driver.driver, writable, note)
 
     @property
     def keeps_data_root(self) -> bool:
         """A data root of the user's (or a task cache) may outlive the put; the default one goes with the container."""
         return self.data_root != DEFAULT_DATA_ROOT
 
-    def store_writable(self, driver: str) -> bool:
-        """Whether layerstore may write images into the data root before dockerd starts."""
+    def store_writable(self, driver: str) -> tuple[bool, str]:
+        """Whether layerstore may write images into the data root before dockerd starts, and if not, a note on why ("" if obvious)."""
+        probe, self._version_probe = self._version_probe, None
+        version = tested_engines.probed_version(probe) if probe is not None else ""
         if not self.options.direct_load or driver != "overlay2":
-            return False
-        # Flags that move or reshape the store dockerd will read.
-        return not any(arg.split("=", 1)[0] in STORE_CHANGING_FLAGS for arg in self.options.args)
+            return False, ""
+        daemon_json, unreadable = store_guard.read_daemon_json()
+        changed = unreadable or store_guard.store_changed_by(self.options.args, daemon_json)
+        if changed:
+            return False, f"{changed}: every image goes through docker load"
+        note = tested_engines.untested_note(version)
+        return not note, note
 
     def launch(self, config_dir: str) -> DaemonHandle:
         """dockerd on the prepared data root, then readiness: returns the handle everything else uses."""
@@ -308,11 +321,9 @@ class InnerDaemon:
 
         client, load_client = make_clients(f"unix://{DOCKER_SOCKET}", version=api_version)
         info = client.info()
-        if info.get("Driver") != self._driver:
-            raise RuntimeFailure(
-                f"dockerd runs with storage driver {info.get('Driver')}, not the {self._driver} it was given",
-                "set source.dockerd.storage_driver explicitly",
-            )
+        problem = store_guard.info_problem(info, self._driver)
+        if problem:
+            raise RuntimeFailure(problem, "set source.dockerd.storage_driver explicitly, and leave the containerd-snapshotter feature off")
         between = f", {probed - self._prepared:.2f}s writing images into its store" if probed - self._prepared > 0.05 else ""
         self.console.info(
             f"dockerd {info.get('ServerVersion', '?')} answered {ready - spawned:.2f}s after it was spawned;"
@@ -323,6 +334,37 @@ class InnerDaemon:
         env = {"DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "DOCKER_CONFIG": write_docker_config(self.source.registries, config_dir)}
         self.handle = DaemonHandle(f"unix://{DOCKER_SOCKET}", env, client, load_client, description, self.stop)
         return self.handle
+
+    def relaunch_clean(self, config_dir: str) -> DaemonHandle:
+        """dockerd stopped, the data root emptied, dockerd started again (containerd keeps running): direct writes' fallback.
+
+        Only before anything but directly written images is in the store: they are all thrown away.
+        """
+        for name, process in self.processes:
+            if name == "dockerd" and process.poll() is None:
+                self._terminate(process, DAEMON_GRACE_SECONDS)
+        self._ready = False
+        self.handle = None
+        self.empty_data_root()
+        for path in (DOCKER_SOCKET, DOCKERD_PIDFILE):
+            if os.path.lexists(path):
+                os.unlink(path)
+        self._started = self._prepared = time.monotonic()  # launch's log line then counts from here
+        return self.launch(config_dir)
+
+    def empty_data_root(self) -> None:
+        """Everything in the data root removed (what dockerd left mounted below it first), the directory itself kept."""
+        below = [m.mount_point for m in read_mountinfo() if m.mount_point.startswith(self.data_root.rstrip("/") + "/")]
+        for point in sorted(set(below), key=len, reverse=True):
+            try:
+                umount(point, lazy=True)
+            except MountError:
+                pass  # gone already, or the removal below reports it
+        for entry in os.scandir(self.data_root):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
 
     def _mtu(self) -> tuple[int | None, str]:
         if self.options.mtu:

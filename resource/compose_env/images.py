@@ -500,12 +500,43 @@ def _load_plan(plan: ImagePlan, client: docker.APIClient, load_client: docker.AP
     return LoadedImage(plan.entry, image_id, names, time.monotonic() - started, sent)
 
 
-def name_written_image(plan: ImagePlan, written_id: str, repo_tags: tuple[str, ...], client: docker.APIClient, seconds: float, size: int) -> LoadedImage | None:
-    """Tag an image that layerstore wrote before dockerd started; None if dockerd did not take it."""
+#: What a verification container runs: nothing (it is created, never started); any path will do.
+VERIFY_COMMAND = ["/compose-env-verify"]
+
+
+def verify_written_image(client: docker.APIClient, image_id: str, diff_ids: tuple[str, ...]) -> str:
+    """Why dockerd cannot be trusted with an image layerstore wrote ("" when it can).
+
+    Its RootFS.Layers must be the config's diff_ids, and a container must be creatable from it:
+    creating one mounts the whole overlay chain (dockerd copies image data into volumes then).
+    """
     try:
-        image_id = client.inspect_image(written_id)["Id"]
+        layers = (client.inspect_image(image_id).get("RootFS") or {}).get("Layers") or []
     except docker.errors.NotFound:
-        return None
+        return "dockerd did not list it"
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        return f"inspecting it failed: {_explained(error)}"
+    if list(layers) != list(diff_ids):
+        return f"dockerd lists {len(layers)} layers for it, not the {len(diff_ids)} diff_ids of its config"
+    host_config = client.create_host_config(network_mode="none")
+    try:
+        container = client.create_container(image_id, command=VERIFY_COMMAND, network_disabled=True, host_config=host_config)["Id"]
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        return f"creating a container from it failed: {_explained(error)}"
+    try:
+        client.remove_container(container, v=True, force=True)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
+        return f"removing its test container failed: {_explained(error)}"
+    return ""
+
+
+def _explained(error: Exception) -> str:
+    return str(getattr(error, "explanation", None) or error)
+
+
+def name_written_image(plan: ImagePlan, written_id: str, repo_tags: tuple[str, ...], client: docker.APIClient, seconds: float, size: int) -> LoadedImage:
+    """Tag an image that layerstore wrote before dockerd started (and verify_written_image accepted)."""
+    image_id = client.inspect_image(written_id)["Id"]
     names = tuple(dict.fromkeys([*repo_tags, *plan.names]))
     for name in names:
         repository, tag = split_reference(name)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import archives
+from . import archives, store_faults
 from .archives import Blob
 
 #: dockerd refuses deeper images at load (overlay's lowerdir limit): such an image gets docker load's error.
@@ -48,28 +48,14 @@ MAX_LAYERS = 125
 #: How many layers are extracted at once: each runs a tar (and an inflater) beside us.
 MAX_PARALLEL = 4
 CHUNK = 1 << 20
+#: dockerd's umask: directories a layer implies but does not list get 0755.
+DOCKERD_UMASK = 0o022
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 #: What dockerd's overlay2 driver names a layer's link (26 characters of base32).
 LINK_LENGTH = 26
-#: GNU tar making a layer of a rootfs directory (PAX, so that xattrs and long names fit).
-#: Sorted and without atime/ctime records: the same tree gives the same diff_id (shared layers, stable image IDs).
-#: trusted.* and security.selinux belong to the filesystem the rootfs lies on, not to the image.
-ARCHIVE_ARGS = [
-    "tar",
-    "--create",
-    "--file=-",
-    "--format=posix",
-    "--pax-option=delete=atime,delete=ctime",
-    "--sort=name",
-    "--numeric-owner",
-    "--xattrs",
-    "--xattrs-include=*",
-    "--xattrs-exclude=trusted.*",
-    "--xattrs-exclude=security.selinux",
-]
 #: A rootfs is scheduled first: it is usually the biggest layer of a put, and its size is not known up front.
 ROOTFS_SIZE_HINT = 1 << 40
 TAR_ARGS = [
@@ -106,11 +92,15 @@ class DirectImage:
 
     @property
     def chain_ids(self) -> list[str]:
-        """The layer store's keys: each layer's identity includes everything below it."""
-        chain: list[str] = []
-        for diff_id in self.diff_ids:
-            chain.append(diff_id if not chain else "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
-        return chain
+        return chain_ids(self.diff_ids)
+
+
+def chain_ids(diff_ids: tuple[str, ...]) -> list[str]:
+    """The layer store's keys: each layer's identity includes everything below it."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        chain.append(diff_id if not chain else "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
+    return chain
 
 
 def image_from_config(config: bytes, blobs: list[Blob], repo_tags: tuple[str, ...] = ()) -> DirectImage | None:
@@ -170,6 +160,23 @@ class ImageWrite:
     #: From its first layer's start to its last layer's end (layers of several images run at once).
     seconds: float = 0.0
     image_id: str = ""
+    #: The layers dockerd must list for it once it starts (RootFS.Layers).
+    diff_ids: tuple[str, ...] = ()
+    #: Its registering failed part way: the store may hold some of its entries.
+    left_entries: bool = False
+
+
+@dataclass(frozen=True)
+class StoreWrite:
+    """The whole write: each image's fate, and `damaged` (why) when the store may hold half-registered entries.
+
+    A damaged store must be emptied before dockerd reads it: docker load trips over half-written
+    layer directories. An image that failed before registering left nothing behind.
+    """
+
+    images: dict[str, ImageWrite]
+    seconds: float
+    damaged: str = ""
 
 
 class StoreWriter:
@@ -182,6 +189,8 @@ class StoreWriter:
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
         self._cancelled = threading.Event()
+        #: Set when registering an image failed part way: its entries may be in the store.
+        self.damaged = ""
 
     # -- the whole job
 
@@ -216,7 +225,8 @@ class StoreWriter:
         try:
             return self._register_image(key, image, written, failed)
         except Exception as error:
-            return ImageWrite(f"registering it: {error}")
+            self.damaged = self.damaged or f"registering an image failed part way ({error})"
+            return ImageWrite(f"registering it: {error}", left_entries=True)
 
     def _register_image(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
         if isinstance(image, RootfsImage):
@@ -234,7 +244,8 @@ class StoreWriter:
         self._register(chain_ids, config, {layer.chain_id: layer for layer in mine})
         seconds = max((layer.finished for layer in mine), default=0.0) - min((layer.started for layer in mine), default=0.0)
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-        return ImageWrite(None, len(chain_ids), sum(layer.size for layer in mine), seconds, image_id)
+        diff_ids = (layer.diff_id,) if isinstance(image, RootfsImage) else image.diff_ids
+        return ImageWrite(None, len(chain_ids), sum(layer.size for layer in mine), seconds, image_id, diff_ids)
 
     def cancel(self) -> None:
         """Stop every extraction now (SIGTERM): the children are killed, the workers see it."""
@@ -314,7 +325,7 @@ class StoreWriter:
         digest = hashlib.sha256()
         with tempfile.TemporaryFile() as tar_errors:
             # umask 022 as dockerd has: directories the layer implies but does not list get 0755.
-            tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, preexec_fn=_dockerd_umask)
+            tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, umask=DOCKERD_UMASK)
             try:
                 assert tar.stdin is not None
                 sink: BinaryIO | None = tar.stdin
@@ -341,9 +352,9 @@ class StoreWriter:
         return "sha256:" + digest.hexdigest()
 
     def _archived(self, rootfs: Path) -> Iterator[bytes]:
-        """The tar GNU tar makes of `rootfs` (numeric owners, xattrs, hardlinks; sockets skipped)."""
+        """The tar GNU tar makes of `rootfs`, as for docker load (archives.ROOTFS_TAR_ARGS), under this writer's cancellation."""
         with tempfile.TemporaryFile() as errors:
-            process = self._spawn([*ARCHIVE_ARGS, f"--directory={rootfs}", "."], stdout=subprocess.PIPE, stderr=errors)
+            process = self._spawn(archives.rootfs_tar_argv(rootfs), stdout=subprocess.PIPE, stderr=errors)
             try:
                 yield from _output(process)
             finally:
@@ -360,25 +371,34 @@ class StoreWriter:
                 yield chunk
             return
         process = self._spawn(inflater, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        feeder = threading.Thread(target=self._feed, args=(process, blob), daemon=True)
+        feed_errors: list[BaseException] = []
+        feeder = threading.Thread(target=self._feed, args=(process, blob, feed_errors), daemon=True)
         feeder.start()
         try:
             yield from _output(process)
         finally:
             self._reap(process)
             feeder.join(5)
-        if process.returncode != 0 and not self._cancelled.is_set():
+        if self._cancelled.is_set():
+            return
+        # Reading the input failed (a truncated file): that, not the inflater's view of it, is the reason.
+        if feed_errors:
+            raise LayerFailure(f"reading it: {feed_errors[0]}")
+        if process.returncode != 0:
             raise LayerFailure(f"{inflater[0]} could not inflate it (exit {process.returncode})")
 
-    def _feed(self, process: subprocess.Popen[bytes], blob: Blob) -> None:
+    def _feed(self, process: subprocess.Popen[bytes], blob: Blob, errors: list[BaseException]) -> None:
+        """The blob into the inflater; any failure is handed back in `errors`, never left to the thread."""
         assert process.stdin is not None
         try:
             for chunk in archives.file_chunks(blob.path, blob.offset, blob.size):
                 if self._cancelled.is_set():
                     break
                 process.stdin.write(chunk)
-        except OSError:
-            pass
+        except BrokenPipeError:
+            pass  # the inflater stopped reading: its exit status tells why
+        except Exception as error:
+            errors.append(error)
         finally:
             with contextlib.suppress(OSError):
                 process.stdin.close()
@@ -424,6 +444,8 @@ class StoreWriter:
         _write(content, config, 0o600)
 
     def _register_layer(self, layer: WrittenLayer, parent_chain: str) -> None:
+        if store_faults.registering_fails(parent_chain):
+            raise OSError(f"injected by {store_faults.FAULT_ENV}")
         layer_home = self.driver_home / layer.cache_id
         link = _new_link_id()
         (self.driver_home / "l" / link).symlink_to(f"../{layer.cache_id}/diff")
@@ -471,10 +493,6 @@ def _last_line(errors: BinaryIO, default: str) -> str:
     errors.seek(0)
     lines = errors.read().decode(errors="replace").strip().splitlines()
     return lines[-1] if lines else default
-
-
-def _dockerd_umask() -> None:
-    os.umask(0o022)
 
 
 def _gzip_inflater() -> str:
@@ -546,10 +564,16 @@ def _convert_whiteout(directory: str, name: str) -> None:
         os.lchown(hidden, info.st_uid, info.st_gid)
 
 
-def write_images(images: dict[str, DirectImage | RootfsImage], data_root: str) -> tuple[dict[str, ImageWrite], float]:
-    """StoreWriter.write with its duration; a SIGTERM (an exception in this thread) stops it cleanly."""
+def write_images(images: dict[str, DirectImage | RootfsImage], data_root: str) -> StoreWrite:
+    """StoreWriter.write with its duration; every error comes back in the result, a SIGTERM (Aborted) stops it cleanly."""
     started = time.monotonic()
-    return StoreWriter(data_root).write(images), time.monotonic() - started
+    writer = StoreWriter(data_root)
+    try:
+        outcome = writer.write(images)
+    except Exception as error:  # outside any one layer (the store's directories): nothing written can be trusted
+        problem = f"writing into {data_root}: {error}"
+        return StoreWrite({key: ImageWrite(problem) for key in images}, time.monotonic() - started, problem)
+    return StoreWrite(outcome, time.monotonic() - started, writer.damaged)
 
 
 def holds(data_root: str, driver: str, image: DirectImage) -> bool:

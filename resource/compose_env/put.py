@@ -14,15 +14,15 @@ from typing import Any
 import docker
 
 from . import images as images_module
-from . import junit, layerstore
+from . import junit, layerstore, store_faults
 from . import reports as reports_module
 from .compose import ComposeProject, ServiceLogs, analyse_command
 from .config import PutConfig, PutParams
 from .console import Console
 from .containers import service_container
-from .daemon import InnerDaemon, PreparedStore
+from .daemon import InnerDaemon, PreparedStore, error_lines
 from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
-from .errors import Aborted
+from .errors import Aborted, RuntimeFailure
 from .layerstore import DirectImage, RootfsImage
 from .redaction import Redactor, secret_env_values
 from .report import RunResult, build_response, format_seconds, new_run_id
@@ -110,6 +110,8 @@ def run_put(
             else:
                 inner = InnerDaemon(config.source, console)
                 store = inner.prepare(sum(plan.estimated_bytes for plan in plans))
+                if plans and store.note:
+                    console.info(store.note)
                 kept = layerstore.has_images(store.data_root, store.driver)
                 direct = _writable_images(plans) if store.writable or kept else {}
                 cached = {key: planned for key, planned in direct.items() if _in_store(planned[1], store)}
@@ -297,24 +299,51 @@ def _writable_images(plans: list[images_module.ImagePlan]) -> dict[str, tuple[im
 def _write_then_launch(
     inner: InnerDaemon, direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]], console: Console
 ) -> tuple[DaemonHandle, dict[int, images_module.LoadedImage], float]:
-    """Write the images into the store, start dockerd on it, name them; returns dockerd, the images by plan, and its start time.
+    """Write the images into the store, start dockerd on it, check and name them; returns dockerd, the images by plan, and its start time.
 
-    An image that could not be written, or that dockerd did not take, is left to docker load.
+    Never worse than docker load: an image that could not be written goes to docker load (it left
+    nothing in the store). A store that may hold half-registered entries, a dockerd that does not
+    start on it, or a written image it does not take as written: dockerd starts again on an emptied
+    data root and every input goes through docker load.
     """
-    outcome, seconds = layerstore.write_images({key: image for key, (_plan, image) in direct.items()}, inner.data_root)
-    _prepare_loads([plan for key, (plan, _image) in direct.items() if outcome[key].problem], {})
+    write = layerstore.write_images({key: image for key, (_plan, image) in direct.items()}, inner.data_root)
+    store_faults.inject(inner.data_root, write)
+    for key, (plan, _image) in direct.items():
+        if write.images[key].problem is not None and not write.damaged:
+            console.warn(f"{plan.where}: not written into the store directly ({write.images[key].problem}): loading it with docker load")
+    accepted = {key: (plan, image) for key, (plan, image) in direct.items() if write.images[key].problem is None}
+    if write.damaged:
+        culprits = [plan.where for key, (plan, _image) in direct.items() if write.images[key].left_entries] or [plan.where for plan, _image in direct.values()]
+        _fall_back(console, direct, f"{', '.join(culprits)}: the store may hold half-registered entries ({write.damaged})", "emptying the data root")
+        inner.empty_data_root()
+        accepted = {}
+    _prepare_loads([plan for key, (plan, _image) in direct.items() if key not in accepted], {})
     launched = time.monotonic()
-    handle = inner.launch(DOCKER_CONFIG_DIR)
-    launch_seconds = time.monotonic() - launched
+    checked = 0.0
+    try:
+        handle = inner.launch(DOCKER_CONFIG_DIR)
+        launch_seconds = time.monotonic() - launched
+        refused = _refused_image(handle, accepted, write)
+        checked = time.monotonic() - launched - launch_seconds
+    except RuntimeFailure as failure:
+        if not accepted:
+            raise
+        launch_seconds = time.monotonic() - launched
+        refused = ("", f"dockerd did not start on the written store ({_start_failure(failure)})")
+    if refused is not None:
+        key, reason = refused
+        where = direct[key][0].where if key else ", ".join(plan.where for plan, _image in accepted.values())
+        _fall_back(console, accepted, f"{where}: {reason}", "restarting dockerd on an emptied data root")
+        _prepare_loads([plan for plan, _image in accepted.values()], {})
+        restarted = time.monotonic()
+        handle = inner.relaunch_clean(DOCKER_CONFIG_DIR)
+        console.info(f"dockerd restarted on an emptied data root in {time.monotonic() - restarted:.2f}s")
+        launch_seconds += time.monotonic() - restarted
+        accepted = {}
     written: dict[int, images_module.LoadedImage] = {}
-    for key, (plan, image) in direct.items():
-        result = outcome[key]
-        loaded = None
-        if result.problem is None:
-            loaded = images_module.name_written_image(plan, result.image_id, image.repo_tags, handle.client, result.seconds, result.size)
-        if loaded is None:
-            console.warn(f"{plan.where}: not written into the store directly ({result.problem or 'dockerd did not list it'}): loading it with docker load")
-            continue
+    for key, (plan, image) in accepted.items():
+        result = write.images[key]
+        loaded = images_module.name_written_image(plan, result.image_id, image.repo_tags, handle.client, result.seconds, result.size)
         layers = f"{result.layers} layer{'s' if result.layers > 1 else ''}"
         console.info(
             f"{plan.where}: {layers}, {result.size / 2**20:.1f} MiB, written into the overlay2 store in {result.seconds:.2f}s"
@@ -322,8 +351,38 @@ def _write_then_launch(
         )
         written[id(plan)] = loaded
     if written:
-        console.info(f"{len(written)} image{'s' if len(written) > 1 else ''} written in {seconds:.2f}s in all (layers several at once), before dockerd started")
+        count = f"{len(written)} image{'s' if len(written) > 1 else ''}"
+        console.info(f"{count} written in {write.seconds:.2f}s in all (layers several at once) before dockerd started, checked in {checked:.2f}s after")
     return handle, written, launch_seconds
+
+
+#: The inputs written directly, by their key for layerstore.
+Written = dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]
+
+
+def _refused_image(handle: DaemonHandle, accepted: Written, write: layerstore.StoreWrite) -> tuple[str, str] | None:
+    """The first written image dockerd does not take as written, with why; None when it takes them all."""
+    for key in accepted:
+        result = write.images[key]
+        problem = images_module.verify_written_image(handle.client, result.image_id, result.diff_ids)
+        if problem:
+            return key, problem
+    return None
+
+
+def _start_failure(failure: RuntimeFailure) -> str:
+    """dockerd's own last error line when its log has one, else our message."""
+    errors = error_lines(failure.diagnosis)
+    if not errors:
+        return failure.message.removeprefix("the inner Docker daemon did not start: ")
+    line = errors[-1].strip()
+    return line.split('msg="', 1)[1].rstrip('"') if 'msg="' in line else line
+
+
+def _fall_back(console: Console, inputs: Written, reason: str, action: str) -> None:
+    """The one warning line of a complete fallback: its reason, what happens, and the inputs that now go through docker load."""
+    loaded = ", ".join(plan.entry.param_path for plan, _image in inputs.values())
+    console.warn(f"direct writes given up: {reason}; {action}, then docker load for {loaded}")
 
 
 def _with_log_tails(result: RunResult, logs: ServiceLogs, tail: int, services: tuple[str, ...] | None) -> RunResult:

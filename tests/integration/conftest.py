@@ -111,3 +111,26 @@ def inputs(tmp_path: Path, runner_tarball: Path) -> Path:
     (put / "runner").mkdir()
     os.link(runner_tarball, put / "runner" / "image.tar")
     return put
+
+
+_SECONDS_BY_PART: dict[str, float] = {}
+
+
+def _part_of(nodeid: str) -> str:
+    """Which part of the runtime matrix a test belongs to: its runtime, or the cgroup v2 guest."""
+    if "test_cgroup_v2.py" in nodeid:
+        return "cgroup v2 guest (concourse, docker)"
+    runtime = next((name for name in RUNTIMES if f"[{name}" in nodeid or f"-{name}]" in nodeid or f"-{name}-" in nodeid), "docker")
+    return f"cgroup v1 host, {runtime}"
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _SECONDS_BY_PART[_part_of(report.nodeid)] = _SECONDS_BY_PART.get(_part_of(report.nodeid), 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The time each part of the runtime matrix took (setup, call and teardown of its tests)."""
+    if _SECONDS_BY_PART:
+        terminalreporter.section("integration time by runtime")
+        for part, seconds in sorted(_SECONDS_BY_PART.items()):
+            terminalreporter.write_line(f"{part:<40} {seconds / 60:6.1f} min")

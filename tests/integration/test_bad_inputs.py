@@ -148,7 +148,30 @@ BEFORE_DAEMON_ROWS = [
         1,
         ("params.images[0] (truncated.tar)", "is truncated", "re-run the step that produced it"),
     ),
-    Row("compose-invalid-yaml", put({"compose_files": ["broken-yaml/docker-compose.yml"]}), 2, ("params.compose_files: docker compose rejects the project",)),
+    Row(
+        "compose-invalid-yaml",
+        put({"compose_files": ["broken-yaml/docker-compose.yml"]}),
+        2,
+        ("error: params.compose_files[0] (broken-yaml/docker-compose.yml), line 2: did not find expected",),
+    ),
+    Row(
+        "compose-second-of-two-files-invalid-yaml",
+        put({"compose_files": ["app/docker-compose.yml", "broken-yaml/docker-compose.yml"]}),
+        2,
+        ("error: params.compose_files[1] (broken-yaml/docker-compose.yml), line 2: did not find expected ',' or ']'",),
+    ),
+    Row(
+        "env-file-invalid",
+        put({**APP, "env_files": ["app/good.env", "app/broken.env"]}),
+        2,
+        ('error: params.env_files[1] (app/broken.env), line 2: unexpected character "\\"" in variable name',),
+    ),
+    Row(
+        "containerd-snapshotter-with-direct-writes",
+        put(APP, {"dockerd": {"args": ["--feature", "containerd-snapshotter"]}}),
+        2,
+        ("error: source.dockerd.args: --feature containerd-snapshotter cannot be used with direct writes", "direct_load: false"),
+    ),
     Row(
         "command-unknown-service",
         put({**APP, "command": ["run", "--rm", "nope"]}),

@@ -157,7 +157,7 @@ def test_a_compose_file_compose_rejects_fails_with_exit_2_before_anything_starts
 
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
-    assert "params.compose_files: docker compose rejects the project" in outcome.stderr
+    assert "error: params.compose_files (broken/compose.yml)" in outcome.stderr  # the file compose rejects, as params name it
     assert "restart_policy" in outcome.stderr
     assert "Starting the Docker daemon" not in outcome.stderr
 

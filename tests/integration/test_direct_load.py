@@ -2,12 +2,14 @@
 exactly as `docker load` makes them, whatever tricky thing their layers hold.
 
 One image (tests/direct_fixtures.py: whiteouts, opaque dirs, hardlinks, symlinks, setuid,
-capabilities, xattrs, FIFOs, devices, odd owners, modes and mtimes) is laid out in the three
-shapes that take the direct path: docker-image `save: true`, registry-image `format: oci`
-(gzip layers) and `format: oci-layout`. Each shape's first layer carries its own marker, so
-no layer is shared between shapes and every shape really is extracted. One put loads the
-three directly, another with `source.dockerd.direct_load: false`; in both, one service per
-shape prints a listing of its filesystem, and the listings must match line for line.
+capabilities, xattrs, FIFOs, devices, odd owners, modes and mtimes) is laid out in every
+shape that takes the direct path: docker-image `save: true`, registry-image `format: oci`
+(gzip layers), `format: oci-layout`, and the default format (its filesystem in `rootfs/`).
+Each shape's first layer carries its own marker, so no layer is shared between shapes and
+every shape really is extracted. One put loads them directly, another with
+`source.dockerd.direct_load: false`; in both, one service per shape prints a listing of its
+filesystem, and one more asks dockerd for each image's ID and RootFS.Layers. Listings, IDs
+and layers must be identical between the two puts.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from direct_fixtures import (
     comparable,
     crafted_layer,
     entries,
+    inspect_service,
+    inspected,
     listing_of,
+    rootfs_from_image,
     with_marker,
     with_mismatched_top_layer,
     with_top_layer,
@@ -54,6 +59,8 @@ SHAPES = {
     "registry": ("registry-image", "example/direct-registry:ci"),
     "layout": ("layout-image", "example/direct-layout:ci"),
 }
+#: Every shape the direct path takes: the three above, and a rootfs/ of the tricky image (one layer).
+ALL_SHAPES = {**SHAPES, "rootfs": ("rootfs-image", "example/direct-rootfs:ci")}
 MODES = {"direct": {}, "docker-load": NOT_DIRECT}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: 2003-03-03 and 2010-01-01 (UTC): the mtimes the tricky image's directories get from their last layer.
@@ -71,7 +78,7 @@ def _request(source: dict, images: list, command: list[str] | None = None) -> di
 
 def _written(index: int, path: str, layers: int) -> str:
     """The log line that says params.images[index] was written into the store (a regex)."""
-    return rf"params\.images\[{index}\] \({re.escape(path)}\): {layers} layers\b[^\n]*{WRITTEN}"
+    return rf"params\.images\[{index}\] \({re.escape(path)}\): {layers} layers?\b[^\n]*{WRITTEN}"
 
 
 def _error_line(log: str) -> str:
@@ -102,14 +109,18 @@ def shapes_put(work: Path, tricky: ImageParts) -> Path:
     registry_image_oci_dir(with_marker(tricky, "registry", work / "m-registry"), put / "registry-image", repository, tag, f"index.docker.io/{repository}:{tag}")
     repository, tag = SHAPES["layout"][1].split(":")
     oci_layout_dir(with_marker(tricky, "layout", work / "m-layout"), put / "layout-image", repository, tag)
-    _compose_file(put, {service: {"image": name, "command": ["sh", "-c", LISTING]} for service, (_path, name) in SHAPES.items()})
+    repository, tag = ALL_SHAPES["rootfs"][1].split(":")
+    rootfs_from_image(build_tricky_image(), put / "rootfs-image", repository, tag, {"env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "user": "0"})
+    services = {service: {"image": name, "command": ["sh", "-c", LISTING]} for service, (_path, name) in ALL_SHAPES.items()}
+    services["inspect"] = inspect_service(SHAPES["saved"][1], [name for _path, name in ALL_SHAPES.values()])
+    _compose_file(put, services)
     return put
 
 
 @pytest.fixture(scope="module")
 def runs(image: str, shapes_put: Path) -> dict[str, RunOutcome]:
     """The same put twice: images written directly, then every image through docker load."""
-    images = [path for path, _name in SHAPES.values()]
+    images = [path for path, _name in ALL_SHAPES.values()]
     return {mode: run_script(image, "out", _request(source, images), put_dir=str(shapes_put)) for mode, source in MODES.items()}
 
 
@@ -118,15 +129,23 @@ def test_the_direct_put_writes_every_shape_and_the_other_loads_them(runs: dict[s
         assert outcome.exit_code == 0, f"{mode}:\n{outcome.stderr[-5000:]}"
         assert outcome.leftovers == [], mode
         loaded = outcome.metadata()["images"]
-        assert all(name in loaded for _path, name in SHAPES.values()), loaded
-    for index, (path, _name) in enumerate(SHAPES.values()):
-        assert re.search(_written(index, path, 5), runs["direct"].stderr), runs["direct"].stderr[-5000:]
+        assert all(name in loaded for _path, name in ALL_SHAPES.values()), loaded
+    for index, (path, _name) in enumerate(ALL_SHAPES.values()):
+        assert re.search(_written(index, path, 1 if path == "rootfs-image" else 5), runs["direct"].stderr), runs["direct"].stderr[-5000:]
         assert re.search(rf"params\.images\[{index}\] \({re.escape(path)}\): [0-9.]+ MiB streamed in", runs["docker-load"].stderr)
-    assert "not written into the store directly" not in runs["direct"].stderr
+    assert "not written into the store directly" not in runs["direct"].stderr and "direct writes given up" not in runs["direct"].stderr
     assert WRITTEN not in runs["docker-load"].stderr
 
 
-@pytest.mark.parametrize("service", SHAPES)
+@pytest.mark.parametrize("service", ALL_SHAPES)
+def test_the_direct_write_gives_the_image_id_and_layers_docker_load_gives(runs: dict[str, RunOutcome], service: str) -> None:
+    name = ALL_SHAPES[service][1]
+    direct, loaded = (inspected(runs[mode].stderr).get(name) for mode in MODES)
+    assert loaded is not None and loaded["Layers"], runs["docker-load"].stderr[-5000:]
+    assert direct == loaded
+
+
+@pytest.mark.parametrize("service", ALL_SHAPES)
 def test_the_direct_write_gives_the_filesystem_docker_load_gives(runs: dict[str, RunOutcome], service: str) -> None:
     direct, loaded = (comparable(listing_of(runs[mode].stderr, service)) for mode in MODES)
     differences = [line for line in difflib.unified_diff(loaded, direct, "docker load", "direct write", n=0, lineterm="")]

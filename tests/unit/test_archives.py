@@ -245,7 +245,7 @@ def test_rootfs_becomes_a_one_layer_image_with_env_and_user(tmp_path: Path) -> N
     assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
     assert manifest["Config"] == "blobs/sha256/" + hashlib.sha256(members[manifest["Config"]]).hexdigest()
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-        entries = {m.name: m for m in tar.getmembers()}
+        entries = {m.name.removeprefix("./"): m for m in tar.getmembers()}
     assert entries["bin/tool"].mode & 0o777 == 0o755
     assert entries["link"].issym() and entries["link"].linkname == "bin/tool"
     assert entries["hard"].islnk() or entries["bin/tool"].islnk()
@@ -261,7 +261,7 @@ def test_rootfs_layer_carries_the_files_xattrs_as_dockerd_applies_them(tmp_path:
     layer = b"".join(archives.RootfsLayer(rootfs).chunks())
 
     with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
-        entries = {m.name: m for m in tar.getmembers()}
+        entries = {m.name.removeprefix("./"): m for m in tar.getmembers()}
     assert entries["bin/tool"].pax_headers["SCHILY.xattr.user.note"] == "kept"
     raw = entries["data.bin"].pax_headers["SCHILY.xattr.security.capability"].encode("utf-8", "surrogateescape")
     assert raw == capability
@@ -287,6 +287,18 @@ def test_rootfs_config_keeps_workdir_and_command_when_the_metadata_has_them() ->
 
     assert config["architecture"] == "arm64"
     assert config["config"] == {"Env": [], "User": "1000:1000", "WorkingDir": "/app", "Cmd": ["run"]}
+
+
+def test_the_rootfs_layer_is_the_same_bytes_each_time_and_as_the_direct_write_archives_it(tmp_path: Path) -> None:
+    rootfs = _rootfs(tmp_path)
+    os.setxattr(rootfs / "bin" / "tool", "user.note", b"kept")
+    os.utime(rootfs / "data.bin", ns=(1, 1_000_000_000_123_456_789))
+
+    first, second = (b"".join(archives.RootfsLayer(rootfs).chunks()) for _ in range(2))
+    direct = subprocess.run(archives.rootfs_tar_argv(rootfs), capture_output=True, check=True).stdout
+
+    assert first == second == direct
+    assert archives.RootfsLayer(rootfs).start().measured() == (len(first), "sha256:" + hashlib.sha256(first).hexdigest())
 
 
 def test_a_rootfs_that_changes_while_loading_fails(tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ import json
 import os
 import stat
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
+from compose_env import layerstore
 from compose_env.archives import Blob
 from compose_env.layerstore import DirectImage, RootfsImage, StoreWriter, convert_whiteouts, image_from_config
 
@@ -168,6 +170,54 @@ def test_a_blob_shorter_than_its_listing_fails_only_its_image(tmp_path: Path) ->
     short = DirectImage(short.config, short.diff_ids, (Blob(short.blobs[0].path, 0, short.blobs[0].size + 4096),))
     outcome = StoreWriter(str(tmp_path / "docker")).write({"good": good, "short": short})
     assert outcome["good"].problem is None and outcome["short"].problem
+
+
+def test_a_compressed_blob_that_cannot_be_read_to_its_end_is_reported_by_the_put_not_by_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    thread_errors: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", thread_errors.append)
+    short = image(tmp_path, "short", [TOP], stored=[gzip.compress(TOP)])
+    short = DirectImage(short.config, short.diff_ids, (Blob(short.blobs[0].path, 0, short.blobs[0].size + 4096),))
+
+    outcome = layerstore.write_images({"short": short}, str(tmp_path / "docker"))
+
+    assert thread_errors == []
+    assert "reading it: " in (outcome.images["short"].problem or "") and "ended 4096 bytes early" in (outcome.images["short"].problem or "")
+    assert outcome.damaged == ""
+    assert list((tmp_path / "docker/overlay2").glob("*/diff")) == []
+
+
+def test_an_image_that_fails_part_way_through_registering_marks_the_store_damaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def fail_second(self: StoreWriter, layer: object, parent: str) -> None:
+        calls.append(parent)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        original(self, layer, parent)
+
+    original = StoreWriter._register_layer
+    monkeypatch.setattr(StoreWriter, "_register_layer", fail_second)
+
+    outcome = layerstore.write_images({"app": image(tmp_path, "app", [BASE, TOP])}, str(tmp_path / "docker"))
+
+    assert "registering it: " in (outcome.images["app"].problem or "")
+    assert outcome.damaged.startswith("registering an image failed part way") and outcome.images["app"].left_entries
+
+
+def test_a_store_that_cannot_be_made_fails_every_image_and_is_damaged(tmp_path: Path) -> None:
+    (tmp_path / "docker").write_text("a file where the data root should be")
+
+    outcome = layerstore.write_images({"a": image(tmp_path, "a", [BASE]), "b": image(tmp_path, "b", [TOP])}, str(tmp_path / "docker"))
+
+    assert all(result.problem and result.problem.startswith(f"writing into {tmp_path / 'docker'}: ") for result in outcome.images.values())
+    assert outcome.damaged
+
+
+def test_a_written_image_reports_the_layers_dockerd_must_list(tmp_path: Path) -> None:
+    made = image(tmp_path, "app", [BASE, TOP])
+    outcome = layerstore.write_images({"app": made}, str(tmp_path / "docker"))
+    assert outcome.images["app"].diff_ids == made.diff_ids and outcome.images["app"].image_id == made.image_id
+    assert layerstore.chain_ids(made.diff_ids) == made.chain_ids
 
 
 def test_directories_a_layer_implies_get_0755_whatever_our_umask(tmp_path: Path) -> None:
