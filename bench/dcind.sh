@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The seed scenario the dcind way, inside the same resource image, on the same inputs:
-# what meAmidos/dcind and docker-image-resource's docker-lib.sh do (sanitize cgroups,
-# dockerd with its managed containerd on /scratch, `sleep 1` then `docker info` every
-# second until it answers), then `docker load` each tarball, `docker compose run`, down,
-# and `kill -TERM` dockerd without waiting (stop_docker).
+# The dcind way, inside the same resource image, on the same inputs: what meAmidos/dcind
+# and docker-image-resource's docker-lib.sh do. start_docker: sanitize cgroups, dockerd with
+# its managed containerd on /scratch, `sleep 1` then `docker info` every second until it
+# answers; stop_docker: `kill -TERM` dockerd without waiting. In between:
+# - seed: `docker load` each tarball, `docker compose run --rm tests`, `down -v`;
+# - ps: `docker compose ps` alone (the fixed cost of the way: start_docker, ps, stop_docker).
 #
-#   bench/dcind.sh PUT_DIR   (run in the resource container; prints one JSON line of phase times)
+#   bench/dcind.sh PUT_DIR [seed|ps]   (run in the resource container; prints one JSON line of phase times)
 set -euo pipefail
 cd "${1:-/tmp/build/put}"
+mode=${2:-seed}
 now() { date +%s%N; }
 since() { local ns=$(($(now) - $1)); printf '%d.%09d' $((ns / 1000000000)) $((ns % 1000000000)); }
 
@@ -44,21 +46,28 @@ until docker info >/dev/null 2>&1; do
 done
 daemon=$(since "$t0")
 
-t=$(now)
-docker load -i redis-image/image.tar >&2
-load_server=$(since "$t")
-t=$(now)
-docker load -i tests-image/image >&2
-docker tag "$(cat tests-image/image-id)" "$(cat tests-image/repository):$(cat tests-image/tag)"
-load_client=$(since "$t")
+load_server=0 load_client=0
+if [ "$mode" = seed ]; then
+  t=$(now)
+  docker load -i redis-image/image.tar >&2
+  load_server=$(since "$t")
+  t=$(now)
+  docker load -i tests-image/image >&2
+  docker tag "$(cat tests-image/image-id)" "$(cat tests-image/repository):$(cat tests-image/tag)"
+  load_client=$(since "$t")
+fi
 
 t=$(now)
 status=0
-docker compose -f src/docker-compose.yml run --rm tests >&2 || status=$?
+if [ "$mode" = seed ]; then
+  docker compose -f src/docker-compose.yml run --rm tests >&2 || status=$?
+else
+  docker compose -f src/docker-compose.yml ps >&2 || status=$?
+fi
 run=$(since "$t")
 
 t=$(now)
-docker compose -f src/docker-compose.yml down -v >&2
+if [ "$mode" = seed ]; then docker compose -f src/docker-compose.yml down -v >&2; fi
 kill -TERM "$pid"
 teardown=$(since "$t")
 total=$(since "$t0")

@@ -6,14 +6,20 @@
    - naive: `dockerd` with its managed containerd, `sleep 1` then `docker info` every second
      as the dcind-family scripts do; the moment the API really started serving (from the
      dockerd log) is recorded too.
-2. The seed scenario end to end, each run in a fresh resource container (as Concourse gives
-   each step), alternating which goes first: a redis server from a registry-image `format: oci`
-   tarball (gzip layers, ~150 MB) and a test client from a docker-image `save: true` tarball
-   (~330 MB), `docker compose run --rm tests`:
+2. The fixed overhead: a put that loads nothing and runs `docker compose ps` (`/opt/resource/out`)
+   against dcind's start_docker + `docker compose ps` + stop_docker (bench/dcind.sh ps).
+3. The seed scenario end to end: a redis server from a registry-image `format: oci` tarball
+   (gzip layers, ~150 MB) and a test client from a docker-image `save: true` tarball (~330 MB),
+   `docker compose run --rm tests`:
    - ours: `/opt/resource/out` through the Concourse-style harness;
    - dcind: bench/dcind.sh (start dockerd, poll every second, `docker load` each, run, down).
+In 2 and 3 each run is in a fresh resource container (as Concourse gives each step), the two
+sides alternating which goes first. Phases: ours from the put's log (each phase's duration),
+dcind's from the script; "rest" is the wall time of the `docker exec` beyond the phases (for
+ours: Python's start, imports, the response). The machine's 1-minute load average is sampled
+throughout.
 
-    python3 bench/run.py [--image compose-env:dev] [--daemon-runs 7] [--e2e-runs 3]
+    python3 bench/run.py [--image compose-env:dev] [--daemon-runs 7] [--overhead-runs 7] [--e2e-runs 3]
 
 The seed inputs are built from the base image with Debian packages (bench/images) and
 cached in /tmp/compose-env-bench-seed. Results also go to bench/results/ as JSON.
@@ -25,11 +31,14 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +61,34 @@ services:
     environment:
       REDIS_HOST: redis
 """
-REQUEST = {"source": {}, "params": {"compose_files": ["src/docker-compose.yml"], "images": ["redis-image", "tests-image"], "command": ["run", "--rm", "tests"]}}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    title: str
+    #: The put's params (ours) and bench/dcind.sh's mode (theirs).
+    params: dict[str, object]
+    dcind_mode: str
+    goal: float
+
+
+OVERHEAD = Scenario("Fixed overhead: no images, `docker compose ps`", {"compose_files": ["src/docker-compose.yml"], "command": ["ps"]}, "ps", 0.45)
+SEED_SCENARIO = Scenario(
+    "Seed scenario end to end",
+    {"compose_files": ["src/docker-compose.yml"], "images": ["redis-image", "tests-image"], "command": ["run", "--rm", "tests"]},
+    "seed",
+    0.3,
+)
+PHASES = ("validate", "daemon", "load", "run", "teardown", "rest", "total")
+#: The put's phase headers (`==> ...` in its log) → phase names.
+PUT_PHASES = {
+    "Checking the configuration": "validate",
+    "Starting the Docker daemon": "daemon",
+    "Loading": "load",
+    "Running docker compose": "run",
+    "Tearing down": "teardown",
+}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 OURS_READY = r"""
 import io, json, os, time
@@ -145,56 +181,101 @@ def daemon_ready(image: str, runs: int) -> dict[str, list[float]]:
     return results
 
 
-def run_ours(image: str, put: Path) -> dict[str, float]:
+def put_phases(log: str) -> dict[str, float]:
+    """Each phase's duration from a put's log: its `==> title` header, then `(1.23s)` when it ends."""
+    phases: dict[str, float] = {}
+    current: str | None = None
+    for line in ANSI.sub("", log).splitlines():
+        text = line.strip()
+        if text.startswith("==> "):
+            current = next((key for title, key in PUT_PHASES.items() if text[4:].startswith(title)), None)
+        elif current and (ended := re.fullmatch(r"\((\d+\.\d+)s\)", text)):
+            phases[current] = phases.get(current, 0.0) + float(ended[1])
+            current = None
+    return phases
+
+
+def with_rest(wall: float, phases: dict[str, float]) -> dict[str, float]:
+    return {**{name: phases.get(name, 0.0) for name in PHASES[:-2]}, "rest": wall - sum(phases.values()), "total": wall}
+
+
+def run_ours(image: str, put: Path, scenario: Scenario) -> dict[str, float]:
+    request = {"source": {}, "params": scenario.params}
     with Container(image, [(str(put), PUT_DIR, True)]) as container:
-        outcome = container.exec(["/opt/resource/out", PUT_DIR], env=DEFAULT_BUILD_ENV, stdin=json.dumps(REQUEST))
+        outcome = container.exec(["/opt/resource/out", PUT_DIR], env=DEFAULT_BUILD_ENV, stdin=json.dumps(request))
     if outcome.exit_code != 0 or outcome.leftovers:
         raise SystemExit(f"our put failed (exit {outcome.exit_code}, left {outcome.leftovers}):\n{outcome.stderr[-3000:]}")
-    timings = {name: float(value.rstrip("s")) for name, value in (item.split("=") for item in outcome.metadata()["timings"].split())}
-    return {"total": outcome.duration, **timings}
+    return with_rest(outcome.duration, put_phases(outcome.stderr))
 
 
-def run_dcind(image: str, put: Path) -> dict[str, float]:
+def run_dcind(image: str, put: Path, scenario: Scenario) -> dict[str, float]:
     mounts = [(str(put), PUT_DIR, True), (str(ROOT / "bench"), BENCH_MOUNT, True)]
     with Container(image, mounts) as container:
-        outcome = container.exec([f"{BENCH_MOUNT}/dcind.sh", PUT_DIR])
+        outcome = container.exec([f"{BENCH_MOUNT}/dcind.sh", PUT_DIR, scenario.dcind_mode])
     phases = json.loads(outcome.stdout.strip().splitlines()[-1]) if outcome.stdout.strip() else {}
     if outcome.exit_code != 0 or phases.get("exit_code") != 0:
         raise SystemExit(f"the dcind run failed (exit {outcome.exit_code}):\n{outcome.stderr[-3000:]}")
-    return {
-        "total": outcome.duration,
-        "daemon": phases["daemon"],
-        "load": phases["load_server"] + phases["load_client"],
-        "run": phases["run"],
-        "teardown": phases["teardown"],
-    }
+    load = phases["load_server"] + phases["load_client"]
+    return with_rest(outcome.duration, {"daemon": phases["daemon"], "load": load, "run": phases["run"], "teardown": phases["teardown"]})
 
 
-def end_to_end(image: str, put: Path, runs: int) -> dict[str, list[dict[str, float]]]:
+def side_by_side(image: str, put: Path, scenario: Scenario, runs: int) -> dict[str, list[dict[str, float]]]:
     results: dict[str, list[dict[str, float]]] = {"ours": [], "dcind": []}
     for run in range(runs):
         order = [("ours", run_ours), ("dcind", run_dcind)]
         for name, function in order if run % 2 == 0 else reversed(order):
-            numbers = function(image, put)
+            numbers = function(image, put, scenario)
             results[name].append(numbers)
-            print(f"  e2e run {run + 1} {name}: " + " ".join(f"{k}={v:.2f}s" for k, v in numbers.items()), file=sys.stderr)
+            print(f"  {scenario.dcind_mode} run {run + 1} {name}: " + " ".join(f"{k}={v:.2f}s" for k, v in numbers.items()), file=sys.stderr)
     return results
+
+
+class LoadSampler:
+    """The machine's 1-minute load average, sampled every few seconds while the bench runs."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.samples = [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> str:
+        self._stop.set()
+        self._thread.join()
+        return f"1-minute load average during the run: min {min(self.samples):.1f}, median {median(self.samples):.1f}, max {max(self.samples):.1f}"
 
 
 def size_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def report(ready: dict[str, list[float]], e2e: dict[str, list[dict[str, float]]], put: Path, args: argparse.Namespace) -> str:
-    load = " ".join(f"{value:.1f}" for value in os.getloadavg())
+def report(ready: dict[str, list[float]], results: dict[str, dict[str, list[dict[str, float]]]], put: Path, args: argparse.Namespace, load: str) -> str:
     lines = [
-        f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.release()}, load average now {load} (at the start {args.load_at_start});"
+        f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.release()}; {load};"
         f" image {args.image}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "",
     ]
+    lines += daemon_table(ready) if ready["ours"] else []
+    lines += scenario_table(OVERHEAD, results[OVERHEAD.dcind_mode])
+    lines += [
+        "",
+        f"inputs: redis-image/ (registry-image oci tarball, gzip layers) {size_mib(put / 'redis-image'):.0f} MiB,"
+        f" tests-image/ (docker-image save) {size_mib(put / 'tests-image'):.0f} MiB; command: run --rm tests",
+        "",
+    ]
+    lines += scenario_table(SEED_SCENARIO, results[SEED_SCENARIO.dcind_mode])
+    lines += ["", "(total: the wall time of the `docker exec` of each, in a fresh container; rest: total minus the phases)"]
+    return "\n".join(lines)
+
+
+def daemon_table(ready: dict[str, list[float]]) -> list[str]:
     ours, naive = median(ready["ours"]), median(ready["naive"])
     listed = {name: " ".join(f"{v:.2f}" for v in values) for name, values in ready.items()}
-    lines += [
+    return [
         f"## Inner daemon ready ({len(ready['ours'])} runs each, alternating, fresh container per run)",
         "",
         "| | median | runs |",
@@ -207,50 +288,53 @@ def report(ready: dict[str, list[float]], e2e: dict[str, list[dict[str, float]]]
         f" our stop: median {median(ready['ours_stop']):.3f} s",
         "",
     ]
-    phases = ("daemon", "load", "run", "teardown", "total")
-    lines += [
-        f"## Seed scenario end to end ({len(e2e['ours'])} runs each, alternating, fresh container per run)",
+
+
+def scenario_table(scenario: Scenario, results: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Medians of each phase, ours and dcind's, and their ratios; then every run's total."""
+    medians = {name: {phase: median([run[phase] for run in runs]) for phase in PHASES} for name, runs in results.items()}
+    ratio = medians["ours"]["total"] / medians["dcind"]["total"]
+    met = "met" if ratio <= scenario.goal else "not met"
+    lines = [
+        f"## {scenario.title} ({len(results['ours'])} runs each, alternating, fresh container per run)",
         "",
-        f"inputs: redis-image/ (registry-image oci tarball, gzip layers) {size_mib(put / 'redis-image'):.0f} MiB,"
-        f" tests-image/ (docker-image save) {size_mib(put / 'tests-image'):.0f} MiB; command: run --rm tests",
-        "",
-        "| median | " + " | ".join(phases) + " |",
-        "|---|" + "---|" * len(phases),
+        "| median | " + " | ".join(PHASES) + " |",
+        "|---|" + "---|" * len(PHASES),
     ]
     for name in ("ours", "dcind"):
-        lines.append(f"| {name} | " + " | ".join(f"{median([r[p] for r in e2e[name]]):.2f} s" for p in phases) + " |")
-    ours_total, dcind_total = median([r["total"] for r in e2e["ours"]]), median([r["total"] for r in e2e["dcind"]])
-    overhead = median([r["total"] - r["load"] - r["run"] for r in e2e["ours"]])
-    totals = {name: " ".join(f"{r['total']:.2f}" for r in e2e[name]) for name in ("ours", "dcind")}
-    lines += [
-        "",
-        f"ratio ours/dcind: {ours_total / dcind_total:.2f}×; totals ours {totals['ours']}, dcind {totals['dcind']}",
-        f"our overhead beyond loading the images and compose's run (total - load - run): median {overhead:.2f} s",
-        "(totals are the wall time of the `docker exec` of each, in a fresh container; phases as each side measured them)",
-    ]
-    return "\n".join(lines)
+        lines.append(f"| {name} | " + " | ".join(f"{medians[name][phase]:.2f} s" for phase in PHASES) + " |")
+    ratios = [f"{medians['ours'][p] / medians['dcind'][p]:.2f}×" if medians["dcind"][p] >= 0.005 else "" for p in PHASES]
+    lines.append("| ours/dcind | " + " | ".join(ratios) + " |")
+    totals = {name: " ".join(f"{run['total']:.2f}" for run in runs) for name, runs in results.items()}
+    lines += ["", f"ratio ours/dcind: **{ratio:.2f}×** (goal ≤ {scenario.goal}×: {met}); totals ours {totals['ours']}, dcind {totals['dcind']}"]
+    return lines
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image", default=os.environ.get("IMAGE", "compose-env:dev"))
-    parser.add_argument("--daemon-runs", type=int, default=7)
+    parser.add_argument("--daemon-runs", type=int, default=7, help="0 skips the daemon ready section")
+    parser.add_argument("--overhead-runs", type=int, default=7)
     parser.add_argument("--e2e-runs", type=int, default=3)
     args = parser.parse_args()
-    args.load_at_start = " ".join(f"{value:.1f}" for value in os.getloadavg())
     started = time.monotonic()
+    load = LoadSampler()
     print("preparing the seed inputs...", file=sys.stderr)
     put = seed_put_dir()
     print(f"daemon ready time, {args.daemon_runs} runs each...", file=sys.stderr)
     ready = daemon_ready(args.image, args.daemon_runs)
-    print(f"seed scenario end to end, {args.e2e_runs} runs each...", file=sys.stderr)
-    e2e = end_to_end(args.image, put, args.e2e_runs)
-    text = report(ready, e2e, put, args)
+    results = {}
+    for scenario, runs in ((OVERHEAD, args.overhead_runs), (SEED_SCENARIO, args.e2e_runs)):
+        print(f"{scenario.title}, {runs} runs each...", file=sys.stderr)
+        results[scenario.dcind_mode] = side_by_side(args.image, put, scenario, runs)
+    text = report(ready, results, put, args, load.stop())
     print(text)
     print(f"(bench took {time.monotonic() - started:.0f}s)", file=sys.stderr)
-    results = ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps({"daemon_ready": ready, "end_to_end": e2e, "report": text}, indent=1))
+    directory = ROOT / "bench" / "results"
+    directory.mkdir(exist_ok=True)
+    (directory / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
+        json.dumps({"daemon_ready": ready, "scenarios": results, "load_samples": load.samples, "report": text}, indent=1)
+    )
     return 0
 
 

@@ -4,6 +4,9 @@ Only this module knows about stdin, stdout and argv. Commands take their streams
 as arguments, and `run_command` turns every failure into its exit code and a
 message, so that tests drive check/in/out in-process.
 
+The put and the task import their flow (docker-py and the rest) when they run: a check or an
+in, which Concourse runs far more often, needs only the request's validation.
+
 Exit codes: 0 success; 1 the command failed, timed out, or a runtime error
 (or an internal bug); 2 a configuration error; 143 aborted (SIGTERM).
 """
@@ -21,12 +24,10 @@ from typing import Any, TextIO
 from .config import BuildMetadata, parse_put_request, parse_source
 from .console import Console
 from .errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, Aborted, RuntimeFailure, UserError
-from .put import redactor_for, run_put
 from .redaction import Redactor, secrets_in_request
 from .report import RunResult, format_seconds, version_metadata
 from .schema import validate
 from .signals import ABORT
-from .task import run_task
 from .version import RESOURCE_VERSION
 
 Command = Callable[[TextIO, TextIO, Console, Sequence[str], Mapping[str, str]], int]
@@ -90,6 +91,8 @@ def get(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
 def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     if len(argv) < 2:
         raise UserError("argv", "usage: out DIR (Concourse passes the put directory)")
+    from .put import redactor_for, run_put
+
     request = read_request(stdin, console)
     config = parse_put_request(request, Path(argv[1]), BuildMetadata.from_env(env))
     redact = redactor_for(config)
@@ -119,6 +122,8 @@ def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
 
 def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Task mode: configuration from COMPOSE_ENV, outputs into the working directory (see task.py)."""
+    from .task import run_task
+
     return run_task(env, Path.cwd(), console)
 
 
