@@ -250,6 +250,8 @@ class Container(ResourceContainer):
 
     def probe(self, code: str) -> list[str]:
         result = subprocess.run([self.docker, "exec", self.name, "python3", "-c", code], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"probing the container failed: {result.stderr.strip()}")
         return [line for line in result.stdout.splitlines() if line.strip()]
 
     def host_cgroup(self) -> Path:

@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from worker_spec import WorkerContainerSpec, bounding_set, capabilities_within
+from worker_spec import WorkerContainerSpec, bounding_set
 
 STATE_DIR = Path(os.environ.get("COMPOSE_ENV_HARNESS_DIR", "/var/tmp/compose-env-harness"))
 RUNC_ROOT = "/run/compose-env-harness-runc"
@@ -186,22 +186,29 @@ class WorkerContainer:
         self.id = f"ce-{uuid.uuid4().hex[:10]}"
         self.bundle = STATE_DIR / "containers" / self.id
         self.host_leftovers: list[str] = []
-        self.dropped_capabilities = capabilities_within(bounding_set())[1]
         self._strict_parent = ""
         lower, env, image_id = image_rootfs(image, docker)
         init = gdn_init()
         cgroups_path = self._cgroups_path(strict_devices)  # the "worker's" cgroups exist before the snapshot
         self._before = host_state()
+        try:
+            self._start(image, image_id, lower, env, init, mounts, cgroups_path)
+        except BaseException:
+            self.remove()
+            raise
+
+    def _start(self, image: str, image_id: str, lower: str, env: list[str], init: str, mounts: Sequence[tuple[str, str, bool]], cgroups_path: str) -> None:
+        """The bundle (root filesystem, files, network, spec), then `runc run`: the container's init runs."""
         for name in ("rootfs", "upper", "work", "etc", "scratch"):
             (self.bundle / name).mkdir(parents=True)
-        if not _overlay(lower, self.bundle) and not _overlay(str(_exported_rootfs(image, image_id, docker)), self.bundle):
+        if not _overlay(lower, self.bundle) and not _overlay(str(_exported_rootfs(image, image_id, self.docker)), self.bundle):
             raise RuntimeError(f"cannot mount the image's filesystem for {image}")
         (self.bundle / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
         (self.bundle / "etc" / "hostname").write_text("worker-container\n")
         (self.bundle / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         self._make_network()
         binds = [(str(self.bundle / "scratch"), "/scratch", False)] + [(os.path.abspath(h), t, ro) for h, t, ro in mounts]
-        spec = WorkerContainerSpec(flavour, str(self.bundle / "rootfs"), env, f"/run/netns/{self.id}", init, str(self.bundle / "etc"), binds, cgroups_path)
+        spec = WorkerContainerSpec(self.flavour, str(self.bundle / "rootfs"), env, f"/run/netns/{self.id}", init, str(self.bundle / "etc"), binds, cgroups_path)
         (self.bundle / "config.json").write_text(json.dumps(spec.render(bounding_set()), indent=1))
         # runc's stderr goes to a file: a pipe would be held open by the container's init.
         with open(self.bundle / "runc.log", "w+") as log:
@@ -214,7 +221,6 @@ class WorkerContainer:
             log.seek(0)
             problem = log.read().strip()
         if started.returncode != 0:
-            self.remove()
             raise RuntimeError(f"runc run of the resource container failed: {problem}")
         self.init_pid = int((self.bundle / "init.pid").read_text())
 
@@ -304,6 +310,8 @@ class WorkerContainer:
 
     def probe(self, code: str) -> list[str]:
         result = subprocess.run(["runc", "--root", RUNC_ROOT, "exec", self.id, "python3", "-c", code], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"probing the container failed: {result.stderr.strip()}")
         return [line for line in result.stdout.splitlines() if line.strip()]
 
     # -- removal

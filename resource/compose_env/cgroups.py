@@ -23,6 +23,7 @@ At teardown, `CgroupPlacement.sweep` kills whatever is still in the cgroups the 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import os
 import signal
@@ -31,11 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .mounts import MountError, MountTracker, read_mountinfo, remount_read_write
+from .mounts import MountError, MountTracker, libc, read_mountinfo, remount_read_write
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 #: dockerd's --cgroup-parent: absolute, so inside our namespace it is below our own cgroup.
 CGROUP_PARENT = "/compose-env"
+CLONE_NEWCGROUP = 0x02000000
+#: The inode of the host's initial cgroup namespace (PROC_CGROUP_INIT_INO).
+INITIAL_CGROUP_NAMESPACE_INODE = 0xEFFFFFFB
 #: The v2 leaf our own processes move to (docker:dind's name for it).
 V2_LEAF = "init"
 #: How long the sweep keeps killing before it removes what it can.
@@ -62,20 +66,25 @@ class CgroupPlacement:
     version: int
     own: str
     actions: list[str]
-    #: Directories whose new subdirectories are ours to sweep: one per v1 hierarchy, or the v2 root.
+    #: The mounted hierarchies (one per v1 hierarchy, or the v2 root) the parent is made below.
     roots: list[str] = field(default_factory=list)
-    #: Subdirectories each root had before the put (never swept).
-    existing: dict[str, set[str]] = field(default_factory=dict)
+    #: dockerd's --cgroup-parent, absolute inside our namespace.
+    parent: str = CGROUP_PARENT
 
     def summary(self) -> str:
         return f"cgroup v{self.version}: " + "; ".join(self.actions)
 
     def ours(self) -> list[Path]:
-        """Every cgroup the put caused, deepest first."""
+        """Every cgroup below the parent, in every hierarchy, the parents included: deepest first.
+
+        Never our own cgroup (a parent of `/`): the put and its daemons live there.
+        """
+        below = self.parent.strip("/")
+        if not below or below == V2_LEAF:
+            return []
         found: list[Path] = []
         for root in self.roots:
-            for name in sorted(set(_subdirectories(root)) - self.existing.get(root, set())):
-                found += [Path(top) for top, _dirs, _files in os.walk(os.path.join(root, name), topdown=False)]
+            found += [Path(top) for top, _dirs, _files in os.walk(os.path.join(root, below), topdown=False)]
         return found
 
     def sweep(self, seconds: float = SWEEP_SECONDS) -> tuple[int, list[str]]:
@@ -140,18 +149,18 @@ def describe_own(own: dict[str, str]) -> str:
 # ---------------------------------------------------------------- placing
 
 
-def place(tracker: MountTracker, root: str = CGROUP_ROOT) -> CgroupPlacement:
-    """Make `CGROUP_PARENT` (absolute, for dockerd) a cgroup below our own in every hierarchy.
+def place(tracker: MountTracker, root: str = CGROUP_ROOT, parent: str = CGROUP_PARENT) -> CgroupPlacement:
+    """Make `parent` (absolute, for dockerd's --cgroup-parent) a cgroup below our own in every hierarchy.
 
-    Runs in the main thread before any child is spawned: a namespace entered here is the
-    one every later child (containerd, dockerd, compose) inherits.
+    Runs in the main thread before containerd and dockerd are spawned: a namespace entered
+    here is the one they, and every later child, inherit.
     """
     own = read_own_cgroups()
     version = cgroup_version(root, own)
-    placement = CgroupPlacement(version, describe_own(own), [])
+    placement = CgroupPlacement(version, describe_own(own), [], parent=parent)
     try:
         if not at_namespace_root(own):
-            os.unshare(os.CLONE_NEWCGROUP)
+            unshare_cgroup_namespace()
             placement.actions.append(f"own cgroup {placement.own}: entered a cgroup namespace rooted there")
             if version == 2:
                 # A tmpfs first: the kernel refuses a filesystem mounted on the root of a mount of itself.
@@ -159,7 +168,9 @@ def place(tracker: MountTracker, root: str = CGROUP_ROOT) -> CgroupPlacement:
                 tracker.mount("cgroup2", root, "cgroup2")
                 placement.actions.append(f"mounted cgroup2 at {root}, showing that cgroup")
             else:
-                _mount_v1(root, tracker, placement.actions)
+                _mount_v1(root, tracker, placement.actions, not_placed_in(own))
+        elif in_initial_namespace():
+            raise PlacementError("this process is in the host's root cgroup, not in a container's: nothing to nest the inner containers in")
         else:
             placement.actions.append("already at the root of our own cgroup namespace")
             _ensure_mounted(root, version, tracker, placement.actions)
@@ -172,9 +183,35 @@ def place(tracker: MountTracker, root: str = CGROUP_ROOT) -> CgroupPlacement:
     except OSError as error:  # MountError included
         detail = f"{error.filename}: {error.strerror}" if error.filename else error.strerror or str(error)
         raise PlacementError(f"cannot place the inner containers below this container's cgroup {placement.own}: {detail}") from error
-    placement.existing = {r: set(_subdirectories(r)) for r in placement.roots}  # the v2 leaf included
-    placement.actions.append(f"inner containers go to {CGROUP_PARENT} below it")
+    placement.actions.append(f"inner containers go to {parent} below it")
     return placement
+
+
+def not_placed_in(own: dict[str, str]) -> set[str]:
+    """v1 hierarchies where the runtime left us at the host's root while it placed us elsewhere (runc skips a few).
+
+    A cgroup made there would be the host's, not ours: those hierarchies are not mounted for
+    dockerd (runc does without them).
+    """
+    named = {controllers: path for controllers, path in own.items() if controllers}
+    if all(path == "/" for path in named.values()):
+        return set()
+    return {controllers for controllers, path in named.items() if path == "/"}
+
+
+def unshare_cgroup_namespace() -> None:
+    """unshare(CLONE_NEWCGROUP) through libc (os.unshare needs Python 3.12)."""
+    if libc.unshare(CLONE_NEWCGROUP) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, f"entering a cgroup namespace: {os.strerror(number)}")
+
+
+def in_initial_namespace(ns_link: str = "/proc/self/ns/cgroup") -> bool:
+    """Whether this is the host's initial cgroup namespace (the kernel gives it a fixed inode)."""
+    try:
+        return os.stat(ns_link).st_ino == INITIAL_CGROUP_NAMESPACE_INODE
+    except OSError:
+        return False
 
 
 def _ensure_mounted(root: str, version: int, tracker: MountTracker, actions: list[str]) -> None:
@@ -193,11 +230,13 @@ def _ensure_mounted(root: str, version: int, tracker: MountTracker, actions: lis
         _mount_v1(root, tracker, actions)
 
 
-def _mount_v1(root: str, tracker: MountTracker, actions: list[str]) -> None:
-    """A tmpfs at `root` with every v1 hierarchy the host has mounted below it (co-mounted ones together)."""
+def _mount_v1(root: str, tracker: MountTracker, actions: list[str], left_out: set[str]) -> None:
+    """A tmpfs at `root` with the v1 hierarchies the host has below it (co-mounted ones together), less `left_out`."""
     tracker.mount("cgroup", root, "tmpfs", 0, "mode=0755")
     mounted = []
     for grouping in v1_groupings():
+        if grouping in left_out:
+            continue
         name = "systemd" if grouping == "name=systemd" else grouping
         target = os.path.join(root, name)
         try:
@@ -210,10 +249,9 @@ def _mount_v1(root: str, tracker: MountTracker, actions: list[str]) -> None:
             link = os.path.join(root, alias)
             if alias != name and not alias.startswith("name=") and not os.path.lexists(link):
                 os.symlink(name, link)
-    if not os.path.exists(os.path.join(root, "systemd")):
-        tracker.mount("cgroup", os.path.join(root, "systemd"), "cgroup", 0, "none,name=systemd")
-        mounted.append("systemd")
     actions.append(f"mounted a tmpfs at {root} and {len(mounted)} hierarchies below it ({' '.join(mounted)})")
+    if left_out:
+        actions.append(f"left out {' '.join(sorted(left_out))}: the container sits at the host's root there")
 
 
 def v1_groupings(proc_cgroups: str = "/proc/cgroups", proc_self_cgroup: str = "/proc/self/cgroup") -> list[str]:
@@ -242,7 +280,9 @@ def widen_devices(devices: str, write: Callable[[Path, str], None] | None = None
     """Let our devices cgroup (and so the inner containers) use every device, when its parent allows it."""
     write = write or _write
     base = Path(devices)
-    listed = (base / "devices.list").read_text().split("\n") if (base / "devices.list").exists() else []
+    if not (base / "devices.list").exists():
+        return "devices: no devices hierarchy"
+    listed = (base / "devices.list").read_text().split("\n")
     if "a *:* rwm" in listed:
         return "devices: every device allowed already"
     rules = len([rule for rule in listed if rule.strip()])

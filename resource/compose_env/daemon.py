@@ -255,7 +255,7 @@ class InnerDaemon:
         self._remove_stale_files()
         # Before any child: the cgroup namespace entered here is the one they all inherit.
         try:
-            self.cgroups = cgroups.place(self.mounts)
+            self.cgroups = cgroups.place(self.mounts, parent=self._cgroup_parent())
         except cgroups.PlacementError as error:
             raise RuntimeFailure(str(error), cgroups.WORKER_HINT) from None
         self.console.info(self.cgroups.summary())
@@ -284,6 +284,16 @@ class InnerDaemon:
         self._prepared = time.monotonic()
         writable, note = self.store_writable(driver.driver)
         return PreparedStore(placement.data_root, driver.driver, writable, note)
+
+    def _cgroup_parent(self) -> str:
+        """Where dockerd puts its containers: source.dockerd.args' --cgroup-parent, else ours (absolute either way)."""
+        args = list(self.options.args)
+        for number, arg in enumerate(args):
+            name, _, value = arg.partition("=")
+            if name == "--cgroup-parent":
+                given = value or (args[number + 1] if number + 1 < len(args) else "")
+                return "/" + given.strip("/")
+        return cgroups.CGROUP_PARENT
 
     @property
     def keeps_data_root(self) -> bool:
@@ -418,7 +428,7 @@ class InnerDaemon:
             "--shutdown-timeout=1",
         ]
         if not any(arg.split("=", 1)[0] == "--cgroup-parent" for arg in self.options.args):
-            argv.append(f"--cgroup-parent={cgroups.CGROUP_PARENT}")
+            argv.append(f"--cgroup-parent={self._cgroup_parent()}")
         if mtu:
             argv += [f"--mtu={mtu}", f"--default-network-opt=bridge=com.docker.network.driver.mtu={mtu}"]
         if iptables == "off":

@@ -13,7 +13,8 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 MNT_DETACH = 2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+#: The C library, for the calls Python does not wrap (mount, umount2, unshare before 3.12).
+libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 class MountError(OSError):
@@ -21,7 +22,7 @@ class MountError(OSError):
 
 
 def mount(source: str, target: str, fstype: str, flags: int = 0, options: str = "") -> None:
-    result = _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags, options.encode() if options else None)
+    result = libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags, options.encode() if options else None)
     if result != 0:
         errno = ctypes.get_errno()
         raise MountError(errno, f"mount {fstype or source} on {target}: {os.strerror(errno)}")
@@ -40,7 +41,7 @@ def remount_read_write(target: str) -> None:
 
 
 def umount(target: str, *, lazy: bool = False) -> None:
-    if _libc.umount2(target.encode(), MNT_DETACH if lazy else 0) != 0:
+    if libc.umount2(target.encode(), MNT_DETACH if lazy else 0) != 0:
         errno = ctypes.get_errno()
         raise MountError(errno, f"umount {target}: {os.strerror(errno)}")
 

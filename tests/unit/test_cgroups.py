@@ -153,17 +153,29 @@ def test_devices_that_allow_everything_are_left_alone(tmp_path: Path) -> None:
     assert cgroups.widen_devices(str(devices), write=lambda *_: pytest.fail("wrote")) == "devices: every device allowed already"
 
 
-def test_sweep_removes_only_the_cgroups_the_put_caused_deepest_first(tmp_path: Path) -> None:
-    root = tmp_path / "memory"
-    for name in ("already-there", "compose-env/abc/sub", "compose-env/def", "buildkit"):
-        (root / name).mkdir(parents=True)
-    placement = cgroups.CgroupPlacement(1, "/ce-1", [], roots=[str(root)], existing={str(root): {"already-there"}})
+def test_sweep_removes_the_parents_subtree_in_every_hierarchy_deepest_first_and_nothing_else(tmp_path: Path) -> None:
+    roots = [tmp_path / "memory", tmp_path / "pids"]
+    for root in roots:
+        for name in ("someone-else", "compose-env/abc/sub", "compose-env/def"):
+            (root / name).mkdir(parents=True)
+    placement = cgroups.CgroupPlacement(1, "/ce-1", [], roots=[str(r) for r in roots])
 
     ours = placement.ours()
     killed, problems = placement.sweep(seconds=0.1)
 
-    names = [str(p.relative_to(root)) for p in ours]
-    assert sorted(names) == ["buildkit", "compose-env", "compose-env/abc", "compose-env/abc/sub", "compose-env/def"]
+    names = [str(p.relative_to(roots[0])) for p in ours if roots[0] in p.parents]
+    assert sorted(names) == ["compose-env", "compose-env/abc", "compose-env/abc/sub", "compose-env/def"]
     assert all(names.index(name) < names.index(os.path.dirname(name)) for name in names if "/" in name)
     assert (killed, problems) == (0, [])
-    assert sorted(p.name for p in root.iterdir()) == ["already-there"]
+    assert all(sorted(p.name for p in root.iterdir()) == ["someone-else"] for root in roots)
+
+
+@pytest.mark.parametrize("parent", ["/", "", "/init"])
+def test_sweep_never_touches_our_own_cgroup_or_the_v2_leaf(tmp_path: Path, parent: str) -> None:
+    assert cgroups.CgroupPlacement(2, "/ce-1", [], roots=[str(tmp_path)], parent=parent).ours() == []
+
+
+def test_hierarchies_the_runtime_left_at_the_host_root_are_left_out_unless_all_are() -> None:
+    own = {"cpu": "/ce-1", "memory": "/process_api/7/ce-1", "net_cls": "/", "hugetlb": "/", "": "/"}
+    assert cgroups.not_placed_in(own) == {"net_cls", "hugetlb"}
+    assert cgroups.not_placed_in({"cpu": "/", "memory": "/", "": "/"}) == set()
