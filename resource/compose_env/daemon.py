@@ -14,7 +14,6 @@ Stop: one idempotent function, bounded in time, for every way a put ends.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -34,7 +33,7 @@ from .config import DEFAULT_DATA_ROOT, Source
 from .console import Console
 from .engine import RUN_DIR, DaemonHandle, make_clients, write_docker_config
 from .errors import DaemonStartFailure, RuntimeFailure
-from .mounts import MountError, MountTracker, is_mount_point, mount, read_mountinfo, remount_read_write, umount
+from .mounts import MountError, MountTracker, is_mount_point, libc, mount, read_mountinfo, remount_read_write, umount
 from .network import choose_iptables, default_route_mtu, iptables_path_dir
 
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -54,12 +53,10 @@ REAP_SECONDS = 1.0
 CONTAINER_STOP_SECONDS = 2.0
 NOT_PRIVILEGED_HINT = "the resource type must be declared `privileged: true` (in resource_types; for a task, `privileged: true` on the task step)"
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def die_with_parent() -> None:
     """preexec_fn: the child gets SIGKILL if we die, even by SIGKILL."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- pre-flight
