@@ -44,6 +44,11 @@ INITIAL_CGROUP_NAMESPACE_INODE = 0xEFFFFFFB
 V2_LEAF = "init"
 #: How long the sweep keeps killing before it removes what it can.
 SWEEP_SECONDS = 2.0
+# v1 hierarchies left out when this process entered its own cgroup namespace. Inside it every
+# path reads "/", so a second placement in the same process (the task retrying on a fresh
+# cache) cannot tell them again: the namespace, and so this, is per process.
+_left_out_on_entry: frozenset[str] = frozenset()
+
 WORKER_HINT = (
     "a Concourse worker gives a privileged container its own cgroup: use the containerd runtime"
     " (CONCOURSE_RUNTIME=containerd; cgroup v2 works there) or Guardian on cgroup v1, and do not restrict the worker's own cgroup"
@@ -155,12 +160,15 @@ def place(tracker: MountTracker, root: str = CGROUP_ROOT, parent: str = CGROUP_P
     Runs in the main thread before containerd and dockerd are spawned: a namespace entered
     here is the one they, and every later child, inherit.
     """
+    global _left_out_on_entry
     own = read_own_cgroups()
     version = cgroup_version(root, own)
     placement = CgroupPlacement(version, describe_own(own), [], parent=parent)
     try:
         if not at_namespace_root(own):
+            left_out = frozenset(not_placed_in(own))
             unshare_cgroup_namespace()
+            _left_out_on_entry = left_out
             placement.actions.append(f"own cgroup {placement.own}: entered a cgroup namespace rooted there")
             if version == 2:
                 # A tmpfs first: the kernel refuses a filesystem mounted on the root of a mount of itself.
@@ -168,7 +176,7 @@ def place(tracker: MountTracker, root: str = CGROUP_ROOT, parent: str = CGROUP_P
                 tracker.mount("cgroup2", root, "cgroup2")
                 placement.actions.append(f"mounted cgroup2 at {root}, showing that cgroup")
             else:
-                _mount_v1(root, tracker, placement.actions, not_placed_in(own))
+                _mount_v1(root, tracker, placement.actions, left_out)
         elif in_initial_namespace():
             raise PlacementError("this process is in the host's root cgroup, not in a container's: nothing to nest the inner containers in")
         else:
@@ -227,10 +235,10 @@ def _ensure_mounted(root: str, version: int, tracker: MountTracker, actions: lis
         return
     mounted = {m.mount_point: m for m in read_mountinfo() if m.mount_point == root or m.mount_point.startswith(root + "/")}
     if root not in mounted or any(m.fstype == "cgroup" and "ro" in m.options for m in mounted.values()):
-        _mount_v1(root, tracker, actions)
+        _mount_v1(root, tracker, actions, _left_out_on_entry)
 
 
-def _mount_v1(root: str, tracker: MountTracker, actions: list[str], left_out: set[str]) -> None:
+def _mount_v1(root: str, tracker: MountTracker, actions: list[str], left_out: frozenset[str]) -> None:
     """A tmpfs at `root` with the v1 hierarchies the host has below it (co-mounted ones together), less `left_out`."""
     tracker.mount("cgroup", root, "tmpfs", 0, "mode=0755")
     mounted = []

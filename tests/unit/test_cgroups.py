@@ -179,3 +179,27 @@ def test_hierarchies_the_runtime_left_at_the_host_root_are_left_out_unless_all_a
     own = {"cpu": "/ce-1", "memory": "/process_api/7/ce-1", "net_cls": "/", "hugetlb": "/", "": "/"}
     assert cgroups.not_placed_in(own) == {"net_cls", "hugetlb"}
     assert cgroups.not_placed_in({"cpu": "/", "memory": "/", "": "/"}) == set()
+
+
+def test_a_second_placement_in_the_same_process_leaves_out_what_the_first_did(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task retries on a fresh cache in the same process: by then every path reads "/"."""
+    own = {"cpu": "/ce-1", "devices": "/ce-1", "net_cls": "/", "": "/ce-1"}
+    mounted_without: list[frozenset[str]] = []
+    monkeypatch.setattr(cgroups, "read_own_cgroups", lambda: own)
+    monkeypatch.setattr(cgroups, "cgroup_version", lambda root, own: 1)
+    monkeypatch.setattr(cgroups, "in_initial_namespace", lambda: False)
+    monkeypatch.setattr(cgroups, "read_mountinfo", lambda: [])
+    monkeypatch.setattr(cgroups, "widen_devices", lambda path: "devices left alone")
+    monkeypatch.setattr(cgroups, "_v1_hierarchy_dirs", lambda root: [])
+    monkeypatch.setattr(cgroups, "_mount_v1", lambda root, tracker, actions, left_out: mounted_without.append(left_out))
+
+    def enter_namespace() -> None:
+        own.update({controllers: "/" for controllers in own})
+
+    monkeypatch.setattr(cgroups, "unshare_cgroup_namespace", enter_namespace)
+    monkeypatch.setattr(cgroups, "_left_out_on_entry", frozenset())
+
+    cgroups.place(tracker=None, root="/fake")  # type: ignore[arg-type]
+    cgroups.place(tracker=None, root="/fake")  # type: ignore[arg-type]
+
+    assert mounted_without == [frozenset({"net_cls"}), frozenset({"net_cls"})]
