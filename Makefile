@@ -34,6 +34,7 @@ integration: dev-deps image
 lint: dev-deps
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 format: dev-deps
 	$(PYTHON) -m ruff format .
@@ -58,7 +59,7 @@ bench: image
 	  $(PYTHON) bench/bench_cache.py --image $(IMAGE)
 
 dev-deps:
-	@$(PYTHON) -c 'import pytest, ruff, yaml, docker, jsonschema, requests, defusedxml' 2>/dev/null || \
+	@$(PYTHON) -c 'import pytest, ruff, mypy, yaml, docker, jsonschema, requests, defusedxml' 2>/dev/null || \
 	  $(PYTHON) -m pip install -q -r requirements-dev.txt
 
 clean:

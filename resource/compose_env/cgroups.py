@@ -97,7 +97,7 @@ class CgroupPlacement:
         groups = self.ours()
         if not groups:
             return 0, []
-        killed: set[int] = set()
+        killed: set[str] = set()
         deadline = time.monotonic() + seconds
         while True:
             pids = {pid for group in groups for pid in _procs(group)}
@@ -358,7 +358,7 @@ def _procs(group: Path) -> list[str]:
         return []
 
 
-def _kill_all(groups: list[Path], pids: set[int | str]) -> None:
+def _kill_all(groups: list[Path], pids: set[str]) -> None:
     """cgroup.kill where the kernel has it (v2, 5.14+); thaw frozen groups; SIGKILL each pid."""
     for group in groups:
         with contextlib.suppress(OSError):

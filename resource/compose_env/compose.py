@@ -413,7 +413,8 @@ class ComposeProject:
         for line in result.stderr.splitlines():
             if line.strip():
                 self.console.warn(line.strip())
-        return json.loads(result.stdout)
+        model: dict[str, Any] = json.loads(result.stdout)
+        return model
 
     def _rejected_file(self, error: str, profiles: Sequence[str]) -> compose_errors.RejectedFile | None:
         """The compose or env file `error` is about, named as params name it; None when that cannot be told.
@@ -657,7 +658,8 @@ class ComposeProject:
             return []
 
     def _containers(self, client: docker.APIClient) -> list[dict[str, Any]]:
-        return client.containers(all=True, filters={"label": f"com.docker.compose.project={self.params.project_name}"})
+        containers: list[dict[str, Any]] = client.containers(all=True, filters={"label": f"com.docker.compose.project={self.params.project_name}"})
+        return containers
 
     def collect_logs(self, client: docker.APIClient) -> None:
         """Complete the log files with the services the stream did not show (the dependencies of `run`)."""

@@ -16,7 +16,8 @@ def service_container(client: docker.APIClient, project: str, service: str) -> s
     containers = client.containers(all=True, filters={"label": labels})
     if not containers:
         return None
-    return max(containers, key=lambda c: c.get("Created", 0))["Id"]
+    newest: dict[str, Any] = max(containers, key=lambda c: c.get("Created", 0))
+    return str(newest["Id"])
 
 
 class ChunkReader(io.RawIOBase):

@@ -114,6 +114,8 @@ def parse_report(path: Path) -> ParsedReport:
         raise ReportError(f"refused: {error}") from None
     except ElementTree.ParseError as error:
         raise ReportError(f"not well-formed XML ({error})") from None
+    if root is None:  # a parsed document always has a root; the stubs allow None
+        raise ReportError("not well-formed XML (no root element)")
     return read_root(root)
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from . import archives, store_faults
 from .archives import Blob
@@ -201,7 +202,7 @@ class StoreWriter:
         jobs: list[Job] = []
         for key, image in images.items():
             if isinstance(image, RootfsImage):
-                jobs.append(Job(f"rootfs:{key}", "", ROOTFS_SIZE_HINT, lambda target, rootfs=image.rootfs: self._extract_rootfs(rootfs, target)))
+                jobs.append(Job(f"rootfs:{key}", "", ROOTFS_SIZE_HINT, functools.partial(self._extract_rootfs, image.rootfs)))
                 continue
             for chain_id, diff_id, blob in zip(image.chain_ids, image.diff_ids, image.blobs, strict=True):
                 if self._layer_known(chain_id):
@@ -212,7 +213,7 @@ class StoreWriter:
                     if chain_id not in layers or not compression:
                         layers[chain_id] = (diff_id, blob, compression)
         for chain_id, (diff_id, blob, compression) in layers.items():
-            jobs.append(Job(chain_id, chain_id, blob.size, lambda target, b=blob, d=diff_id, c=compression: (self._extract(b, d, c, target), d)))
+            jobs.append(Job(chain_id, chain_id, blob.size, functools.partial(self._extract_layer, blob, diff_id, compression)))
         written, failed = self._extract_all(jobs)
         outcome = {key: self._finish(key, image, written, failed) for key, image in images.items()}
         # Layers extracted for images that failed, or whose content was there already: room for docker load.
@@ -230,21 +231,21 @@ class StoreWriter:
 
     def _register_image(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
         if isinstance(image, RootfsImage):
-            layer = written.get(f"rootfs:{key}")
-            if layer is None:
+            diff_ids: tuple[str, ...]
+            rootfs_layer = written.get(f"rootfs:{key}")
+            if rootfs_layer is None:
                 return ImageWrite(failed.get(f"rootfs:{key}", "its layer was not written"))
-            config = image.config_for(layer.diff_id)
-            chain_ids, mine = [layer.chain_id], [layer]
+            config = image.config_for(rootfs_layer.diff_id)
+            chain_ids, mine, diff_ids = [rootfs_layer.chain_id], [rootfs_layer], (rootfs_layer.diff_id,)
         else:
             missing = [chain for chain in image.chain_ids if chain not in written and not self._layer_known(chain)]
             if missing:
                 return ImageWrite(failed.get(missing[0], f"layer {missing[0][7:19]} was not written"))
-            config, chain_ids = image.config, image.chain_ids
+            config, chain_ids, diff_ids = image.config, image.chain_ids, image.diff_ids
             mine = [written[chain] for chain in chain_ids if chain in written]
         self._register(chain_ids, config, {layer.chain_id: layer for layer in mine})
         seconds = max((layer.finished for layer in mine), default=0.0) - min((layer.started for layer in mine), default=0.0)
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
-        diff_ids = (layer.diff_id,) if isinstance(image, RootfsImage) else image.diff_ids
         return ImageWrite(None, len(chain_ids), sum(layer.size for layer in mine), seconds, image_id, diff_ids)
 
     def cancel(self) -> None:
@@ -298,6 +299,9 @@ class StoreWriter:
             raise
         return written, failed
 
+    def _extract_layer(self, blob: Blob, diff_id: str, compression: str, target: Path) -> tuple[int, str]:
+        return self._extract(blob, diff_id, compression, target), diff_id
+
     def _extract(self, blob: Blob, diff_id: str, compression: str, target: Path) -> int:
         """Inflate, hash and untar one layer blob into `target`; returns the layer's size as dockerd counts it."""
         target.mkdir(parents=True)
@@ -328,7 +332,7 @@ class StoreWriter:
             tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, umask=DOCKERD_UMASK)
             try:
                 assert tar.stdin is not None
-                sink: BinaryIO | None = tar.stdin
+                sink: IO[bytes] | None = tar.stdin
                 for chunk in chunks:
                     digest.update(chunk)
                     if sink is not None:
@@ -403,11 +407,13 @@ class StoreWriter:
             with contextlib.suppress(OSError):
                 process.stdin.close()
 
-    def _spawn(self, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, argv: list[str], *, stdin: int | None = None, stdout: int | None = None, stderr: int | IO[bytes] | None = None, umask: int = -1
+    ) -> subprocess.Popen[bytes]:
         with self._lock:
             if self._cancelled.is_set():
                 raise LayerFailure("cancelled")
-            child = subprocess.Popen(argv, **kwargs)  # type: ignore[call-overload]
+            child = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr, umask=umask)
             self._children.add(child)
             return child
 

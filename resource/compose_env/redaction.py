@@ -36,7 +36,7 @@ def secrets_in_request(request: Mapping[str, Any]) -> list[str]:
     error would otherwise print it. Error messages shorten long values to their first
     37 characters, so that form is masked too.
     """
-    source = request.get("source") if isinstance(request.get("source"), dict) else {}
+    source: Mapping[str, Any] = request["source"] if isinstance(request.get("source"), dict) else {}
     values: list[Any] = []
     for registry in source.get("registries") or []:
         if isinstance(registry, dict) and registry.get("password") is not None:

@@ -41,7 +41,8 @@ class Problem:
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     text = resources.files(__package__).joinpath("schemas", f"{name}.json").read_text()
-    return json.loads(text)
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 @cache
@@ -100,7 +101,7 @@ def _branch_for_value(error: jsonschema.ValidationError) -> list[jsonschema.Vali
     For `images[0]: {path: 1}` the object branch fits, so its precise error
     (`images[0].path: must be a string`) says more than "expected a path or {path, tag}".
     """
-    by_branch: dict[int, list[jsonschema.ValidationError]] = {}
+    by_branch: dict[int | str, list[jsonschema.ValidationError]] = {}
     for inner in error.context or []:
         by_branch.setdefault(inner.relative_schema_path[0], []).append(inner)
     depth = len(error.absolute_path)
@@ -112,7 +113,7 @@ def _problems(error: jsonschema.ValidationError) -> list[Problem]:
     """Turn one jsonschema error into problems, each with its path and a fix."""
     parts = tuple(error.absolute_path)
     schema = error.schema if isinstance(error.schema, dict) else {}
-    instance = error.instance
+    instance: Any = error.instance
     got = describe(instance)
 
     if error.validator == "additionalProperties" and schema.get("additionalProperties") is False:
