@@ -45,8 +45,8 @@ ARG SOURCE=unknown
 RUN python3 -c 'import json, sys; print(json.dumps({"version": sys.argv[1], "revision": sys.argv[2]}))' "$VERSION" "$REVISION" \
       >/usr/lib/python3/dist-packages/compose_env/build.json \
  && python3 -m compileall -q /usr/lib/python3/dist-packages/compose_env \
- && python3 -c "import compose_env.protocol, compose_env.put, compose_env.task" \
- && python3 -m compose_env.tested_engines
+ && python3 -c "import compose_env.protocol, compose_env.run.put, compose_env.run.task" \
+ && python3 -m compose_env.engine.tested_engines
 LABEL org.opencontainers.image.title="compose-env" \
       org.opencontainers.image.description="Concourse resource type and task: docker compose against loaded image tarballs in an inner Docker daemon" \
       org.opencontainers.image.source="${SOURCE}" \

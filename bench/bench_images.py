@@ -7,7 +7,7 @@ One run, inside one resource container (the real image, started like Concourse d
    `docker load -i` + `docker tag` per image through the CLI, in alternating order, twice;
 2. a 1 GiB docker-save tarball loaded by a fresh Python process running our loader, whose
    peak RSS (VmHWM in /proc/self/status) is read when it finishes; then by the CLI.
-The inner daemon is our own (compose_env.daemon), its data root chosen as a put would.
+The inner daemon is our own (compose_env.engine.daemon), its data root chosen as a put would.
 
     python3 bench/bench_images.py [--image compose-env:dev] [--layer-mib 64] [--big-mib 1024]
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 sys.path.insert(0, str(ROOT / "resource"))
 
-from compose_env.images import LOAD_CONCURRENCY  # noqa: E402
+from compose_env.images.load import LOAD_CONCURRENCY  # noqa: E402
 from harness import PUT_DIR, Container  # noqa: E402
 from image_fixtures import (  # noqa: E402
     docker_image_save_dir,
@@ -53,10 +53,10 @@ BIG = {"path": "big/big.tar", "tag": []}
 DRIVER = r"""
 import json, os, re, subprocess, sys, time
 from pathlib import Path
-from compose_env import images
-from compose_env.config import DockerdOptions, ImageEntry, Source
+from compose_env.images import load as images
+from compose_env.config.model import DockerdOptions, ImageEntry, Source
 from compose_env.console import Console
-from compose_env.daemon import InnerDaemon
+from compose_env.engine.daemon import InnerDaemon
 
 PUT = Path(sys.argv[1])
 spec = json.loads(sys.argv[2])
@@ -102,8 +102,8 @@ try:
 import json, os, re, sys, time
 from pathlib import Path
 import docker
-from compose_env import images
-from compose_env.config import ImageEntry
+from compose_env.images import load as images
+from compose_env.config.model import ImageEntry
 from compose_env.console import Console
 def hwm():
     return int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))

@@ -92,9 +92,9 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 OURS_READY = r"""
 import io, json, os, time
-from compose_env.config import Source
+from compose_env.config.model import Source
 from compose_env.console import Console
-from compose_env.daemon import InnerDaemon
+from compose_env.engine.daemon import InnerDaemon
 log = io.StringIO()
 inner = InnerDaemon(Source(), Console(log))
 os.sync()  # the previous run's writeback must not land in this one

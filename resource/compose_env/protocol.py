@@ -21,14 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import BuildMetadata, parse_put_request, parse_source
-from .console import Console
-from .errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, Aborted, RuntimeFailure, UserError
-from .redaction import Redactor, secrets_in_request
-from .report import RunResult, format_seconds, version_metadata
-from .schema import validate
-from .signals import ABORT
-from .version import RESOURCE_VERSION
+from compose_env.config.model import BuildMetadata, parse_put_request, parse_source
+from compose_env.config.schema import validate
+from compose_env.console import Console
+from compose_env.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, Aborted, RuntimeFailure, UserError
+from compose_env.redaction import Redactor, secrets_in_request
+from compose_env.report import RunResult, format_seconds, version_metadata
+from compose_env.signals import ABORT
+from compose_env.version import RESOURCE_VERSION
 
 Command = Callable[[TextIO, TextIO, Console, Sequence[str], Mapping[str, str]], int]
 EXAMPLE_REQUEST = '{"source": {}, "params": {"compose_files": ["repo/docker-compose.yml"]}}'
@@ -91,7 +91,7 @@ def get(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
 def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     if len(argv) < 2:
         raise UserError("argv", "usage: out DIR (Concourse passes the put directory)")
-    from .put import redactor_for, run_put
+    from compose_env.run.put import redactor_for, run_put
 
     request = read_request(stdin, console)
     config = parse_put_request(request, Path(argv[1]), BuildMetadata.from_env(env))
@@ -122,7 +122,7 @@ def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
 
 def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Task mode: configuration from COMPOSE_ENV, outputs into the working directory (see task.py)."""
-    from .task import run_task
+    from compose_env.run.task import run_task
 
     return run_task(env, Path.cwd(), console)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .version import RESOURCE_VERSION
+from compose_env.version import RESOURCE_VERSION
 
 RESPONSE_BUDGET = 4000
 LOG_ENTRY_PREFIX = "logs/"

@@ -11,7 +11,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .errors import Aborted
+from compose_env.errors import Aborted
 
 
 class AbortOnSignal:

@@ -27,7 +27,7 @@ NEEDED = {
     "zstd": "zstd --version",
     "tar, mount, umount": "tar --version && mount --version && umount --version",
     "the CA bundle": "test -s /etc/ssl/certs/ca-certificates.crt",
-    "the Python libraries": "python3 -c 'import compose_env.protocol, compose_env.put, compose_env.task, docker, jsonschema, requests, defusedxml'",
+    "the Python libraries": "python3 -c 'import compose_env.protocol, compose_env.run.put, compose_env.run.task, docker, jsonschema, requests, defusedxml'",
 }
 #: What the image leaves out.
 DROPPED = [

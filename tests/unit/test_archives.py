@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from compose_env import archives
-from compose_env.archives import ArchiveError, LayoutReader, NoMatchingPlatform
+from compose_env.images import archives
+from compose_env.images.archives import ArchiveError, LayoutReader, NoMatchingPlatform
 from image_fixtures import (
     ImageParts,
     corrupt_copy,

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
-from compose_env import cache as cache_module
-from compose_env.cache import CacheConfig, TaskCache, parse_size
-from compose_env.config import BuildMetadata
+from compose_env.config.model import BuildMetadata
 from compose_env.console import Console
+from compose_env.engine import cache as cache_module
+from compose_env.engine.cache import CacheConfig, TaskCache, parse_size
 from compose_env.errors import UserError
-from compose_env.task import parse_task_config
+from compose_env.run.task import parse_task_config
 
 VERSION = "Docker version 26.1.5+dfsg1, build a72d7cd"
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from compose_env import cgroups
+from compose_env.engine import cgroups
 
 
 def fake_v2_root(tmp_path: Path, procs: str = "1\n23\n45\n") -> Path:

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
-from compose_env.config import merged_params, parse_source
-from compose_env.schema import validate
+from compose_env.config.model import merged_params, parse_source
+from compose_env.config.schema import validate
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_FILE = ROOT / "ci" / "pipeline.yml"

@@ -7,7 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from compose_env.compose import (
+from compose_env.config.model import PutParams
+from compose_env.console import Console
+from compose_env.redaction import Redactor
+from compose_env.report import ServiceState
+from compose_env.run.compose import (
     COMPOSE_OWN_LINE,
     ComposeProject,
     PrefixedLine,
@@ -26,10 +30,6 @@ from compose_env.compose import (
     split_prefixed,
     stopped_by_compose,
 )
-from compose_env.config import PutParams
-from compose_env.console import Console
-from compose_env.redaction import Redactor
-from compose_env.report import ServiceState
 
 
 def make_project(tmp_path: Path, **overrides: object) -> ComposeProject:

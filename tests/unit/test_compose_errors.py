@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from compose_env.compose_errors import file_named_in, first_line, rejected
+from compose_env.run.compose_errors import file_named_in, first_line, rejected
 
 BASE = Path("/tmp/build/put/code/ci/compose.yml")
 TEST = Path("/tmp/build/put/code/ci/compose.test.yml")

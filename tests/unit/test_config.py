@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from compose_env.config import BuildMetadata, PathResolver, deep_merge, merged_params, parse_put_request, parse_source
+from compose_env.config.model import BuildMetadata, PathResolver, deep_merge, merged_params, parse_put_request, parse_source
 from compose_env.errors import UserError
 
 BUILD = BuildMetadata(pipeline_name="pipe", job_name="job", build_name="3")

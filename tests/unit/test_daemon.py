@@ -10,10 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from compose_env import daemon, engine, network
-from compose_env.config import DockerdOptions, RegistryLogin, Source, TlsFiles
+from compose_env.config.model import DockerdOptions, RegistryLogin, Source, TlsFiles
 from compose_env.console import Console
+from compose_env.engine import daemon, network
+from compose_env.engine import handle as engine
 from compose_env.errors import RuntimeFailure
+from compose_env.process import descendants
 
 
 def fake_proc_net(tmp_path: Path, **tables: str) -> str:
@@ -238,7 +240,7 @@ def test_remote_tls_without_a_ca_encrypts_without_verifying(tmp_path: Path) -> N
 def test_descendants_lists_children_before_parents() -> None:
     table = {10: (1, b"containerd-shim"), 11: (10, b"redis-server"), 12: (11, b"worker"), 20: (1, b"other")}
 
-    doomed = daemon.descendants(table, [10])
+    doomed = descendants(table, [10])
 
     assert set(doomed) == {10, 11, 12}
     assert doomed.index(12) < doomed.index(11) < doomed.index(10)

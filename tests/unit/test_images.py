@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from compose_env import images
-from compose_env.config import ImageEntry
+from compose_env.config.model import ImageEntry
 from compose_env.console import Console
 from compose_env.errors import RuntimeFailure, UserError
+from compose_env.images import load as images
 from image_fixtures import (
     ImageParts,
     compress,

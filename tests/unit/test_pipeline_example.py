@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from compose_env.config import merged_params, parse_source
+from compose_env.config.model import merged_params, parse_source
+from compose_env.config.schema import validate
 from compose_env.errors import UserError
-from compose_env.schema import validate
-from compose_env.task import DEFAULT_OUTPUT_DIR, validate_compose_env
+from compose_env.run.task import DEFAULT_OUTPUT_DIR, validate_compose_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = yaml.safe_load((ROOT / "pipeline-example.yml").read_text())

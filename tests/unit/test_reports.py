@@ -10,14 +10,14 @@ from pathlib import Path
 
 import docker
 import pytest
-from compose_env.config import BuildMetadata, PutParams, ReportEntry
+from compose_env.config.model import BuildMetadata, PutParams, ReportEntry
 from compose_env.console import Console
 from compose_env.errors import UserError
-from compose_env.junit import ReportError, ReportResults, failing_block, parse_report
-from compose_env.put import keep_run_container
 from compose_env.report import RESPONSE_BUDGET, RunResult, build_response, response_size
-from compose_env.reports import check_services, collect_reports, glob_to_regex, path_matcher
-from compose_env.task import parse_task_config
+from compose_env.run.junit import ReportError, ReportResults, failing_block, parse_report
+from compose_env.run.put import keep_run_container
+from compose_env.run.reports import check_services, collect_reports, glob_to_regex, path_matcher
+from compose_env.run.task import parse_task_config
 
 PYTEST = """<?xml version="1.0" encoding="utf-8"?>
 <testsuites name="pytest tests"><testsuite name="pytest" errors="1" failures="1" skipped="1" tests="4" time="1.234">

@@ -6,8 +6,8 @@ import json
 from importlib import resources
 
 import pytest
+from compose_env.config.schema import SCHEMA_NAMES, did_you_mean, problems_in, validate
 from compose_env.errors import UserError
-from compose_env.schema import SCHEMA_NAMES, did_you_mean, problems_in, validate
 
 
 def lines(instance: object, schema: str = "put_params", root: str = "params") -> list[str]:
@@ -18,7 +18,7 @@ def lines(instance: object, schema: str = "put_params", root: str = "params") ->
 
 def test_every_schema_ships_as_json_in_the_package() -> None:
     for name in SCHEMA_NAMES:
-        schema = json.loads(resources.files("compose_env").joinpath("schemas", f"{name}.json").read_text())
+        schema = json.loads(resources.files("compose_env.config").joinpath("schemas", f"{name}.json").read_text())
         assert schema["$id"] == f"compose-env/{name}.json"
 
 

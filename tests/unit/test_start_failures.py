@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from compose_env.start_failures import diagnose_start_failure
+from compose_env.engine.start_failures import diagnose_start_failure
 
 DEVICES = (
     "Error response from daemon: failed to create task for container: failed to create shim task: OCI runtime create failed:"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from compose_env import storage
+from compose_env.engine import storage
+from compose_env.engine.storage import GIB, MemoryBudget, choose_placement, memory_available
 from compose_env.errors import UserError
-from compose_env.storage import GIB, MemoryBudget, choose_placement, memory_available
 
 MIB = 1024**2
 

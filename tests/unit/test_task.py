@@ -12,15 +12,15 @@ from types import SimpleNamespace
 
 import docker
 import pytest
-from compose_env.compose import ServiceLogs
-from compose_env.config import BuildMetadata
+from compose_env.config.model import BuildMetadata
 from compose_env.console import Console
-from compose_env.containers import ChunkReader
 from compose_env.errors import UserError
-from compose_env.put import PutOutcome
 from compose_env.redaction import Redactor
 from compose_env.report import RunResult, ServiceState
-from compose_env.task import (
+from compose_env.run.compose import ServiceLogs
+from compose_env.run.containers import ChunkReader
+from compose_env.run.put import PutOutcome
+from compose_env.run.task import (
     AfterRunCollector,
     ArtifactCopy,
     TaskConfig,

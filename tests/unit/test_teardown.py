@@ -6,7 +6,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from compose_env.put import _down_matters
+from compose_env.run.put import _down_matters
 
 
 @pytest.mark.parametrize(

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import docker
 
-from .config import ReportEntry
-from .containers import service_container, streamed_archive
-from .errors import UserError
-from .junit import MAX_REPORT_BYTES, ReportError, ReportResults, parse_report
+from compose_env.config.model import ReportEntry
+from compose_env.errors import UserError
+from compose_env.run.containers import service_container, streamed_archive
+from compose_env.run.junit import MAX_REPORT_BYTES, ReportError, ReportResults, parse_report
 
 GLOB_CHARACTERS = re.compile(r"[*?\[]")
 

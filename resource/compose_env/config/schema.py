@@ -21,7 +21,7 @@ from typing import Any
 import jsonschema
 from referencing import Registry, Resource
 
-from .errors import UserError
+from compose_env.errors import UserError
 
 PathPart = str | int
 #: Maps a problem's path parts to the name of the document it is in (`params`, `source.params`).

@@ -30,9 +30,9 @@ from typing import Any
 
 import docker
 
-from .console import Console
-from .errors import RuntimeFailure, UserError
-from .mounts import MountError, read_mountinfo, umount
+from compose_env.console import Console
+from compose_env.engine.mounts import MountError, read_mountinfo, umount
+from compose_env.errors import RuntimeFailure, UserError
 
 CACHE_FORMAT = 1
 MARKER_FILE = "compose-env-cache.json"

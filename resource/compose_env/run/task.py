@@ -26,18 +26,18 @@ from typing import Any
 
 import docker
 
-from .cache import DEFAULT_MAX_SIZE, CacheConfig, TaskCache, parse_size
-from .compose import ComposeProject, services_started
-from .config import BuildMetadata, PutConfig, deep_merge, parse_put_request
-from .console import Console
-from .containers import service_container, streamed_archive
-from .engine import DaemonHandle
-from .errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
-from .put import PutOutcome, redactor_for, run_put
-from .redaction import Redactor, secrets_in_request
-from .report import RunResult
-from .reports import ReportsOutcome
-from .schema import validate
+from compose_env.config.model import BuildMetadata, PutConfig, deep_merge, parse_put_request
+from compose_env.config.schema import validate
+from compose_env.console import Console
+from compose_env.engine.cache import DEFAULT_MAX_SIZE, CacheConfig, TaskCache, parse_size
+from compose_env.engine.handle import DaemonHandle
+from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
+from compose_env.redaction import Redactor, secrets_in_request
+from compose_env.report import RunResult
+from compose_env.run.compose import ComposeProject, services_started
+from compose_env.run.containers import service_container, streamed_archive
+from compose_env.run.put import PutOutcome, redactor_for, run_put
+from compose_env.run.reports import ReportsOutcome
 
 ROOT = "COMPOSE_ENV"
 TASK_KEYS = ("source", "output_dir", "artifacts", "cache_dir", "cache_max_size")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .layerstore import StoreWrite
+    from compose_env.images.layerstore import StoreWrite
 
 FAULT_ENV = "COMPOSE_ENV_TEST_STORE_FAULT"
 FAULTS = ("remove-layer", "corrupt-layer", "drop-layer-entry", "break-dockerd", "fail-registering")
@@ -34,7 +34,7 @@ def registering_fails(parent_chain: str) -> bool:
 
 def inject(data_root: str, write: StoreWrite) -> str:
     """Apply the fault the environment asks for; returns its name ("" when none)."""
-    from .layerstore import chain_ids  # layerstore imports this module
+    from compose_env.images.layerstore import chain_ids  # layerstore imports this module
 
     fault = os.environ.get(FAULT_ENV, "")
     if fault not in FAULTS or fault == "fail-registering":

@@ -13,21 +13,22 @@ from typing import Any
 
 import docker
 
-from . import images as images_module
-from . import junit, layerstore, store_faults
-from . import reports as reports_module
-from .compose import ComposeProject, ServiceLogs, analyse_command
-from .config import PutConfig, PutParams
-from .console import Console
-from .containers import service_container
-from .daemon import InnerDaemon, PreparedStore, error_lines
-from .engine import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
-from .errors import Aborted, RuntimeFailure
-from .layerstore import DirectImage, RootfsImage
-from .redaction import Redactor, secret_env_values
-from .report import RunResult, build_response, format_seconds, new_run_id
-from .reports import ReportsOutcome
-from .signals import ABORT
+from compose_env.config.model import PutConfig, PutParams
+from compose_env.console import Console
+from compose_env.engine.daemon import InnerDaemon, PreparedStore, error_lines
+from compose_env.engine.handle import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
+from compose_env.errors import Aborted, RuntimeFailure
+from compose_env.images import layerstore, store_faults
+from compose_env.images import load as images_module
+from compose_env.images.layerstore import DirectImage, RootfsImage
+from compose_env.redaction import Redactor, secret_env_values
+from compose_env.report import RunResult, build_response, format_seconds, new_run_id
+from compose_env.run import junit
+from compose_env.run import reports as reports_module
+from compose_env.run.compose import ComposeProject, ServiceLogs, analyse_command
+from compose_env.run.containers import service_container
+from compose_env.run.reports import ReportsOutcome
+from compose_env.signals import ABORT
 
 #: compose down's deadline after SIGTERM, inside Concourse's 10 s before SIGKILL: with an inner
 #: daemon its stop (a few seconds at most) must still fit, and the goal is clean within 5 s.

@@ -31,12 +31,12 @@ from typing import Any
 import docker
 import requests
 
-from . import archives, layerstore
-from .archives import ArchiveError, NoMatchingPlatform, Platform
-from .config import ImageEntry
-from .console import Console
-from .errors import RuntimeFailure, UserError
-from .layerstore import DirectImage, RootfsImage
+from compose_env.config.model import ImageEntry
+from compose_env.console import Console
+from compose_env.errors import RuntimeFailure, UserError
+from compose_env.images import archives, layerstore
+from compose_env.images.archives import ArchiveError, NoMatchingPlatform, Platform
+from compose_env.images.layerstore import DirectImage, RootfsImage
 
 #: How many loads run at once. Measured with bench/bench_images.py on the 2-core reference VM
 #: (3 images, 768 MiB, best of 3; `docker load -i` in turn = 1.00): data root in memory

@@ -28,13 +28,13 @@ from typing import IO, Any
 
 import docker
 
-from . import compose_errors
-from .config import PutParams
-from .console import Console
-from .daemon import die_with_parent
-from .errors import UserError
-from .report import RunResult, ServiceState
-from .start_failures import diagnose_start_failure
+from compose_env.config.model import PutParams
+from compose_env.console import Console
+from compose_env.engine.start_failures import diagnose_start_failure
+from compose_env.errors import UserError
+from compose_env.process import dying_with_parent
+from compose_env.report import RunResult, ServiceState
+from compose_env.run import compose_errors
 
 TIMED_OUT_EXIT_CODE = 124
 #: Compose has ended but its output still arrives: wait as long as lines keep coming this often.
@@ -373,13 +373,12 @@ class ComposeProject:
         self, args: Sequence[str], timeout: float = 60, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*self.base_argv(profiles, compose_files), *args],
+            dying_with_parent([*self.base_argv(profiles, compose_files), *args]),
             env=self.env,
             capture_output=True,
             text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
         )
 
     # -- before the run
@@ -514,7 +513,7 @@ class ComposeProject:
         self.console.info("$ " + " ".join(shlex.quote(word) for word in argv))
         since = time.time()
         process = subprocess.Popen(
-            argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=die_with_parent, start_new_session=True
+            dying_with_parent(argv), env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
         self._process = process
         assert process.stdout is not None and process.stderr is not None

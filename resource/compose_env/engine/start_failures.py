@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from .cgroups import DEVICES_HINT, WORKER_HINT
+from compose_env.engine.cgroups import DEVICES_HINT, WORKER_HINT
 
 #: A line that reports a container the runtime could not create or start.
 RUNTIME_FAILURE = re.compile(r"oci runtime|runc create failed|failed to create (task|shim)|error response from daemon|cannot start service", re.IGNORECASE)

@@ -19,8 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
-from .mounts import MountError, MountTracker, mount, mount_of, umount
+from compose_env.engine.mounts import MountError, MountTracker, mount, mount_of, umount
+from compose_env.errors import UserError
 
 GIB = 1024**3
 #: Room for containers' writable layers, volumes and logs beyond the images themselves.

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
-from .schema import PathPart, describe, format_path, validate
+from compose_env.config.schema import PathPart, describe, format_path, validate
+from compose_env.errors import UserError
 
 DEFAULT_COMMAND = ("up", "--abort-on-container-exit")
 DEFAULT_DATA_ROOT = "/scratch/docker"

@@ -32,7 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .mounts import MountError, MountTracker, libc, read_mountinfo, remount_read_write
+from compose_env.engine.mounts import MountError, MountTracker, read_mountinfo, remount_read_write
+from compose_env.process import libc
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 #: dockerd's --cgroup-parent: absolute, so inside our namespace it is below our own cgroup.

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import docker
 
-from .config import RegistryLogin, Source
-from .console import Console
-from .errors import RuntimeFailure
+from compose_env.config.model import RegistryLogin, Source
+from compose_env.console import Console
+from compose_env.errors import RuntimeFailure
 
 RUN_DIR = "/run/compose-env"
 #: Private DOCKER_CONFIG (registry logins) and client certificates: removed at teardown.

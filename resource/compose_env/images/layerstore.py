@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from . import archives, store_faults
-from .archives import Blob
+from compose_env.images import archives, store_faults
+from compose_env.images.archives import Blob
 
 #: dockerd refuses deeper images at load (overlay's lowerdir limit): such an image gets docker load's error.
 MAX_LAYERS = 125

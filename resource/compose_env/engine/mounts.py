@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from compose_env.process import libc
 
 MS_RDONLY = 1
 MS_REMOUNT = 32
 MS_BIND = 4096
 MNT_DETACH = 2
-
-#: The C library, for the calls Python does not wrap (mount, umount2, unshare before 3.12).
-libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 class MountError(OSError):

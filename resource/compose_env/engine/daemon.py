@@ -28,19 +28,19 @@ from pathlib import Path
 
 import docker
 
-from . import cgroups, storage, store_guard, tested_engines
-from .config import DEFAULT_DATA_ROOT, Source
-from .console import Console
-from .engine import RUN_DIR, DaemonHandle, make_clients, write_docker_config
-from .errors import DaemonStartFailure, RuntimeFailure
-from .mounts import MountError, MountTracker, is_mount_point, libc, mount, read_mountinfo, remount_read_write, umount
-from .network import choose_iptables, default_route_mtu, iptables_path_dir
+from compose_env.config.model import DEFAULT_DATA_ROOT, Source
+from compose_env.console import Console
+from compose_env.engine import cgroups, storage, store_guard, tested_engines
+from compose_env.engine.handle import RUN_DIR, DaemonHandle, make_clients, write_docker_config
+from compose_env.engine.mounts import MountError, MountTracker, is_mount_point, mount, read_mountinfo, remount_read_write, umount
+from compose_env.engine.network import choose_iptables, default_route_mtu, iptables_path_dir
+from compose_env.errors import DaemonStartFailure, RuntimeFailure
+from compose_env.process import descendants, dying_with_parent, process_table
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 DOCKERD_PIDFILE = f"{RUN_DIR}/dockerd.pid"
 CONTAINERD_SOCKET = f"{RUN_DIR}/containerd/containerd.sock"
 CAP_SYS_ADMIN = 21
-PR_SET_PDEATHSIG = 1
 #: Seconds dockerd and containerd get after SIGTERM before SIGKILL.
 DAEMON_GRACE_SECONDS = 1.5
 #: The same after an abort (containers are already killed): the whole teardown must fit in
@@ -52,11 +52,6 @@ REAP_SECONDS = 1.0
 #: Bound on the container stop/kill calls at teardown (on top of stop_grace).
 CONTAINER_STOP_SECONDS = 2.0
 NOT_PRIVILEGED_HINT = "the resource type must be declared `privileged: true` (in resource_types; for a task, `privileged: true` on the task step)"
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGKILL if we die, even by SIGKILL."""
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------- pre-flight
@@ -396,7 +391,7 @@ class InnerDaemon:
         """A child with its log in a file (never fd 1), its own session, and PDEATHSIG."""
         log = open(f"{self.log_dir}/{name}.log", "ab")  # noqa: SIM115 - the child owns it
         with log:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, preexec_fn=die_with_parent, start_new_session=True)
+            process = subprocess.Popen(dying_with_parent(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
         self.processes.append((name, process))
         return process
 
@@ -585,36 +580,3 @@ class InnerDaemon:
             except ProcessLookupError:
                 pass
         return len(doomed)
-
-
-def process_table(proc: str = "/proc") -> dict[int, tuple[int, bytes]]:
-    """pid → (parent pid, cmdline with spaces) for every process we can see."""
-    table = {}
-    for entry in os.listdir(proc):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"{proc}/{entry}/stat", "rb") as handle:
-                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
-            with open(f"{proc}/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read().replace(b"\0", b" ")
-        except (OSError, ValueError, IndexError):
-            continue
-        table[int(entry)] = (parent, cmdline)
-    return table
-
-
-def descendants(table: dict[int, tuple[int, bytes]], roots: list[int]) -> list[int]:
-    """`roots` and all their descendants, children first (so nothing is reparented mid-kill)."""
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    ordered: list[int] = []
-    stack = list(roots)
-    while stack:
-        pid = stack.pop()
-        if pid in ordered:
-            continue
-        ordered.append(pid)
-        stack += children.get(pid, [])
-    return list(reversed(ordered))

@@ -2,7 +2,7 @@
 
 layerstore.py writes private files of dockerd's layer store, overlay2 driver and image store.
 Their layout is not an API: a new dockerd may read them differently. So:
-- the image build runs `python3 -m compose_env.tested_engines` and fails if the installed
+- the image build runs `python3 -m compose_env.engine.tested_engines` and fails if the installed
   dockerd is not listed here (a rebuild cannot change the engine under the writer unnoticed);
 - at run time, direct writes are used only when `dockerd --version` is listed; any other engine
   gets every image through `docker load`, with a one-line note.

@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import UserError
+from compose_env.errors import UserError
 
 DAEMON_JSON = "/etc/docker/daemon.json"
 SNAPSHOTTER_FEATURE = "containerd-snapshotter"

@@ -20,7 +20,7 @@ from pathlib import Path
 import defusedxml
 import defusedxml.ElementTree as SafeElementTree
 
-from .report import format_seconds
+from compose_env.report import format_seconds
 
 #: A report bigger than this is not read (a JUnit file of 100 000 tests is about 20 MB).
 MAX_REPORT_BYTES = 64 * 2**20
