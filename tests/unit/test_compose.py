@@ -1,4 +1,4 @@
-"""compose.py without an engine: argv, environment, command analysis, ps/events parsing, exit codes."""
+"""The compose command without an engine (run/command, outcome, logs, project): argv, environment, command analysis, ps/events parsing, exit codes."""
 
 from __future__ import annotations
 
@@ -11,25 +11,10 @@ from compose_env.config.model import PutParams
 from compose_env.console import Console
 from compose_env.redaction import Redactor
 from compose_env.report import ServiceState
-from compose_env.run.compose import (
-    COMPOSE_OWN_LINE,
-    ComposeProject,
-    PrefixedLine,
-    ServiceLogs,
-    analyse_command,
-    compose_environment,
-    compose_settings_in,
-    decide_exit_code,
-    engine_log_lines,
-    failing_services,
-    output_source,
-    parse_ps_json,
-    ps_table,
-    service_states,
-    services_started,
-    split_prefixed,
-    stopped_by_compose,
-)
+from compose_env.run.command import analyse_command, services_started
+from compose_env.run.logs import COMPOSE_OWN_LINE, PrefixedLine, ServiceLogs, engine_log_lines, output_source, split_prefixed
+from compose_env.run.outcome import decide_exit_code, failing_services, parse_ps_json, ps_table, service_states, stopped_by_compose
+from compose_env.run.project import ComposeProject, compose_environment, compose_settings_in
 
 
 def make_project(tmp_path: Path, **overrides: object) -> ComposeProject:

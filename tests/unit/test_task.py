@@ -17,8 +17,8 @@ from compose_env.console import Console
 from compose_env.errors import UserError
 from compose_env.redaction import Redactor
 from compose_env.report import RunResult, ServiceState
-from compose_env.run.compose import ServiceLogs
 from compose_env.run.containers import ChunkReader
+from compose_env.run.logs import ServiceLogs
 from compose_env.run.put import PutOutcome
 from compose_env.run.task import (
     AfterRunCollector,

@@ -5,7 +5,7 @@ compose names the file in some errors (`validating /tmp/build/put/ci/compose.yml
 (`yaml: line 2: did not find expected ',' or ']'`). With two compose files the user could not
 tell which one is broken: the error is rewritten as
 `params.compose_files[1] (ci/compose.test.yml), line 2: did not find expected ',' or ']'`.
-A file compose does not name is found by checking each compose file alone (compose.py).
+A file compose does not name is found by checking each compose file alone (project.py).
 """
 
 from __future__ import annotations

@@ -25,8 +25,10 @@ from compose_env.redaction import Redactor, secret_env_values
 from compose_env.report import RunResult, build_response, format_seconds, new_run_id
 from compose_env.run import junit
 from compose_env.run import reports as reports_module
-from compose_env.run.compose import ComposeProject, ServiceLogs, analyse_command
+from compose_env.run.command import analyse_command
 from compose_env.run.containers import service_container
+from compose_env.run.logs import ServiceLogs
+from compose_env.run.project import ComposeProject
 from compose_env.run.reports import ReportsOutcome
 from compose_env.signals import ABORT
 

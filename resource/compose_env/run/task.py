@@ -34,8 +34,9 @@ from compose_env.engine.handle import DaemonHandle
 from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
 from compose_env.redaction import Redactor, secrets_in_request
 from compose_env.report import RunResult
-from compose_env.run.compose import ComposeProject, services_started
+from compose_env.run.command import services_started
 from compose_env.run.containers import service_container, streamed_archive
+from compose_env.run.project import ComposeProject
 from compose_env.run.put import PutOutcome, redactor_for, run_put
 from compose_env.run.reports import ReportsOutcome
 

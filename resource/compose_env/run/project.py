@@ -12,7 +12,6 @@ What compose sees is decided here and only here:
 
 from __future__ import annotations
 
-import heapq
 import json
 import os
 import re
@@ -21,8 +20,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,220 +33,19 @@ from compose_env.errors import UserError
 from compose_env.process import dying_with_parent
 from compose_env.report import RunResult, ServiceState
 from compose_env.run import compose_errors
+from compose_env.run.command import CommandShape, analyse_command, services_started
+from compose_env.run.logs import COMPOSE_OWN_LINE, ERASE_AT_START, ServiceLogs, compose_label, engine_log_lines, output_source, split_prefixed
+from compose_env.run.outcome import TIMED_OUT_EXIT_CODE, decide_exit_code, failing_services, parse_ps_json, ps_table, service_states, stopped_by_compose
 
-TIMED_OUT_EXIT_CODE = 124
 #: Compose has ended but its output still arrives: wait as long as lines keep coming this often.
 STREAM_STALL_SECONDS = 5
 #: Lines of each failing service printed again after the run (the whole log streamed already).
 FAILURE_TAIL_MIN, FAILURE_TAIL_MAX = 20, 200
-#: Exit codes of a container stopped by a signal; used only when the engine's events are unavailable.
-STOPPED_BY_SIGNAL = {137, 143}
 #: Inherited variables that would change what compose does without anyone asking.
 STRIPPED_PREFIXES = ("COMPOSE_", "DOCKER_", "BUILDKIT_")
-#: Compose 2.26 starts each log line with "erase line" (ESC [2K) even with `--ansi never`.
-ERASE_AT_START = re.compile(r"^(?:\x1b\[[0-9;]*K|\r)+")
-PREFIXED_LINE = re.compile(r"^(?P<prefix>\S+?)\s*\|(?: (?P<text>.*))?$")
-REPLICA_SUFFIX = re.compile(r"-\d+$")
-#: Compose's own lines on stderr (plain progress, warnings), as opposed to a `run` container's stderr.
+#: A port compose could not publish, in its own error lines.
 PORT_TAKEN = re.compile(r"(?:Bind for \S*?:(?P<bind>\d+) failed: port is already allocated|listen tcp\S*?:(?P<listen>\d+): bind: address already in use)")
-COMPOSE_OWN_LINE = re.compile(r"^(?: (?:Container|Network|Volume|Image|Service|Secret|Config) \S|WARN\[\d+\]|time=\S+ level=)")
 COMPOSE_SETTING = re.compile(r"^\s*(?:export\s+)?(COMPOSE_[A-Za-z0-9_]+)\s*=")
-#: `run` options that take a value: needed to find the service among the arguments.
-RUN_VALUE_OPTIONS = {
-    "-e", "--env", "--entrypoint", "-l", "--label", "--name", "-p", "--publish", "-u", "--user",
-    "-v", "--volume", "-w", "--workdir", "--cap-add", "--cap-drop", "--pull", "--env-from-file",
-}  # fmt: skip
-UP_VALUE_OPTIONS = {"--exit-code-from", "-t", "--timeout", "--scale", "--attach", "--no-attach", "--pull", "--wait-timeout"}
-#: Subcommands that create containers, so their images must exist first.
-CREATING_SUBCOMMANDS = {"up", "run", "create"}
-#: Subcommands whose positional arguments are service names.
-SERVICE_SUBCOMMANDS = {"up", "create", "start", "restart", "stop", "logs", "pull", "build"}
-
-
-@dataclass(frozen=True)
-class CommandShape:
-    """What the user's command is, as far as validation and reporting need to know."""
-
-    subcommand: str
-    services: tuple[str, ...]
-    exit_code_from: str | None = None
-    run_service: str | None = None
-    no_deps: bool = False
-    #: every option given, with its value ("" for flags)
-    options: tuple[tuple[str, str], ...] = ()
-
-    def values_of(self, *names: str) -> list[str]:
-        return [value for option, value in self.options if option in names]
-
-    def follows_output_of(self, service: str) -> bool:
-        """Whether compose prints this service's output with a prefix (attached `up`)."""
-        if self.subcommand != "up" or self.values_of("-d", "--detach", "--wait", "--no-log-prefix"):
-            return False
-        attach = self.values_of("--attach")
-        return (not attach or service in attach) and service not in self.values_of("--no-attach")
-
-    @property
-    def named_services(self) -> tuple[str, ...]:
-        """Every service the command names, which must exist in the project."""
-        extra = (self.exit_code_from,) if self.exit_code_from and self.exit_code_from not in self.services else ()
-        return self.services + extra
-
-
-def analyse_command(command: Sequence[str]) -> CommandShape:
-    if not command:
-        return CommandShape("", ())
-    subcommand, args = command[0], list(command[1:])
-    value_options = RUN_VALUE_OPTIONS if subcommand == "run" else UP_VALUE_OPTIONS if subcommand == "up" else set()
-    positionals: list[str] = []
-    exit_code_from = None
-    options: list[tuple[str, str]] = []
-    index = 0
-    while index < len(args):
-        arg = args[index]
-        if arg == "--":
-            positionals += args[index + 1 :]
-            break
-        if arg.startswith("-"):
-            option, has_value, value = arg.partition("=")
-            if option in value_options and not has_value:
-                value = args[index + 1] if index + 1 < len(args) else ""
-                index += 1
-            if option == "--exit-code-from":
-                exit_code_from = value
-            options.append((option, value))
-            index += 1
-            continue
-        positionals.append(arg)
-        if subcommand == "run":
-            break  # the rest is the command run inside the container
-        index += 1
-    no_deps = any(option == "--no-deps" for option, _ in options)
-    if subcommand == "run":
-        service = positionals[0] if positionals else None
-        return CommandShape("run", (service,) if service else (), None, service, no_deps, tuple(options))
-    services = tuple(positionals) if subcommand in SERVICE_SUBCOMMANDS else ()
-    return CommandShape(subcommand, services, exit_code_from, None, no_deps, tuple(options))
-
-
-def services_started(shape: CommandShape, services: Mapping[str, Any]) -> list[str]:
-    """The services whose containers the command creates: its targets (or all) and their dependencies."""
-    if shape.subcommand not in CREATING_SUBCOMMANDS:
-        return []
-    roots = list(shape.services) or (list(services) if shape.subcommand != "run" else [])
-    if shape.no_deps:
-        return [name for name in roots if name in services]
-    started: list[str] = []
-    pending = list(roots)
-    while pending:
-        name = pending.pop(0)
-        if name in started or name not in services:
-            continue
-        started.append(name)
-        depends_on = services[name].get("depends_on") or {}
-        pending += list(depends_on)  # a map in `config --format json`, a list in older forms: both iterate names
-    return started
-
-
-def parse_ps_json(text: str) -> list[dict[str, Any]]:
-    """`compose ps --format json`: one JSON array in some 2.x releases, NDJSON (2.21+, so 2.26) in others."""
-    text = text.strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        return list(json.loads(text))
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
-
-
-def stopped_by_compose(events: Iterable[Mapping[str, Any]]) -> set[str]:
-    """Names of containers that were sent a signal (`kill` event) before they died: stopped, not exited by themselves.
-
-    Compose's abort cascade and `stop` go through the engine's stop API, which emits
-    `kill` (signal 15, then 9) before `die`; a process that ends on its own only emits `die`.
-    """
-    signalled: set[str] = set()
-    stopped: set[str] = set()
-    for event in sorted(events, key=lambda e: int(e.get("timeNano") or 0)):
-        if event.get("Type", "container") != "container":
-            continue
-        name = str((event.get("Actor") or {}).get("Attributes", {}).get("name", ""))
-        action = str(event.get("Action") or event.get("status") or "")
-        if action == "start":
-            signalled.discard(name)
-            stopped.discard(name)
-        elif action == "kill":
-            signalled.add(name)
-        elif action == "die" and name in signalled:
-            stopped.add(name)
-    return stopped
-
-
-def service_states(rows: Sequence[Mapping[str, Any]], stopped: set[str] | None) -> list[ServiceState]:
-    """ps rows → states; `stopped` names the containers compose stopped (None: unknown, guess from the exit code)."""
-    states = []
-    for row in rows:
-        state = str(row.get("State", "")).lower()
-        exit_code = int(row["ExitCode"]) if row.get("ExitCode") is not None else None
-        container = str(row.get("Name", ""))
-        was_stopped = container in stopped if stopped is not None else exit_code in STOPPED_BY_SIGNAL
-        name = str(row.get("Service") or container or "?")
-        states.append(ServiceState(name, state, exit_code, str(row.get("Health") or ""), container, was_stopped and state == "exited"))
-    return sorted(states, key=lambda s: (s.name, s.container))
-
-
-def decide_exit_code(shape: CommandShape, returncode: int, states: Sequence[ServiceState]) -> int:
-    """The exit code the put reports.
-
-    - `run`: compose's own, which is the container's.
-    - `up --exit-code-from S`: S's real exit code from ps. Compose 2.26 returns 0 when S
-      was stopped by the abort cascade (docker/compose#11712), so its answer is not used.
-    - any other `up`: compose's, or else the code of a container that exited non-zero by
-      itself (plain `up` returns 0 whatever the containers did).
-    """
-    if shape.subcommand != "up":
-        return returncode
-    if shape.exit_code_from:
-        exited = [s for s in states if s.name == shape.exit_code_from and s.state == "exited" and s.exit_code is not None]
-        if exited:
-            return next((s.exit_code for s in exited if s.exit_code), 0) or 0
-        return returncode
-    if returncode:
-        return returncode
-    own = [s for s in states if s.exited_by_itself_non_zero]
-    return int(own[0].exit_code or 1) if own else 0
-
-
-def failing_services(shape: CommandShape, exit_code: int, states: Sequence[ServiceState], timed_out: bool) -> list[str]:
-    """Services whose logs explain the failure, most relevant first (also the order of the metadata tails)."""
-    names: list[str] = []
-    primary = shape.run_service or shape.exit_code_from
-    if primary and exit_code != 0:
-        names.append(primary)
-    if timed_out:
-        names += [s.name for s in states if s.state == "running"]
-    names += [s.name for s in states if s.failed]
-    return list(dict.fromkeys(names))
-
-
-@dataclass(frozen=True)
-class PrefixedLine:
-    """A line of a container's output as compose prints it: `source  | text`, source being `service-N`."""
-
-    service: str
-    source: str
-    text: str
-
-
-def split_prefixed(line: str, services: Iterable[str]) -> PrefixedLine | None:
-    """`tests-1  | text` → PrefixedLine("tests", "tests-1", "text"); None for compose's own lines."""
-    match = PREFIXED_LINE.match(line)
-    if not match:
-        return None
-    source = match.group("prefix")
-    known = set(services)
-    for candidate in (source, REPLICA_SUFFIX.sub("", source)):
-        if candidate in known or not known:
-            return PrefixedLine(candidate if known else REPLICA_SUFFIX.sub("", source), source, match.group("text") or "")
-    return None
 
 
 def compose_environment(inherited: Mapping[str, str], params_env: Mapping[str, str], engine_env: Mapping[str, str]) -> dict[str, str]:
@@ -267,60 +64,6 @@ def compose_settings_in(path: Path) -> list[str]:
     except OSError:
         return []
     return [match.group(1) for match in map(COMPOSE_SETTING.match, lines) if match]
-
-
-@dataclass
-class ServiceLogs:
-    """Per-service log files, fed by the live stream and completed from the engine after the run."""
-
-    directory: Path
-    redact: Callable[[str], str] = lambda text: text
-    captured: set[str] = field(default_factory=set)
-    _handles: dict[str, IO[str]] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def append(self, service: str, text: str) -> None:
-        with self._lock:
-            handle = self._handles.get(service)
-            if handle is None:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                handle = self._handles[service] = open(self.path(service), "a")  # noqa: SIM115
-                self.captured.add(service)
-            handle.write(self.redact(text) + "\n")
-
-    def write_whole(self, service: str, text: str) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.path(service).write_text("".join(self.redact(line) + "\n" for line in text.splitlines()))
-
-    def close(self) -> None:
-        with self._lock:
-            for handle in self._handles.values():
-                handle.close()
-            self._handles.clear()
-
-    def path(self, service: str) -> Path:
-        return self.directory / f"{_safe(service)}.log"
-
-    def services(self) -> list[str]:
-        return sorted(p.stem for p in self.directory.glob("*.log")) if self.directory.is_dir() else []
-
-    def tail(self, service: str, lines: int) -> list[str]:
-        """The last `lines` lines, reading only the end of the file (logs can be gigabytes)."""
-        if lines <= 0:
-            return []
-        path = self.path(service)
-        if not path.is_file():
-            return []
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            end = handle.tell()
-            handle.seek(max(end - 64 * 1024, 0))
-            text = handle.read().decode(errors="replace")
-        return text.splitlines()[-lines:]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
 
 
 class ComposeProject:
@@ -624,11 +367,11 @@ class ComposeProject:
         differently; within each stream the order is kept.)
         """
         try:
-            containers = [c for c in self._containers(client) if shape.follows_output_of(_label(c, "service"))]
+            containers = [c for c in self._containers(client) if shape.follows_output_of(compose_label(c, "service"))]
         except docker.errors.APIError:
             return
         for container in sorted(containers, key=output_source):
-            source, service = output_source(container), _label(container, "service")
+            source, service = output_source(container), compose_label(container, "service")
             printed_out, printed_err = self._streamed.get((source, True), 0), self._streamed.get((source, False), 0)
             for count, line in enumerate(engine_log_lines(client, container["Id"], printed_out, printed_err)):
                 if count == 0:
@@ -714,66 +457,6 @@ class ComposeProject:
 def publishers_of(services: Mapping[str, Any], port: str) -> list[str]:
     """The services whose `ports` publish `port` on the host (from `compose config --format json`)."""
     return sorted(name for name, service in services.items() if any(str(p.get("published", "")) == port for p in service.get("ports") or []))
-
-
-def _label(container: Mapping[str, Any], name: str) -> str:
-    return str((container.get("Labels") or {}).get(f"com.docker.compose.{name}", ""))
-
-
-def output_source(container: Mapping[str, Any]) -> str:
-    """The prefix compose prints for a container: `service-N`, or its `container_name` if it has one."""
-    source = f"{_label(container, 'service')}-{_label(container, 'container-number') or 1}"
-    name = str((container.get("Names") or [""])[0]).lstrip("/")
-    return source if not name or name == f"{_label(container, 'project')}-{source}" else name
-
-
-def engine_log_lines(client: docker.APIClient, container_id: str, skip_stdout: int, skip_stderr: int) -> Iterator[str]:
-    """The container's logged lines after the first `skip_stdout` of stdout and `skip_stderr` of stderr.
-
-    Compose relays the two streams separately, so what it printed is counted per stream;
-    the rest of both is merged in the engine's time order. Read as a stream: constant memory.
-    """
-    stdout = _timestamped_lines(client, container_id, "stdout", skip_stdout)
-    stderr = _timestamped_lines(client, container_id, "stderr", skip_stderr)
-    for _stamp, text in heapq.merge(stdout, stderr):
-        yield text
-
-
-def _timestamped_lines(client: docker.APIClient, container_id: str, stream: str, skip: int) -> Iterator[tuple[str, str]]:
-    """(sortable timestamp, text) for one stream's lines after the first `skip`."""
-    try:
-        chunks = client.logs(container_id, stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=False, timestamps=True)
-        pending = b""
-        seen = 0
-        for chunk in chunks:
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for raw in lines:
-                seen += 1
-                if seen > skip:
-                    yield _split_timestamp(raw.decode(errors="replace").rstrip("\r"))
-        if pending and seen + 1 > skip:
-            yield _split_timestamp(pending.decode(errors="replace").rstrip("\r"))
-    except docker.errors.APIError:
-        return
-
-
-def _split_timestamp(line: str) -> tuple[str, str]:
-    """`2026-11-28T01:35:39.7021Z text` → ("2026-11-28T01:35:39.702100000Z", "text"): RFC 3339 with the nanoseconds padded, so it sorts."""
-    stamp, _, text = line.partition(" ")
-    seconds, _, fraction = stamp.rstrip("Z").partition(".")
-    return f"{seconds}.{fraction:0<9}Z", text
-
-
-def ps_table(states: Sequence[ServiceState]) -> list[str]:
-    """Aligned rows: service, container, state, exit code, health, and whether compose stopped it."""
-    rows = [("SERVICE", "CONTAINER", "STATE", "EXIT", "HEALTH", "NOTE")]
-    for state in states:
-        exit_text = "" if state.exit_code is None or state.state != "exited" else str(state.exit_code)
-        note = "stopped by compose" if state.stopped else "failed" if state.failed else ""
-        rows.append((state.name, state.container, state.state, exit_text, state.health, note))
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def _missing_message(missing: Sequence[tuple[str, str, str]]) -> str:

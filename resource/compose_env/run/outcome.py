@@ -1,0 +1,109 @@
+"""What a run came to: service states from `compose ps` and the engine's events, the exit code, who failed.
+
+Compose's own exit code is not always the answer (`up` returns 0 whatever the containers did, and
+`--exit-code-from` is wrong after the abort cascade): `decide_exit_code` says which to trust.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from compose_env.report import ServiceState
+from compose_env.run.command import CommandShape
+
+TIMED_OUT_EXIT_CODE = 124
+#: Exit codes of a container stopped by a signal; used only when the engine's events are unavailable.
+STOPPED_BY_SIGNAL = {137, 143}
+
+
+def parse_ps_json(text: str) -> list[dict[str, Any]]:
+    """`compose ps --format json`: one JSON array in some 2.x releases, NDJSON (2.21+, so 2.26) in others."""
+    text = text.strip()
+    if not text:
+        return []
+    if text.startswith("["):
+        return list(json.loads(text))
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def stopped_by_compose(events: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Names of containers that were sent a signal (`kill` event) before they died: stopped, not exited by themselves.
+
+    Compose's abort cascade and `stop` go through the engine's stop API, which emits
+    `kill` (signal 15, then 9) before `die`; a process that ends on its own only emits `die`.
+    """
+    signalled: set[str] = set()
+    stopped: set[str] = set()
+    for event in sorted(events, key=lambda e: int(e.get("timeNano") or 0)):
+        if event.get("Type", "container") != "container":
+            continue
+        name = str((event.get("Actor") or {}).get("Attributes", {}).get("name", ""))
+        action = str(event.get("Action") or event.get("status") or "")
+        if action == "start":
+            signalled.discard(name)
+            stopped.discard(name)
+        elif action == "kill":
+            signalled.add(name)
+        elif action == "die" and name in signalled:
+            stopped.add(name)
+    return stopped
+
+
+def service_states(rows: Sequence[Mapping[str, Any]], stopped: set[str] | None) -> list[ServiceState]:
+    """ps rows → states; `stopped` names the containers compose stopped (None: unknown, guess from the exit code)."""
+    states = []
+    for row in rows:
+        state = str(row.get("State", "")).lower()
+        exit_code = int(row["ExitCode"]) if row.get("ExitCode") is not None else None
+        container = str(row.get("Name", ""))
+        was_stopped = container in stopped if stopped is not None else exit_code in STOPPED_BY_SIGNAL
+        name = str(row.get("Service") or container or "?")
+        states.append(ServiceState(name, state, exit_code, str(row.get("Health") or ""), container, was_stopped and state == "exited"))
+    return sorted(states, key=lambda s: (s.name, s.container))
+
+
+def decide_exit_code(shape: CommandShape, returncode: int, states: Sequence[ServiceState]) -> int:
+    """The exit code the put reports.
+
+    - `run`: compose's own, which is the container's.
+    - `up --exit-code-from S`: S's real exit code from ps. Compose 2.26 returns 0 when S
+      was stopped by the abort cascade (docker/compose#11712), so its answer is not used.
+    - any other `up`: compose's, or else the code of a container that exited non-zero by
+      itself (plain `up` returns 0 whatever the containers did).
+    """
+    if shape.subcommand != "up":
+        return returncode
+    if shape.exit_code_from:
+        exited = [s for s in states if s.name == shape.exit_code_from and s.state == "exited" and s.exit_code is not None]
+        if exited:
+            return next((s.exit_code for s in exited if s.exit_code), 0) or 0
+        return returncode
+    if returncode:
+        return returncode
+    own = [s for s in states if s.exited_by_itself_non_zero]
+    return int(own[0].exit_code or 1) if own else 0
+
+
+def failing_services(shape: CommandShape, exit_code: int, states: Sequence[ServiceState], timed_out: bool) -> list[str]:
+    """Services whose logs explain the failure, most relevant first (also the order of the metadata tails)."""
+    names: list[str] = []
+    primary = shape.run_service or shape.exit_code_from
+    if primary and exit_code != 0:
+        names.append(primary)
+    if timed_out:
+        names += [s.name for s in states if s.state == "running"]
+    names += [s.name for s in states if s.failed]
+    return list(dict.fromkeys(names))
+
+
+def ps_table(states: Sequence[ServiceState]) -> list[str]:
+    """Aligned rows: service, container, state, exit code, health, and whether compose stopped it."""
+    rows = [("SERVICE", "CONTAINER", "STATE", "EXIT", "HEALTH", "NOTE")]
+    for state in states:
+        exit_text = "" if state.exit_code is None or state.state != "exited" else str(state.exit_code)
+        note = "stopped by compose" if state.stopped else "failed" if state.failed else ""
+        rows.append((state.name, state.container, state.state, exit_text, state.health, note))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
