@@ -35,6 +35,7 @@ from compose_env.engine.handle import RUN_DIR, DaemonHandle, make_clients, write
 from compose_env.engine.mounts import MountError, MountTracker, is_mount_point, mount, read_mountinfo, remount_read_write, umount
 from compose_env.engine.network import choose_iptables, default_route_mtu, iptables_path_dir
 from compose_env.errors import DaemonStartFailure, RuntimeFailure
+from compose_env.logtail import last_lines
 from compose_env.process import descendants, dying_with_parent, process_table
 
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -131,17 +132,6 @@ def ping(socket_path: str, timeout: float) -> str | None:
         return None
     headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in head[1:])}
     return headers.get("api-version", "auto")
-
-
-def tail_file(path: str, lines: int = 25) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(handle.tell() - 16384, 0))
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
 
 
 #: (words in an error line, what to change). Checked against error/fatal lines only, so
@@ -458,7 +448,7 @@ class InnerDaemon:
                 time.sleep(0.004)
 
     def _fail_start(self, message: str, name: str) -> None:
-        logs = {n: tail_file(f"{self.log_dir}/{n}.log") for n in ("containerd", "dockerd")}
+        logs = {n: "\n".join(last_lines(f"{self.log_dir}/{n}.log", 25, window=16 * 1024)) for n in ("containerd", "dockerd")}
         other = "containerd" if name == "dockerd" else "dockerd"
         shown = f"last lines of the {name} log ({self.log_dir}/{name}.log):\n{logs[name]}"
         if error_lines(logs[other]):

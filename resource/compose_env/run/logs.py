@@ -8,7 +8,6 @@ stopped following is read back from the engine, in time order.
 from __future__ import annotations
 
 import heapq
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import docker
+
+from compose_env.logtail import last_lines
 
 #: Compose 2.26 starts each log line with "erase line" (ESC [2K) even with `--ansi never`.
 ERASE_AT_START = re.compile(r"^(?:\x1b\[[0-9;]*K|\r)+")
@@ -85,17 +86,8 @@ class ServiceLogs:
 
     def tail(self, service: str, lines: int) -> list[str]:
         """The last `lines` lines, reading only the end of the file (logs can be gigabytes)."""
-        if lines <= 0:
-            return []
         path = self.path(service)
-        if not path.is_file():
-            return []
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            end = handle.tell()
-            handle.seek(max(end - 64 * 1024, 0))
-            text = handle.read().decode(errors="replace")
-        return text.splitlines()[-lines:]
+        return last_lines(path, lines) if path.is_file() else []
 
 
 def _safe(name: str) -> str:
