@@ -19,19 +19,9 @@ from compose_env.redaction import Redactor
 from compose_env.report import RunResult, ServiceState
 from compose_env.run.containers import ChunkReader
 from compose_env.run.logs import ServiceLogs
+from compose_env.run.outputs import ArtifactCopy, _parse_time, _seconds_between, build_report, extract_stream
 from compose_env.run.put import PutOutcome
-from compose_env.run.task import (
-    AfterRunCollector,
-    ArtifactCopy,
-    TaskConfig,
-    _parse_time,
-    _seconds_between,
-    build_report,
-    decode_compose_env,
-    extract_stream,
-    parse_task_config,
-    run_task,
-)
+from compose_env.run.task import AfterRunCollector, TaskConfig, decode_compose_env, parse_task_config, run_task
 
 PARAMS = {"compose_files": ["code/docker-compose.yml"], "command": ["run", "--rm", "tests"]}
 
