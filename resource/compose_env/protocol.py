@@ -97,7 +97,7 @@ def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
     config = parse_put_request(request, Path(argv[1]), BuildMetadata.from_env(env))
     redact = redactor_for(config)
     console.set_redactor(redact)
-    outcome = run_put(config, console, redact)
+    outcome = run_put(config, console, redact, env, ABORT)
     if outcome.exit_code == EXIT_OK:
         write_json(stdout, outcome.response)
     else:
@@ -124,7 +124,7 @@ def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], e
     """Task mode: configuration from COMPOSE_ENV, outputs into the working directory (see task.py)."""
     from compose_env.run.task import run_task
 
-    return run_task(env, Path.cwd(), console)
+    return run_task(env, Path.cwd(), console, ABORT)
 
 
 COMMANDS: dict[str, Command] = {"check": check, "in": get, "out": put, "task": task}

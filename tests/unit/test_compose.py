@@ -17,7 +17,7 @@ from compose_env.run.outcome import decide_exit_code, failing_services, parse_ps
 from compose_env.run.project import ComposeProject, compose_environment, compose_settings_in
 
 
-def make_project(tmp_path: Path, **overrides: object) -> ComposeProject:
+def make_project(tmp_path: Path, inherited: dict[str, str] | None = None, **overrides: object) -> ComposeProject:
     (tmp_path / "src").mkdir(exist_ok=True)
     values: dict[str, object] = {
         "compose_files": (tmp_path / "src/a.yml", tmp_path / "src/b.yml"),
@@ -25,7 +25,7 @@ def make_project(tmp_path: Path, **overrides: object) -> ComposeProject:
         "project_name": "pipe-job-7",
     }
     values.update(overrides)
-    return ComposeProject(PutParams(**values), Console(), ServiceLogs(tmp_path / "logs"))  # type: ignore[arg-type]
+    return ComposeProject(PutParams(**values), Console(), ServiceLogs(tmp_path / "logs"), inherited or {"PATH": "/usr/bin:/bin"})  # type: ignore[arg-type]
 
 
 # -- argv and environment
@@ -54,6 +54,15 @@ def test_the_projects_dotenv_is_passed_explicitly_only_when_no_env_files_are_giv
 
     chosen = make_project(tmp_path, env_files=(tmp_path / "ci.env",))
     assert chosen.env_files() == [tmp_path / "ci.env"]
+
+
+def test_the_project_inherits_the_environment_it_is_given_not_the_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FROM_OS_ENVIRON", "1")
+    project = make_project(tmp_path, inherited={"PATH": "/bin", "GIVEN": "yes", "COMPOSE_FILE": "evil.yml"}, env={"APP": "ci"})
+
+    assert project.env == {"PATH": "/bin", "GIVEN": "yes", "APP": "ci", "BUILDKIT_PROGRESS": "plain"}
+    project.use_engine({"DOCKER_HOST": "unix:///run/inner.sock"})
+    assert project.env == {"PATH": "/bin", "GIVEN": "yes", "APP": "ci", "DOCKER_HOST": "unix:///run/inner.sock", "BUILDKIT_PROGRESS": "plain"}
 
 
 def test_inherited_compose_docker_and_buildkit_variables_are_dropped_and_the_engine_wins_over_params_env() -> None:

@@ -22,6 +22,7 @@ from compose_env.run.logs import ServiceLogs
 from compose_env.run.outputs import ArtifactCopy, _parse_time, _seconds_between, build_report, extract_stream
 from compose_env.run.put import PutOutcome
 from compose_env.run.task import AfterRunCollector, TaskConfig, decode_compose_env, parse_task_config, run_task
+from compose_env.signals import AbortOnSignal
 
 PARAMS = {"compose_files": ["code/docker-compose.yml"], "command": ["run", "--rm", "tests"]}
 
@@ -156,7 +157,7 @@ def test_a_user_error_during_the_run_is_named_under_compose_env_and_written_to_r
     env = {"COMPOSE_ENV": json.dumps({**PARAMS, "images": ["code/image.tar"]})}
 
     with pytest.raises(UserError) as error:
-        run_task(env, work_dir, Console(io.StringIO()))
+        run_task(env, work_dir, Console(io.StringIO()), AbortOnSignal())
 
     assert error.value.path == "COMPOSE_ENV.images[0]"
     report = json.loads((work_dir / "compose-env-output" / "report.json").read_text())

@@ -67,14 +67,15 @@ def compose_settings_in(path: Path) -> list[str]:
 
 
 class ComposeProject:
-    """One compose project: its argv, its environment, and the engine it runs on."""
+    """One compose project: its argv, its environment, and the engine it runs on; `inherited`: our own environment."""
 
-    def __init__(self, params: PutParams, console: Console, logs: ServiceLogs) -> None:
+    def __init__(self, params: PutParams, console: Console, logs: ServiceLogs, inherited: Mapping[str, str]) -> None:
         self.params = params
         self.console = console
         self.logs = logs
         self.redact = logs.redact
-        self.env = compose_environment(os.environ, params.env, {})
+        self.inherited = inherited
+        self.env = compose_environment(inherited, params.env, {})
         self.config: dict[str, Any] = {}
         self.shape = analyse_command(params.command)
         self._all_services: dict[str, Any] | None = None
@@ -92,7 +93,7 @@ class ComposeProject:
 
     def use_engine(self, engine_env: Mapping[str, str]) -> None:
         """From now on talk to this engine (DOCKER_HOST, DOCKER_CONFIG, TLS)."""
-        self.env = compose_environment(os.environ, self.params.env, engine_env)
+        self.env = compose_environment(self.inherited, self.params.env, engine_env)
 
     def env_files(self) -> list[Path]:
         """params.env_files, or else the project's .env (compose's default), named explicitly."""

@@ -6,7 +6,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from compose_env.run.containers import service_container
 from compose_env.run.logs import ServiceLogs
 from compose_env.run.project import ComposeProject
 from compose_env.run.reports import ReportsOutcome
-from compose_env.signals import ABORT
+from compose_env.signals import AbortOnSignal
 
 #: compose down's deadline after SIGTERM, inside Concourse's 10 s before SIGKILL: with an inner
 #: daemon its stop (a few seconds at most) must still fit, and the goal is clean within 5 s.
@@ -49,6 +49,8 @@ FAILING_TESTS_IN_LOG = 100
 AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]
 #: Called with the validated project before anything starts: more checks of the caller's own.
 CheckProject = Callable[[ComposeProject], None]
+#: Inputs by their plan's key (its index in params.images, as a string: layerstore's keys too), with the image layerstore writes.
+Written = dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]
 
 
 @dataclass
@@ -73,12 +75,17 @@ def run_put(
     config: PutConfig,
     console: Console,
     redact: Redactor,
+    env: Mapping[str, str],
+    abort: AbortOnSignal,
     after_run: AfterRun | None = None,
     check_project: CheckProject | None = None,
     files_from: Collection[str] = (),
     reports_dir: Path | None = None,
 ) -> PutOutcome:
-    """The put; `files_from`: services the caller copies files from in `after_run`; `reports_dir`: where params.reports files go."""
+    """The put; `env`: our environment (compose inherits it); `abort`: the SIGTERM handler.
+
+    `files_from`: services the caller copies files from in `after_run`; `reports_dir`: where params.reports files go.
+    """
     started = time.monotonic()
     timings: dict[str, float] = {}
     logs = ServiceLogs(Path(RUN_DIR) / "service-logs", redact)
@@ -88,7 +95,7 @@ def run_put(
         for plan in plans:
             console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
         params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
-        project = ComposeProject(params, console, logs)
+        project = ComposeProject(params, console, logs, env)
         project.load_config()
         shape = project.check_command()
         reports_module.check_services(params.reports, project.all_services())
@@ -104,11 +111,11 @@ def run_put(
     reports: ReportsOutcome | None = None
     aborted = False
     try:
-        direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
-        cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
+        direct: Written = {}
+        cached: Written = {}
         with console.phase("Starting the Docker daemon", timings, "daemon"):
             if config.source.docker_host:
-                _prepare_loads(plans, direct)
+                _prepare_loads(plans)
                 handle = connect_remote(config.source, console, DOCKER_CONFIG_DIR)
             else:
                 inner = InnerDaemon(config.source, console)
@@ -119,7 +126,7 @@ def run_put(
                 direct = _writable_images(plans) if store.writable or kept else {}
                 cached = {key: planned for key, planned in direct.items() if _in_store(planned[1], store)}
                 direct = {key: planned for key, planned in direct.items() if key not in cached} if store.writable else {}
-                _prepare_loads([plan for plan in plans if all(plan is not held for held, _image in cached.values())], direct)
+                _prepare_loads([plan for key, plan in _keyed(plans).items() if key not in cached and key not in direct])
                 if direct:
                     console.info("dockerd starts once the images are in its store (see Loading)")
                 else:
@@ -151,9 +158,9 @@ def run_put(
         console.error("aborted (SIGTERM): tearing down")
         raise
     finally:
-        with ABORT.deferred(), console.phase("Tearing down", timings, "teardown"):
+        with abort.deferred(), console.phase("Tearing down", timings, "teardown"):
             handle = handle or (inner.handle if inner is not None else None)
-            teardown(project, handle, inner, console, 0 if aborted else params.stop_grace, aborted)
+            teardown(project, handle, inner, console, 0 if aborted else params.stop_grace, aborted, abort)
             logs.close()
         duration = time.monotonic() - started
         _print_timings(console, timings, duration, loaded)
@@ -233,8 +240,8 @@ def _get_images_in(
     plans: list[images_module.ImagePlan],
     inner: InnerDaemon | None,
     handle: DaemonHandle | None,
-    direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
-    cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
+    direct: Written,
+    cached: Written,
     console: Console,
     timings: dict[str, float],
 ) -> tuple[DaemonHandle, list[images_module.LoadedImage]]:
@@ -242,66 +249,67 @@ def _get_images_in(
 
     Returns the images in plan order.
     """
+    keyed = _keyed(plans)
     if inner is not None:
-        images_module.check_free_space([plan for plan in plans if all(plan is not held for held, _image in cached.values())], inner.data_root)
-    by_plan: dict[int, images_module.LoadedImage] = {}
+        images_module.check_free_space([plan for key, plan in keyed.items() if key not in cached], inner.data_root)
+    loaded: dict[str, images_module.LoadedImage] = {}
     if inner is not None and direct:
-        handle, by_plan, launch_seconds = _write_then_launch(inner, direct, console)
+        handle, loaded, launch_seconds = _write_then_launch(inner, direct, console)
         # dockerd's own start is the daemon's time, not loading's
         timings["daemon"] += launch_seconds
         timings["load"] = timings.get("load", 0.0) - launch_seconds
     assert handle is not None
-    by_plan.update(_name_cached(cached, handle, console))
-    rest = [plan for plan in plans if id(plan) not in by_plan]
+    loaded.update(_name_cached(cached, handle, console))
+    rest = {key: plan for key, plan in keyed.items() if key not in loaded}
     spool_dir = os.path.dirname(inner.data_root) if inner is not None else None
-    for image in images_module.load_images(rest, handle.client, handle.load_client, console, spool_dir=spool_dir):
-        by_plan[id(next(plan for plan in rest if plan.entry is image.entry))] = image
-    return handle, [by_plan[id(plan)] for plan in plans]
+    for image in images_module.load_images(list(rest.values()), handle.client, handle.load_client, console, spool_dir=spool_dir):
+        loaded[next(key for key, plan in rest.items() if plan.entry is image.entry)] = image
+    return handle, [loaded[key] for key in keyed]
 
 
 def _in_store(image: DirectImage | RootfsImage, store: PreparedStore) -> bool:
     return isinstance(image, DirectImage) and layerstore.holds(store.data_root, store.driver, image)
 
 
-def _name_cached(
-    cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]], handle: DaemonHandle, console: Console
-) -> dict[int, images_module.LoadedImage]:
+def _name_cached(cached: Written, handle: DaemonHandle, console: Console) -> dict[str, images_module.LoadedImage]:
     """Name the images the kept data root (a task cache) holds: nothing to load. One dockerd does not list goes to docker load."""
-    named: dict[int, images_module.LoadedImage] = {}
-    for plan, image in cached.values():
+    named: dict[str, images_module.LoadedImage] = {}
+    for key, (plan, image) in cached.items():
         assert isinstance(image, DirectImage)
         loaded = images_module.name_written_image(plan, image.image_id, image.repo_tags, handle.client, 0.0, 0)
         if loaded is None:
             console.warn(f"{plan.where}: its files are in the cache but dockerd does not list {image.image_id[:19]}: loading it")
-            _prepare_loads([plan], {})
+            _prepare_loads([plan])
             continue
         console.info(f"{plan.where}: {image.image_id[:19]} already in the cache → {', '.join(loaded.names) or 'no name'}")
-        named[id(plan)] = loaded
+        named[key] = loaded
     return named
 
 
-def _prepare_loads(plans: list[images_module.ImagePlan], direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]) -> None:
-    """Start what the docker-load plans can do before the daemon answers."""
-    written = {id(plan) for plan, _image in direct.values()}
+def _keyed(plans: list[images_module.ImagePlan]) -> dict[str, images_module.ImagePlan]:
+    """The plans by their key: their index in params.images, as a string (layerstore's keys)."""
+    return {str(number): plan for number, plan in enumerate(plans)}
+
+
+def _prepare_loads(plans: list[images_module.ImagePlan]) -> None:
+    """Start what these plans, which go through docker load, can do before the daemon answers."""
     for plan in plans:
-        if id(plan) not in written and plan.prepare is not None:
+        if plan.prepare is not None:
             plan.prepare()
 
 
-def _writable_images(plans: list[images_module.ImagePlan]) -> dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]:
-    """The plans layerstore can write, keyed for it; the rest go through docker load."""
+def _writable_images(plans: list[images_module.ImagePlan]) -> Written:
+    """The plans layerstore can write, by their key; the rest go through docker load."""
     platform = images_module.local_platform()
     writable = {}
-    for number, plan in enumerate(plans):
+    for key, plan in _keyed(plans).items():
         image = plan.direct(platform) if plan.direct is not None else None
         if image is not None:
-            writable[str(number)] = (plan, image)
+            writable[key] = (plan, image)
     return writable
 
 
-def _write_then_launch(
-    inner: InnerDaemon, direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]], console: Console
-) -> tuple[DaemonHandle, dict[int, images_module.LoadedImage], float]:
+def _write_then_launch(inner: InnerDaemon, direct: Written, console: Console) -> tuple[DaemonHandle, dict[str, images_module.LoadedImage], float]:
     """Write the images into the store, start dockerd on it, check and name them; returns dockerd, the images by plan, and its start time.
 
     Never worse than docker load: an image that could not be written goes to docker load (it left
@@ -320,7 +328,7 @@ def _write_then_launch(
         _fall_back(console, direct, f"{', '.join(culprits)}: the store may hold half-registered entries ({write.damaged})", "emptying the data root")
         inner.empty_data_root()
         accepted = {}
-    _prepare_loads([plan for key, (plan, _image) in direct.items() if key not in accepted], {})
+    _prepare_loads([plan for key, (plan, _image) in direct.items() if key not in accepted])
     launched = time.monotonic()
     checked = 0.0
     try:
@@ -337,13 +345,13 @@ def _write_then_launch(
         key, reason = refused
         where = direct[key][0].where if key else ", ".join(plan.where for plan, _image in accepted.values())
         _fall_back(console, accepted, f"{where}: {reason}", "restarting dockerd on an emptied data root")
-        _prepare_loads([plan for plan, _image in accepted.values()], {})
+        _prepare_loads([plan for plan, _image in accepted.values()])
         restarted = time.monotonic()
         handle = inner.relaunch_clean(DOCKER_CONFIG_DIR)
         console.info(f"dockerd restarted on an emptied data root in {time.monotonic() - restarted:.2f}s")
         launch_seconds += time.monotonic() - restarted
         accepted = {}
-    written: dict[int, images_module.LoadedImage] = {}
+    written: dict[str, images_module.LoadedImage] = {}
     for key, (plan, image) in accepted.items():
         result = write.images[key]
         loaded = images_module.name_written_image(plan, result.image_id, image.repo_tags, handle.client, result.seconds, result.size)
@@ -352,15 +360,11 @@ def _write_then_launch(
             f"{plan.where}: {layers}, {result.size / 2**20:.1f} MiB, written into the overlay2 store in {result.seconds:.2f}s"
             f" ({HOW_WRITTEN[isinstance(image, RootfsImage)]}) → {', '.join(loaded.names) or loaded.image_id[:19]}"
         )
-        written[id(plan)] = loaded
+        written[key] = loaded
     if written:
         count = f"{len(written)} image{'s' if len(written) > 1 else ''}"
         console.info(f"{count} written in {write.seconds:.2f}s in all (layers several at once) before dockerd started, checked in {checked:.2f}s after")
     return handle, written, launch_seconds
-
-
-#: The inputs written directly, by their key for layerstore.
-Written = dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]
 
 
 def _refused_image(handle: DaemonHandle, accepted: Written, write: layerstore.StoreWrite) -> tuple[str, str] | None:
@@ -401,7 +405,9 @@ def _print_verdict(console: Console, result: RunResult) -> None:
     (console.success if result.status == "passed" else console.error)(text)
 
 
-def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerDaemon | None, console: Console, grace: int, aborted: bool) -> None:
+def teardown(
+    project: ComposeProject, handle: DaemonHandle | None, inner: InnerDaemon | None, console: Console, grace: int, aborted: bool, abort: AbortOnSignal
+) -> None:
     """The one cleanup for every ending (success, failure, error, SIGTERM), bounded in time.
 
     `compose down --volumes --remove-orphans` where it matters (see `_down_matters`), with a
@@ -409,14 +415,15 @@ def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerD
     rest). Then, for an inner daemon, its stop: containers still there get `grace` seconds all
     at once (killed at once with none), dockerd and containerd stop, what is left in our cgroups
     is killed, our mounts are undone. A daemon that failed or was aborted while starting has no
-    project to take down: only the stop runs.
+    project to take down: only the stop runs. `aborted`: the put was; `abort` tells of a SIGTERM
+    that comes during the teardown itself (it shortens the waits).
     """
     project.kill()
     if handle is not None and _down_matters(inner, grace, aborted):
         abort_budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"]
         budget = abort_budget if aborted else grace + NORMAL_DOWN_SECONDS
         started = time.monotonic()
-        problem = _within(budget, lambda: project.down(0 if aborted else grace), abort_budget)
+        problem = _within(budget, lambda: project.down(0 if aborted else grace), abort_budget, abort)
         if problem is None:
             console.warn(f"compose down did not finish within {budget:g}s: stopping the engine's containers directly")
         elif problem:
@@ -424,7 +431,7 @@ def teardown(project: ComposeProject, handle: DaemonHandle | None, inner: InnerD
         else:
             console.info(f"compose down --volumes --remove-orphans: {time.monotonic() - started:.2f}s")
     if inner is not None:
-        problems = inner.stop(0 if aborted or ABORT.received else grace)
+        problems = inner.stop(0 if aborted or abort.received else grace)
     elif handle is not None:
         problems = handle.stop()
     else:
@@ -449,7 +456,7 @@ def _down_matters(inner: InnerDaemon | None, grace: int, aborted: bool) -> bool:
     return grace > 0 and not aborted
 
 
-def _within(seconds: float, function: Callable[[], str], abort_seconds: float) -> str | None:
+def _within(seconds: float, function: Callable[[], str], abort_seconds: float, abort: AbortOnSignal) -> str | None:
     """function()'s result, or None when it takes longer than `seconds` (it is left to finish alone).
 
     A SIGTERM that arrives meanwhile (deferred during teardown) shortens the wait to
@@ -460,7 +467,7 @@ def _within(seconds: float, function: Callable[[], str], abort_seconds: float) -
     started = time.monotonic()
     worker.start()
     while worker.is_alive():
-        limit = started + (min(seconds, abort_seconds) if ABORT.received else seconds)
+        limit = started + (min(seconds, abort_seconds) if abort.received else seconds)
         left = limit - time.monotonic()
         if left <= 0:
             break

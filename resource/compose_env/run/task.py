@@ -37,6 +37,7 @@ from compose_env.run.containers import service_container
 from compose_env.run.outputs import ArtifactCopy, container_details, extract_stream, write_json, write_outputs
 from compose_env.run.project import ComposeProject
 from compose_env.run.put import PutOutcome, redactor_for, run_put
+from compose_env.signals import AbortOnSignal
 
 ROOT = "COMPOSE_ENV"
 TASK_KEYS = ("source", "output_dir", "artifacts", "cache_dir", "cache_max_size")
@@ -173,7 +174,7 @@ def in_task_terms(error: UserError) -> UserError:
 # ---------------------------------------------------------------- the run
 
 
-def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
+def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: AbortOnSignal) -> int:
     value = decode_compose_env(env)
     # Mask the secrets before validation can echo them.
     console.set_redactor(Redactor(secrets_in_request({"source": value.get("source"), "params": value})))
@@ -192,7 +193,7 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
                 cache = TaskCache(task.cache, console)
                 stack.enter_context(cache.locked())
                 cache.check()
-            outcome = run_with_cache(task, console, redact, collector, cache)
+            outcome = run_with_cache(task, console, redact, collector, cache, env, abort)
     except UserError as error:
         renamed = in_task_terms(error)
         write_json(report_file, {"status": "error", "exit_code": renamed.exit_code, "error": redact(renamed.render())})
@@ -215,7 +216,9 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console) -> int:
     return outcome.exit_code
 
 
-def run_with_cache(task: TaskConfig, console: Console, redact: Redactor, collector: AfterRunCollector, cache: TaskCache | None) -> PutOutcome:
+def run_with_cache(
+    task: TaskConfig, console: Console, redact: Redactor, collector: AfterRunCollector, cache: TaskCache | None, env: Mapping[str, str], abort: AbortOnSignal
+) -> PutOutcome:
     """The put; with a cache, also its after-run pruning, and one more try on a fresh cache if dockerd refused it."""
 
     def after_run(project: ComposeProject, handle: DaemonHandle, result: RunResult) -> None:
@@ -231,6 +234,8 @@ def run_with_cache(task: TaskConfig, console: Console, redact: Redactor, collect
             task.put,
             console,
             redact,
+            env,
+            abort,
             after_run=after_run,
             check_project=collector.check_services,
             files_from={artifact.service for artifact in task.artifacts},
