@@ -1,0 +1,461 @@
+"""put.py's flow with a faked engine, images and compose project: the order of phases, the direct-write fallbacks, teardown.
+
+No Docker, no sleeps: the fakes record what the flow asks of them, and whatever must happen
+"meanwhile" (a SIGTERM during teardown, a compose down that hangs) is done by the fakes themselves.
+"""
+
+from __future__ import annotations
+
+import io
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from compose_env.config.model import BuildMetadata, ImageEntry, PutConfig, parse_put_request
+from compose_env.console import Console
+from compose_env.engine.daemon import PreparedStore
+from compose_env.engine.handle import DaemonHandle
+from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure
+from compose_env.images import layerstore
+from compose_env.images import load as images_module
+from compose_env.images.layerstore import DirectImage, ImageWrite, StoreWrite
+from compose_env.redaction import Redactor
+from compose_env.report import RunResult, ServiceState
+from compose_env.run import put
+from compose_env.run.command import analyse_command
+from compose_env.signals import AbortOnSignal
+
+
+class World:
+    """The faked engine, images and project of one put, and the record of what the flow asked of them."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.events: list[str] = []
+        self.plans: list[images_module.ImagePlan] = []
+        self.store_writable = True
+        self.launch_failure: RuntimeFailure | None = None
+        #: What layerstore's write gives each image key: its problem (None: written) and whether it left entries.
+        self.write_problems: dict[str, str | None] = {}
+        self.left_entries: set[str] = set()
+        self.damaged = ""
+        #: Image IDs dockerd does not take as written, with why.
+        self.refused: dict[str, str] = {}
+        self.run: Callable[[], RunResult] = lambda: RunResult(("up",), 0, "passed", [ServiceState("tests", "exited", 0)])
+        self.down: Callable[[int], str] = lambda grace: ""
+        self.console_stream = io.StringIO()
+        self.console = Console(self.console_stream)
+        self.abort = AbortOnSignal()
+
+    @property
+    def log(self) -> str:
+        return self.console_stream.getvalue()
+
+    def handle(self, name: str) -> DaemonHandle:
+        def stop() -> list[str]:
+            self.events.append(f"stop {name}")
+            return []
+
+        return DaemonHandle(f"unix:///{name}.sock", {"DOCKER_HOST": f"unix:///{name}.sock"}, object(), object(), name, stop)
+
+    def plan(self, *, direct: bool = False) -> images_module.ImagePlan:
+        """A planned input: docker load only, or also writable into the store."""
+        index = len(self.plans)
+        entry = ImageEntry(index, self.tmp_path / f"image{index}.tar", f"image{index}.tar")
+        image = DirectImage(f'{{"n": {index}}}'.encode(), (f"sha256:layer{index}",), ())
+        plan = images_module.ImagePlan(
+            entry,
+            "docker save archive",
+            entry.path,
+            2**20,
+            (f"example/image{index}:ci",),
+            stream=lambda _platform: iter(()),
+            direct=(lambda _platform: image) if direct else None,
+            prepare=lambda: self.events.append(f"prepare {index}"),
+        )
+        self.plans.append(plan)
+        return plan
+
+    def direct(self) -> put.Written:
+        """The writable plans by key, as run_put hands them to _write_then_launch."""
+        return put._writable_images(self.plans)
+
+
+class FakeInner:
+    """InnerDaemon: records its calls; launches fail as the world says."""
+
+    keeps_data_root = False
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.data_root = str(world.tmp_path / "data-root")
+        self.handle: DaemonHandle | None = None
+
+    def prepare(self, _estimated: int) -> PreparedStore:
+        self.world.events.append("prepare the store")
+        return PreparedStore(self.data_root, "overlay2", self.world.store_writable)
+
+    def launch(self, _config_dir: str) -> DaemonHandle:
+        self.world.events.append("launch dockerd")
+        if self.world.launch_failure is not None:
+            raise self.world.launch_failure
+        self.handle = self.world.handle("dockerd")
+        return self.handle
+
+    def relaunch_clean(self, _config_dir: str) -> DaemonHandle:
+        self.world.events.append("relaunch dockerd on an emptied data root")
+        self.handle = self.world.handle("dockerd")
+        return self.handle
+
+    def empty_data_root(self) -> None:
+        self.world.events.append("empty the data root")
+
+    def stop(self, grace: float = 0) -> list[str]:
+        self.world.events.append(f"stop dockerd (grace {grace:g})")
+        return []
+
+
+class FakeProject:
+    """ComposeProject: the command's shape is real, the rest is recorded."""
+
+    def __init__(self, world: World, params: Any) -> None:
+        self.world = world
+        self.params = params
+        self.shape = analyse_command(params.command)
+
+    def load_config(self) -> dict[str, Any]:
+        self.world.events.append("compose config")
+        return {}
+
+    def check_command(self) -> Any:
+        return self.shape
+
+    def services(self) -> dict[str, Any]:
+        return {"tests": {}}
+
+    def all_services(self) -> dict[str, Any]:
+        return {"tests": {}}
+
+    def use_engine(self, engine_env: dict[str, str]) -> None:
+        self.world.events.append(f"compose talks to {engine_env['DOCKER_HOST']}")
+
+    def ensure_images(self, _client: object) -> None:
+        self.world.events.append("ensure images")
+
+    def run(self, _shape: object, _client: object) -> RunResult:
+        self.world.events.append("compose run")
+        return self.world.run()
+
+    def print_failure_details(self, _result: RunResult, _tail: int) -> None:
+        self.world.events.append("failure details")
+
+    def kill(self) -> None:
+        self.world.events.append("kill compose")
+
+    def down(self, grace: int) -> str:
+        self.world.events.append(f"compose down (grace {grace})")
+        return self.world.down(grace)
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    world = World(tmp_path)
+    for name in ("RUN_DIR", "DOCKER_CONFIG_DIR", "TLS_DIR"):
+        monkeypatch.setattr(put, name, str(tmp_path / "run" / name.lower()))
+    monkeypatch.setattr(put, "InnerDaemon", lambda _source, _console: FakeInner(world))
+    monkeypatch.setattr(put, "ComposeProject", lambda params, _console, _logs, _env: FakeProject(world, params))
+
+    def connect_remote(_source: object, _console: object, _config_dir: str) -> DaemonHandle:
+        world.events.append("connect to the remote engine")
+        return world.handle("remote")
+
+    monkeypatch.setattr(put, "connect_remote", connect_remote)
+    monkeypatch.setattr(images_module, "plan_images", lambda _entries: world.plans)
+    monkeypatch.setattr(images_module, "check_free_space", lambda _plans, _data_root: None)
+    monkeypatch.setattr(images_module, "local_platform", lambda: ("linux", "amd64", ""))
+
+    def load_images(plans: list[images_module.ImagePlan], *_args: object, **_kwargs: object) -> list[images_module.LoadedImage]:
+        world.events.append("docker load " + " ".join(str(plan.entry.index) for plan in plans))
+        return [images_module.LoadedImage(plan.entry, f"sha256:loaded{plan.entry.index}", plan.names, 0.1, plan.size) for plan in plans]
+
+    def write_images(images: dict[str, Any], _data_root: str) -> StoreWrite:
+        world.events.append("write " + " ".join(images))
+        results = {
+            key: ImageWrite(world.write_problems.get(key), 1, 2**20, 0.1, f"sha256:written{key}", image.diff_ids, key in world.left_entries)
+            for key, image in images.items()
+        }
+        return StoreWrite(results, 0.2, world.damaged)
+
+    def name_written_image(plan: images_module.ImagePlan, image_id: str, *_args: object) -> images_module.LoadedImage:
+        return images_module.LoadedImage(plan.entry, image_id, plan.names, 0.1, plan.size)
+
+    monkeypatch.setattr(images_module, "load_images", load_images)
+    monkeypatch.setattr(images_module, "name_written_image", name_written_image)
+    monkeypatch.setattr(images_module, "verify_written_image", lambda _client, image_id, _diff_ids: world.refused.get(image_id, ""))
+    monkeypatch.setattr(layerstore, "write_images", write_images)
+    monkeypatch.setattr(layerstore, "has_images", lambda _data_root, _driver: False)
+    return world
+
+
+def config(tmp_path: Path, source: dict[str, Any] | None = None, **params: Any) -> PutConfig:
+    (tmp_path / "docker-compose.yml").write_text("services: {tests: {image: busybox}}\n")
+    request = {"source": source or {}, "params": {"compose_files": ["docker-compose.yml"], **params}}
+    return parse_put_request(request, tmp_path, BuildMetadata())
+
+
+def run_put(world: World, **params: Any) -> put.PutOutcome:
+    source = params.pop("source", None)
+    return put.run_put(config(world.tmp_path, source, **params), world.console, Redactor([]), {"PATH": "/bin"}, world.abort)
+
+
+def headers(log: str) -> list[str]:
+    return [line.split("==> ", 1)[1].removesuffix("\x1b[0m") for line in log.splitlines() if "==> " in line]
+
+
+# ---------------------------------------------------------------- the order of phases
+
+
+def test_a_put_on_an_inner_daemon_writes_images_then_starts_dockerd_then_loads_the_rest_runs_and_tears_down(world: World) -> None:
+    world.plan()  # docker load only
+    world.plan(direct=True)
+
+    outcome = run_put(world)
+
+    assert world.events == [
+        "compose config",
+        "prepare the store",
+        "prepare 0",  # the docker-load input starts its work before dockerd answers
+        "write 1",
+        "launch dockerd",
+        "docker load 0",
+        "compose talks to unix:///dockerd.sock",
+        "ensure images",
+        "compose run",
+        "kill compose",
+        "stop dockerd (grace 0)",
+    ]
+    assert headers(world.log) == [
+        "Checking the configuration",
+        "Starting the Docker daemon",
+        "Loading 2 images",
+        "Running docker compose up --abort-on-container-exit",
+        "Tearing down",
+        "Timings",
+    ]
+    assert outcome.exit_code == 0 and outcome.result.status == "passed"
+    assert outcome.images == ["example/image0:ci", "example/image1:ci"]  # in params.images order, however they came in
+    assert set(outcome.timings) >= {"validate", "daemon", "load", "run", "teardown"}
+
+
+def test_without_writable_images_dockerd_starts_in_the_daemon_phase_and_everything_goes_through_docker_load(world: World) -> None:
+    world.plan(direct=True)
+    world.plan()
+    world.store_writable = False
+
+    run_put(world)
+
+    assert world.events[:6] == ["compose config", "prepare the store", "prepare 0", "prepare 1", "launch dockerd", "docker load 0 1"]
+
+
+def test_a_put_on_a_remote_engine_prepares_the_loads_connects_and_takes_the_project_down_before_letting_go(world: World) -> None:
+    world.plan()
+
+    run_put(world, source={"docker_host": "tcp://engine:2375"}, stop_grace=3)
+
+    assert world.events == [
+        "compose config",
+        "prepare 0",
+        "connect to the remote engine",
+        "docker load 0",
+        "compose talks to unix:///remote.sock",
+        "ensure images",
+        "compose run",
+        "kill compose",
+        "compose down (grace 3)",
+        "stop remote",
+    ]
+
+
+def test_a_failed_command_prints_its_details_and_fails_the_put_after_teardown(world: World) -> None:
+    world.run = lambda: RunResult(("up",), 3, "failed", [ServiceState("tests", "exited", 3)], {}, ["tests"])
+
+    outcome = run_put(world)
+
+    assert world.events[-4:] == ["compose run", "failure details", "kill compose", "stop dockerd (grace 0)"]
+    assert outcome.exit_code == 1 and outcome.result.exit_code == 3
+    assert run_put(world, fail_on_error=False).exit_code == 0
+
+
+# ---------------------------------------------------------------- teardown
+
+
+def test_an_error_during_the_run_still_tears_everything_down_and_removes_the_logins(world: World) -> None:
+    logins = Path(put.DOCKER_CONFIG_DIR)
+    logins.mkdir(parents=True)
+    (logins / "config.json").write_text("{}")
+
+    def fail() -> RunResult:
+        raise RuntimeFailure("compose vanished")
+
+    world.run = fail
+
+    with pytest.raises(RuntimeFailure):
+        run_put(world, stop_grace=2)
+
+    assert world.events[-4:] == ["compose run", "kill compose", "compose down (grace 2)", "stop dockerd (grace 2)"]
+    assert "Tearing down" in headers(world.log)
+    assert not logins.exists()
+
+
+def test_an_abort_during_the_run_tears_down_at_once_without_grace(world: World) -> None:
+    def aborted() -> RunResult:
+        world.abort.received = True  # what the SIGTERM handler does before it raises
+        raise Aborted()
+
+    world.run = aborted
+
+    with pytest.raises(Aborted):
+        run_put(world, stop_grace=5)
+
+    # The inner daemon's stop kills the containers: no compose down, no grace.
+    assert world.events[-3:] == ["compose run", "kill compose", "stop dockerd (grace 0)"]
+    assert "aborted (SIGTERM): tearing down" in world.log
+
+
+def test_a_sigterm_during_teardown_does_not_cut_it_short_and_is_raised_once_it_is_done(world: World) -> None:
+    def down_meanwhile_signalled(_grace: int) -> str:
+        world.abort._handle(signal.SIGTERM, None)  # deferred: remembered, not raised
+        return ""
+
+    world.down = down_meanwhile_signalled
+
+    with pytest.raises(Aborted):
+        run_put(world, stop_grace=5)
+
+    # The rest of the teardown ran, and dockerd's containers got no grace once the signal came.
+    assert world.events[-3:] == ["kill compose", "compose down (grace 5)", "stop dockerd (grace 0)"]
+
+
+def test_a_daemon_that_fails_to_start_is_stopped_and_the_failure_raised(world: World) -> None:
+    world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
+
+    with pytest.raises(DaemonStartFailure):
+        run_put(world)
+
+    assert world.events[-3:] == ["launch dockerd", "kill compose", "stop dockerd (grace 0)"]
+    assert "compose run" not in world.events
+
+
+# ---------------------------------------------------------------- direct writes and their fallbacks
+
+
+def test_every_written_image_is_named_after_dockerd_starts(world: World) -> None:
+    world.plan(direct=True)
+    world.plan(direct=True)
+
+    handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+
+    assert world.events == ["write 0 1", "launch dockerd"]
+    assert {key: image.image_id for key, image in written.items()} == {"0": "sha256:written0", "1": "sha256:written1"}
+    assert handle.description == "dockerd"
+    assert "2 images written in 0.20s in all" in world.log
+
+
+def test_an_image_that_could_not_be_written_goes_to_docker_load_alone(world: World) -> None:
+    world.plan(direct=True)
+    world.plan(direct=True)
+    world.write_problems["0"] = "a hard link to a missing file"
+
+    _handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+
+    assert list(written) == ["1"]
+    assert world.events == ["write 0 1", "prepare 0", "launch dockerd"]
+    assert "params.images[0] (image0.tar): not written into the store directly (a hard link to a missing file): loading it with docker load" in world.log
+
+
+def test_a_store_left_with_half_registered_entries_is_emptied_and_every_input_goes_through_docker_load(world: World) -> None:
+    world.plan(direct=True)
+    world.plan(direct=True)
+    world.write_problems["1"] = "registering failed"
+    world.left_entries.add("1")
+    world.damaged = "registering params.images[1] failed part way"
+
+    _handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+
+    assert written == {}
+    assert world.events == ["write 0 1", "empty the data root", "prepare 0", "prepare 1", "launch dockerd"]
+    assert (
+        "direct writes given up: params.images[1] (image1.tar): the store may hold half-registered entries "
+        "(registering params.images[1] failed part way); emptying the data root, then docker load for params.images[0], params.images[1]"
+    ) in world.log
+    assert "not written into the store directly" not in world.log  # one warning, not one per image
+
+
+def test_a_dockerd_that_does_not_start_on_the_written_store_is_restarted_on_an_emptied_one(world: World) -> None:
+    world.plan(direct=True)
+    world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
+
+    handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+
+    assert written == {} and handle.description == "dockerd"
+    assert world.events == ["write 0", "launch dockerd", "prepare 0", "relaunch dockerd on an emptied data root"]
+    assert "params.images[0] (image0.tar): dockerd did not start on the written store (dockerd exited with code 1 while starting)" in world.log
+
+
+def test_a_dockerd_that_does_not_start_with_nothing_written_is_a_failure_of_its_own(world: World) -> None:
+    world.plan(direct=True)
+    world.write_problems["0"] = "unsupported layer"
+    world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
+
+    with pytest.raises(DaemonStartFailure):
+        put._write_then_launch(FakeInner(world), world.direct(), world.console)
+
+    assert "relaunch dockerd on an emptied data root" not in world.events
+
+
+def test_an_image_dockerd_does_not_take_as_written_sends_every_written_image_to_docker_load(world: World) -> None:
+    world.plan(direct=True)
+    world.plan(direct=True)
+    world.refused["sha256:written1"] = "dockerd lists other layers"
+
+    _handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+
+    assert written == {}
+    assert world.events == ["write 0 1", "launch dockerd", "prepare 0", "prepare 1", "relaunch dockerd on an emptied data root"]
+    assert "direct writes given up: params.images[1] (image1.tar): dockerd lists other layers; restarting dockerd on an emptied data root" in world.log
+
+
+# ---------------------------------------------------------------- _within
+
+
+def test_within_gives_the_result_of_a_function_that_finishes() -> None:
+    assert put._within(5, lambda: "done", 1, AbortOnSignal()) == "done"
+
+
+def test_within_gives_up_on_a_function_that_takes_too_long_and_leaves_it_running() -> None:
+    release = threading.Event()
+    try:
+        assert put._within(0.05, lambda: "late" if release.wait() else "", 10, AbortOnSignal()) is None
+    finally:
+        release.set()
+
+
+def test_a_sigterm_while_waiting_shortens_the_wait_to_the_abort_budget() -> None:
+    abort = AbortOnSignal()
+    release = threading.Event()
+
+    def signalled_then_stuck() -> str:
+        abort.received = True
+        release.wait()
+        return "late"
+
+    started = time.monotonic()
+    try:
+        assert put._within(600, signalled_then_stuck, 0.05, abort) is None
+    finally:
+        release.set()
+    assert time.monotonic() - started < 60  # not the 600 s of a normal wait
