@@ -28,6 +28,7 @@ from pathlib import Path
 
 import docker
 
+from compose_env.concurrency import Workers
 from compose_env.config.model import DEFAULT_DATA_ROOT, Source
 from compose_env.console import Console
 from compose_env.engine import cgroups, storage, store_guard, tested_engines
@@ -540,12 +541,7 @@ class InnerDaemon:
             except Exception:
                 pass  # the shim sweep after the daemons are down catches what survives
 
-        threads = [threading.Thread(target=stop_one, args=(c["Id"],), daemon=True) for c in running]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + CONTAINER_STOP_SECONDS + grace
-        for thread in threads:
-            thread.join(max(deadline - time.monotonic(), 0))
+        Workers(stop_one, [container["Id"] for container in running], len(running), "stop").wait(CONTAINER_STOP_SECONDS + grace)
         return len(running)
 
     @staticmethod

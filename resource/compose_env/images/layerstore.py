@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from compose_env.concurrency import Workers
 from compose_env.images import archives, store_faults
 from compose_env.images.archives import Blob
 
@@ -264,38 +265,27 @@ class StoreWriter:
         failed: dict[str, str] = {}
         lock = threading.Lock()
 
-        def worker() -> None:
-            while not self._cancelled.is_set():
+        def extract(job: Job) -> None:
+            cache_id = secrets.token_hex(32)
+            started = time.monotonic()
+            try:
+                size, diff_id = job.run(self.driver_home / cache_id / "diff")
+            except Exception as error:  # whatever it is, docker load gets the image instead
+                if not self._cancelled.is_set():  # after SIGTERM the data root is thrown away: no time spent
+                    shutil.rmtree(self.driver_home / cache_id, ignore_errors=True)
                 with lock:
-                    if not queue:
-                        return
-                    job = queue.pop(0)
-                cache_id = secrets.token_hex(32)
-                started = time.monotonic()
-                try:
-                    size, diff_id = job.run(self.driver_home / cache_id / "diff")
-                except Exception as error:  # whatever it is, docker load gets the image instead
-                    if not self._cancelled.is_set():  # after SIGTERM the data root is thrown away: no time spent
-                        shutil.rmtree(self.driver_home / cache_id, ignore_errors=True)
-                    with lock:
-                        failed[job.key] = f"layer {job.chain_id[7:19]}: {error}" if job.chain_id else str(error)
-                    continue
-                with lock:
-                    written[job.key] = WrittenLayer(job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic())
+                    failed[job.key] = f"layer {job.chain_id[7:19]}: {error}" if job.chain_id else str(error)
+                return
+            with lock:
+                written[job.key] = WrittenLayer(job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic())
 
-        threads = [threading.Thread(target=worker, name=f"layer-{n}", daemon=True) for n in range(min(MAX_PARALLEL, os.cpu_count() or 1, len(queue)))]
-        for thread in threads:
-            thread.start()
+        workers = Workers(extract, queue, min(MAX_PARALLEL, os.cpu_count() or 1), "layer", stop=self._cancelled)
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.1)
+            workers.wait()
         except BaseException:
             # SIGTERM: children killed, workers given one shared second; the teardown discards the data root.
             self.cancel()
-            deadline = time.monotonic() + 1
-            for thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
+            workers.finish(1)
             raise
         return written, failed
 

@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import platform as host
-import queue
 import re
 import tempfile
 import threading
@@ -31,6 +30,7 @@ from typing import Any
 import docker
 import requests
 
+from compose_env.concurrency import Workers
 from compose_env.config.model import ImageEntry
 from compose_env.console import Console
 from compose_env.errors import RuntimeFailure, UserError
@@ -571,43 +571,26 @@ def load_images(
 
 
 def _run_all(plans: list[ImagePlan], load: Callable[[ImagePlan], LoadedImage], concurrency: int) -> list[LoadedImage]:
-    """`load` every plan on `concurrency` daemon threads; the first failure, whichever plan, is raised at once.
+    """`load` every plan, `concurrency` at a time; the first failure, whichever plan, is raised at once.
 
-    Daemon threads, not an executor: after a failure or an abort the uploads still in flight
-    must not hold the process (stopping the daemon, at teardown, ends them), and a
-    ThreadPoolExecutor's workers are joined at interpreter exit.
+    The uploads still in flight then are left to the teardown (stopping the daemon ends them).
     """
-    pending: queue.SimpleQueue[tuple[int, ImagePlan]] = queue.SimpleQueue()
-    for item in enumerate(plans):
-        pending.put(item)
-    finished: queue.SimpleQueue[tuple[int, LoadedImage | None, BaseException | None]] = queue.SimpleQueue()
+    results: dict[int, LoadedImage] = {}
+    failures: list[BaseException] = []
     stop = threading.Event()
 
-    def worker() -> None:
-        while not stop.is_set():
-            try:
-                index, plan = pending.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                finished.put((index, load(plan), None))
-            except BaseException as error:  # handed to the main thread, raised there
-                finished.put((index, None, error))
-                return
+    def load_one_of(item: tuple[int, ImagePlan]) -> None:
+        index, plan = item
+        try:
+            results[index] = load(plan)
+        except BaseException as error:  # handed to the main thread, raised there
+            failures.append(error)
+            stop.set()
 
-    for number in range(min(concurrency, len(plans))):
-        threading.Thread(target=worker, name=f"load-{number}", daemon=True).start()
-    results: dict[int, LoadedImage] = {}
     try:
-        while len(results) < len(plans):
-            try:
-                index, image, error = finished.get(timeout=0.2)  # a short wait keeps SIGTERM responsive
-            except queue.Empty:
-                continue
-            if error is not None:
-                raise error
-            assert image is not None
-            results[index] = image
+        Workers(load_one_of, list(enumerate(plans)), concurrency, "load", stop=stop).wait()
+        if failures:
+            raise failures[0]
     finally:
         stop.set()  # loads not yet started are dropped
     return [results[index] for index in range(len(plans))]
