@@ -262,8 +262,18 @@ class StoreWriter:
         written: dict[str, WrittenLayer] = {}
         failed: dict[str, str] = {}
         lock = threading.Lock()
+        count = min(MAX_PARALLEL, os.cpu_count() or 1, len(queue))
+        # Waited on instead of Thread.join: before Python 3.13, a join that a signal handler's
+        # exception interrupts marks its still-running thread as stopped, and later joins return at once.
+        finished = [threading.Event() for _ in range(count)]
 
-        def worker() -> None:
+        def worker(done: threading.Event) -> None:
+            try:
+                extract_until_done()
+            finally:
+                done.set()
+
+        def extract_until_done() -> None:
             while not self._cancelled.is_set():
                 with lock:
                     if not queue:
@@ -282,19 +292,17 @@ class StoreWriter:
                 with lock:
                     written[job.key] = WrittenLayer(job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic())
 
-        threads = [threading.Thread(target=worker, name=f"layer-{n}", daemon=True) for n in range(min(MAX_PARALLEL, os.cpu_count() or 1, len(queue)))]
-        for thread in threads:
-            thread.start()
+        for number, done in enumerate(finished):
+            threading.Thread(target=worker, args=(done,), name=f"layer-{number}", daemon=True).start()
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.1)
+            for done in finished:
+                done.wait()  # a signal interrupts it
         except BaseException:
             # SIGTERM: children killed, workers given one shared second; the teardown discards the data root.
             self.cancel()
             deadline = time.monotonic() + 1
-            for thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
+            for done in finished:
+                done.wait(max(0.0, deadline - time.monotonic()))
             raise
         return written, failed
 
