@@ -3,7 +3,10 @@
 Daemon threads, not a ThreadPoolExecutor: after a failure or an abort the work still in flight
 (an upload, a tar, a container stop) must not hold the process, and an executor's workers are
 joined at interpreter exit. The main thread polls instead of blocking in `join()`, so that
-SIGTERM's handler runs at once and its exception unwinds from `wait()`.
+SIGTERM's handler runs at once and its exception unwinds from `wait()`. It waits on an event
+each worker sets as it ends, never on `Thread.join`: before Python 3.13, a join that a signal
+handler's exception interrupts marks the still-running thread as stopped, and every later join
+or `is_alive()` then says it has ended.
 """
 
 from __future__ import annotations
@@ -30,34 +33,37 @@ class Workers(Generic[Item]):
         self._work = work
         self._pending = list(reversed(items))
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True) for n in range(min(count, len(items)))]
-        for thread in self._threads:
-            thread.start()
+        self._ended = [threading.Event() for _ in range(min(count, len(items)))]
+        for number, ended in enumerate(self._ended):
+            threading.Thread(target=self._run, args=(ended,), name=f"{name}-{number}", daemon=True).start()
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            with self._lock:
-                if not self._pending:
-                    return
-                item = self._pending.pop()
-            self._work(item)
+    def _run(self, ended: threading.Event) -> None:
+        try:
+            while not self.stop.is_set():
+                with self._lock:
+                    if not self._pending:
+                        return
+                    item = self._pending.pop()
+                self._work(item)
+        finally:
+            ended.set()
 
     def wait(self, seconds: float | None = None) -> bool:
         """Until every worker has finished, `stop` is set, or `seconds` pass; whether all finished."""
         deadline = None if seconds is None else time.monotonic() + seconds
-        for thread in self._threads:
-            while thread.is_alive():
+        for ended in self._ended:
+            while not ended.is_set():
                 if self.stop.is_set():
                     return False
                 left = POLL_SECONDS if deadline is None else min(POLL_SECONDS, deadline - time.monotonic())
                 if left <= 0:
                     return False
-                thread.join(left)
+                ended.wait(left)
         return True
 
     def finish(self, seconds: float) -> bool:
         """After `stop`: give the items in flight up to `seconds` to end; whether all did."""
         deadline = time.monotonic() + seconds
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(thread.is_alive() for thread in self._threads)
+        for ended in self._ended:
+            ended.wait(max(0.0, deadline - time.monotonic()))
+        return all(ended.is_set() for ended in self._ended)

@@ -279,13 +279,15 @@ class StoreWriter:
             with lock:
                 written[job.key] = WrittenLayer(job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic())
 
-        workers = Workers(extract, queue, min(MAX_PARALLEL, os.cpu_count() or 1), "layer", stop=self._cancelled)
+        workers: Workers[Job] | None = None
         try:
+            workers = Workers(extract, queue, min(MAX_PARALLEL, os.cpu_count() or 1), "layer", stop=self._cancelled)
             workers.wait()
         except BaseException:
             # SIGTERM: children killed, workers given one shared second; the teardown discards the data root.
             self.cancel()
-            workers.finish(1)
+            if workers is not None:
+                workers.finish(1)
             raise
         return written, failed
 
