@@ -13,6 +13,7 @@ from compose_env.config.model import ImageEntry
 from compose_env.console import Console
 from compose_env.errors import RuntimeFailure, UserError
 from compose_env.images import load as images
+from compose_env.images.tar import FileBody
 from image_fixtures import (
     ImageParts,
     compress,
@@ -46,7 +47,7 @@ def entry(path: Path, tags: tuple[str, ...] = (), index: int = 0) -> ImageEntry:
 
 def _streamed(plan: images.ImagePlan) -> bytes:
     body = plan.stream(AMD64)
-    if isinstance(body, images.archives.FileBody):
+    if isinstance(body, FileBody):
         with body:
             return b"".join(body)
     return b"".join(body)

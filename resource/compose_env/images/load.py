@@ -34,9 +34,13 @@ import requests
 from compose_env.config.model import ImageEntry
 from compose_env.console import Console
 from compose_env.errors import RuntimeFailure, UserError
-from compose_env.images import archives, layerstore
-from compose_env.images.archives import ArchiveError, NoMatchingPlatform, Platform
+from compose_env.images import layerstore
+from compose_env.images.compression import compression_of, decompressed_chunks
+from compose_env.images.errors import ArchiveError, NoMatchingPlatform
 from compose_env.images.layerstore import DirectImage, RootfsImage
+from compose_env.images.oci import LayoutReader, Platform, image_bytes, oci_stream, platform_text, select_manifest
+from compose_env.images.rootfs import RootfsLayer, rootfs_config, rootfs_stream
+from compose_env.images.tar import Blob, FileBody, TarListing, TarStreamChecker, is_tar, list_tar
 
 #: How many loads run at once. Measured with bench/bench_images.py on the 2-core reference VM
 #: (3 images, 768 MiB, best of 3; `docker load -i` in turn = 1.00): data root in memory
@@ -116,7 +120,7 @@ class ImagePlan:
     #: Names to tag after loading (those inside the tarball come back in the load response).
     names: tuple[str, ...]
     #: The docker-save bytes for the daemon's platform: chunks, or the file itself when it can go as is.
-    stream: Callable[[Platform], Iterator[bytes] | archives.FileBody]
+    stream: Callable[[Platform], Iterator[bytes] | FileBody]
     compressed: bool = False
     #: The image as config and layer blobs, for writing it straight into the store (layerstore.py);
     #: None when only docker load can take this shape, or the callable's None once it has looked.
@@ -203,21 +207,21 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...], guessed
     """`guessed` names (`repository:latest` for want of a tag file) apply only to a tarball without RepoTags."""
     shown = _shown(entry, path)
     size = path.stat().st_size
-    compression = archives.compression_of(path)
-    if compression != "none":
+    compression = compression_of(path)
+    if compression:
 
         def decompressed(_platform: Platform) -> Iterator[bytes]:
-            return archives.TarStreamChecker(shown).feed(archives.decompressed_chunks(path))
+            return TarStreamChecker(shown).feed(decompressed_chunks(path))
 
         return ImagePlan(entry, f"tarball, {compression}-compressed (decompressed while streaming)", path, size, names, decompressed, compressed=True)
-    if not archives.is_tar(path):
+    if not is_tar(path):
         raise UserError(
             entry.param_path,
             f"{shown} is not an image: not a tar archive",
             "give a docker save / OCI tarball (.tar, .tar.gz, .tgz, .tar.zst) or an image directory",
         )
     try:
-        listing = archives.list_tar(path)
+        listing = list_tar(path)
         if listing.has("manifest.json"):
             manifest = listing.read_json("manifest.json")
             embedded = [familiar(tag) for image in manifest if isinstance(image, dict) for tag in image.get("RepoTags") or []]
@@ -227,14 +231,14 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...], guessed
                 raise _unnamed(entry, shown)
             shape = "docker-save tarball" + (f" (RepoTags: {', '.join(embedded)})" if embedded else " (no RepoTags)")
             direct = _docker_save_direct(listing, manifest, tuple(embedded))
-            return ImagePlan(entry, shape, path, size, names, lambda _platform: archives.FileBody(path), direct=direct)
+            return ImagePlan(entry, shape, path, size, names, lambda _platform: FileBody(path), direct=direct)
         if listing.has("index.json"):
             if not names:
                 raise _unnamed(entry, f"{shown} (an OCI archive)")
-            layout = archives.LayoutReader.tar(listing)
-            size = archives.image_bytes(layout, archives.select_manifest(layout, local_platform()))
-            shape = f"tarball with an OCI layout (the {archives.platform_text(local_platform())} image, converted while streaming)"
-            return ImagePlan(entry, shape, path, size, names, lambda p: archives.oci_stream(layout, p, list(names)), direct=_layout_direct(layout))
+            layout = LayoutReader.tar(listing)
+            size = image_bytes(layout, select_manifest(layout, local_platform()))
+            shape = f"tarball with an OCI layout (the {platform_text(local_platform())} image, converted while streaming)"
+            return ImagePlan(entry, shape, path, size, names, lambda p: oci_stream(layout, p, list(names)), direct=_layout_direct(layout))
     except NoMatchingPlatform as error:
         raise UserError(entry.param_path, f"{shown}: {error}", PLATFORM_HINT) from None
     except ArchiveError as error:
@@ -242,7 +246,7 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...], guessed
     raise UserError(entry.param_path, f"{shown} is not an image: a tar without manifest.json or index.json", "is it a docker save or OCI archive?")
 
 
-def _docker_save_direct(listing: archives.TarListing, manifest: Any, repo_tags: tuple[str, ...]) -> Callable[[Platform], DirectImage | None] | None:
+def _docker_save_direct(listing: TarListing, manifest: Any, repo_tags: tuple[str, ...]) -> Callable[[Platform], DirectImage | None] | None:
     """A single-image docker save whose config and layers are plain members (no symlinked duplicates)."""
     if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
         return None
@@ -257,18 +261,18 @@ def _docker_save_direct(listing: archives.TarListing, manifest: Any, repo_tags: 
             config = listing.read(config_name)
         except (ArchiveError, OSError):
             return None
-        blobs = [archives.Blob(listing.path, *listing.members[name]) for name in layer_names]
+        blobs = [Blob(listing.path, *listing.members[name]) for name in layer_names]
         return layerstore.image_from_config(config, blobs, repo_tags)
 
     return direct
 
 
-def _layout_direct(layout: archives.LayoutReader) -> Callable[[Platform], DirectImage | None]:
+def _layout_direct(layout: LayoutReader) -> Callable[[Platform], DirectImage | None]:
     """The platform's image of an OCI layout, its config checked against its digest."""
 
     def direct(platform: Platform) -> DirectImage | None:
         try:
-            manifest = archives.select_manifest(layout, platform)
+            manifest = select_manifest(layout, platform)
             config_digest = manifest["config"]["digest"]
             config = layout.small_blob(config_digest)
             blobs = [layout.blob(layer["digest"]) for layer in manifest.get("layers") or []]
@@ -288,20 +292,20 @@ def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> Ima
             f"{entry.given} is an OCI layout without a name (no repository file)",
             NAME_HINT.format(given=entry.given),
         )
-    reader = archives.LayoutReader.directory(layout)
+    reader = LayoutReader.directory(layout)
     try:
-        size = archives.image_bytes(reader, archives.select_manifest(reader, local_platform()))
+        size = image_bytes(reader, select_manifest(reader, local_platform()))
     except NoMatchingPlatform as error:
         raise UserError(entry.param_path, f"{entry.given}: {error}", PLATFORM_HINT) from None
     except ArchiveError as error:
         raise _damaged(entry, error) from None
     return ImagePlan(
         entry,
-        f"directory with an OCI layout (the {archives.platform_text(local_platform())} image, converted while streaming)",
+        f"directory with an OCI layout (the {platform_text(local_platform())} image, converted while streaming)",
         layout,
         size,
         names,
-        lambda p: archives.oci_stream(reader, p, list(names)),
+        lambda p: oci_stream(reader, p, list(names)),
         direct=_layout_direct(reader),
     )
 
@@ -319,10 +323,10 @@ def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> 
     if not isinstance(metadata, dict) or not isinstance(metadata.get("env") or [], list) or not isinstance(metadata.get("user") or "", str):
         raise UserError(entry.param_path, f"{entry.given}/metadata.json should be an object with env (a list) and user (a string)")
     rootfs = directory / "rootfs"
-    layer = archives.RootfsLayer(rootfs)
+    layer = RootfsLayer(rootfs)
 
     def config_for(architecture: str) -> Callable[[str], bytes]:
-        return lambda diff_id: json.dumps(archives.rootfs_config(metadata, diff_id, architecture)).encode()
+        return lambda diff_id: json.dumps(rootfs_config(metadata, diff_id, architecture)).encode()
 
     return ImagePlan(
         entry,
@@ -330,7 +334,7 @@ def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> 
         rootfs,
         _tree_size(rootfs),
         names,
-        lambda p: archives.rootfs_stream(layer, metadata, p[1], list(names)),
+        lambda p: rootfs_stream(layer, metadata, p[1], list(names)),
         direct=lambda p: RootfsImage(rootfs, config_for(p[1])),
         prepare=layer.start,  # docker load needs its size and digest first: measured while the daemon starts
     )
@@ -405,7 +409,7 @@ class _Counter:
 def _upload(plan: ImagePlan, load_client: docker.APIClient, platform: Platform) -> tuple[list[str], list[str], int]:
     """Send one input to `docker load`; returns the names and ids it reports and the bytes sent."""
     body = plan.stream(platform)
-    if isinstance(body, archives.FileBody):
+    if isinstance(body, FileBody):
         with body:
             return (*_read_load_response(plan, load_client.load_image(body)), plan.size)
     counter = _Counter(body)
@@ -463,18 +467,16 @@ def load_one(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIC
 def _spooled_oci_plan(plan: ImagePlan, spooled: Path) -> ImagePlan | None:
     """`plan`'s archive inflated to `spooled` and planned as an OCI archive; None if it is not one."""
     with open(spooled, "wb") as handle:
-        for chunk in archives.decompressed_chunks(plan.source_path):
+        for chunk in decompressed_chunks(plan.source_path):
             handle.write(chunk)
-    listing = archives.list_tar(spooled)
+    listing = list_tar(spooled)
     if listing.has("manifest.json") or not listing.has("index.json"):
         return None
     if not plan.names:
         raise _unnamed(plan.entry, f"{_shown(plan.entry, plan.source_path)} (an OCI archive)")
-    layout = archives.LayoutReader.tar(listing)
+    layout = LayoutReader.tar(listing)
     names = list(plan.names)
-    return ImagePlan(
-        plan.entry, "OCI archive, inflated and converted", spooled, spooled.stat().st_size, plan.names, lambda p: archives.oci_stream(layout, p, names)
-    )
+    return ImagePlan(plan.entry, "OCI archive, inflated and converted", spooled, spooled.stat().st_size, plan.names, lambda p: oci_stream(layout, p, names))
 
 
 def _load_plan(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIClient, platform: Platform) -> LoadedImage:
