@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from compose_env.errors import Aborted
 from compose_env.images import layerstore
-from compose_env.images.archives import Blob
 from compose_env.images.layerstore import DirectImage, RootfsImage, StoreWriter, convert_whiteouts, image_from_config
+from compose_env.images.tar import Blob
 from compose_env.signals import AbortOnSignal
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes devices and trusted.* xattrs: root only")

@@ -21,6 +21,7 @@ from compose_env.errors import Aborted, RuntimeFailure
 from compose_env.images import layerstore, store_faults
 from compose_env.images import load as images_module
 from compose_env.images.layerstore import DirectImage, RootfsImage
+from compose_env.images.plan import ImagePlan, check_free_space, local_platform, plan_images
 from compose_env.redaction import Redactor, secret_env_values
 from compose_env.report import RunResult, build_response, format_seconds, new_run_id
 from compose_env.run import junit
@@ -82,7 +83,7 @@ def run_put(
     logs = ServiceLogs(Path(RUN_DIR) / "service-logs", redact)
 
     with console.phase("Checking the configuration", timings, "validate"):
-        plans = images_module.plan_images(config.params.images)
+        plans = plan_images(config.params.images)
         for plan in plans:
             console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
         params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
@@ -102,8 +103,8 @@ def run_put(
     reports: ReportsOutcome | None = None
     aborted = False
     try:
-        direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
-        cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]] = {}
+        direct: dict[str, tuple[ImagePlan, DirectImage | RootfsImage]] = {}
+        cached: dict[str, tuple[ImagePlan, DirectImage | RootfsImage]] = {}
         with console.phase("Starting the Docker daemon", timings, "daemon"):
             if config.source.docker_host:
                 _prepare_loads(plans, direct)
@@ -228,11 +229,11 @@ def _remove_run_container(client: docker.APIClient, project: str, service: str, 
 
 
 def _get_images_in(
-    plans: list[images_module.ImagePlan],
+    plans: list[ImagePlan],
     inner: InnerDaemon | None,
     handle: DaemonHandle | None,
-    direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
-    cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]],
+    direct: dict[str, tuple[ImagePlan, DirectImage | RootfsImage]],
+    cached: dict[str, tuple[ImagePlan, DirectImage | RootfsImage]],
     console: Console,
     timings: dict[str, float],
 ) -> tuple[DaemonHandle, list[images_module.LoadedImage]]:
@@ -241,7 +242,7 @@ def _get_images_in(
     Returns the images in plan order.
     """
     if inner is not None:
-        images_module.check_free_space([plan for plan in plans if all(plan is not held for held, _image in cached.values())], inner.data_root)
+        check_free_space([plan for plan in plans if all(plan is not held for held, _image in cached.values())], inner.data_root)
     by_plan: dict[int, images_module.LoadedImage] = {}
     if inner is not None and direct:
         handle, by_plan, launch_seconds = _write_then_launch(inner, direct, console)
@@ -262,7 +263,7 @@ def _in_store(image: DirectImage | RootfsImage, store: PreparedStore) -> bool:
 
 
 def _name_cached(
-    cached: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]], handle: DaemonHandle, console: Console
+    cached: dict[str, tuple[ImagePlan, DirectImage | RootfsImage]], handle: DaemonHandle, console: Console
 ) -> dict[int, images_module.LoadedImage]:
     """Name the images the kept data root (a task cache) holds: nothing to load. One dockerd does not list goes to docker load."""
     named: dict[int, images_module.LoadedImage] = {}
@@ -278,7 +279,7 @@ def _name_cached(
     return named
 
 
-def _prepare_loads(plans: list[images_module.ImagePlan], direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]) -> None:
+def _prepare_loads(plans: list[ImagePlan], direct: dict[str, tuple[ImagePlan, DirectImage | RootfsImage]]) -> None:
     """Start what the docker-load plans can do before the daemon answers."""
     written = {id(plan) for plan, _image in direct.values()}
     for plan in plans:
@@ -286,9 +287,9 @@ def _prepare_loads(plans: list[images_module.ImagePlan], direct: dict[str, tuple
             plan.prepare()
 
 
-def _writable_images(plans: list[images_module.ImagePlan]) -> dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]:
+def _writable_images(plans: list[ImagePlan]) -> dict[str, tuple[ImagePlan, DirectImage | RootfsImage]]:
     """The plans layerstore can write, keyed for it; the rest go through docker load."""
-    platform = images_module.local_platform()
+    platform = local_platform()
     writable = {}
     for number, plan in enumerate(plans):
         image = plan.direct(platform) if plan.direct is not None else None
@@ -298,7 +299,7 @@ def _writable_images(plans: list[images_module.ImagePlan]) -> dict[str, tuple[im
 
 
 def _write_then_launch(
-    inner: InnerDaemon, direct: dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]], console: Console
+    inner: InnerDaemon, direct: dict[str, tuple[ImagePlan, DirectImage | RootfsImage]], console: Console
 ) -> tuple[DaemonHandle, dict[int, images_module.LoadedImage], float]:
     """Write the images into the store, start dockerd on it, check and name them; returns dockerd, the images by plan, and its start time.
 
@@ -358,7 +359,7 @@ def _write_then_launch(
 
 
 #: The inputs written directly, by their key for layerstore.
-Written = dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]
+Written = dict[str, tuple[ImagePlan, DirectImage | RootfsImage]]
 
 
 def _refused_image(handle: DaemonHandle, accepted: Written, write: layerstore.StoreWrite) -> tuple[str, str] | None:
