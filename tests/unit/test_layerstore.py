@@ -303,7 +303,7 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
     tar_of_thread: dict[str, subprocess.Popen[bytes]] = {}
     stalled = threading.Semaphore(0)
     extracting: list[Path] = []
-    extract, spawn, chunks = StoreWriter._extract, StoreWriter._spawn, layerstore.archives.file_chunks
+    extract, spawn, chunks = StoreWriter._extract, StoreWriter._spawn, layerstore.file_chunks
 
     def recording_extract(self: StoreWriter, blob: Blob, diff_id: str, compression: str, target: Path) -> int:
         extracting.append(target)
@@ -327,7 +327,7 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
 
     monkeypatch.setattr(StoreWriter, "_extract", recording_extract)
     monkeypatch.setattr(StoreWriter, "_spawn", recording_spawn)
-    monkeypatch.setattr(layerstore.archives, "file_chunks", stalling_chunks)
+    monkeypatch.setattr(layerstore, "file_chunks", stalling_chunks)
     problems: list[str] = []
 
     def signal_once_every_worker_is_mid_layer() -> None:
