@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from compose_env.config.model import DockerdOptions, RegistryLogin, Source, TlsFiles
 from compose_env.console import Console
-from compose_env.engine import daemon, network
+from compose_env.engine import daemon, diagnosis, network, preflight
 from compose_env.engine import handle as engine
 from compose_env.errors import RuntimeFailure
 from compose_env.process import descendants
@@ -141,7 +141,7 @@ def test_not_privileged_is_reported_with_the_fix(tmp_path: Path) -> None:
     status.write_text("Name:\tpython3\nCapEff:\t00000000a80425fb\n")  # Docker's default set: no CAP_SYS_ADMIN
 
     with pytest.raises(RuntimeFailure) as raised:
-        daemon.check_privileged(str(status))
+        preflight.check_privileged(str(status))
 
     assert "the resource type must be declared `privileged: true`" in raised.value.message
     assert "CAP_SYS_ADMIN" in raised.value.message
@@ -157,13 +157,13 @@ def test_not_privileged_is_reported_with_the_fix(tmp_path: Path) -> None:
     ],
 )
 def test_diagnosis_names_the_cause(log: str, hint: str) -> None:
-    assert hint in daemon.diagnose(log)
+    assert hint in diagnosis.diagnose(log)
 
 
 def test_diagnosis_ignores_info_lines_that_mention_cgroups_or_iptables() -> None:
     log = 'level=info msg="cgroup driver cgroupfs"\nlevel=debug msg="/usr/sbin/iptables, [--wait -t nat -L]"\nlevel=fatal msg="something new"'
 
-    assert daemon.diagnose(log).startswith("no known cause")
+    assert diagnosis.diagnose(log).startswith("no known cause")
 
 
 # ---------------------------------------------------------------- readiness
@@ -192,15 +192,15 @@ def test_ping_waits_in_the_backlog_and_returns_the_api_version(tmp_path: Path) -
     serve_once(path, 0.1, b"HTTP/1.1 200 OK\r\nApi-Version: 1.45\r\nContent-Length: 2\r\n\r\nOK")
 
     started = time.monotonic()
-    assert daemon.ping(path, 2) == "1.45"
+    assert engine.ping(path, 2) == "1.45"
     assert 0.09 < time.monotonic() - started < 1
 
 
 def test_ping_is_none_without_an_answer_or_on_errors(tmp_path: Path) -> None:
-    assert daemon.ping(str(tmp_path / "missing.sock"), 0.1) is None
+    assert engine.ping(str(tmp_path / "missing.sock"), 0.1) is None
     path = str(tmp_path / "d.sock")
     serve_once(path, 0, b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
-    assert daemon.ping(path, 1) is None
+    assert engine.ping(path, 1) is None
 
 
 # ---------------------------------------------------------------- logins, TLS, process tree
