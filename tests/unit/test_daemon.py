@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from compose_env.config.model import DockerdOptions, RegistryLogin, Source, TlsFiles
-from compose_env.console import Console
-from compose_env.engine import daemon, diagnosis, network, preflight
+from compose_env.engine import daemon_argv, diagnosis, network, preflight
 from compose_env.engine import handle as engine
 from compose_env.errors import RuntimeFailure
 from compose_env.process import descendants
@@ -109,12 +108,10 @@ def test_dockerd_argv_passes_every_choice_explicitly_and_user_args_last() -> Non
     options = DockerdOptions(
         data_root="/scratch/d", registry_mirrors=("https://mirror.example",), insecure_registries=("reg.local:5000",), debug=True, args=("--log-level=warn",)
     )
-    inner = daemon.InnerDaemon(Source(dockerd=options), Console())
-
-    argv = inner.dockerd_argv("overlay2", "nft", 1450)
+    argv = daemon_argv.dockerd_argv(options, "overlay2", "nft", 1450)
 
     assert argv[0] == "dockerd"
-    assert f"--containerd={daemon.CONTAINERD_SOCKET}" in argv
+    assert f"--containerd={daemon_argv.CONTAINERD_SOCKET}" in argv
     assert "--storage-driver=overlay2" in argv
     assert "--data-root=/scratch/d" in argv
     assert "--mtu=1450" in argv
@@ -127,7 +124,7 @@ def test_dockerd_argv_passes_every_choice_explicitly_and_user_args_last() -> Non
 
 
 def test_dockerd_argv_without_iptables() -> None:
-    argv = daemon.InnerDaemon(Source(), Console()).dockerd_argv("vfs", "off", None)
+    argv = daemon_argv.dockerd_argv(DockerdOptions(), "vfs", "off", None)
 
     assert "--iptables=false" in argv
     assert not any(a.startswith("--mtu") for a in argv)

@@ -5,7 +5,7 @@ second waiting: it dials containerd before containerd listens, and gRPC's first 
 comes after a 1 s backoff. So containerd starts first, right after the privilege check
 (its state lives under /run, not in the data root); the cgroup, storage and iptables work
 overlaps its boot; dockerd starts the moment containerd's socket exists, pointed at it
-with `--containerd` and every choice passed explicitly. Readiness: one `/_ping` request
+with `--containerd` and every choice passed explicitly (`engine.daemon_argv`). Readiness: one `/_ping` request
 waits in the socket's backlog and is answered the moment the API serves; the processes
 are checked for life between attempts; a failed start ends in `engine.diagnosis`' hints.
 
@@ -29,6 +29,7 @@ import docker
 from compose_env.config.model import DEFAULT_DATA_ROOT, Source
 from compose_env.console import Console
 from compose_env.engine import cgroups, storage, store_guard, tested_engines
+from compose_env.engine.daemon_argv import CONTAINERD_SOCKET, DOCKER_SOCKET, DOCKERD_PIDFILE, cgroup_parent, containerd_argv, dockerd_argv
 from compose_env.engine.diagnosis import diagnose, error_lines, tail_file
 from compose_env.engine.handle import RUN_DIR, DaemonHandle, make_clients, ping, write_docker_config
 from compose_env.engine.mounts import MountError, MountTracker, read_mountinfo, umount
@@ -37,9 +38,6 @@ from compose_env.engine.preflight import check_privileged, prepare_kernel_interf
 from compose_env.errors import DaemonStartFailure, RuntimeFailure
 from compose_env.process import descendants, dying_with_parent, process_table
 
-DOCKER_SOCKET = "/var/run/docker.sock"
-DOCKERD_PIDFILE = f"{RUN_DIR}/dockerd.pid"
-CONTAINERD_SOCKET = f"{RUN_DIR}/containerd/containerd.sock"
 #: Seconds dockerd and containerd get after SIGTERM before SIGKILL.
 DAEMON_GRACE_SECONDS = 1.5
 #: The same after an abort (containers are already killed): the whole teardown must fit in
@@ -115,13 +113,13 @@ class InnerDaemon:
         self._remove_stale_files()
         # Before any child: the cgroup namespace entered here is the one they all inherit.
         try:
-            self.cgroups = cgroups.place(self.mounts, parent=self._cgroup_parent())
+            self.cgroups = cgroups.place(self.mounts, parent=cgroup_parent(self.options.args))
         except cgroups.PlacementError as error:
             raise RuntimeFailure(str(error), cgroups.WORKER_HINT) from None
         self.console.info(self.cgroups.summary())
         # containerd boots in 0.1-0.3 s and needs none of what follows: start it now.
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        self._containerd = self._spawn("containerd", self.containerd_argv(), self._base_env)
+        self._containerd = self._spawn("containerd", containerd_argv(self.options.debug), self._base_env)
 
         for action in prepare_kernel_interfaces(self.mounts):
             self.console.info(action)
@@ -144,16 +142,6 @@ class InnerDaemon:
         self._prepared = time.monotonic()
         writable, note = self.store_writable(driver.driver)
         return PreparedStore(placement.data_root, driver.driver, writable, note)
-
-    def _cgroup_parent(self) -> str:
-        """Where dockerd puts its containers: source.dockerd.args' --cgroup-parent, else ours (absolute either way)."""
-        args = list(self.options.args)
-        for number, arg in enumerate(args):
-            name, _, value = arg.partition("=")
-            if name == "--cgroup-parent":
-                given = value or (args[number + 1] if number + 1 < len(args) else "")
-                return "/" + given.strip("/")
-        return cgroups.CGROUP_PARENT
 
     @property
     def keeps_data_root(self) -> bool:
@@ -183,7 +171,7 @@ class InnerDaemon:
         assert containerd is not None and self._placement is not None, "prepare() first"
         self._wait_for(lambda: os.path.exists(CONTAINERD_SOCKET), "containerd did not listen", containerd)
         spawned = time.monotonic()
-        dockerd = self._spawn("dockerd", self.dockerd_argv(self._driver, self._iptables, self._mtu_value), dockerd_env)
+        dockerd = self._spawn("dockerd", dockerd_argv(self.options, self._driver, self._iptables, self._mtu_value), dockerd_env)
         api_version = self._wait_ready(containerd, dockerd)
         self._ready = True
         self._api_version = api_version
@@ -262,42 +250,6 @@ class InnerDaemon:
             process = subprocess.Popen(dying_with_parent(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
         self.processes.append((name, process))
         return process
-
-    def containerd_argv(self) -> list[str]:
-        config_path = f"{RUN_DIR}/containerd.toml"
-        Path(config_path).write_text(
-            "version = 2\n"
-            # dockerd (graphdriver mode) uses containerd for tasks only: skip what it never calls.
-            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",'
-            ' "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.blockfile",'
-            ' "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]\n'
-            f'root = "{RUN_DIR}/containerd/root"\nstate = "{RUN_DIR}/containerd/state"\n'
-            f'[grpc]\n  address = "{CONTAINERD_SOCKET}"\n'
-        )
-        return ["containerd", "--config", config_path] + (["--log-level", "debug"] if self.options.debug else [])
-
-    def dockerd_argv(self, driver: str, iptables: str, mtu: int | None) -> list[str]:
-        argv = [
-            "dockerd",
-            f"--containerd={CONTAINERD_SOCKET}",
-            f"--data-root={self.data_root}",
-            f"--exec-root={RUN_DIR}/docker",
-            f"--pidfile={DOCKERD_PIDFILE}",
-            f"--host=unix://{DOCKER_SOCKET}",
-            f"--storage-driver={driver}",
-            "--shutdown-timeout=1",
-        ]
-        if not any(arg.split("=", 1)[0] == "--cgroup-parent" for arg in self.options.args):
-            argv.append(f"--cgroup-parent={self._cgroup_parent()}")
-        if mtu:
-            argv += [f"--mtu={mtu}", f"--default-network-opt=bridge=com.docker.network.driver.mtu={mtu}"]
-        if iptables == "off":
-            argv += ["--iptables=false", "--ip6tables=false"]
-        argv += [f"--registry-mirror={m}" for m in self.options.registry_mirrors]
-        argv += [f"--insecure-registry={r}" for r in self.options.insecure_registries]
-        if self.options.debug:
-            argv.append("--debug")
-        return argv + list(self.options.args)
 
     def _wait_for(self, condition: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
         """Poll `condition` every 2 ms while `process` lives, within source.startup_timeout."""

@@ -1,7 +1,8 @@
 """Pre-flight: whether this container can run a daemon at all, and the kernel interfaces dockerd needs.
 
-Checked before anything is started, so an unprivileged container fails at once with the fix
-instead of with a dockerd log full of refused mounts.
+The privilege check runs before anything is started, so an unprivileged container fails at
+once with the fix instead of with a dockerd log full of refused mounts; the kernel interfaces
+are prepared while containerd boots.
 """
 
 from __future__ import annotations
