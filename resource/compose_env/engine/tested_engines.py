@@ -61,7 +61,7 @@ def main() -> int:
         f"ERROR: dockerd {version or '(unreadable version)'} is not among the versions layerstore's direct writes were tested with"
         f" ({', '.join(TESTED_DOCKERD_VERSIONS)}).\n"
         "Run tests/integration/test_direct_load.py against an image with this engine, then add the version to"
-        " TESTED_DOCKERD_VERSIONS in resource/compose_env/tested_engines.py.",
+        " TESTED_DOCKERD_VERSIONS in resource/compose_env/engine/tested_engines.py.",
         file=sys.stderr,
     )
     return 1
