@@ -5,9 +5,10 @@ second waiting: it dials containerd before containerd listens, and gRPC's first 
 comes after a 1 s backoff. So containerd starts first, right after the privilege check
 (its state lives under /run, not in the data root); the cgroup, storage and iptables work
 overlaps its boot; dockerd starts the moment containerd's socket exists, pointed at it
-with `--containerd` and every choice passed explicitly (`engine.daemon_argv`). Readiness: one `/_ping` request
-waits in the socket's backlog and is answered the moment the API serves; the processes
-are checked for life between attempts; a failed start ends in `engine.diagnosis`' hints.
+with `--containerd` and every choice passed explicitly (`engine.daemon_argv`). Readiness:
+one `/_ping` request waits in the socket's backlog and is answered the moment the API
+serves; the processes are checked for life between attempts; a failed start ends in
+`engine.diagnosis`' hints.
 
 Stop: one idempotent function, bounded in time, for every way a put ends.
 """
