@@ -7,16 +7,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from compose_env.config.model import DockerdOptions, Source
-from compose_env.console import Console
-from compose_env.engine import daemon, store_guard, tested_engines
+from compose_env.config.model import DockerdOptions
+from compose_env.engine import daemon_argv, store_guard, tested_engines
 from compose_env.errors import UserError
 
 
 @pytest.mark.parametrize("driver", ["overlay2", "fuse-overlayfs", "vfs"])
 def test_the_storage_driver_is_always_passed(driver: str) -> None:
     for options in (DockerdOptions(), DockerdOptions(direct_load=False), DockerdOptions(args=("--log-level=warn",))):
-        argv = daemon.InnerDaemon(Source(dockerd=options), Console()).dockerd_argv(driver, "nft", None)
+        argv = daemon_argv.dockerd_argv(options, driver, "nft", None)
         assert f"--storage-driver={driver}" in argv
 
 

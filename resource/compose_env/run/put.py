@@ -15,7 +15,8 @@ import docker
 
 from compose_env.config.model import PutConfig, PutParams
 from compose_env.console import Console
-from compose_env.engine.daemon import InnerDaemon, PreparedStore, error_lines
+from compose_env.engine.daemon import InnerDaemon, PreparedStore
+from compose_env.engine.diagnosis import error_lines
 from compose_env.engine.handle import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from compose_env.errors import Aborted, RuntimeFailure
 from compose_env.images import layerstore, store_faults
