@@ -7,8 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from compose_env.config.model import DockerdOptions
-from compose_env.engine import daemon_argv, store_guard, tested_engines
+from compose_env.config.model import DockerdOptions, Source
+from compose_env.console import Console
+from compose_env.engine import daemon, daemon_argv, store_guard, tested_engines
 from compose_env.errors import UserError
 
 
