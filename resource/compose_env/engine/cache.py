@@ -38,7 +38,6 @@ CACHE_FORMAT = 1
 MARKER_FILE = "compose-env-cache.json"
 LOCK_FILE = ".lock"
 DATA_ROOT_DIR = "docker"
-DEFAULT_MAX_SIZE = "10GiB"
 #: How often a run waiting for the lock tries again (a SIGTERM meanwhile aborts the wait).
 LOCK_POLL_SECONDS = 0.5
 SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
