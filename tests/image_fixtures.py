@@ -1,4 +1,4 @@
-"""Image artifacts in every shape that Concourse steps leave (DESIGN.md §3), made locally.
+"""Image artifacts in every shape that Concourse steps leave (docs/image-loading.md), made locally.
 
 An `ImageParts` is an image taken apart: its config and its uncompressed layer tars. It
 comes from `docker save` of a locally built image (integration tests, bench) or from

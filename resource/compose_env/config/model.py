@@ -85,7 +85,7 @@ class DockerdOptions:
     debug: bool = _source_default("dockerd", "debug")
     iptables: str = _source_default("dockerd", "iptables")
     args: tuple[str, ...] = _source_default("dockerd", "args")
-    #: Write loadable images straight into the overlay2 store before dockerd starts (layerstore.py).
+    #: Write loadable images straight into the overlay2 store before dockerd starts (images.layerstore).
     direct_load: bool = _source_default("dockerd", "direct_load")
 
 
