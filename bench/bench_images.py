@@ -54,6 +54,7 @@ DRIVER = r"""
 import json, os, re, subprocess, sys, time
 from pathlib import Path
 from compose_env.images import load as images
+from compose_env.images.plan import plan_images
 from compose_env.config.model import DockerdOptions, ImageEntry, Source
 from compose_env.console import Console
 from compose_env.engine.daemon import InnerDaemon
@@ -75,7 +76,7 @@ def wipe():
 
 def ours(items, concurrency):
     started = time.monotonic()
-    images.load_images(images.plan_images(entries(items)), handle.client, handle.load_client, quiet, concurrency)
+    images.load_images(plan_images(entries(items)), handle.client, handle.load_client, quiet, concurrency)
     return time.monotonic() - started
 
 def naive(steps):
@@ -103,6 +104,7 @@ import json, os, re, sys, time
 from pathlib import Path
 import docker
 from compose_env.images import load as images
+from compose_env.images.plan import plan_images
 from compose_env.config.model import ImageEntry
 from compose_env.console import Console
 def hwm():
@@ -111,7 +113,7 @@ before = hwm()
 client = docker.APIClient(base_url=sys.argv[1], version="auto", timeout=60)
 load_client = docker.APIClient(base_url=sys.argv[1], version=client.api_version, timeout=None)
 started = time.monotonic()
-plans = images.plan_images((ImageEntry(0, Path(sys.argv[2]), "big.tar", ()),))
+plans = plan_images((ImageEntry(0, Path(sys.argv[2]), "big.tar", ()),))
 images.load_images(plans, client, load_client, Console(open(os.devnull, "w")))
 print(json.dumps({"seconds": time.monotonic() - started, "hwm_kb": hwm(), "before_kb": before, "bytes": plans[0].size}))
 '''

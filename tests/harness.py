@@ -121,12 +121,11 @@ class ResourceContainer:
         env: Mapping[str, str] = {},
         workdir: str | None = None,
         stdin: str | None = None,
-        sigterm_after: float | None = None,
         sigterm_when: str | None = None,
         at_line: Mapping[str, Callable[[], None]] = {},
         timeout: float = 900,
     ) -> RunOutcome:
-        """Run a script; SIGTERM it (as this runtime's abort does) after a delay or once its log shows a line.
+        """Run a script; SIGTERM it (as this runtime's abort does) once its log shows a line.
 
         `at_line` calls each function once, the first time its text shows in the log (before a
         `sigterm_when` on the same line signals).
@@ -159,11 +158,8 @@ class ResourceContainer:
 
         reader = threading.Thread(target=read_stderr, daemon=True)
         reader.start()
-        timers = [threading.Timer(timeout, process.kill)]
-        if sigterm_after is not None:
-            timers.append(threading.Timer(sigterm_after, abort_once))
-        for timer in timers:
-            timer.start()
+        killer = threading.Timer(timeout, process.kill)
+        killer.start()
         try:
             assert process.stdin is not None and process.stdout is not None
             process.stdin.write(stdin or "")
@@ -172,8 +168,7 @@ class ResourceContainer:
             process.wait()
             reader.join()
         finally:
-            for timer in timers:
-                timer.cancel()
+            killer.cancel()
             if os.path.exists(pid_file):
                 os.unlink(pid_file)
         ended = time.monotonic()
@@ -327,7 +322,6 @@ def run_script(
     put_dir: str | None = None,
     env: Mapping[str, str] | None = None,
     privileged: bool = True,
-    sigterm_after: float | None = None,
     sigterm_when: str | None = None,
     dest_dir: str = "/tmp/build/get",
     runtime: str = DEFAULT_RUNTIME,
@@ -342,7 +336,7 @@ def run_script(
     container = open_container(image, mounts, runtime=runtime, privileged=privileged, strict_devices=strict_devices)
     with removed_after(container, outcomes):
         workdir = None if put_dir or runtime != "docker" else "/"
-        outcomes.append(container.exec(argv, env=build_env, stdin=stdin, sigterm_after=sigterm_after, sigterm_when=sigterm_when, workdir=workdir))
+        outcomes.append(container.exec(argv, env=build_env, stdin=stdin, sigterm_when=sigterm_when, workdir=workdir))
     return outcomes[0]
 
 

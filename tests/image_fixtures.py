@@ -1,4 +1,4 @@
-"""Image artifacts in every shape that Concourse steps leave (DESIGN.md §3), made locally.
+"""Image artifacts in every shape that Concourse steps leave (docs/image-loading.md), made locally.
 
 An `ImageParts` is an image taken apart: its config and its uncompressed layer tars. It
 comes from `docker save` of a locally built image (integration tests, bench) or from
@@ -437,3 +437,16 @@ def corrupt_gzip_layer_copy(tarball: Path, target: Path) -> Path:
         handle.seek(member.offset_data + 1024)
         handle.write(os.urandom(2048))
     return target
+
+
+# ---------------------------------------------------------------- reading a made-up archive
+
+
+def loadable_members(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """What `docker load` would read of a docker-save archive: manifest.json's image and every member, the ones it names present."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}  # type: ignore[union-attr]
+    manifest = json.loads(members["manifest.json"])[0]
+    assert manifest["Config"] in members
+    assert all(layer in members for layer in manifest["Layers"])
+    return manifest, members

@@ -32,10 +32,8 @@ services:
 @pytest.fixture(scope="module")
 def vm_tool() -> Path:
     if not (VM_TOOL / "run.sh").exists():
-        message = f"no cgroup v2 guest tool at {VM_TOOL} (shared/vm beside the repository, or CG2VM_TOOL): the cgroup v2 part did not run"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        # A skip here; under CI=true a failure (tests/ci_skips.py).
+        pytest.skip(f"no cgroup v2 guest tool at {VM_TOOL} (shared/vm beside the repository, or CG2VM_TOOL): the cgroup v2 part did not run")
     env = {**os.environ, "CG2VM_CACHE": VM_CACHE, "CG2VM_EXTRA_PACKAGES": "python3"}
     subprocess.run([str(VM_TOOL / "build.sh")], check=True, env=env, stdout=subprocess.DEVNULL)
     return VM_TOOL

@@ -1,4 +1,4 @@
-"""Compose runs like a test runner, through the real image's `out` (DESIGN.md §2, §4).
+"""Compose runs like a test runner, through the real image's `out` (README: Behavior, out).
 
 Each put proves several things at once, to keep the suite short: every test here starts
 an inner daemon and loads the example's images (tests/data/compose/README.md).

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ci_skips import not_applicable
 from harness import DEFAULT_BUILD_ENV, PUT_DIR, Container, open_container, run_script
 from image_fixtures import docker_save_tarball, random_image
 from worker_container import cgroup_v2, wait_for_processes_below
@@ -218,7 +219,7 @@ def test_docker_host_mode_uses_the_outer_engine_and_starts_no_daemon(image: str,
 
 def test_a_worker_whose_devices_cgroup_cannot_be_widened_gets_a_diagnosis_naming_the_worker_setting(image: str, daemon_put_dir: Path) -> None:
     if cgroup_v2():
-        pytest.skip("cgroup v2 has no devices cgroup to inherit (the guest part covers v2)")
+        not_applicable("cgroup v2 has no devices cgroup to inherit (the guest part covers v2)")
     outcome = run_script(image, "out", request(["run", "--rm", "probe"]), put_dir=str(daemon_put_dir), runtime="concourse", strict_devices=True)
 
     log = outcome.stderr

@@ -1,4 +1,4 @@
-"""Images written straight into the overlay2 store (layerstore.py) look, from inside a container,
+"""Images written straight into the overlay2 store (images/layerstore.py) look, from inside a container,
 exactly as `docker load` makes them, whatever tricky thing their layers hold.
 
 One image (tests/direct_fixtures.py: whiteouts, opaque dirs, hardlinks, symlinks, setuid,

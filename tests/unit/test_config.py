@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import os
+from collections.abc import Iterator
+from dataclasses import MISSING, fields
 from pathlib import Path
+from typing import Any
 
 import pytest
-from compose_env.config.model import BuildMetadata, PathResolver, deep_merge, merged_params, parse_put_request, parse_source
+from compose_env.config import model
+from compose_env.config.model import (
+    BuildMetadata,
+    DockerdOptions,
+    LogOptions,
+    PathResolver,
+    PutParams,
+    Source,
+    deep_merge,
+    merged_params,
+    parse_put_request,
+    parse_source,
+)
+from compose_env.config.schema import SCHEMA_NAMES, load_schema, subschema
+from compose_env.engine.cache import parse_size
 from compose_env.errors import UserError
+from compose_env.run.task import parse_task_config
 
 BUILD = BuildMetadata(pipeline_name="pipe", job_name="job", build_name="3")
 
@@ -168,3 +188,109 @@ def test_an_empty_source_params_from_yaml_is_no_defaults(put_dir: Path) -> None:
     # `params:` with no value under `source` arrives as null
     assert parse_source({"params": None}).startup_timeout == 60
     assert merged_params({"params": None}, {"compose_files": "a"}).values == {"compose_files": "a"}
+
+
+# -- defaults: written in the schemas only
+
+COMPOSE_FILE = "repo/ci/docker-compose.yml"
+NO_BUILD = BuildMetadata()
+
+
+def defaults_in(schema: dict[str, Any], keys: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """Every `default` under the schema's properties, at any depth (list items included), with its keys."""
+    for key, child in schema.get("properties", {}).items():
+        if "default" in child:
+            yield (*keys, key), child["default"]
+        yield from defaults_in(child, (*keys, key))
+        yield from defaults_in(child.get("items", {}), (*keys, key))
+
+
+def count_defaults(node: Any) -> int:
+    if isinstance(node, dict):
+        return ("default" in node) + sum(count_defaults(value) for value in node.values())
+    return sum(count_defaults(value) for value in node) if isinstance(node, list) else 0
+
+
+def as_field(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def attribute(value: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = getattr(value, key)
+    return value
+
+
+def observed(schema_name: str, keys: tuple[str, ...], put_dir: Path) -> tuple[Any, Any]:
+    """(what a minimal request parses to at `keys`, what the schema's default there should give)."""
+    default = as_field(subschema(schema_name, *keys)["default"])
+    task = {"compose_files": COMPOSE_FILE}
+    match schema_name, keys:
+        case "source", ("params",):
+            return merged_params({}, {}).defaults, default
+        case "source", _:
+            return attribute(parse_source({}), keys), default
+        case "put_params", _:
+            return attribute(parse_put_request({"params": {"compose_files": COMPOSE_FILE}}, put_dir, NO_BUILD).params, keys), default
+        case "task_config", ("output_dir",):
+            return parse_task_config(task, put_dir, NO_BUILD).output_dir, put_dir / default
+        case "task_config", ("cache_max_size",):
+            cache = parse_task_config({**task, "cache_dir": "cache"}, put_dir, NO_BUILD).cache
+            return cache and cache.max_size, parse_size(default, "")
+        case "task_config", ("source",):
+            return parse_task_config(task, put_dir, NO_BUILD).put.source, parse_source(default)
+        case "task_config", _:
+            return attribute(parse_task_config(task, put_dir, NO_BUILD), keys), default
+    raise AssertionError(f"no way to observe {schema_name} {keys}")
+
+
+def test_every_default_in_the_schemas_is_found_by_the_walk() -> None:
+    for name in SCHEMA_NAMES:
+        assert len(list(defaults_in(load_schema(name)))) == count_defaults(load_schema(name)), name
+
+
+@pytest.mark.parametrize(("schema_name", "keys"), [(name, keys) for name in SCHEMA_NAMES for keys, _default in defaults_in(load_schema(name))])
+def test_a_minimal_request_gets_every_schema_default(schema_name: str, keys: tuple[str, ...], put_dir: Path) -> None:
+    if "properties" in subschema(schema_name, *keys):
+        # An object's `{}` default only lets its properties' defaults apply; each of them is a case of its own.
+        assert subschema(schema_name, *keys)["default"] == {}
+        return
+    got, expected = observed(schema_name, keys, put_dir)
+    assert got == expected
+
+
+def test_an_artifact_without_to_goes_to_the_schemas_folder_for_its_service(put_dir: Path) -> None:
+    folder = subschema("task_config", "artifacts", "to")["x-default-folder"]
+    task = parse_task_config({"compose_files": COMPOSE_FILE, "artifacts": [{"service": "tests", "path": "/reports"}]}, put_dir, NO_BUILD)
+    assert [artifact.to for artifact in task.artifacts] == [f"{folder}/tests"]
+
+
+@pytest.mark.parametrize(
+    ("dataclass", "schema_name", "keys"),
+    [(Source, "source", ()), (DockerdOptions, "source", ("dockerd",)), (PutParams, "put_params", ()), (LogOptions, "put_params", ("logs",))],
+)
+def test_a_dataclass_default_is_the_schemas_or_none(dataclass: type, schema_name: str, keys: tuple[str, ...]) -> None:
+    properties = subschema(schema_name, *keys)["properties"]
+    for item in fields(dataclass):
+        if (item.default is MISSING and item.default_factory is MISSING) or item.name not in properties:
+            continue  # required, or internal (file_labels)
+        value = item.default_factory() if item.default is MISSING else item.default
+        schema = subschema(schema_name, *keys, item.name)
+        if "properties" in schema:
+            assert value == type(value)(), f"{dataclass.__name__}.{item.name}"
+        elif "default" in schema:
+            assert value == as_field(schema["default"]), f"{dataclass.__name__}.{item.name}"
+        else:
+            assert value is None, f"{dataclass.__name__}.{item.name} has a default the schema does not have"
+
+
+def test_the_parsers_take_no_fallback_for_a_schema_key() -> None:
+    """`raw.get("tail", 20)` would be a second place for a default; `raw.get("mtu")` (absent: None) is not."""
+    schema_keys = {keys[-1] for name in SCHEMA_NAMES for keys, _default in defaults_in(load_schema(name))}
+    fallbacks = [
+        node.args[0].value
+        for node in ast.walk(ast.parse(inspect.getsource(model)))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and len(node.args) == 2
+        if isinstance(node.args[0], ast.Constant) and node.args[0].value in schema_keys
+    ]
+    assert fallbacks == []

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from compose_env.config.model import DockerdOptions, RegistryLogin, Source, TlsFiles
-from compose_env.console import Console
-from compose_env.engine import daemon, network
+from compose_env.engine import daemon_argv, diagnosis, network, preflight
 from compose_env.engine import handle as engine
 from compose_env.errors import RuntimeFailure
 from compose_env.process import descendants
@@ -109,12 +108,10 @@ def test_dockerd_argv_passes_every_choice_explicitly_and_user_args_last() -> Non
     options = DockerdOptions(
         data_root="/scratch/d", registry_mirrors=("https://mirror.example",), insecure_registries=("reg.local:5000",), debug=True, args=("--log-level=warn",)
     )
-    inner = daemon.InnerDaemon(Source(dockerd=options), Console())
-
-    argv = inner.dockerd_argv("overlay2", "nft", 1450)
+    argv = daemon_argv.dockerd_argv(options, "overlay2", "nft", 1450)
 
     assert argv[0] == "dockerd"
-    assert f"--containerd={daemon.CONTAINERD_SOCKET}" in argv
+    assert f"--containerd={daemon_argv.CONTAINERD_SOCKET}" in argv
     assert "--storage-driver=overlay2" in argv
     assert "--data-root=/scratch/d" in argv
     assert "--mtu=1450" in argv
@@ -127,7 +124,7 @@ def test_dockerd_argv_passes_every_choice_explicitly_and_user_args_last() -> Non
 
 
 def test_dockerd_argv_without_iptables() -> None:
-    argv = daemon.InnerDaemon(Source(), Console()).dockerd_argv("vfs", "off", None)
+    argv = daemon_argv.dockerd_argv(DockerdOptions(), "vfs", "off", None)
 
     assert "--iptables=false" in argv
     assert not any(a.startswith("--mtu") for a in argv)
@@ -141,7 +138,7 @@ def test_not_privileged_is_reported_with_the_fix(tmp_path: Path) -> None:
     status.write_text("Name:\tpython3\nCapEff:\t00000000a80425fb\n")  # Docker's default set: no CAP_SYS_ADMIN
 
     with pytest.raises(RuntimeFailure) as raised:
-        daemon.check_privileged(str(status))
+        preflight.check_privileged(str(status))
 
     assert "the resource type must be declared `privileged: true`" in raised.value.message
     assert "CAP_SYS_ADMIN" in raised.value.message
@@ -157,13 +154,13 @@ def test_not_privileged_is_reported_with_the_fix(tmp_path: Path) -> None:
     ],
 )
 def test_diagnosis_names_the_cause(log: str, hint: str) -> None:
-    assert hint in daemon.diagnose(log)
+    assert hint in diagnosis.diagnose(log)
 
 
 def test_diagnosis_ignores_info_lines_that_mention_cgroups_or_iptables() -> None:
     log = 'level=info msg="cgroup driver cgroupfs"\nlevel=debug msg="/usr/sbin/iptables, [--wait -t nat -L]"\nlevel=fatal msg="something new"'
 
-    assert daemon.diagnose(log).startswith("no known cause")
+    assert diagnosis.diagnose(log).startswith("no known cause")
 
 
 # ---------------------------------------------------------------- readiness
@@ -192,15 +189,15 @@ def test_ping_waits_in_the_backlog_and_returns_the_api_version(tmp_path: Path) -
     serve_once(path, 0.1, b"HTTP/1.1 200 OK\r\nApi-Version: 1.45\r\nContent-Length: 2\r\n\r\nOK")
 
     started = time.monotonic()
-    assert daemon.ping(path, 2) == "1.45"
+    assert engine.ping(path, 2) == "1.45"
     assert 0.09 < time.monotonic() - started < 1
 
 
 def test_ping_is_none_without_an_answer_or_on_errors(tmp_path: Path) -> None:
-    assert daemon.ping(str(tmp_path / "missing.sock"), 0.1) is None
+    assert engine.ping(str(tmp_path / "missing.sock"), 0.1) is None
     path = str(tmp_path / "d.sock")
     serve_once(path, 0, b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
-    assert daemon.ping(path, 1) is None
+    assert engine.ping(path, 1) is None
 
 
 # ---------------------------------------------------------------- logins, TLS, process tree

@@ -7,15 +7,21 @@ import hashlib
 import io
 import json
 import os
+import signal
 import stat
+import subprocess
 import tarfile
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from compose_env.errors import Aborted
 from compose_env.images import layerstore
-from compose_env.images.archives import Blob
 from compose_env.images.layerstore import DirectImage, RootfsImage, StoreWriter, convert_whiteouts, image_from_config
+from compose_env.images.tar import Blob
+from compose_env.signals import AbortOnSignal
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes devices and trusted.* xattrs: root only")
 
@@ -277,3 +283,84 @@ def test_the_same_rootfs_twice_is_one_layer(tmp_path: Path) -> None:
     assert outcome["one"].problem is None and outcome["two"].problem is None
     assert outcome["one"].image_id == outcome["two"].image_id, "GNU tar's archive of the same tree is the same"
     assert len(list((root / "overlay2").glob("*/diff"))) == 1
+
+
+# ---------------------------------------------------------------- cancel: a SIGTERM while layers are extracted
+
+
+def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_and_registers_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The put's SIGTERM handler raises Aborted in the main thread while the workers' tars are mid-layer.
+
+    Each layer's input stalls half-way (a slow disk) until its tar is gone; more layers than workers,
+    so some are still queued. The half-written layer directories stay: they are in no layer store
+    entry, and the teardown throws the data root away.
+    """
+    layers = [layer_tar({"a": bytes([n]) * (64 << 10), "b": bytes([n]) * (64 << 10)}) for n in range(layerstore.MAX_PARALLEL + 2)]
+    made = image(tmp_path, "big", layers)
+    workers = min(layerstore.MAX_PARALLEL, os.cpu_count() or 1, len(layers))
+    root = tmp_path / "docker"
+    tars: list[subprocess.Popen[bytes]] = []
+    tar_of_thread: dict[str, subprocess.Popen[bytes]] = {}
+    stalled = threading.Semaphore(0)
+    extracting: list[Path] = []
+    extract, spawn, chunks = StoreWriter._extract, StoreWriter._spawn, layerstore.file_chunks
+
+    def recording_extract(self: StoreWriter, blob: Blob, diff_id: str, compression: str, target: Path) -> int:
+        extracting.append(target)
+        try:
+            return extract(self, blob, diff_id, compression, target)
+        finally:
+            extracting.remove(target)
+
+    def recording_spawn(self: StoreWriter, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+        child = spawn(self, argv, **kwargs)
+        tars.append(child)
+        tar_of_thread[threading.current_thread().name] = child
+        return child
+
+    def stalling_chunks(path: Path, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
+        data = b"".join(chunks(path, offset, size))
+        yield data[: 512 + (64 << 10)]  # tar reads whole 10 KiB records: it is inside file `a` now
+        stalled.release()
+        tar_of_thread[threading.current_thread().name].wait(timeout=30)
+        yield data[512 + (64 << 10) :]
+
+    monkeypatch.setattr(StoreWriter, "_extract", recording_extract)
+    monkeypatch.setattr(StoreWriter, "_spawn", recording_spawn)
+    monkeypatch.setattr(layerstore, "file_chunks", stalling_chunks)
+    problems: list[str] = []
+
+    def signal_once_every_worker_is_mid_layer() -> None:
+        try:
+            for _ in range(workers):
+                if not stalled.acquire(timeout=30):
+                    problems.append("the workers' tars never all got their input")
+                    return
+            deadline = time.monotonic() + 30
+            while len(list(root.glob("overlay2/*/diff/a"))) < workers:  # tar has started writing each layer
+                if time.monotonic() > deadline:
+                    problems.append("the tars never started writing")
+                    return
+                time.sleep(0.01)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    AbortOnSignal().install()
+    signaller = threading.Thread(target=signal_once_every_worker_is_mid_layer)
+    try:
+        signaller.start()
+        with pytest.raises(Aborted):
+            layerstore.write_images({"big": made}, str(root))
+    finally:
+        signaller.join()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    assert problems == []
+    assert extracting == [], "workers were still extracting when the abort went on to the teardown"
+    assert len(tars) == workers, "a queued layer was started after the signal"
+    assert [tar.returncode for tar in tars] == [-signal.SIGKILL] * workers
+    assert list((root / "image/overlay2/layerdb/sha256").iterdir()) == []
+    assert list((root / "image/overlay2/imagedb/content/sha256").iterdir()) == []
+    assert len(list(root.glob("overlay2/*/diff"))) == workers

@@ -23,6 +23,7 @@ from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure
 from compose_env.images import layerstore
 from compose_env.images import load as images_module
 from compose_env.images.layerstore import DirectImage, ImageWrite, StoreWrite
+from compose_env.images.plan import ImagePlan
 from compose_env.redaction import Redactor
 from compose_env.report import RunResult, ServiceState
 from compose_env.run import put
@@ -36,7 +37,7 @@ class World:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.events: list[str] = []
-        self.plans: list[images_module.ImagePlan] = []
+        self.plans: list[ImagePlan] = []
         self.store_writable = True
         self.launch_failure: RuntimeFailure | None = None
         #: What layerstore's write gives each image key: its problem (None: written) and whether it left entries.
@@ -62,12 +63,12 @@ class World:
 
         return DaemonHandle(f"unix:///{name}.sock", {"DOCKER_HOST": f"unix:///{name}.sock"}, object(), object(), name, stop)
 
-    def plan(self, *, direct: bool = False) -> images_module.ImagePlan:
+    def plan(self, *, direct: bool = False) -> ImagePlan:
         """A planned input: docker load only, or also writable into the store."""
         index = len(self.plans)
         entry = ImageEntry(index, self.tmp_path / f"image{index}.tar", f"image{index}.tar")
         image = DirectImage(f'{{"n": {index}}}'.encode(), (f"sha256:layer{index}",), ())
-        plan = images_module.ImagePlan(
+        plan = ImagePlan(
             entry,
             "docker save archive",
             entry.path,
@@ -174,11 +175,11 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
         return world.handle("remote")
 
     monkeypatch.setattr(put, "connect_remote", connect_remote)
-    monkeypatch.setattr(images_module, "plan_images", lambda _entries: world.plans)
-    monkeypatch.setattr(images_module, "check_free_space", lambda _plans, _data_root: None)
-    monkeypatch.setattr(images_module, "local_platform", lambda: ("linux", "amd64", ""))
+    monkeypatch.setattr(put, "plan_images", lambda _entries: world.plans)
+    monkeypatch.setattr(put, "check_free_space", lambda _plans, _data_root: None)
+    monkeypatch.setattr(put, "local_platform", lambda: ("linux", "amd64", ""))
 
-    def load_images(plans: list[images_module.ImagePlan], *_args: object, **_kwargs: object) -> list[images_module.LoadedImage]:
+    def load_images(plans: list[ImagePlan], *_args: object, **_kwargs: object) -> list[images_module.LoadedImage]:
         world.events.append("docker load " + " ".join(str(plan.entry.index) for plan in plans))
         return [images_module.LoadedImage(plan.entry, f"sha256:loaded{plan.entry.index}", plan.names, 0.1, plan.size) for plan in plans]
 
@@ -190,7 +191,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
         }
         return StoreWrite(results, 0.2, world.damaged)
 
-    def name_written_image(plan: images_module.ImagePlan, image_id: str, *_args: object) -> images_module.LoadedImage:
+    def name_written_image(plan: ImagePlan, image_id: str, *_args: object) -> images_module.LoadedImage:
         return images_module.LoadedImage(plan.entry, image_id, plan.names, 0.1, plan.size)
 
     monkeypatch.setattr(images_module, "load_images", load_images)

@@ -6,7 +6,7 @@ import json
 from importlib import resources
 
 import pytest
-from compose_env.config.schema import SCHEMA_NAMES, did_you_mean, problems_in, validate
+from compose_env.config.schema import SCHEMA_NAMES, default_at, did_you_mean, problems_in, subschema, validate, with_defaults
 from compose_env.errors import UserError
 
 
@@ -132,3 +132,42 @@ def test_a_flood_of_problems_is_cut_short() -> None:
     found = lines({"compose_files": "a", "env": {f"K{i}": i for i in range(30)}})
     assert len(found) == 21
     assert found[-1] == "... and 10 more problems"
+
+
+# -- defaults
+
+
+def test_defaults_fill_absent_keys_at_any_depth_and_leave_given_ones() -> None:
+    filled = with_defaults({"dockerd": {"debug": True}, "registries": [{"host": "h", "username": "u", "password": "p"}]}, "source")
+    assert filled["startup_timeout"] == 60
+    assert filled["dockerd"]["debug"] is True
+    assert filled["dockerd"]["storage_driver"] == "auto"
+    assert filled["registries"] == [{"host": "h", "username": "u", "password": "p"}]
+    assert "mtu" not in filled["dockerd"] and "docker_host" not in filled
+
+
+def test_an_absent_object_with_a_default_gets_its_properties_defaults() -> None:
+    assert with_defaults({"compose_files": "a.yml"}, "put_params")["logs"] == {"tail": 20}
+
+
+def test_defaults_follow_refs_into_other_schemas() -> None:
+    filled = with_defaults({"compose_files": "a.yml"}, "task_config")
+    assert filled["fail_on_error"] is True
+    assert filled["source"]["dockerd"]["data_root"] == "/scratch/docker"
+
+
+def test_filling_defaults_leaves_the_document_untouched() -> None:
+    given = {"compose_files": "a.yml", "logs": {"services": ["db"]}}
+    filled = with_defaults(given, "put_params")
+    filled["logs"]["services"].append("web")
+    filled["env"]["A"] = "1"
+    assert given == {"compose_files": "a.yml", "logs": {"services": ["db"]}}
+    assert with_defaults({}, "put_params")["env"] == {}
+
+
+def test_a_default_is_read_by_its_path_through_refs_and_list_items() -> None:
+    assert default_at("source", "dockerd", "storage_driver") == "auto"
+    assert default_at("task_config", "logs", "tail") == 20
+    assert subschema("task_config", "artifacts", "to")["x-default-folder"] == "artifacts"
+    with pytest.raises(KeyError):
+        default_at("source", "docker_host")

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from compose_env.config.model import DockerdOptions, Source
 from compose_env.console import Console
-from compose_env.engine import daemon, store_guard, tested_engines
+from compose_env.engine import daemon, daemon_argv, store_guard, tested_engines
 from compose_env.errors import UserError
 
 
 @pytest.mark.parametrize("driver", ["overlay2", "fuse-overlayfs", "vfs"])
 def test_the_storage_driver_is_always_passed(driver: str) -> None:
     for options in (DockerdOptions(), DockerdOptions(direct_load=False), DockerdOptions(args=("--log-level=warn",))):
-        argv = daemon.InnerDaemon(Source(dockerd=options), Console()).dockerd_argv(driver, "nft", None)
+        argv = daemon_argv.dockerd_argv(options, driver, "nft", None)
         assert f"--storage-driver={driver}" in argv
 
 
@@ -133,3 +133,92 @@ def test_the_image_build_check_fails_loudly_for_an_untested_engine(
     assert tested_engines.main() == code
     if code:
         assert f"ERROR: dockerd {installed} is not among the versions" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- store_writable: may layerstore write before dockerd starts
+
+TESTED = tested_engines.TESTED_DOCKERD_VERSIONS[0]
+READ_DAEMON_JSON = store_guard.read_daemon_json
+
+
+def prepared_daemon(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    *,
+    version_output: str | None = f"Docker version {TESTED}, build 411e817\n",
+    daemon_json: str | None = None,
+    direct_load: bool = True,
+    args: tuple[str, ...] = (),
+) -> daemon.InnerDaemon:
+    """An InnerDaemon as `prepare` leaves it: its `dockerd --version` probe running (a real process that
+    prints `version_output`; None: no probe) and the image's /etc/docker/daemon.json holding `daemon_json`."""
+    monkeypatch.delenv(tested_engines.TEST_VERSION_ENV, raising=False)
+    path = tmp_path / "daemon.json"
+    if daemon_json is not None:
+        path.write_text(daemon_json)
+    monkeypatch.setattr(store_guard, "read_daemon_json", lambda: READ_DAEMON_JSON(str(path)))
+    inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(direct_load=direct_load, args=args)), Console())
+    if version_output is not None:
+        inner._version_probe = subprocess.Popen(["printf", "%s", version_output], stdout=subprocess.PIPE, text=True)
+    return inner
+
+
+def test_a_tested_engine_on_overlay2_with_an_untouched_store_is_written_directly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for daemon_json in (None, '{"log-level": "warn"}'):
+        inner = prepared_daemon(monkeypatch, tmp_path, daemon_json=daemon_json, args=("--log-level=warn",))
+
+        assert inner.store_writable("overlay2") == (True, "")
+        assert inner._version_probe is None  # read once: launch never waits on it again
+
+
+@pytest.mark.parametrize("driver", ["vfs", "fuse-overlayfs"])
+def test_a_driver_other_than_overlay2_is_never_written_and_needs_no_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, driver: str) -> None:
+    assert prepared_daemon(monkeypatch, tmp_path).store_writable(driver) == (False, "")
+
+
+def test_direct_load_false_writes_nothing_and_needs_no_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    inner = prepared_daemon(monkeypatch, tmp_path, version_output=None, direct_load=False, daemon_json="{nope")
+
+    assert inner.store_writable("overlay2") == (False, "")
+
+
+def test_an_unreadable_daemon_json_sends_every_image_through_docker_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    writable, note = prepared_daemon(monkeypatch, tmp_path, daemon_json="{nope").store_writable("overlay2")
+
+    assert not writable
+    assert note.startswith(f"{tmp_path / 'daemon.json'} is not valid JSON (")
+    assert note.endswith(": every image goes through docker load")
+
+
+@pytest.mark.parametrize(
+    ("args", "daemon_json", "changed"),
+    [
+        (("--userns-remap=default",), None, "source.dockerd.args sets --userns-remap"),
+        ((), '{"data-root": "/elsewhere"}', "/etc/docker/daemon.json sets data-root"),
+    ],
+)
+def test_a_moved_or_reshaped_store_sends_every_image_through_docker_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...], daemon_json: str | None, changed: str
+) -> None:
+    inner = prepared_daemon(monkeypatch, tmp_path, args=args, daemon_json=daemon_json)
+
+    assert inner.store_writable("overlay2") == (False, f"{changed}: every image goes through docker load")
+
+
+@pytest.mark.parametrize(
+    ("version_output", "shown"),
+    [
+        ("Docker version 29.0.0, build abc\n", "dockerd 29.0.0"),
+        ("dockerd: command not found\n", "this dockerd (its version is unreadable)"),
+        (None, "this dockerd (its version is unreadable)"),
+    ],
+    ids=["untested", "unreadable", "no probe"],
+)
+def test_an_engine_direct_writes_were_not_tested_with_sends_every_image_through_docker_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, version_output: str | None, shown: str
+) -> None:
+    writable, note = prepared_daemon(monkeypatch, tmp_path, version_output=version_output).store_writable("overlay2")
+
+    assert not writable
+    assert note.startswith(f"{shown} is not among the versions direct writes were tested with (")
+    assert note.endswith("): every image goes through docker load")

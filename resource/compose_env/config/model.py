@@ -9,15 +9,30 @@ import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from compose_env.config.schema import PathPart, describe, format_path, validate
+from compose_env.config.schema import PathPart, default_at, describe, format_path, validate, with_defaults
 from compose_env.errors import UserError
 
-DEFAULT_COMMAND = ("up", "--abort-on-container-exit")
-DEFAULT_DATA_ROOT = "/scratch/docker"
-DEFAULT_PROJECT_NAME = "compose-env"
+
+def _frozen(value: Any) -> Any:
+    """A schema value as a frozen dataclass holds it: lists become tuples."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _source_default(*keys: str) -> Any:
+    return _frozen(default_at("source", *keys))
+
+
+def _params_default(*keys: str) -> Any:
+    return _frozen(default_at("put_params", *keys))
+
+
+DEFAULT_DATA_ROOT: str = _source_default("dockerd", "data_root")
+#: The project name when Concourse sets no BUILD_* variables (task mode).
+DEFAULT_PROJECT_NAME: str = _params_default("project_name")
 
 
 @dataclass(frozen=True)
@@ -58,17 +73,20 @@ def sanitize_project_name(raw: str) -> str:
 
 @dataclass(frozen=True)
 class DockerdOptions:
-    storage_driver: str = "auto"
+    """`source.dockerd`; each default is the schema's (`schemas/source.json`), None where it has none."""
+
+    storage_driver: str = _source_default("dockerd", "storage_driver")
     data_root: str = DEFAULT_DATA_ROOT
-    data_root_medium: str = "auto"
+    data_root_medium: str = _source_default("dockerd", "data_root_medium")
+    #: None: the MTU of the default-route interface, found when dockerd starts.
     mtu: int | None = None
-    registry_mirrors: tuple[str, ...] = ()
-    insecure_registries: tuple[str, ...] = ()
-    debug: bool = False
-    iptables: str = "auto"
-    args: tuple[str, ...] = ()
-    #: Write loadable images straight into the overlay2 store before dockerd starts (layerstore.py).
-    direct_load: bool = True
+    registry_mirrors: tuple[str, ...] = _source_default("dockerd", "registry_mirrors")
+    insecure_registries: tuple[str, ...] = _source_default("dockerd", "insecure_registries")
+    debug: bool = _source_default("dockerd", "debug")
+    iptables: str = _source_default("dockerd", "iptables")
+    args: tuple[str, ...] = _source_default("dockerd", "args")
+    #: Write loadable images straight into the overlay2 store before dockerd starts (images.layerstore).
+    direct_load: bool = _source_default("dockerd", "direct_load")
 
 
 @dataclass(frozen=True)
@@ -87,9 +105,9 @@ class TlsFiles:
 
 @dataclass(frozen=True)
 class Source:
-    startup_timeout: float = 60.0
+    startup_timeout: float = float(_source_default("startup_timeout"))
     dockerd: DockerdOptions = DockerdOptions()
-    registries: tuple[RegistryLogin, ...] = ()
+    registries: tuple[RegistryLogin, ...] = _source_default("registries")
     docker_host: str | None = None
     tls: TlsFiles | None = None
 
@@ -110,7 +128,7 @@ class ImageEntry:
 
 @dataclass(frozen=True)
 class LogOptions:
-    tail: int = 20
+    tail: int = _params_default("logs", "tail")
     services: tuple[str, ...] | None = None
 
 
@@ -129,19 +147,21 @@ class ReportEntry:
 
 @dataclass(frozen=True)
 class PutParams:
+    """Put params; each default is the schema's (`schemas/put_params.json`), None where it has none."""
+
     compose_files: tuple[Path, ...]
     project_directory: Path
     project_name: str
-    images: tuple[ImageEntry, ...] = ()
-    command: tuple[str, ...] = DEFAULT_COMMAND
-    env: Mapping[str, str] = field(default_factory=dict)
-    env_files: tuple[Path, ...] = ()
-    profiles: tuple[str, ...] = ()
+    images: tuple[ImageEntry, ...] = _params_default("images")
+    command: tuple[str, ...] = _params_default("command")
+    env: Mapping[str, str] = field(default_factory=partial(_params_default, "env"))
+    env_files: tuple[Path, ...] = _params_default("env_files")
+    profiles: tuple[str, ...] = _params_default("profiles")
     timeout: float | None = None
-    fail_on_error: bool = True
+    fail_on_error: bool = _params_default("fail_on_error")
     logs: LogOptions = LogOptions()
-    stop_grace: int = 0
-    reports: tuple[ReportEntry, ...] = ()
+    stop_grace: int = _params_default("stop_grace")
+    reports: tuple[ReportEntry, ...] = _params_default("reports")
     #: Each compose and env file → how an error names it: `params.compose_files[1] (ci/compose.test.yml)`.
     file_labels: Mapping[Path, str] = field(default_factory=dict)
 
@@ -256,19 +276,21 @@ def parse_source(raw: Mapping[str, Any] | None) -> Source:
     return _source_from(raw)
 
 
-def _source_from(raw: Mapping[str, Any]) -> Source:
-    dockerd_raw = raw.get("dockerd", {})
+def _source_from(given: Mapping[str, Any]) -> Source:
+    """Source from a validated `source`; the keys without a schema default may be absent."""
+    raw = with_defaults(given, "source")
+    dockerd_raw = raw["dockerd"]
     dockerd = DockerdOptions(
-        storage_driver=dockerd_raw.get("storage_driver", "auto"),
-        data_root=dockerd_raw.get("data_root", DEFAULT_DATA_ROOT),
-        data_root_medium=dockerd_raw.get("data_root_medium", "auto"),
+        storage_driver=dockerd_raw["storage_driver"],
+        data_root=dockerd_raw["data_root"],
+        data_root_medium=dockerd_raw["data_root_medium"],
         mtu=dockerd_raw.get("mtu"),
-        registry_mirrors=tuple(dockerd_raw.get("registry_mirrors", ())),
-        insecure_registries=tuple(dockerd_raw.get("insecure_registries", ())),
-        debug=dockerd_raw.get("debug", False),
-        iptables=dockerd_raw.get("iptables", "auto"),
-        args=tuple(dockerd_raw.get("args", ())),
-        direct_load=dockerd_raw.get("direct_load", True),
+        registry_mirrors=tuple(dockerd_raw["registry_mirrors"]),
+        insecure_registries=tuple(dockerd_raw["insecure_registries"]),
+        debug=dockerd_raw["debug"],
+        iptables=dockerd_raw["iptables"],
+        args=tuple(dockerd_raw["args"]),
+        direct_load=dockerd_raw["direct_load"],
     )
     tls = None
     if "tls" in raw:
@@ -276,9 +298,9 @@ def _source_from(raw: Mapping[str, Any]) -> Source:
             raise UserError("source.tls", "is only used with source.docker_host", "remove it, or set docker_host")
         tls = TlsFiles(**raw["tls"])
     return Source(
-        startup_timeout=float(raw.get("startup_timeout", 60)),
+        startup_timeout=float(raw["startup_timeout"]),
         dockerd=dockerd,
-        registries=tuple(RegistryLogin(**r) for r in raw.get("registries", ())),
+        registries=tuple(RegistryLogin(**r) for r in raw["registries"]),
         docker_host=raw.get("docker_host"),
         tls=tls,
     )
@@ -320,9 +342,7 @@ def merged_params(source_raw: Mapping[str, Any] | None, params_raw: Mapping[str,
     return MergedParams(deep_merge(defaults, given), given, defaults)
 
 
-def parse_command(value: str | list[str] | None) -> tuple[str, ...]:
-    if value is None:
-        return DEFAULT_COMMAND
+def parse_command(value: str | list[str]) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(value)
     try:
@@ -335,8 +355,11 @@ def parse_command(value: str | list[str] | None) -> tuple[str, ...]:
 
 
 def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) -> PutParams:
-    """Typed params from merged values that parse_put_request has already validated."""
-    raw = merged.values
+    """Typed params from merged values that parse_put_request has already validated.
+
+    The keys without a schema default may be absent.
+    """
+    raw = with_defaults(merged.values, "put_params")
     resolver = PathResolver(put_dir)
 
     compose_given = _as_tuple(raw["compose_files"])
@@ -354,31 +377,32 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         project_directory = compose_files[0].parent
 
     images = []
-    for index, item in enumerate(raw.get("images", ())):
+    for index, item in enumerate(raw["images"]):
         given = item if isinstance(item, str) else item["path"]
         where = merged.path("images", index) if isinstance(item, str) else merged.path("images", index, "path")
         resolved = resolver.resolve(given, where, kind="path")
         tags = () if isinstance(item, str) else _as_tuple(item.get("tag"))
         images.append(ImageEntry(index=index, path=resolved, given=given, tags=tags))
 
-    env_files = tuple(resolver.resolve(g, merged.path("env_files", i)) for i, g in enumerate(raw.get("env_files", ())))
-    for index, (given, env_file) in enumerate(zip(raw.get("env_files", ()), env_files, strict=True)):
+    env_files = tuple(resolver.resolve(g, merged.path("env_files", i)) for i, g in enumerate(raw["env_files"]))
+    for index, (given, env_file) in enumerate(zip(raw["env_files"], env_files, strict=True)):
         labels.setdefault(env_file, f"{merged.path('env_files', index)} ({given})")
-    logs_raw = raw.get("logs", {})
+    logs_raw = raw["logs"]
     return PutParams(
         compose_files=compose_files,
         project_directory=project_directory,
-        project_name=raw.get("project_name") or build.project_name(),
+        # The schema's default name is the last choice: the one Concourse's BUILD_* variables give comes first.
+        project_name=merged.values.get("project_name") or build.project_name(),
         images=tuple(images),
-        command=parse_command(raw.get("command")),
-        env=dict(raw.get("env", {})),
+        command=parse_command(raw["command"]),
+        env=dict(raw["env"]),
         env_files=env_files,
-        profiles=tuple(raw.get("profiles", ())),
+        profiles=tuple(raw["profiles"]),
         timeout=parse_duration(raw["timeout"], merged.path("timeout")) if "timeout" in raw else None,
-        fail_on_error=raw.get("fail_on_error", True),
-        logs=LogOptions(tail=logs_raw.get("tail", 20), services=tuple(logs_raw["services"]) if "services" in logs_raw else None),
-        stop_grace=raw.get("stop_grace", 0),
-        reports=tuple(ReportEntry(merged.path("reports", i), item["service"], item["path"]) for i, item in enumerate(raw.get("reports", ()))),
+        fail_on_error=raw["fail_on_error"],
+        logs=LogOptions(tail=logs_raw["tail"], services=tuple(logs_raw["services"]) if "services" in logs_raw else None),
+        stop_grace=raw["stop_grace"],
+        reports=tuple(ReportEntry(merged.path("reports", i), item["service"], item["path"]) for i, item in enumerate(raw["reports"])),
         file_labels=labels,
     )
 

@@ -5,18 +5,25 @@ neither the parameter nor the fix. Each error is translated here into a problem:
 the path inside the document, what is wrong, and a hint (did you mean ...?).
 Schemas carry three extra keywords for this: `x-expected` (what a value must look
 like), `x-hints` (per required key) and `x-unknown-hint` (for unknown keys).
+
+The schemas are also the one place defaults are written (`default`): `with_defaults` fills
+them into a validated document, `default_at` reads one for a dataclass field. A default that
+depends on another value is written as a keyword of its own: `x-default-folder` (an
+artifact's `to` is this folder, then the service's name).
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
+from urllib.parse import urljoin
 
 import jsonschema
 from referencing import Registry, Resource
@@ -50,6 +57,54 @@ def _registry() -> Registry:
     """All shipped schemas by `$id`, so that `task_config` can `$ref` the put params."""
     schemas = [load_schema(name) for name in SCHEMA_NAMES]
     return Registry().with_resources((schema["$id"], Resource.from_contents(schema)) for schema in schemas)
+
+
+def _resolved(schema: Mapping[str, Any], base: str) -> tuple[dict[str, Any], str]:
+    """`schema` with its `$ref` followed (keywords beside the `$ref`, such as a `default`, kept), and the `$id` it is in."""
+    if "$ref" not in schema:
+        return dict(schema), base
+    target = _registry().resolver(base_uri=base).lookup(schema["$ref"])
+    beside = {key: value for key, value in schema.items() if key != "$ref"}
+    resolved, base = _resolved(target.contents, urljoin(base, schema["$ref"]).partition("#")[0])
+    return {**resolved, **beside}, base
+
+
+def subschema(schema_name: str, *keys: str) -> dict[str, Any]:
+    """The schema of the value at `keys` in a document of the named schema; a list's items are stepped into."""
+    schema = load_schema(schema_name)
+    base: str = schema["$id"]
+    for key in keys:
+        if "items" in schema:
+            schema, base = _resolved(schema["items"], base)
+        schema, base = _resolved(schema["properties"][key], base)
+    return schema
+
+
+def default_at(schema_name: str, *keys: str) -> Any:
+    """The schema's `default` for the value at `keys`: what a dataclass field starts as."""
+    return copy.deepcopy(subschema(schema_name, *keys)["default"])
+
+
+def with_defaults(instance: Mapping[str, Any], schema_name: str) -> dict[str, Any]:
+    """A copy of a valid document with every absent key that has a `default` set to it, at any depth."""
+    schema = load_schema(schema_name)
+    filled: dict[str, Any] = _filled(instance, schema, schema["$id"])
+    return filled
+
+
+def _filled(value: Any, schema: Mapping[str, Any], base: str) -> Any:
+    schema, base = _resolved(schema, base)
+    if isinstance(value, Mapping) and "properties" in schema:
+        properties: dict[str, Any] = schema["properties"]
+        filled = {key: _filled(item, properties.get(key, {}), base) for key, item in value.items()}
+        for key, property_schema in properties.items():
+            resolved = _resolved(property_schema, base)[0]
+            if key not in filled and "default" in resolved:
+                filled[key] = _filled(copy.deepcopy(resolved["default"]), property_schema, base)
+        return filled
+    if isinstance(value, list) and "items" in schema:
+        return [_filled(item, schema["items"], base) for item in value]
+    return copy.deepcopy(value)
 
 
 def format_path(root: str, parts: Sequence[PathPart]) -> str:

@@ -8,7 +8,7 @@ With `cache_dir` pointing at one, the data root lives there, on disk:
     <cache_dir>/.lock                      held (flock) for the whole run: two runs never share the cache
 
 A cache written by another engine version, or one without a readable marker, is wiped with a
-warning before dockerd starts; one dockerd refuses is wiped and the run tried again (task.py).
+warning before dockerd starts; one dockerd refuses is wiped and the run tried again (`run.task`).
 After the run, images no container of the run uses are pruned, oldest use first, until images
 and build cache fit `cache_max_size`; then the build cache alone is cut if it still does not.
 """
@@ -38,7 +38,6 @@ CACHE_FORMAT = 1
 MARKER_FILE = "compose-env-cache.json"
 LOCK_FILE = ".lock"
 DATA_ROOT_DIR = "docker"
-DEFAULT_MAX_SIZE = "10GiB"
 #: How often a run waiting for the lock tries again (a SIGTERM meanwhile aborts the wait).
 LOCK_POLL_SECONDS = 0.5
 SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)

@@ -16,22 +16,21 @@ they move to a leaf (`init`) first, as docker:dind does. On v1 the worker's devi
 allows a handful of devices (no `/dev/console`), and the inner containers, its children,
 can be given no more: it is widened to every device when its parent allows that.
 
-At teardown, `CgroupPlacement.sweep` kills whatever is still in the cgroups the put caused
-(`cgroup.kill` on v2, every pid in `cgroup.procs` on v1) and removes them; it needs no dockerd.
+At teardown, `CgroupPlacement.sweep` hands the cgroups the put caused (`ours`) to
+`engine.cgroup_sweep`, which kills what is left in them and removes them; it needs no dockerd.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compose_env.engine.cgroup_sweep import SWEEP_SECONDS, sweep_cgroups
 from compose_env.engine.mounts import MountError, MountTracker, read_mountinfo, remount_read_write
 from compose_env.process import libc
 
@@ -43,8 +42,6 @@ CLONE_NEWCGROUP = 0x02000000
 INITIAL_CGROUP_NAMESPACE_INODE = 0xEFFFFFFB
 #: The v2 leaf our own processes move to (docker:dind's name for it).
 V2_LEAF = "init"
-#: How long the sweep keeps killing before it removes what it can.
-SWEEP_SECONDS = 2.0
 # v1 hierarchies left out when this process entered its own cgroup namespace. Inside it every
 # path reads "/", so a second placement in the same process (the task retrying on a fresh
 # cache) cannot tell them again: the namespace, and so this, is per process.
@@ -95,22 +92,7 @@ class CgroupPlacement:
 
     def sweep(self, seconds: float = SWEEP_SECONDS) -> tuple[int, list[str]]:
         """Kill every process left in our cgroups, then remove them; (processes killed, problems)."""
-        groups = self.ours()
-        if not groups:
-            return 0, []
-        killed: set[str] = set()
-        deadline = time.monotonic() + seconds
-        while True:
-            pids = {pid for group in groups for pid in _procs(group)}
-            if not pids or time.monotonic() > deadline:
-                break
-            killed |= pids
-            _kill_all(groups, pids)
-            time.sleep(0.02)
-        problems = [f"cgroup {group}: still holds {' '.join(sorted(_procs(group)))}" for group in groups if _procs(group)]
-        for group in groups:
-            _remove(group, deadline + 1.0, problems)
-        return len(killed), problems
+        return sweep_cgroups(self.ours(), seconds)
 
 
 # ---------------------------------------------------------------- reading where we are
@@ -285,6 +267,10 @@ def _v1_hierarchy_dirs(root: str) -> list[str]:
     return sorted({m.mount_point for m in read_mountinfo() if m.fstype == "cgroup" and m.mount_point.startswith(root + "/")})
 
 
+def _write(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
 def widen_devices(devices: str, write: Callable[[Path, str], None] | None = None) -> str:
     """Let our devices cgroup (and so the inner containers) use every device, when its parent allows it."""
     write = write or _write
@@ -336,54 +322,3 @@ def enable_v2_controllers(root: str, attempts: int = 50, write: Callable[[Path, 
                 raise
             time.sleep(0.01)
     raise OSError(errno.EBUSY, f"{base}/cgroup.subtree_control stayed busy after {attempts} attempts")
-
-
-# ---------------------------------------------------------------- sweeping
-
-
-def _write(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
-def _subdirectories(root: str) -> list[str]:
-    try:
-        return [entry.name for entry in os.scandir(root) if entry.is_dir(follow_symlinks=False)]
-    except OSError:
-        return []
-
-
-def _procs(group: Path) -> list[str]:
-    try:
-        return (group / "cgroup.procs").read_text().split()
-    except OSError:
-        return []
-
-
-def _kill_all(groups: list[Path], pids: set[str]) -> None:
-    """cgroup.kill where the kernel has it (v2, 5.14+); thaw frozen groups; SIGKILL each pid."""
-    for group in groups:
-        with contextlib.suppress(OSError):
-            if (group / "cgroup.kill").exists():
-                (group / "cgroup.kill").write_text("1")
-            elif (group / "cgroup.freeze").exists():
-                (group / "cgroup.freeze").write_text("0")
-            elif (group / "freezer.state").exists():
-                (group / "freezer.state").write_text("THAWED")
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
-
-
-def _remove(group: Path, deadline: float, problems: list[str]) -> None:
-    """rmdir, retried briefly: a cgroup stays busy for a moment after its last process died."""
-    while True:
-        try:
-            group.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError as error:
-            if error.errno != errno.EBUSY or time.monotonic() > deadline:
-                problems.append(f"cgroup {group} not removed: {error.strerror}")
-                return
-            time.sleep(0.01)

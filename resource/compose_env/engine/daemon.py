@@ -1,13 +1,14 @@
-"""The Docker engine a put runs against: an inner dockerd we start (and stop), or a remote one.
+"""The inner containerd + dockerd: started in this container, waited for, and stopped again.
 
 Start order, chosen for speed. dockerd with its own managed containerd spends about a
 second waiting: it dials containerd before containerd listens, and gRPC's first retry
 comes after a 1 s backoff. So containerd starts first, right after the privilege check
 (its state lives under /run, not in the data root); the cgroup, storage and iptables work
 overlaps its boot; dockerd starts the moment containerd's socket exists, pointed at it
-with `--containerd` and every choice passed explicitly. Readiness: one `/_ping` request
-waits in the socket's backlog and is answered the moment the API serves; the processes
-are checked for life between attempts.
+with `--containerd` and every choice passed explicitly (`engine.daemon_argv`). Readiness:
+one `/_ping` request waits in the socket's backlog and is answered the moment the API
+serves; the processes are checked for life between attempts; a failed start ends in
+`engine.diagnosis`' hints.
 
 Stop: one idempotent function, bounded in time, for every way a put ends.
 """
@@ -17,9 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,20 +27,20 @@ from pathlib import Path
 
 import docker
 
+from compose_env.concurrency import Workers
 from compose_env.config.model import DEFAULT_DATA_ROOT, Source
 from compose_env.console import Console
 from compose_env.engine import cgroups, storage, store_guard, tested_engines
-from compose_env.engine.handle import RUN_DIR, DaemonHandle, make_clients, write_docker_config
-from compose_env.engine.mounts import MountError, MountTracker, is_mount_point, mount, read_mountinfo, remount_read_write, umount
+from compose_env.engine.daemon_argv import CONTAINERD_SOCKET, DOCKER_SOCKET, DOCKERD_PIDFILE, cgroup_parent, containerd_argv, dockerd_argv
+from compose_env.engine.diagnosis import diagnose, error_lines
+from compose_env.engine.handle import RUN_DIR, DaemonHandle, make_clients, ping, write_docker_config
+from compose_env.engine.mounts import MountError, MountTracker, read_mountinfo, umount
 from compose_env.engine.network import choose_iptables, default_route_mtu, iptables_path_dir
+from compose_env.engine.preflight import check_privileged, prepare_kernel_interfaces
 from compose_env.errors import DaemonStartFailure, RuntimeFailure
 from compose_env.logtail import last_lines
 from compose_env.process import descendants, dying_with_parent, process_table
 
-DOCKER_SOCKET = "/var/run/docker.sock"
-DOCKERD_PIDFILE = f"{RUN_DIR}/dockerd.pid"
-CONTAINERD_SOCKET = f"{RUN_DIR}/containerd/containerd.sock"
-CAP_SYS_ADMIN = 21
 #: Seconds dockerd and containerd get after SIGTERM before SIGKILL.
 DAEMON_GRACE_SECONDS = 1.5
 #: The same after an abort (containers are already killed): the whole teardown must fit in
@@ -52,126 +51,6 @@ ABORT_DAEMON_GRACE_SECONDS = 1.0
 REAP_SECONDS = 1.0
 #: Bound on the container stop/kill calls at teardown (on top of stop_grace).
 CONTAINER_STOP_SECONDS = 2.0
-NOT_PRIVILEGED_HINT = "the resource type must be declared `privileged: true` (in resource_types; for a task, `privileged: true` on the task step)"
-
-
-# ---------------------------------------------------------------- pre-flight
-
-
-def effective_capabilities(status: str = "/proc/self/status") -> int:
-    with open(status) as handle:
-        for line in handle:
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
-
-
-def check_privileged(status: str = "/proc/self/status") -> None:
-    """Fail at once, with the fix, when the container cannot run a daemon: no CAP_SYS_ADMIN or no mounts."""
-    missing = "CAP_SYS_ADMIN is missing" if not effective_capabilities(status) & (1 << CAP_SYS_ADMIN) else ""
-    if not missing:
-        os.makedirs(RUN_DIR, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=".mount-probe-", dir=RUN_DIR)
-        try:
-            mount("compose-env-probe", probe, "tmpfs", 0, "size=4k")
-            umount(probe)
-        except MountError as error:
-            missing = f"a test mount failed ({error.strerror})"
-        finally:
-            os.rmdir(probe)
-    if missing:
-        raise RuntimeFailure(
-            f"this container is not privileged ({missing}): the resource type must be declared `privileged: true`",
-            f"{NOT_PRIVILEGED_HINT}\nor set source.docker_host to use an existing engine instead of an inner one",
-        )
-
-
-def prepare_kernel_interfaces(tracker: MountTracker) -> list[str]:
-    """securityfs (AppArmor/seccomp checks in runc) and a writable /proc/sys (dockerd sets sysctls)."""
-    actions = []
-    if os.path.isdir("/sys/kernel/security") and not is_mount_point("/sys/kernel/security"):
-        try:
-            tracker.mount("securityfs", "/sys/kernel/security", "securityfs")
-            actions.append("mounted securityfs")
-        except MountError as error:
-            actions.append(f"could not mount securityfs ({error.strerror}); AppArmor profiles stay off")
-    proc_sys = next((m for m in read_mountinfo() if m.mount_point == "/proc/sys"), None)
-    if proc_sys is not None and "ro" in proc_sys.options:
-        try:
-            remount_read_write("/proc/sys")
-            actions.append("remounted /proc/sys read-write")
-        except MountError as error:
-            actions.append(f"/proc/sys stays read-only ({error.strerror})")
-    return actions
-
-
-# ---------------------------------------------------------------- readiness and diagnosis
-
-
-def ping(socket_path: str, timeout: float) -> str | None:
-    """GET /_ping on the unix socket: the API version when it answers 200, else None.
-
-    dockerd creates its listener early and serves only when ready, so the request waits
-    in the backlog and returns the moment the API is up: no polling interval to lose.
-    """
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(socket_path)
-            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            response = b""
-            while b"\r\n\r\n" not in response:
-                chunk = conn.recv(1024)
-                if not chunk:
-                    break
-                response += chunk
-    except OSError:
-        return None
-    head = response.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
-    if not head or not head[0].startswith("HTTP/1.") or " 200" not in head[0]:
-        return None
-    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in head[1:])}
-    return headers.get("api-version", "auto")
-
-
-#: (words in an error line, what to change). Checked against error/fatal lines only, so
-#: that the usual info lines mentioning cgroups or iptables do not produce false hints.
-DIAGNOSES = (
-    (("operation not permitted", "permission denied", "read-only file system"), f"a permission was refused: {NOT_PRIVILEGED_HINT}"),
-    (("cgroup",), f"cgroups: the container's cgroup tree is not usable: {cgroups.WORKER_HINT}"),
-    (("iptables", "nf_tables", "xtables", "ip_tables"), "iptables: set source.dockerd.iptables to legacy (or nft); `off` runs without NAT"),
-    (
-        ("overlay", "storage-driver", "storage driver", "graphdriver", "driver not supported", "fuse"),
-        "storage: set source.dockerd.storage_driver (fuse-overlayfs or vfs) or move source.dockerd.data_root",
-    ),
-    (("no space left",), "the data root is out of space: set source.dockerd.data_root_medium: disk, or free space on the worker"),
-    (("address already in use", "pid file found", "is still running"), "another dockerd is running in this container"),
-    (("unknown flag", "flag provided but not defined", "invalid argument", "unknown shorthand flag"), "dockerd rejected a flag: check source.dockerd.args"),
-    (("containerd",), "dockerd could not reach containerd: see the containerd log above"),
-)
-
-
-def error_lines(log_text: str) -> list[str]:
-    markers = (
-        "level=fatal",
-        "level=error",
-        "failed to start daemon",
-        "error starting daemon",
-        "unknown flag",
-        "flag provided but not defined",
-        "invalid argument",
-    )
-    return [line for line in log_text.splitlines() if any(marker in line.lower() for marker in markers)]
-
-
-def diagnose(log_text: str) -> str:
-    """Known dockerd/containerd start failures → what to change."""
-    lowered = "\n".join(error_lines(log_text)).lower()
-    hints = [hint for words, hint in DIAGNOSES if any(word in lowered for word in words)]
-    return "\n".join(dict.fromkeys(hints)) or "no known cause in the logs: see the log lines above (source.dockerd.debug: true shows more)"
-
-
-# ---------------------------------------------------------------- the inner daemon
 
 
 @dataclass(frozen=True)
@@ -237,13 +116,13 @@ class InnerDaemon:
         self._remove_stale_files()
         # Before any child: the cgroup namespace entered here is the one they all inherit.
         try:
-            self.cgroups = cgroups.place(self.mounts, parent=self._cgroup_parent())
+            self.cgroups = cgroups.place(self.mounts, parent=cgroup_parent(self.options.args))
         except cgroups.PlacementError as error:
             raise RuntimeFailure(str(error), cgroups.WORKER_HINT) from None
         self.console.info(self.cgroups.summary())
         # containerd boots in 0.1-0.3 s and needs none of what follows: start it now.
         self._base_env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        self._containerd = self._spawn("containerd", self.containerd_argv(), self._base_env)
+        self._containerd = self._spawn("containerd", containerd_argv(self.options.debug), self._base_env)
 
         for action in prepare_kernel_interfaces(self.mounts):
             self.console.info(action)
@@ -266,16 +145,6 @@ class InnerDaemon:
         self._prepared = time.monotonic()
         writable, note = self.store_writable(driver.driver)
         return PreparedStore(placement.data_root, driver.driver, writable, note)
-
-    def _cgroup_parent(self) -> str:
-        """Where dockerd puts its containers: source.dockerd.args' --cgroup-parent, else ours (absolute either way)."""
-        args = list(self.options.args)
-        for number, arg in enumerate(args):
-            name, _, value = arg.partition("=")
-            if name == "--cgroup-parent":
-                given = value or (args[number + 1] if number + 1 < len(args) else "")
-                return "/" + given.strip("/")
-        return cgroups.CGROUP_PARENT
 
     @property
     def keeps_data_root(self) -> bool:
@@ -305,7 +174,7 @@ class InnerDaemon:
         assert containerd is not None and self._placement is not None, "prepare() first"
         self._wait_for(lambda: os.path.exists(CONTAINERD_SOCKET), "containerd did not listen", containerd)
         spawned = time.monotonic()
-        dockerd = self._spawn("dockerd", self.dockerd_argv(self._driver, self._iptables, self._mtu_value), dockerd_env)
+        dockerd = self._spawn("dockerd", dockerd_argv(self.options, self._driver, self._iptables, self._mtu_value), dockerd_env)
         api_version = self._wait_ready(containerd, dockerd)
         self._ready = True
         self._api_version = api_version
@@ -384,42 +253,6 @@ class InnerDaemon:
             process = subprocess.Popen(dying_with_parent(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
         self.processes.append((name, process))
         return process
-
-    def containerd_argv(self) -> list[str]:
-        config_path = f"{RUN_DIR}/containerd.toml"
-        Path(config_path).write_text(
-            "version = 2\n"
-            # dockerd (graphdriver mode) uses containerd for tasks only: skip what it never calls.
-            'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",'
-            ' "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.blockfile",'
-            ' "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]\n'
-            f'root = "{RUN_DIR}/containerd/root"\nstate = "{RUN_DIR}/containerd/state"\n'
-            f'[grpc]\n  address = "{CONTAINERD_SOCKET}"\n'
-        )
-        return ["containerd", "--config", config_path] + (["--log-level", "debug"] if self.options.debug else [])
-
-    def dockerd_argv(self, driver: str, iptables: str, mtu: int | None) -> list[str]:
-        argv = [
-            "dockerd",
-            f"--containerd={CONTAINERD_SOCKET}",
-            f"--data-root={self.data_root}",
-            f"--exec-root={RUN_DIR}/docker",
-            f"--pidfile={DOCKERD_PIDFILE}",
-            f"--host=unix://{DOCKER_SOCKET}",
-            f"--storage-driver={driver}",
-            "--shutdown-timeout=1",
-        ]
-        if not any(arg.split("=", 1)[0] == "--cgroup-parent" for arg in self.options.args):
-            argv.append(f"--cgroup-parent={self._cgroup_parent()}")
-        if mtu:
-            argv += [f"--mtu={mtu}", f"--default-network-opt=bridge=com.docker.network.driver.mtu={mtu}"]
-        if iptables == "off":
-            argv += ["--iptables=false", "--ip6tables=false"]
-        argv += [f"--registry-mirror={m}" for m in self.options.registry_mirrors]
-        argv += [f"--insecure-registry={r}" for r in self.options.insecure_registries]
-        if self.options.debug:
-            argv.append("--debug")
-        return argv + list(self.options.args)
 
     def _wait_for(self, condition: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
         """Poll `condition` every 2 ms while `process` lives, within source.startup_timeout."""
@@ -530,12 +363,7 @@ class InnerDaemon:
             except Exception:
                 pass  # the shim sweep after the daemons are down catches what survives
 
-        threads = [threading.Thread(target=stop_one, args=(c["Id"],), daemon=True) for c in running]
-        for thread in threads:
-            thread.start()
-        deadline = time.monotonic() + CONTAINER_STOP_SECONDS + grace
-        for thread in threads:
-            thread.join(max(deadline - time.monotonic(), 0))
+        Workers(stop_one, [container["Id"] for container in running], len(running), "stop").wait(CONTAINER_STOP_SECONDS + grace)
         return len(running)
 
     @staticmethod

@@ -1,6 +1,6 @@
 """The Docker engine a put talks to: its handle and clients, registry logins, and remote mode.
 
-An inner daemon (daemon.py) and an existing engine (`source.docker_host`, here) end in
+An inner daemon (`engine.daemon`, which waits for it with `ping`) and an existing engine (`source.docker_host`, here) end in
 the same `DaemonHandle`, so the later steps never know which one they talk to.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,6 +60,32 @@ def make_clients(base_url: str, tls: docker.tls.TLSConfig | bool = False, versio
     client = docker.APIClient(base_url=base_url, version=version, timeout=API_TIMEOUT, tls=tls)
     load_client = docker.APIClient(base_url=base_url, version=client.api_version, timeout=None, tls=tls)
     return client, load_client
+
+
+def ping(socket_path: str, timeout: float) -> str | None:
+    """GET /_ping on the unix socket: the API version when it answers 200, else None.
+
+    dockerd creates its listener early and serves only when ready, so the request waits
+    in the backlog and returns the moment the API is up: no polling interval to lose.
+    """
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(socket_path)
+            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            response = b""
+            while b"\r\n\r\n" not in response:
+                chunk = conn.recv(1024)
+                if not chunk:
+                    break
+                response += chunk
+    except OSError:
+        return None
+    head = response.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
+    if not head or not head[0].startswith("HTTP/1.") or " 200" not in head[0]:
+        return None
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in head[1:])}
+    return headers.get("api-version", "auto")
 
 
 def remote_tls(source: Source, cert_dir: str) -> tuple[docker.tls.TLSConfig | bool, dict[str, str]]:

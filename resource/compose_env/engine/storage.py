@@ -4,8 +4,8 @@ Both are decided here, up front, with their reasons, instead of letting dockerd 
 overlay2, fail, and fall back by itself (about 1 s lost, and a silent slow vfs).
 
 The data root goes on a tmpfs when memory allows: loading images is dominated by
-writing their layers, and on this project's test VM a load took 7.0-7.9 s onto the
-/scratch volume against 2.0 s onto a tmpfs.
+writing their layers, which a tmpfs does several times faster than a disk volume (the
+measurement is in docs/performance.md).
 """
 
 from __future__ import annotations

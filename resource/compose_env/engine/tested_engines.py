@@ -1,15 +1,15 @@
 """The dockerd versions layerstore's direct writes were tested with: the one list, checked at build and at run time.
 
-layerstore.py writes private files of dockerd's layer store, overlay2 driver and image store.
+`images.layerstore` writes private files of dockerd's layer store, overlay2 driver and image store.
 Their layout is not an API: a new dockerd may read them differently. So:
 - the image build runs `python3 -m compose_env.engine.tested_engines` and fails if the installed
   dockerd is not listed here (a rebuild cannot change the engine under the writer unnoticed);
 - at run time, direct writes are used only when `dockerd --version` is listed; any other engine
   gets every image through `docker load`, with a one-line note.
 
-To add a version: build the image with it, run `tests/integration/test_direct_load.py` (the
-equivalence and fallback tests) against that image, and add the version exactly as
-`dockerd --version` prints it once they pass.
+To add a version: build the image with it, run `tests/integration/test_direct_load.py` and
+`test_direct_fallbacks.py` (the equivalence and fallback tests) against that image, and add
+the version exactly as `dockerd --version` prints it once they pass.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 
 #: `dockerd --version`'s version field, for each engine the equivalence tests passed on.
 TESTED_DOCKERD_VERSIONS = ("26.1.5+dfsg1",)
-#: Test-only (tests/integration/test_direct_load.py): the version to report instead of the installed one.
+#: Test-only (tests/integration/test_direct_fallbacks.py): the version to report instead of the installed one.
 TEST_VERSION_ENV = "COMPOSE_ENV_TEST_DOCKERD_VERSION"
 
 _VERSION = re.compile(r"^Docker version (\S+?),")
@@ -61,7 +61,7 @@ def main() -> int:
         f"ERROR: dockerd {version or '(unreadable version)'} is not among the versions layerstore's direct writes were tested with"
         f" ({', '.join(TESTED_DOCKERD_VERSIONS)}).\n"
         "Run tests/integration/test_direct_load.py against an image with this engine, then add the version to"
-        " TESTED_DOCKERD_VERSIONS in resource/compose_env/tested_engines.py.",
+        " TESTED_DOCKERD_VERSIONS in resource/compose_env/engine/tested_engines.py.",
         file=sys.stderr,
     )
     return 1

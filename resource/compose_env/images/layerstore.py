@@ -41,18 +41,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, BinaryIO
 
-from compose_env.images import archives, store_faults
-from compose_env.images.archives import Blob
+from compose_env.concurrency import Workers
+from compose_env.images import store_faults
+from compose_env.images.compression import compression_of, inflater_argv
+from compose_env.images.rootfs import rootfs_tar_argv
+from compose_env.images.tar import CHUNK, Blob, file_chunks
 
 #: dockerd refuses deeper images at load (overlay's lowerdir limit): such an image gets docker load's error.
 MAX_LAYERS = 125
 #: How many layers are extracted at once: each runs a tar (and an inflater) beside us.
 MAX_PARALLEL = 4
-CHUNK = 1 << 20
 #: dockerd's umask: directories a layer implies but does not list get 0755.
 DOCKERD_UMASK = 0o022
-GZIP_MAGIC = b"\x1f\x8b"
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 #: What dockerd's overlay2 driver names a layer's link (26 characters of base32).
@@ -209,7 +209,7 @@ class StoreWriter:
                     continue
                 # A layer two images share may come compressed in one and not in the other: no inflating then.
                 if chain_id not in layers or layers[chain_id][2]:
-                    compression = _compression(blob)
+                    compression = compression_of(blob.path, blob.offset)
                     if chain_id not in layers or not compression:
                         layers[chain_id] = (diff_id, blob, compression)
         for chain_id, (diff_id, blob, compression) in layers.items():
@@ -264,38 +264,29 @@ class StoreWriter:
         failed: dict[str, str] = {}
         lock = threading.Lock()
 
-        def worker() -> None:
-            while not self._cancelled.is_set():
+        def extract(job: Job) -> None:
+            cache_id = secrets.token_hex(32)
+            started = time.monotonic()
+            try:
+                size, diff_id = job.run(self.driver_home / cache_id / "diff")
+            except Exception as error:  # whatever it is, docker load gets the image instead
+                if not self._cancelled.is_set():  # after SIGTERM the data root is thrown away: no time spent
+                    shutil.rmtree(self.driver_home / cache_id, ignore_errors=True)
                 with lock:
-                    if not queue:
-                        return
-                    job = queue.pop(0)
-                cache_id = secrets.token_hex(32)
-                started = time.monotonic()
-                try:
-                    size, diff_id = job.run(self.driver_home / cache_id / "diff")
-                except Exception as error:  # whatever it is, docker load gets the image instead
-                    if not self._cancelled.is_set():  # after SIGTERM the data root is thrown away: no time spent
-                        shutil.rmtree(self.driver_home / cache_id, ignore_errors=True)
-                    with lock:
-                        failed[job.key] = f"layer {job.chain_id[7:19]}: {error}" if job.chain_id else str(error)
-                    continue
-                with lock:
-                    written[job.key] = WrittenLayer(job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic())
+                    failed[job.key] = f"layer {job.chain_id[7:19]}: {error}" if job.chain_id else str(error)
+                return
+            with lock:
+                written[job.key] = WrittenLayer(job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic())
 
-        threads = [threading.Thread(target=worker, name=f"layer-{n}", daemon=True) for n in range(min(MAX_PARALLEL, os.cpu_count() or 1, len(queue)))]
-        for thread in threads:
-            thread.start()
+        workers: Workers[Job] | None = None
         try:
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.1)
+            workers = Workers(extract, queue, min(MAX_PARALLEL, os.cpu_count() or 1), "layer", stop=self._cancelled)
+            workers.wait()
         except BaseException:
             # SIGTERM: children killed, workers given one shared second; the teardown discards the data root.
             self.cancel()
-            deadline = time.monotonic() + 1
-            for thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
+            if workers is not None:
+                workers.finish(1)
             raise
         return written, failed
 
@@ -311,7 +302,7 @@ class StoreWriter:
             if diff_id != "sha256:" + hashlib.sha256(b"").hexdigest():
                 raise LayerFailure(f"it is empty, which does not match the diff_id {diff_id} in the image config")
             return 0
-        inflater = {"gzip": [_gzip_inflater(), "-dc"], "zstd": ["zstd", "-dcq"]}.get(compression)
+        inflater = inflater_argv(compression)
         digest = self._untar(self._inflated(blob, inflater), target)
         if digest != diff_id:
             raise LayerFailure(f"its content does not match the diff_id {diff_id} in the image config")
@@ -356,9 +347,9 @@ class StoreWriter:
         return "sha256:" + digest.hexdigest()
 
     def _archived(self, rootfs: Path) -> Iterator[bytes]:
-        """The tar GNU tar makes of `rootfs`, as for docker load (archives.ROOTFS_TAR_ARGS), under this writer's cancellation."""
+        """The tar GNU tar makes of `rootfs`, as for docker load (rootfs.ROOTFS_TAR_ARGS), under this writer's cancellation."""
         with tempfile.TemporaryFile() as errors:
-            process = self._spawn(archives.rootfs_tar_argv(rootfs), stdout=subprocess.PIPE, stderr=errors)
+            process = self._spawn(rootfs_tar_argv(rootfs), stdout=subprocess.PIPE, stderr=errors)
             try:
                 yield from _output(process)
             finally:
@@ -369,7 +360,7 @@ class StoreWriter:
     def _inflated(self, blob: Blob, inflater: list[str] | None) -> Iterator[bytes]:
         """The layer's tar bytes: the blob itself, or what the inflater makes of it."""
         if inflater is None:
-            for chunk in archives.file_chunks(blob.path, blob.offset, blob.size):
+            for chunk in file_chunks(blob.path, blob.offset, blob.size):
                 if self._cancelled.is_set():
                     return
                 yield chunk
@@ -395,7 +386,7 @@ class StoreWriter:
         """The blob into the inflater; any failure is handed back in `errors`, never left to the thread."""
         assert process.stdin is not None
         try:
-            for chunk in archives.file_chunks(blob.path, blob.offset, blob.size):
+            for chunk in file_chunks(blob.path, blob.offset, blob.size):
                 if self._cancelled.is_set():
                     break
                 process.stdin.write(chunk)
@@ -499,19 +490,6 @@ def _last_line(errors: BinaryIO, default: str) -> str:
     errors.seek(0)
     lines = errors.read().decode(errors="replace").strip().splitlines()
     return lines[-1] if lines else default
-
-
-def _gzip_inflater() -> str:
-    """igzip (ISA-L) inflates about twice as fast as unpigz, which beats gzip."""
-    return next((tool for tool in ("igzip", "unpigz") if shutil.which(tool)), "gzip")
-
-
-def _compression(blob: Blob) -> str:
-    """gzip, zstd or "" (a plain tar), from the blob's first bytes."""
-    with open(blob.path, "rb") as handle:
-        handle.seek(blob.offset)
-        magic = handle.read(4)
-    return "gzip" if magic.startswith(GZIP_MAGIC) else "zstd" if magic == ZSTD_MAGIC else ""
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:

@@ -30,6 +30,7 @@ from compose_env.config.model import PutParams
 from compose_env.console import Console
 from compose_env.engine.start_failures import diagnose_start_failure
 from compose_env.errors import UserError
+from compose_env.images import presence
 from compose_env.process import dying_with_parent
 from compose_env.report import RunResult, ServiceState
 from compose_env.run import compose_errors
@@ -220,35 +221,7 @@ class ComposeProject:
     def ensure_images(self, client: docker.APIClient) -> None:
         """Every image the command needs is loaded, buildable or pullable: otherwise say which and how to provide it."""
         services = self._services_for(self.shape.named_services)
-        needed = services_started(self.shape, services)
-        missing: list[tuple[str, str, str]] = []
-        checked: dict[str, str] = {}
-        for name in needed:
-            service = services[name]
-            image = service.get("image")
-            policy = service.get("pull_policy", "")
-            if not image or service.get("build") or policy == "build":
-                continue  # compose builds it
-            if policy == "always":
-                self.console.warn(f"service {name} has pull_policy: always: compose will pull {image} even if params.images loaded it")
-            if image not in checked:
-                checked[image] = self._provide(client, name, image, policy)
-            if checked[image]:
-                missing.append((name, image, checked[image]))
-        if missing:
-            raise UserError("params.images", _missing_message(missing), _missing_hint(missing, _tags_in(client)))
-
-    def _provide(self, client: docker.APIClient, service: str, image: str, policy: str) -> str:
-        """'' when `image` is there or could be pulled; else why not."""
-        try:
-            client.inspect_image(image)
-            return ""
-        except docker.errors.APIError:
-            pass
-        if policy == "never":
-            return "pull_policy: never"
-        self.console.info(f"{image} (service {service}) is not loaded: pulling it")
-        return _pull(client, image, self.env.get("DOCKER_CONFIG"))
+        presence.ensure_images(client, services, services_started(self.shape, services), self.console, self.env.get("DOCKER_CONFIG"))
 
     # -- the run
 
@@ -458,38 +431,3 @@ class ComposeProject:
 def publishers_of(services: Mapping[str, Any], port: str) -> list[str]:
     """The services whose `ports` publish `port` on the host (from `compose config --format json`)."""
     return sorted(name for name, service in services.items() if any(str(p.get("published", "")) == port for p in service.get("ports") or []))
-
-
-def _missing_message(missing: Sequence[tuple[str, str, str]]) -> str:
-    return "; ".join(f"service {service} needs image {image}, which is not loaded ({why})" for service, image, why in missing)
-
-
-def _missing_hint(missing: Sequence[tuple[str, str, str]], present: Sequence[str]) -> str:
-    image = missing[0][1]
-    hint = (
-        f"add the artifact that holds it to params.images, e.g. {{path: <input>/image.tar, tag: {image}}} (tag is needed when the tarball "
-        "carries no name, as oci-build-task's do); or, for a private registry, add a login to source.registries"
-    )
-    return hint + (f". Images in the daemon: {', '.join(present)}" if present else ". No image is loaded")
-
-
-def _tags_in(client: docker.APIClient) -> list[str]:
-    try:
-        return sorted(tag for image in client.images() for tag in image.get("RepoTags") or [] if tag != "<none>:<none>")
-    except docker.errors.APIError:
-        return []
-
-
-def _pull(client: docker.APIClient, image: str, docker_config: str | None) -> str:
-    """Pull `image` with the login source.registries gave for its registry; '' on success, else why not."""
-    auth = None
-    if docker_config:
-        registry, _ = docker.auth.resolve_repository_name(image.split("@")[0])
-        auth = docker.auth.resolve_authconfig(docker.auth.load_config(os.path.join(docker_config, "config.json")), registry)
-    try:
-        for message in client.pull(image, stream=True, decode=True, auth_config=auth):
-            if "error" in message:
-                return f"pull failed: {message['error']}"
-    except docker.errors.APIError as error:
-        return f"pull failed: {error.explanation or error}"
-    return ""

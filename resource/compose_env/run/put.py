@@ -15,12 +15,14 @@ import docker
 
 from compose_env.config.model import PutConfig, PutParams
 from compose_env.console import Console
-from compose_env.engine.daemon import InnerDaemon, PreparedStore, error_lines
+from compose_env.engine.daemon import InnerDaemon, PreparedStore
+from compose_env.engine.diagnosis import error_lines
 from compose_env.engine.handle import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from compose_env.errors import Aborted, RuntimeFailure
 from compose_env.images import layerstore, store_faults
 from compose_env.images import load as images_module
 from compose_env.images.layerstore import DirectImage, RootfsImage
+from compose_env.images.plan import ImagePlan, check_free_space, local_platform, plan_images
 from compose_env.redaction import Redactor, secret_env_values
 from compose_env.report import RunResult, build_response, format_seconds, new_run_id
 from compose_env.run import junit
@@ -50,7 +52,7 @@ AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]
 #: Called with the validated project before anything starts: more checks of the caller's own.
 CheckProject = Callable[[ComposeProject], None]
 #: Inputs by their plan's key (its index in params.images, as a string: layerstore's keys too), with the image layerstore writes.
-Written = dict[str, tuple[images_module.ImagePlan, DirectImage | RootfsImage]]
+Written = dict[str, tuple[ImagePlan, DirectImage | RootfsImage]]
 
 
 @dataclass
@@ -91,7 +93,7 @@ def run_put(
     logs = ServiceLogs(Path(RUN_DIR) / "service-logs", redact)
 
     with console.phase("Checking the configuration", timings, "validate"):
-        plans = images_module.plan_images(config.params.images)
+        plans = plan_images(config.params.images)
         for plan in plans:
             console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
         params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
@@ -237,7 +239,7 @@ def _remove_run_container(client: docker.APIClient, project: str, service: str, 
 
 
 def _get_images_in(
-    plans: list[images_module.ImagePlan],
+    plans: list[ImagePlan],
     inner: InnerDaemon | None,
     handle: DaemonHandle | None,
     direct: Written,
@@ -251,7 +253,7 @@ def _get_images_in(
     """
     keyed = _keyed(plans)
     if inner is not None:
-        images_module.check_free_space([plan for key, plan in keyed.items() if key not in cached], inner.data_root)
+        check_free_space([plan for key, plan in keyed.items() if key not in cached], inner.data_root)
     loaded: dict[str, images_module.LoadedImage] = {}
     if inner is not None and direct:
         handle, loaded, launch_seconds = _write_then_launch(inner, direct, console)
@@ -286,21 +288,21 @@ def _name_cached(cached: Written, handle: DaemonHandle, console: Console) -> dic
     return named
 
 
-def _keyed(plans: list[images_module.ImagePlan]) -> dict[str, images_module.ImagePlan]:
+def _keyed(plans: list[ImagePlan]) -> dict[str, ImagePlan]:
     """The plans by their key: their index in params.images, as a string (layerstore's keys)."""
     return {str(number): plan for number, plan in enumerate(plans)}
 
 
-def _prepare_loads(plans: list[images_module.ImagePlan]) -> None:
+def _prepare_loads(plans: list[ImagePlan]) -> None:
     """Start what these plans, which go through docker load, can do before the daemon answers."""
     for plan in plans:
         if plan.prepare is not None:
             plan.prepare()
 
 
-def _writable_images(plans: list[images_module.ImagePlan]) -> Written:
+def _writable_images(plans: list[ImagePlan]) -> Written:
     """The plans layerstore can write, by their key; the rest go through docker load."""
-    platform = images_module.local_platform()
+    platform = local_platform()
     writable = {}
     for key, plan in _keyed(plans).items():
         image = plan.direct(platform) if plan.direct is not None else None

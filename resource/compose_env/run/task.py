@@ -25,9 +25,9 @@ from typing import Any
 import docker
 
 from compose_env.config.model import BuildMetadata, PutConfig, deep_merge, parse_put_request
-from compose_env.config.schema import validate
+from compose_env.config.schema import default_at, subschema, validate
 from compose_env.console import Console
-from compose_env.engine.cache import DEFAULT_MAX_SIZE, CacheConfig, TaskCache, parse_size
+from compose_env.engine.cache import CacheConfig, TaskCache, parse_size
 from compose_env.engine.handle import DaemonHandle
 from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
 from compose_env.redaction import Redactor, secrets_in_request
@@ -41,8 +41,9 @@ from compose_env.signals import AbortOnSignal
 
 ROOT = "COMPOSE_ENV"
 TASK_KEYS = ("source", "output_dir", "artifacts", "cache_dir", "cache_max_size")
-DEFAULT_OUTPUT_DIR = "compose-env-output"
-DEFAULT_ARTIFACTS_DIR = "artifacts"
+DEFAULT_OUTPUT_DIR: str = default_at("task_config", "output_dir")
+DEFAULT_ARTIFACTS_DIR: str = subschema("task_config", "artifacts", "to")["x-default-folder"]
+DEFAULT_MAX_SIZE: str = default_at("task_config", "cache_max_size")
 #: Where params.reports files go in the output: reports/<service>/<their path in the container>.
 REPORTS_DIR = "reports"
 USAGE_HINT = "in the task config: params: {COMPOSE_ENV: {compose_files: [code/docker-compose.yml], ...}}"

@@ -1,18 +1,18 @@
-"""Planning each image shape without a daemon, names and errors, and the load protocol against a fake engine."""
+"""Planning each image shape without a daemon: the shape recognised, the names, and the errors that name the entry."""
 
 from __future__ import annotations
 
 import io
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from compose_env.config.model import ImageEntry
-from compose_env.console import Console
 from compose_env.errors import RuntimeFailure, UserError
-from compose_env.images import load as images
+from compose_env.images import plan as planning
+from compose_env.images.errors import ArchiveError
+from compose_env.images.plan import ImagePlan, check_free_space, plan_image
+from compose_env.images.tar import FileBody
 from image_fixtures import (
     ImageParts,
     compress,
@@ -37,16 +37,16 @@ def parts(tmp_path: Path) -> ImageParts:
 
 @pytest.fixture(autouse=True)
 def amd64_host(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(images.host, "machine", lambda: "x86_64")
+    monkeypatch.setattr(planning.host, "machine", lambda: "x86_64")
 
 
 def entry(path: Path, tags: tuple[str, ...] = (), index: int = 0) -> ImageEntry:
     return ImageEntry(index=index, path=path, given=path.name, tags=tags)
 
 
-def _streamed(plan: images.ImagePlan) -> bytes:
+def _streamed(plan: ImagePlan) -> bytes:
     body = plan.stream(AMD64)
-    if isinstance(body, images.archives.FileBody):
+    if isinstance(body, FileBody):
         with body:
             return b"".join(body)
     return b"".join(body)
@@ -61,29 +61,12 @@ def _is_docker_save(data: bytes) -> bool:
         return "manifest.json" in tar.getnames()
 
 
-# ---------------------------------------------------------------- names
-
-
-@pytest.mark.parametrize(
-    ("reference", "expected"),
-    [
-        ("index.docker.io/library/redis:7", "redis:7"),
-        ("docker.io/library/redis", "redis:latest"),
-        ("docker.io/bitnami/redis:7.2", "bitnami/redis:7.2"),
-        ("registry.local:5000/team/app", "registry.local:5000/team/app:latest"),
-        ("app:ci", "app:ci"),
-    ],
-)
-def test_names_are_the_ones_a_compose_file_uses(reference: str, expected: str) -> None:
-    assert images.familiar(reference) == expected
-
-
 @pytest.mark.parametrize("bad", ["Bad Name!", "UPPER/app:1", "app@sha256:" + "a" * 64, "app:", "-app", "app:" + "x" * 200])
 def test_an_invalid_tag_names_the_parameter(tmp_path: Path, parts: ImageParts, bad: str) -> None:
     tarball = docker_save_tarball(parts, tmp_path / "app.tar", [])
 
     with pytest.raises(UserError) as raised:
-        images.plan_image(entry(tarball, (bad,), index=3))
+        plan_image(entry(tarball, (bad,), index=3))
 
     assert raised.value.path == "params.images[3].tag"
     assert "is not a valid image reference" in raised.value.message
@@ -93,18 +76,15 @@ def test_the_tag_at_fault_in_a_list_is_pointed_at(tmp_path: Path, parts: ImagePa
     tarball = docker_save_tarball(parts, tmp_path / "app.tar", [])
 
     with pytest.raises(UserError) as raised:
-        images.plan_image(entry(tarball, ("good/app:1", "Bad!"), index=1))
+        plan_image(entry(tarball, ("good/app:1", "Bad!"), index=1))
 
     assert raised.value.path == "params.images[1].tag[1]"
-
-
-# ---------------------------------------------------------------- shapes
 
 
 def test_registry_image_oci_dir_is_named_from_repo_tags_and_files(tmp_path: Path, parts: ImageParts) -> None:
     directory = registry_image_oci_dir(parts, tmp_path / "redis-image", "redis", "7", "index.docker.io/library/redis:7")
 
-    plan = images.plan_image(entry(directory, ("example/redis:pinned",)))
+    plan = plan_image(entry(directory, ("example/redis:pinned",)))
 
     assert plan.shape == "docker-save tarball (RepoTags: redis:7)"
     assert plan.source_path == directory / "image.tar"
@@ -116,21 +96,21 @@ def test_a_missing_tag_file_adds_no_guessed_latest_to_a_tarball_that_carries_rep
     directory = registry_image_oci_dir(parts, tmp_path / "redis-image", "redis", "7", "index.docker.io/library/redis:7")
     (directory / "tag").unlink()
 
-    assert images.plan_image(entry(directory)).names == ()
-    assert images.plan_image(entry(directory, ("redis:latest",))).names == ("redis:latest",)
+    assert plan_image(entry(directory)).names == ()
+    assert plan_image(entry(directory, ("redis:latest",))).names == ("redis:latest",)
 
 
 def test_a_missing_tag_file_means_latest_for_a_tarball_without_repo_tags(tmp_path: Path, parts: ImageParts) -> None:
     directory = docker_image_save_dir(parts, tmp_path / "saved", "example/saved", "ci")
     (directory / "tag").write_text("\n")
 
-    assert images.plan_image(entry(directory)).names == ("example/saved:latest",)
+    assert plan_image(entry(directory)).names == ("example/saved:latest",)
 
 
 def test_docker_image_save_dir_is_named_from_its_repository_and_tag_files(tmp_path: Path, parts: ImageParts) -> None:
     directory = docker_image_save_dir(parts, tmp_path / "saved", "example/saved", "ci")
 
-    plan = images.plan_image(entry(directory))
+    plan = plan_image(entry(directory))
 
     assert plan.source_path == directory / "image"
     assert plan.shape == "docker-save tarball (no RepoTags)"
@@ -141,12 +121,12 @@ def test_oci_build_task_output_needs_a_tag_and_says_how(tmp_path: Path, parts: I
     oci_build_task_dir(parts, tmp_path / "task-output" / "image")
 
     with pytest.raises(UserError) as raised:
-        images.plan_image(entry(tmp_path / "task-output"))
+        plan_image(entry(tmp_path / "task-output"))
 
     assert raised.value.path == "params.images[0]"
     assert "task-output/image/image.tar carries no image name" in raised.value.message
     assert "tag: myorg/app:latest" in raised.value.hint
-    plan = images.plan_image(entry(tmp_path / "task-output", ("example/built:ci",)))
+    plan = plan_image(entry(tmp_path / "task-output", ("example/built:ci",)))
     assert plan.names == ("example/built:ci",)
     assert plan.shape == "docker-save tarball (no RepoTags)"
 
@@ -154,7 +134,7 @@ def test_oci_build_task_output_needs_a_tag_and_says_how(tmp_path: Path, parts: I
 def test_oci_layout_dir_is_converted_for_the_platform_and_named_from_files(tmp_path: Path, parts: ImageParts) -> None:
     directory = oci_layout_dir(parts, tmp_path / "layout", "example/layout", "ci")
 
-    plan = images.plan_image(entry(directory))
+    plan = plan_image(entry(directory))
 
     assert plan.shape.startswith("directory with an OCI layout (the linux/amd64 image")
     assert plan.names == ("example/layout:ci",)
@@ -168,21 +148,21 @@ def test_oci_layout_without_a_match_for_this_platform_is_a_user_error(tmp_path: 
     with pytest.raises(
         UserError, match=r"params.images\[0\]: layout: oci/ has no image for the daemon's platform linux/amd64; it offers: linux/arm64/v8, linux/ppc64le"
     ):
-        images.plan_image(entry(directory))
+        plan_image(entry(directory))
 
 
 def test_oci_layout_without_name_files_needs_a_tag(tmp_path: Path, parts: ImageParts) -> None:
     directory = oci_layout_dir(parts, tmp_path / "layout", None, None)
 
     with pytest.raises(UserError, match="an OCI layout without a name"):
-        images.plan_image(entry(directory))
-    assert images.plan_image(entry(directory, ("x/y:1",))).names == ("x/y:1",)
+        plan_image(entry(directory))
+    assert plan_image(entry(directory, ("x/y:1",))).names == ("x/y:1",)
 
 
 def test_an_oci_only_archive_is_converted_while_streaming(tmp_path: Path, parts: ImageParts) -> None:
     tarball = oci_archive_tarball(parts, tmp_path / "oci.tar", with_docker_manifest=False)
 
-    plan = images.plan_image(entry(tarball, ("example/oci:1",)))
+    plan = plan_image(entry(tarball, ("example/oci:1",)))
 
     assert plan.shape.startswith("tarball with an OCI layout")
     assert _is_docker_save(_streamed(plan))
@@ -191,7 +171,7 @@ def test_an_oci_only_archive_is_converted_while_streaming(tmp_path: Path, parts:
 def test_rootfs_dir_is_synthesised_with_its_metadata(tmp_path: Path, parts: ImageParts) -> None:
     directory = rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci", {"env": ["A=1"], "user": "app"})
 
-    plan = images.plan_image(entry(directory))
+    plan = plan_image(entry(directory))
 
     assert plan.shape.startswith("rootfs directory")
     assert plan.names == ("example/rootfs:ci",)
@@ -202,7 +182,7 @@ def test_rootfs_metadata_of_the_wrong_shape_is_a_user_error(tmp_path: Path, part
     directory = rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci", {"env": "A=1"})
 
     with pytest.raises(UserError, match=r"metadata.json should be an object with env"):
-        images.plan_image(entry(directory))
+        plan_image(entry(directory))
 
 
 @pytest.mark.parametrize("suffix", [".tar.gz", ".tgz", ".tar.zst"])
@@ -211,7 +191,7 @@ def test_compressed_tarballs_are_decompressed_while_streaming(tmp_path: Path, pa
     expected = plain.read_bytes()
     compressed = compress(plain, suffix)
 
-    plan = images.plan_image(entry(compressed))
+    plan = plan_image(entry(compressed))
 
     assert plan.compressed
     assert plan.estimated_bytes == 3 * compressed.stat().st_size
@@ -223,16 +203,16 @@ def test_a_truncated_tarball_fails_at_planning_naming_the_entry(tmp_path: Path, 
     cut = truncated_copy(tarball, tmp_path / "cut.tar")
 
     with pytest.raises(RuntimeFailure, match=r"params.images\[2\] \(cut.tar\): cut.tar is truncated inside \S+ \(\d+ of \d+ bytes present\)"):
-        images.plan_image(entry(cut, index=2))
+        plan_image(entry(cut, index=2))
 
 
 def test_a_truncated_compressed_tarball_fails_while_streaming(tmp_path: Path, parts: ImageParts) -> None:
     compressed = compress(docker_save_tarball(parts, tmp_path / "app.tar", ["example/app:1"]), ".tar.gz")
     cut = truncated_copy(compressed, tmp_path / "cut.tar.gz", keep_fraction=0.9)
 
-    plan = images.plan_image(entry(cut))
+    plan = plan_image(entry(cut))
 
-    with pytest.raises(images.ArchiveError, match=r"cut.tar.gz is truncated: its gzip stream ends early, (inside|after) \S+"):
+    with pytest.raises(ArchiveError, match=r"cut.tar.gz is truncated: its gzip stream ends early, (inside|after) \S+"):
         _streamed(plan)
 
 
@@ -244,113 +224,17 @@ def test_files_and_directories_that_are_not_images_are_named(tmp_path: Path) -> 
         tar.add(tmp_path / "notes.txt", "notes.txt")
 
     with pytest.raises(UserError, match=r"notes.txt is not an image: not a tar archive"):
-        images.plan_image(entry(tmp_path / "notes.txt"))
+        plan_image(entry(tmp_path / "notes.txt"))
     with pytest.raises(UserError, match=r"stuff is not an image: .* \(it holds: readme\)"):
-        images.plan_image(entry(tmp_path / "stuff"))
+        plan_image(entry(tmp_path / "stuff"))
     with pytest.raises(UserError, match=r"plain.tar is not an image: a tar without manifest.json or index.json"):
-        images.plan_image(entry(tmp_path / "plain.tar", ("x:1",)))
+        plan_image(entry(tmp_path / "plain.tar", ("x:1",)))
 
 
 def test_free_space_check_wants_about_twice_the_tarballs(tmp_path: Path, parts: ImageParts) -> None:
-    plan = images.plan_image(entry(docker_save_tarball(parts, tmp_path / "app.tar", ["a:1"])))
-    huge = images.ImagePlan(plan.entry, plan.shape, plan.source_path, 2**62, plan.names, plan.stream)
+    plan = plan_image(entry(docker_save_tarball(parts, tmp_path / "app.tar", ["a:1"])))
+    huge = ImagePlan(plan.entry, plan.shape, plan.source_path, 2**62, plan.names, plan.stream)
 
-    images.check_free_space([plan], str(tmp_path))
+    check_free_space([plan], str(tmp_path))
     with pytest.raises(RuntimeFailure, match="is out of space"):
-        images.check_free_space([huge], str(tmp_path))
-
-
-# ---------------------------------------------------------------- loading (fake engine)
-
-
-class FakeEngine:
-    """Consumes the upload like the daemon and answers with the given messages."""
-
-    def __init__(self, messages: list[dict[str, Any]]) -> None:
-        self.messages = messages
-        self.received = b""
-        self.tags: list[tuple[str, str, str]] = []
-
-    def version(self) -> dict[str, str]:
-        return {"Os": "linux", "Arch": "amd64"}
-
-    def load_image(self, data: Iterator[bytes]) -> Iterator[dict[str, Any]]:
-        self.received = b"".join(data)
-        return iter(self.messages)
-
-    def inspect_image(self, name: str) -> dict[str, str]:
-        return {"Id": "sha256:" + "1" * 64}
-
-    def tag(self, image: str, repository: str, tag: str) -> bool:
-        self.tags.append((image, repository, tag))
-        return True
-
-
-def _plan(tmp_path: Path, parts: ImageParts, repo_tags: list[str], tags: tuple[str, ...] = ()) -> images.ImagePlan:
-    return images.plan_image(entry(docker_save_tarball(parts, tmp_path / "app.tar", repo_tags), tags))
-
-
-def test_load_reads_names_from_the_response_and_adds_the_entry_tags(tmp_path: Path, parts: ImageParts) -> None:
-    engine = FakeEngine([{"stream": "Loaded image: redis:7\n"}])
-    plan = _plan(tmp_path, parts, ["index.docker.io/library/redis:7"], ("example/redis:ci",))
-
-    [loaded] = images.load_images([plan], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
-
-    assert engine.received == plan.source_path.read_bytes()
-    assert loaded.names == ("redis:7", "example/redis:ci")
-    assert engine.tags == [("sha256:" + "1" * 64, "example/redis", "ci")]
-
-
-def test_an_image_loaded_by_id_is_tagged_with_the_planned_names(tmp_path: Path, parts: ImageParts) -> None:
-    engine = FakeEngine([{"stream": "Loaded image ID: sha256:" + "1" * 64 + "\n"}])
-    plan = _plan(tmp_path, parts, [], ("example/saved:ci",))
-
-    [loaded] = images.load_images([plan], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
-
-    assert loaded.names == ("example/saved:ci",)
-    assert engine.tags == [("sha256:" + "1" * 64, "example/saved", "ci")]
-
-
-def test_an_error_inside_a_successful_response_fails_the_load(tmp_path: Path, parts: ImageParts) -> None:
-    engine = FakeEngine([{"stream": "Loading layer"}, {"errorDetail": {"message": "unexpected EOF"}, "error": "unexpected EOF"}])
-    plan = _plan(tmp_path, parts, ["a:1"])
-
-    with pytest.raises(RuntimeFailure, match=r"params.images\[0\] \(app.tar\): docker load failed: unexpected EOF"):
-        images.load_images([plan], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
-    assert engine.tags == []
-
-
-def test_a_full_data_root_is_diagnosed_as_such(tmp_path: Path, parts: ImageParts) -> None:
-    engine = FakeEngine([{"error": "write /scratch/docker/tmp/x: no space left on device"}])
-
-    with pytest.raises(RuntimeFailure) as raised:
-        images.load_images([_plan(tmp_path, parts, ["a:1"])], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
-    assert "the data root is full" in raised.value.diagnosis
-
-
-def test_a_stream_failure_is_reported_for_its_entry(tmp_path: Path, parts: ImageParts) -> None:
-    compressed = compress(docker_save_tarball(parts, tmp_path / "app.tar", ["a:1"]), ".tar.gz")
-    plan = images.plan_image(entry(truncated_copy(compressed, tmp_path / "cut.tar.gz", keep_fraction=0.9)))
-    engine = FakeEngine([{"stream": "Loaded image: a:1"}])
-
-    with pytest.raises(RuntimeFailure, match=r"params.images\[0\] \(cut.tar.gz\): cut.tar.gz is truncated") as raised:
-        images.load_images([plan], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
-    assert "Nothing from it was loaded" in raised.value.diagnosis
-
-
-def test_a_compressed_tarball_without_any_name_asks_for_a_tag_after_loading(tmp_path: Path, parts: ImageParts) -> None:
-    compressed = compress(docker_save_tarball(parts, tmp_path / "app.tar", []), ".tgz")
-    engine = FakeEngine([{"stream": "Loaded image ID: sha256:" + "1" * 64}])
-
-    with pytest.raises(UserError, match="carries no image name"):
-        images.load_images([images.plan_image(entry(compressed))], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
-
-
-def test_the_build_log_shows_size_time_and_names(tmp_path: Path, parts: ImageParts) -> None:
-    engine = FakeEngine([{"stream": "Loaded image: a:1"}])
-    log = io.StringIO()
-
-    images.load_images([_plan(tmp_path, parts, ["a:1"])], engine, engine, Console(log))  # type: ignore[arg-type]
-
-    assert "params.images[0] (app.tar): 0.0 MiB streamed in " in log.getvalue()
-    assert log.getvalue().rstrip().endswith("→ a:1")
+        check_free_space([huge], str(tmp_path))
