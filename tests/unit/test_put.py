@@ -26,7 +26,7 @@ from compose_env.images.layerstore import DirectImage, ImageWrite, StoreWrite
 from compose_env.images.plan import ImagePlan
 from compose_env.redaction import Redactor
 from compose_env.report import RunResult, ServiceState
-from compose_env.run import put
+from compose_env.run import intake, put
 from compose_env.run.command import analyse_command
 from compose_env.signals import AbortOnSignal
 
@@ -81,9 +81,9 @@ class World:
         self.plans.append(plan)
         return plan
 
-    def direct(self) -> put.Written:
+    def direct(self) -> intake.Written:
         """The writable plans by key, as run_put hands them to _write_then_launch."""
-        return put._writable_images(self.plans)
+        return intake.writable_images(self.plans)
 
 
 class FakeInner:
@@ -176,8 +176,8 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
 
     monkeypatch.setattr(put, "connect_remote", connect_remote)
     monkeypatch.setattr(put, "plan_images", lambda _entries: world.plans)
-    monkeypatch.setattr(put, "check_free_space", lambda _plans, _data_root: None)
-    monkeypatch.setattr(put, "local_platform", lambda: ("linux", "amd64", ""))
+    monkeypatch.setattr(intake, "check_free_space", lambda _plans, _data_root: None)
+    monkeypatch.setattr(intake, "local_platform", lambda: ("linux", "amd64", ""))
 
     def load_images(plans: list[ImagePlan], *_args: object, **_kwargs: object) -> list[images_module.LoadedImage]:
         world.events.append("docker load " + " ".join(str(plan.entry.index) for plan in plans))
@@ -358,7 +358,7 @@ def test_every_written_image_is_named_after_dockerd_starts(world: World) -> None
     world.plan(direct=True)
     world.plan(direct=True)
 
-    handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+    handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
 
     assert world.events == ["write 0 1", "launch dockerd"]
     assert {key: image.image_id for key, image in written.items()} == {"0": "sha256:written0", "1": "sha256:written1"}
@@ -371,7 +371,7 @@ def test_an_image_that_could_not_be_written_goes_to_docker_load_alone(world: Wor
     world.plan(direct=True)
     world.write_problems["0"] = "a hard link to a missing file"
 
-    _handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
 
     assert list(written) == ["1"]
     assert world.events == ["write 0 1", "prepare 0", "launch dockerd"]
@@ -385,7 +385,7 @@ def test_a_store_left_with_half_registered_entries_is_emptied_and_every_input_go
     world.left_entries.add("1")
     world.damaged = "registering params.images[1] failed part way"
 
-    _handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
 
     assert written == {}
     assert world.events == ["write 0 1", "empty the data root", "prepare 0", "prepare 1", "launch dockerd"]
@@ -400,7 +400,7 @@ def test_a_dockerd_that_does_not_start_on_the_written_store_is_restarted_on_an_e
     world.plan(direct=True)
     world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
 
-    handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+    handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
 
     assert written == {} and handle.description == "dockerd"
     assert world.events == ["write 0", "launch dockerd", "prepare 0", "relaunch dockerd on an emptied data root"]
@@ -413,7 +413,7 @@ def test_a_dockerd_that_does_not_start_with_nothing_written_is_a_failure_of_its_
     world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
 
     with pytest.raises(DaemonStartFailure):
-        put._write_then_launch(FakeInner(world), world.direct(), world.console)
+        intake._write_then_launch(FakeInner(world), world.direct(), world.console)
 
     assert "relaunch dockerd on an emptied data root" not in world.events
 
@@ -423,7 +423,7 @@ def test_an_image_dockerd_does_not_take_as_written_sends_every_written_image_to_
     world.plan(direct=True)
     world.refused["sha256:written1"] = "dockerd lists other layers"
 
-    _handle, written, _launch = put._write_then_launch(FakeInner(world), world.direct(), world.console)
+    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
 
     assert written == {}
     assert world.events == ["write 0 1", "launch dockerd", "prepare 0", "prepare 1", "relaunch dockerd on an emptied data root"]
