@@ -152,14 +152,17 @@ def test_env_env_files_profiles_and_several_compose_files_reach_compose_and_inhe
     assert "compose-env-tests-run-tests-7-tests-1" in outcome.stderr  # the project name, sanitised from BUILD_*
 
 
-def test_a_compose_file_compose_rejects_fails_with_exit_2_before_anything_starts(image: str, put_dir: Path) -> None:
+def test_a_compose_file_compose_rejects_fails_with_exit_2_before_any_service_starts(image: str, put_dir: Path) -> None:
+    """compose config runs while the daemon starts: its error comes before any image or service, and the daemon goes."""
     outcome = put(image, put_dir, "broken", {})
 
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
     assert "error: params.compose_files (broken/compose.yml)" in outcome.stderr  # the file compose rejects, as params name it
     assert "restart_policy" in outcome.stderr
-    assert "Starting the Docker daemon" not in outcome.stderr
+    assert "docker compose config checks the project while the daemon starts" in outcome.stderr
+    assert "Running docker compose" not in outcome.stderr and "compose down" not in outcome.stderr
+    assert outcome.leftovers == []
 
 
 def test_a_missing_image_is_named_with_its_service_and_how_to_provide_it(image: str, put_dir: Path) -> None:

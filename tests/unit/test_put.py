@@ -19,7 +19,7 @@ from compose_env.config.model import BuildMetadata, ImageEntry, PutConfig, parse
 from compose_env.console import Console
 from compose_env.engine.daemon import PreparedStore
 from compose_env.engine.handle import DaemonHandle
-from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure
+from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
 from compose_env.images import layerstore
 from compose_env.images import load as images_module
 from compose_env.images.layerstore import DirectImage, ImageWrite, StoreWrite
@@ -40,6 +40,8 @@ class World:
         self.plans: list[ImagePlan] = []
         self.store_writable = True
         self.launch_failure: RuntimeFailure | None = None
+        #: What `compose config` rejects the project with (None: it accepts it).
+        self.config_error: UserError | None = None
         #: What layerstore's write gives each image key: its problem (None: written) and whether it left entries.
         self.write_problems: dict[str, str | None] = {}
         self.left_entries: set[str] = set()
@@ -127,9 +129,16 @@ class FakeProject:
         self.world = world
         self.params = params
         self.shape = analyse_command(params.command)
+        self.loaded = False
+
+    def start_config(self) -> None:
+        self.world.events.append("compose config starts")
 
     def load_config(self) -> dict[str, Any]:
-        self.world.events.append("compose config")
+        self.world.events.append("compose config read")
+        if self.world.config_error is not None:
+            raise self.world.config_error
+        self.loaded = True
         return {}
 
     def check_command(self) -> Any:
@@ -227,9 +236,10 @@ def test_a_put_on_an_inner_daemon_writes_images_then_starts_dockerd_then_loads_t
     outcome = run_put(world)
 
     assert world.events == [
-        "compose config",
+        "compose config starts",
         "prepare the store",
         "prepare 0",  # the docker-load input starts its work before dockerd answers
+        "compose config read",
         "write 1",
         "launch dockerd",
         "docker load 0",
@@ -242,6 +252,7 @@ def test_a_put_on_an_inner_daemon_writes_images_then_starts_dockerd_then_loads_t
     assert headers(world.log) == [
         "Checking the configuration",
         "Starting the Docker daemon",
+        "Checking the compose project",
         "Loading 2 images",
         "Running docker compose up --abort-on-container-exit",
         "Tearing down",
@@ -259,7 +270,15 @@ def test_without_writable_images_dockerd_starts_in_the_daemon_phase_and_everythi
 
     run_put(world)
 
-    assert world.events[:6] == ["compose config", "prepare the store", "prepare 0", "prepare 1", "launch dockerd", "docker load 0 1"]
+    assert world.events[:7] == [
+        "compose config starts",
+        "prepare the store",
+        "prepare 0",
+        "prepare 1",
+        "launch dockerd",
+        "compose config read",
+        "docker load 0 1",
+    ]
 
 
 def test_a_put_on_a_remote_engine_prepares_the_loads_connects_and_takes_the_project_down_before_letting_go(world: World) -> None:
@@ -268,9 +287,10 @@ def test_a_put_on_a_remote_engine_prepares_the_loads_connects_and_takes_the_proj
     run_put(world, source={"docker_host": "tcp://engine:2375"}, stop_grace=3)
 
     assert world.events == [
-        "compose config",
+        "compose config starts",
         "prepare 0",
         "connect to the remote engine",
+        "compose config read",
         "docker load 0",
         "compose talks to unix:///remote.sock",
         "ensure images",
@@ -289,6 +309,26 @@ def test_a_failed_command_prints_its_details_and_fails_the_put_after_teardown(wo
     assert world.events[-4:] == ["compose run", "failure details", "kill compose", "stop dockerd (grace 0)"]
     assert outcome.exit_code == 1 and outcome.result.exit_code == 3
     assert run_put(world, fail_on_error=False).exit_code == 0
+
+
+def test_a_project_compose_rejects_is_told_after_the_daemon_phase_then_only_the_engine_is_stopped(world: World) -> None:
+    """compose config runs while the daemon starts; nothing of the project ran, so there is nothing to take down."""
+    world.plan()
+    world.config_error = UserError("params.compose_files", "docker compose rejects the project", "fix it")
+
+    with pytest.raises(UserError):
+        run_put(world, stop_grace=5)
+
+    assert world.events == [
+        "compose config starts",
+        "prepare the store",
+        "prepare 0",
+        "launch dockerd",
+        "compose config read",
+        "kill compose",
+        "stop dockerd (grace 5)",
+    ]
+    assert "Loading" not in world.log and "Running docker compose" not in world.log
 
 
 # ---------------------------------------------------------------- teardown

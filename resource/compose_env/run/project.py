@@ -81,6 +81,7 @@ class ComposeProject:
         self.shape = analyse_command(params.command)
         self._all_services: dict[str, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._pending_config: subprocess.Popen[str] | None = None
         self._lines_streamed = 0
         self._count_lock = threading.Lock()
         #: lines compose printed per source (`service-N`) and stream (stdout?), to find what it did not print
@@ -128,11 +129,39 @@ class ComposeProject:
 
     # -- before the run
 
+    def start_config(self) -> None:
+        """Start `compose config` (it needs no engine), so that it runs while the daemon starts; `load_config` takes its answer."""
+        self._pending_config = subprocess.Popen(
+            dying_with_parent([*self.base_argv(self.params.profiles), "config", "--format", "json"]),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def load_config(self) -> dict[str, Any]:
         """`compose config`: validates the files (no engine needed) and tells the services and images."""
         self._announce_inputs()
-        self.config = self._config(self.params.profiles)
+        self.config = self._config(self.params.profiles, self._started_config())
         return self.config
+
+    @property
+    def loaded(self) -> bool:
+        """Whether compose accepted the project (nothing of it can have started before)."""
+        return bool(self.config)
+
+    def _started_config(self, timeout: float = 60) -> subprocess.CompletedProcess[str] | None:
+        process, self._pending_config = self._pending_config, None
+        if process is None:
+            return None
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def _announce_inputs(self) -> None:
         if self.env_files() and not self.params.env_files:
@@ -145,8 +174,9 @@ class ComposeProject:
         if from_params:
             self.console.info(f"params.env sets {', '.join(sorted(from_params))} for compose (engine address excepted)")
 
-    def _config(self, profiles: Sequence[str]) -> dict[str, Any]:
-        result = self._run_quiet(["config", "--format", "json"], profiles=profiles)
+    def _config(self, profiles: Sequence[str], result: subprocess.CompletedProcess[str] | None = None) -> dict[str, Any]:
+        if result is None:
+            result = self._run_quiet(["config", "--format", "json"], profiles=profiles)
         if result.returncode != 0:
             hint = "fix the compose file, or the env / env_files / profiles it depends on; nothing was started"
             named = self._rejected_file(result.stderr, profiles)
@@ -268,13 +298,17 @@ class ComposeProject:
         return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing, list(self._start_failures) if exit_code else [])
 
     def kill(self) -> None:
-        """Stop the compose process now (timeout or abort); the containers go at teardown."""
+        """Stop the compose processes now (timeout, abort, or a failure before the config was read); the containers go at teardown."""
         process = self._process
         if process is not None and process.poll() is None:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        pending, self._pending_config = self._pending_config, None
+        if pending is not None:
+            pending.kill()
+            pending.communicate()
 
     def _drain(self, readers: Sequence[threading.Thread]) -> None:
         """Wait until the readers have printed all of compose's output (megabytes can lag behind its exit).

@@ -89,12 +89,8 @@ def run_put(
             console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
         params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
         project = ComposeProject(params, console, logs, env)
-        project.load_config()
-        shape = project.check_command()
-        reports_module.check_services(params.reports, project.all_services())
-        if check_project is not None:
-            check_project(project)
-        console.info(f"project {params.project_name}: services {', '.join(sorted(project.services())) or 'none'}")
+        project.start_config()
+        console.info("docker compose config checks the project while the daemon starts")
 
     inner: InnerDaemon | None = None
     handle: DaemonHandle | None = None
@@ -124,6 +120,14 @@ def run_put(
                     console.info("dockerd starts once the images are in its store (see Loading)")
                 else:
                     handle = inner.launch(DOCKER_CONFIG_DIR)
+
+        with console.phase("Checking the compose project", timings, "validate"):
+            project.load_config()
+            shape = project.check_command()
+            reports_module.check_services(params.reports, project.all_services())
+            if check_project is not None:
+                check_project(project)
+            console.info(f"project {params.project_name}: services {', '.join(sorted(project.services())) or 'none'}")
 
         if plans:
             with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
@@ -256,7 +260,7 @@ def teardown(
     that comes during the teardown itself (it shortens the waits).
     """
     project.kill()
-    if handle is not None and _down_matters(inner, grace, aborted):
+    if handle is not None and project.loaded and _down_matters(inner, grace, aborted):
         abort_budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"]
         budget = abort_budget if aborted else grace + NORMAL_DOWN_SECONDS
         started = time.monotonic()
