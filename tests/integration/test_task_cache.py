@@ -99,3 +99,63 @@ def test_unused_images_beyond_cache_max_size_are_pruned_oldest_use_first(image: 
     assert pruned.exit_code == 0, pruned.stderr
     assert "pruned 1 unused image, oldest use first: compose-env-test/pytest:ci" in pruned.stderr
     assert "cache" in report["timings"]
+
+
+KILL_THE_TASK = """
+import os, signal
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        cmdline = open(f'/proc/{pid}/cmdline', 'rb').read()
+    except OSError:
+        continue
+    if b'/opt/resource/task' in cmdline and b'python3\\0-c' not in cmdline:
+        os.kill(int(pid), signal.SIGKILL)
+        print(pid)
+"""
+
+STICKY_SERVICE = """
+services:
+  sticky:
+    image: compose-env-test/pytest:ci
+    restart: always
+    volumes: [sticky-data:/data]
+    command: ["sh", "-c", "echo sticky-up; sleep 300"]
+volumes:
+  sticky-data:
+"""
+
+
+def test_what_a_killed_run_left_in_the_cache_is_removed_before_the_next_run_starts(image: str, inputs: Path, tmp_path: Path) -> None:
+    """SIGKILL (Concourse's, 10 s after an abort) leaves no teardown: the next run clears the containers, volumes and networks."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (inputs / "code" / "sticky.yml").write_text(STICKY_SERVICE)
+    compose_env = {
+        "compose_files": ["code/docker-compose.yml", "code/sticky.yml"],
+        "images": ["runner/image.tar"],
+        "command": ["up", "sticky"],
+        "cache_dir": "compose-env-cache",
+    }
+    out = tmp_path / "out-killed"
+    out.mkdir()
+    mounts = [
+        (str(inputs / "code"), f"{WORKDIR}/code", True),
+        (str(inputs / "runner"), f"{WORKDIR}/runner", True),
+        (str(out), f"{WORKDIR}/compose-env-output", False),
+        (str(cache), f"{WORKDIR}/compose-env-cache", False),
+    ]
+    with Container(image, mounts) as container:
+        killed: list[str] = []
+        outcome = container.exec(
+            ["/opt/resource/task"],
+            env={"COMPOSE_ENV": json.dumps(compose_env)},
+            workdir=WORKDIR,
+            at_line={"sticky-up": lambda: killed.extend(container.probe(KILL_THE_TASK))},
+        )
+    assert killed, outcome.stderr
+    assert outcome.exit_code != 0
+
+    after, _ = run_cached(image, inputs, tmp_path / "out-after", cache)
+    assert after.exit_code == 0, after.stderr
+    assert "held what an earlier run left: removed 1 container, 1 volume, 1 network" in after.stderr
+    assert after.leftovers == []

@@ -185,6 +185,8 @@ class InnerDaemon:
         problem = store_guard.info_problem(info, self._driver)
         if problem:
             raise RuntimeFailure(problem, "set source.dockerd.storage_driver explicitly, and leave the containerd-snapshotter feature off")
+        if self.keeps_data_root:
+            self._clear_left_behind(client)
         between = f", {probed - self._prepared:.2f}s writing images into its store" if probed - self._prepared > 0.05 else ""
         self.console.info(
             f"dockerd {info.get('ServerVersion', '?')} answered {ready - spawned:.2f}s after it was spawned;"
@@ -195,6 +197,29 @@ class InnerDaemon:
         env = {"DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "DOCKER_CONFIG": write_docker_config(self.source.registries, config_dir)}
         self.handle = DaemonHandle(f"unix://{DOCKER_SOCKET}", env, client, load_client, description, self.stop)
         return self.handle
+
+    def _clear_left_behind(self, client: docker.APIClient) -> None:
+        """Containers, volumes and networks a kept data root still holds, removed before anything runs.
+
+        A run aborted before its teardown finished leaves them in a task cache (or a data root of
+        the user's); a `restart: always` service of it would even start again with dockerd. Every
+        run starts from the images alone, as with a fresh data root.
+        """
+        removed = []
+        try:
+            containers = client.containers(all=True)
+            for container in containers:
+                client.remove_container(container["Id"], force=True, v=True)
+            volumes = client.prune_volumes(filters={"all": "true"}).get("VolumesDeleted") or []
+            networks = client.prune_networks().get("NetworksDeleted") or []
+        except docker.errors.DockerException as error:
+            self.console.warn(f"data root {self.data_root}: could not clear what an earlier run left ({error})")
+            return
+        for count, what in ((len(containers), "container"), (len(volumes), "volume"), (len(networks), "network")):
+            if count:
+                removed.append(f"{count} {what}{'s' if count > 1 else ''}")
+        if removed:
+            self.console.warn(f"data root {self.data_root} held what an earlier run left: removed {', '.join(removed)}")
 
     def relaunch_clean(self, config_dir: str) -> DaemonHandle:
         """dockerd stopped, the data root emptied, dockerd started again (containerd keeps running): direct writes' fallback.
