@@ -17,6 +17,16 @@ WORKDIR = "/tmp/build/task"
 BUILT = re.compile(r"built at (\d+)")
 
 
+def task_mounts(put: Path, out: Path, cache: Path) -> list[tuple[str, str, bool]]:
+    """The task's inputs, its output and its cache, where `fly execute` puts them."""
+    return [
+        (str(put / "code"), f"{WORKDIR}/code", True),
+        (str(put / "runner"), f"{WORKDIR}/runner", True),
+        (str(out), f"{WORKDIR}/compose-env-output", False),
+        (str(cache), f"{WORKDIR}/compose-env-cache", False),
+    ]
+
+
 def run_cached(image: str, put: Path, out: Path, cache: Path, extra: dict | None = None) -> tuple[RunOutcome, dict]:
     out.mkdir(exist_ok=True)
     cache.mkdir(exist_ok=True)
@@ -27,13 +37,7 @@ def run_cached(image: str, put: Path, out: Path, cache: Path, extra: dict | None
         "cache_dir": "compose-env-cache",
         **(extra or {}),
     }
-    mounts = [
-        (str(put / "code"), f"{WORKDIR}/code", True),
-        (str(put / "runner"), f"{WORKDIR}/runner", True),
-        (str(out), f"{WORKDIR}/compose-env-output", False),
-        (str(cache), f"{WORKDIR}/compose-env-cache", False),
-    ]
-    with Container(image, mounts) as container:
+    with Container(image, task_mounts(put, out, cache)) as container:
         outcome = container.exec(["/opt/resource/task"], env={"COMPOSE_ENV": json.dumps(compose_env)}, workdir=WORKDIR)
     report_file = out / "report.json"
     assert report_file.is_file(), outcome.stderr
@@ -138,13 +142,7 @@ def test_what_a_killed_run_left_in_the_cache_is_removed_before_the_next_run_star
     }
     out = tmp_path / "out-killed"
     out.mkdir()
-    mounts = [
-        (str(inputs / "code"), f"{WORKDIR}/code", True),
-        (str(inputs / "runner"), f"{WORKDIR}/runner", True),
-        (str(out), f"{WORKDIR}/compose-env-output", False),
-        (str(cache), f"{WORKDIR}/compose-env-cache", False),
-    ]
-    with Container(image, mounts) as container:
+    with Container(image, task_mounts(inputs, out, cache)) as container:
         killed: list[str] = []
         outcome = container.exec(
             ["/opt/resource/task"],
