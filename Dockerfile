@@ -41,12 +41,14 @@ COPY assets/ /opt/resource/
 ARG VERSION=dev
 ARG REVISION=unknown
 ARG SOURCE=unknown
-# The build fails here if dockerd is not a version direct writes were tested with (see tested_engines.py).
+# The build fails here if dockerd is not a version direct writes were tested with (see engine/tested_engines.py),
+# or if setpriv (util-linux), through which every daemon and compose process is started, is missing.
 RUN python3 -c 'import json, sys; print(json.dumps({"version": sys.argv[1], "revision": sys.argv[2]}))' "$VERSION" "$REVISION" \
       >/usr/lib/python3/dist-packages/compose_env/build.json \
  && python3 -m compileall -q /usr/lib/python3/dist-packages/compose_env \
  && python3 -c "import compose_env.protocol, compose_env.run.put, compose_env.run.task" \
- && python3 -m compose_env.engine.tested_engines
+ && python3 -m compose_env.engine.tested_engines \
+ && setpriv --version >/dev/null
 LABEL org.opencontainers.image.title="compose-env" \
       org.opencontainers.image.description="Concourse resource type and task: docker compose against loaded image tarballs in an inner Docker daemon" \
       org.opencontainers.image.source="${SOURCE}" \

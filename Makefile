@@ -59,8 +59,8 @@ bench: image
 	  $(PYTHON) bench/bench_cache.py --image $(IMAGE)
 
 dev-deps:
-	@$(PYTHON) -c 'import pytest, ruff, mypy, yaml, docker, jsonschema, requests, defusedxml' 2>/dev/null || \
+	@$(PYTHON) -c 'import importlib.util as u, sys; sys.exit(not all(u.find_spec(n) for n in "pytest ruff mypy yaml docker jsonschema requests defusedxml jsonschema-stubs requests-stubs defusedxml-stubs".split()))' 2>/dev/null || \
 	  $(PYTHON) -m pip install -q -r requirements-dev.txt
 
 clean:
-	rm -rf example/put/redis-image example/put/tests-image .pytest_cache .ruff_cache
+	rm -rf example/put/redis-image example/put/tests-image .pytest_cache .ruff_cache .mypy_cache

@@ -33,7 +33,7 @@ class Workers(Generic[Item]):
         self._work = work
         self._pending = list(reversed(items))
         self._lock = threading.Lock()
-        self._ended = [threading.Event() for _ in range(min(count, len(items)))]
+        self._ended = [threading.Event() for _ in range(min(max(count, 1), len(items)))]
         for number, ended in enumerate(self._ended):
             threading.Thread(target=self._run, args=(ended,), name=f"{name}-{number}", daemon=True).start()
 

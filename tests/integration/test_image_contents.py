@@ -17,6 +17,7 @@ NEEDED = {
     "containerd": "containerd --version",
     "the runc v2 shim": "containerd-shim-runc-v2 -v",
     "runc": "runc --version",
+    "setpriv (children die with the put)": "setpriv --version",
     "docker-proxy (published ports)": "test -x /usr/sbin/docker-proxy",
     "docker-init (init: true)": "docker-init --version",
     "iptables (nft)": "iptables-nft --version && ip6tables-nft --version && iptables-nft-restore --version",

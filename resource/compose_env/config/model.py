@@ -47,8 +47,7 @@ class BuildMetadata:
     external_url: str = ""
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> BuildMetadata:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> BuildMetadata:
         return cls(
             build_id=env.get("BUILD_ID", ""),
             build_name=env.get("BUILD_NAME", ""),

@@ -302,6 +302,8 @@ def _within(seconds: float, function: Callable[[], str], abort_seconds: float, a
 
     A SIGTERM that arrives meanwhile (deferred during teardown) shortens the wait to
     `abort_seconds` from the start, so the rest of the cleanup still fits before SIGKILL.
+    Joining a thread is safe here because the signal is deferred: no handler's exception can
+    interrupt the join (see concurrency.py for what that does before Python 3.13).
     """
     result: list[str] = []
     worker = threading.Thread(target=lambda: result.append(function()), daemon=True)

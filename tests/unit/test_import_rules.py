@@ -1,0 +1,55 @@
+"""The package's import rules (docs/architecture.md), checked on the source: the sub-packages stay apart."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "resource" / "compose_env"
+#: What each sub-package may not import (besides itself, everything else is allowed).
+FORBIDDEN = {
+    "config": {"engine", "images", "run", "protocol"},
+    "engine": {"images", "run", "protocol"},
+    "images": {"engine", "run", "protocol"},
+    "run": {"protocol"},
+}
+LEAVES = ("errors", "console", "signals", "redaction", "report", "version", "process", "concurrency", "logtail")
+
+
+def imported_parts(path: Path) -> set[str]:
+    """The first component below compose_env of every absolute compose_env import in `path`."""
+    parts = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] if node.module != "compose_env" else [f"compose_env.{alias.name}" for alias in node.names]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        parts |= {name.split(".")[1] for name in names if name.startswith("compose_env.")}
+    return parts
+
+
+@pytest.mark.parametrize("sub_package", sorted(FORBIDDEN))
+def test_a_sub_package_imports_only_what_its_rules_allow(sub_package: str) -> None:
+    broken = {
+        f"{path.relative_to(PACKAGE)} imports compose_env.{part}"
+        for path in (PACKAGE / sub_package).rglob("*.py")
+        for part in imported_parts(path) & FORBIDDEN[sub_package]
+    }
+    assert not broken
+
+
+def test_the_top_level_leaves_import_no_sub_package() -> None:
+    broken = {f"{leaf}.py imports compose_env.{part}" for leaf in LEAVES for part in imported_parts(PACKAGE / f"{leaf}.py") & set(FORBIDDEN)}
+    assert not broken
+
+
+def test_there_are_no_relative_imports() -> None:
+    relative = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(path.read_text())))
+    ]
+    assert not relative
