@@ -18,34 +18,29 @@ import re
 import shlex
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import docker
 
 from compose_env.config.model import PutParams
 from compose_env.console import Console
-from compose_env.engine.start_failures import diagnose_start_failure
 from compose_env.errors import UserError
 from compose_env.images import presence
 from compose_env.process import dying_with_parent
 from compose_env.report import RunResult, ServiceState
 from compose_env.run import compose_errors
 from compose_env.run.command import CommandShape, analyse_command, services_started
-from compose_env.run.logs import COMPOSE_OWN_LINE, ERASE_AT_START, ServiceLogs, compose_label, engine_log_lines, output_source, split_prefixed
+from compose_env.run.logs import ServiceLogs, compose_label
 from compose_env.run.outcome import TIMED_OUT_EXIT_CODE, decide_exit_code, failing_services, parse_ps_json, ps_table, service_states, stopped_by_compose
+from compose_env.run.output import CommandOutput
 
-#: Compose has ended but its output still arrives: wait as long as lines keep coming this often.
-STREAM_STALL_SECONDS = 5
 #: Lines of each failing service printed again after the run (the whole log streamed already).
 FAILURE_TAIL_MIN, FAILURE_TAIL_MAX = 20, 200
 #: Inherited variables that would change what compose does without anyone asking.
 STRIPPED_PREFIXES = ("COMPOSE_", "DOCKER_", "BUILDKIT_")
-#: A port compose could not publish, in its own error lines.
-PORT_TAKEN = re.compile(r"(?:Bind for \S*?:(?P<bind>\d+) failed: port is already allocated|listen tcp\S*?:(?P<listen>\d+): bind: address already in use)")
 COMPOSE_SETTING = re.compile(r"^\s*(?:export\s+)?(COMPOSE_[A-Za-z0-9_]+)\s*=")
 
 
@@ -82,14 +77,8 @@ class ComposeProject:
         self._all_services: dict[str, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._pending_config: subprocess.Popen[str] | None = None
-        self._lines_streamed = 0
-        self._count_lock = threading.Lock()
-        #: lines compose printed per source (`service-N`) and stream (stdout?), to find what it did not print
-        self._streamed: dict[tuple[str, bool], int] = {}
-        #: host ports compose could not publish, seen in its output
-        self._ports_taken: set[str] = set()
-        #: Diagnoses of containers the worker's container kept from starting, in order (a dict as an ordered set).
-        self._start_failures: dict[str, None] = {}
+        #: compose's output during the run (None before it)
+        self._output: CommandOutput | None = None
 
     # -- argv and environment
 
@@ -264,13 +253,8 @@ class ComposeProject:
         )
         self._process = process
         assert process.stdout is not None and process.stderr is not None
-        known = set(self._services_for(shape.named_services))
-        readers = [
-            threading.Thread(target=self._pump, args=(process.stdout, shape, known, True), daemon=True),
-            threading.Thread(target=self._pump, args=(process.stderr, shape, known, False), daemon=True),
-        ]
-        for reader in readers:
-            reader.start()
+        output = self._output = CommandOutput(self.console, self.logs, shape, set(self._services_for(shape.named_services)))
+        readers = output.follow(process.stdout, process.stderr)
         timed_out = False
         try:
             try:
@@ -283,9 +267,13 @@ class ComposeProject:
             self.kill()  # aborted: compose must not outlive us, and the readers end with it
             raise
         finally:
-            self._drain(readers)
+            output.drain(readers)
             self._process = None
-        self._complete_from_engine_log(shape, client)
+        try:
+            followed = [c for c in self._containers(client) if shape.follows_output_of(compose_label(c, "service"))]
+        except docker.errors.APIError:
+            followed = []
+        output.complete_from_engine_log(followed, client)
         stopped = self._stopped_containers(client, since)
         states = self.states(stopped)
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else decide_exit_code(shape, process.returncode, states)
@@ -295,7 +283,7 @@ class ComposeProject:
         status = "timed_out" if timed_out else "passed" if exit_code == 0 else "failed"
         self.collect_logs(client)
         failing = failing_services(shape, exit_code, states, timed_out)
-        return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing, list(self._start_failures) if exit_code else [])
+        return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing, list(output.start_failures) if exit_code else [])
 
     def kill(self) -> None:
         """Stop the compose processes now (timeout, abort, or a failure before the config was read); the containers go at teardown."""
@@ -309,83 +297,6 @@ class ComposeProject:
         if pending is not None:
             pending.kill()
             pending.communicate()
-
-    def _drain(self, readers: Sequence[threading.Thread]) -> None:
-        """Wait until the readers have printed all of compose's output (megabytes can lag behind its exit).
-
-        Give up only when the output stops moving: a process that inherited the pipes
-        could otherwise hold us forever.
-        """
-        while True:
-            alive = [reader for reader in readers if reader.is_alive()]
-            if not alive:
-                return
-            before = self._lines_streamed
-            alive[0].join(STREAM_STALL_SECONDS)
-            if alive[0].is_alive() and self._lines_streamed == before:
-                self.console.warn(f"compose's output stalled for {STREAM_STALL_SECONDS}s after it ended: not waiting for the rest")
-                return
-
-    def _pump(self, stream: IO[bytes], shape: CommandShape, known: set[str], is_stdout: bool) -> None:
-        """Print each line as it comes, and file the containers' lines under their service.
-
-        `up` prefixes every container line (stdout and stderr alike) with its source; `run`
-        passes the container's stdout and stderr through unprefixed, compose's own progress
-        lines being mixed into stderr.
-        """
-        filing = True
-        for raw in iter(stream.readline, b""):
-            self._lines_streamed += 1  # progress for _drain; an approximate count is enough
-            line = ERASE_AT_START.sub("", raw.decode(errors="replace").rstrip("\r\n"))
-            self.console.line(line)
-            if not filing:
-                continue
-            try:
-                self._file_line(line, shape, known, is_stdout)
-            except Exception as error:
-                # Keep draining: a reader that stops would fill the pipe and hang compose.
-                filing = False
-                self.console.warn(f"could not keep the service logs any more ({error}); the build log goes on")
-
-    def _file_line(self, line: str, shape: CommandShape, known: set[str], is_stdout: bool) -> None:
-        """File one line of compose's output under its service (and note a port compose could not publish)."""
-        if not is_stdout and (taken := PORT_TAKEN.search(line)):
-            self._ports_taken.add(taken.group("bind") or taken.group("listen"))
-        if not is_stdout and (diagnosis := diagnose_start_failure(line)):
-            self._start_failures[diagnosis] = None
-        if shape.run_service:
-            if is_stdout or not COMPOSE_OWN_LINE.match(line):
-                self.logs.append(shape.run_service, line)
-            return
-        prefixed = split_prefixed(line, known)
-        if prefixed:
-            self.logs.append(prefixed.service, prefixed.text)
-            with self._count_lock:
-                key = (prefixed.source, is_stdout)
-                self._streamed[key] = self._streamed.get(key, 0) + 1
-
-    def _complete_from_engine_log(self, shape: CommandShape, client: docker.APIClient) -> None:
-        """Print what compose did not print of each followed container, and file every line in time order.
-
-        Compose 2.26's `up` returns as soon as the containers have exited, before its log
-        stream has caught up: with fast output the last lines (the test summary!) are lost.
-        The engine's log has them all: print what compose did not, with the same prefix,
-        and add it to the service's log file. (Between stdout and stderr no order is certain:
-        they are separate pipes all the way, so compose and the engine may each interleave them
-        differently; within each stream the order is kept.)
-        """
-        try:
-            containers = [c for c in self._containers(client) if shape.follows_output_of(compose_label(c, "service"))]
-        except docker.errors.APIError:
-            return
-        for container in sorted(containers, key=output_source):
-            source, service = output_source(container), compose_label(container, "service")
-            printed_out, printed_err = self._streamed.get((source, True), 0), self._streamed.get((source, False), 0)
-            for count, line in enumerate(engine_log_lines(client, container["Id"], printed_out, printed_err)):
-                if count == 0:
-                    self.console.info(f"(compose stopped following {source} after {printed_out + printed_err} lines: the rest from the engine's log)")
-                self.console.line(f"{source} | {line}")
-                self.logs.append(service, line)
 
     def _stopped_containers(self, client: docker.APIClient, since: float) -> set[str] | None:
         """Containers compose stopped during the run, from the engine's events (None if they cannot be read)."""
@@ -440,7 +351,7 @@ class ComposeProject:
             self.console.header("services (docker compose ps -a)")
             for row in ps_table(result.services):
                 self.console.line(f"    {row}")
-        for port in sorted(self._ports_taken):
+        for port in sorted(self._output.ports_taken if self._output else ()):
             publishers = ", ".join(publishers_of(self.services(), port)) or "unknown"
             self.console.error(
                 f"error: host port {port} is published twice or already taken on the worker (services {publishers}): "
