@@ -83,6 +83,7 @@ PHASES = ("validate", "daemon", "load", "run", "teardown", "rest", "total")
 #: The put's phase headers (`==> ...` in its log) → phase names.
 PUT_PHASES = {
     "Checking the configuration": "validate",
+    "Checking the compose project": "validate",  # compose config's answer, read after the daemon started
     "Starting the Docker daemon": "daemon",
     "Loading": "load",
     "Running docker compose": "run",
