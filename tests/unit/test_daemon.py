@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import socket
 import threading
 import time
 from pathlib import Path
 
+import docker
 import pytest
+import requests
 from compose_env.config.model import DockerdOptions, RegistryLogin, Source, TlsFiles
-from compose_env.engine import daemon_argv, diagnosis, network, preflight
+from compose_env.console import Console
+from compose_env.engine import daemon, daemon_argv, diagnosis, network, preflight
 from compose_env.engine import handle as engine
 from compose_env.errors import RuntimeFailure
 from compose_env.process import descendants
@@ -241,3 +245,39 @@ def test_descendants_lists_children_before_parents() -> None:
 
     assert set(doomed) == {10, 11, 12}
     assert doomed.index(12) < doomed.index(11) < doomed.index(10)
+
+
+class LeftBehind:
+    """A docker client over a kept data root: what an earlier, killed run left, and one container that will not go."""
+
+    def __init__(self) -> None:
+        self.removed: list[str] = []
+
+    def containers(self, all: bool) -> list[dict[str, object]]:
+        return [{"Id": "a" * 64, "Names": ["/app-sticky-1"]}, {"Id": "b" * 64, "Names": ["/app-stuck-1"]}]
+
+    def remove_container(self, container_id: str, force: bool, v: bool) -> None:
+        if container_id.startswith("b"):
+            raise docker.errors.APIError("removal of container is already in progress")
+        self.removed.append(container_id[:1])
+
+    def prune_volumes(self, filters: dict[str, str]) -> dict[str, list[str]]:
+        assert filters == {"all": "true"}  # named volumes too, as `compose down --volumes` would
+        return {"VolumesDeleted": ["app_sticky-data"]}
+
+    def prune_networks(self) -> dict[str, list[str]]:
+        raise requests.ConnectionError("engine went away")
+
+
+def test_what_a_kept_data_root_holds_is_removed_by_name_and_each_failure_said_without_stopping_the_rest() -> None:
+    out = io.StringIO()
+    inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(data_root="/cache/docker")), Console(out))
+    client = LeftBehind()
+
+    inner._clear_left_behind(client)
+
+    log = out.getvalue()
+    assert client.removed == ["a"]
+    assert "held what an earlier run left: removed container app-sticky-1, volume app_sticky-data" in log
+    assert "could not remove what an earlier run left: container app-stuck-1: " in log
+    assert "could not remove what an earlier run left: networks: engine went away" in log

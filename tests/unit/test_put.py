@@ -129,7 +129,7 @@ class FakeProject:
         self.world = world
         self.params = params
         self.shape = analyse_command(params.command)
-        self.loaded = False
+        self.started = False
 
     def start_config(self) -> None:
         self.world.events.append("compose config starts")
@@ -138,7 +138,6 @@ class FakeProject:
         self.world.events.append("compose config read")
         if self.world.config_error is not None:
             raise self.world.config_error
-        self.loaded = True
         return {}
 
     def check_command(self) -> Any:
@@ -157,6 +156,7 @@ class FakeProject:
         self.world.events.append("ensure images")
 
     def run(self, _shape: object, _client: object) -> RunResult:
+        self.started = True
         self.world.events.append("compose run")
         return self.world.run()
 

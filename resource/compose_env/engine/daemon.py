@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import docker
+import requests
 
 from compose_env.concurrency import Workers
 from compose_env.config.model import DEFAULT_DATA_ROOT, Source
@@ -201,25 +202,36 @@ class InnerDaemon:
     def _clear_left_behind(self, client: docker.APIClient) -> None:
         """Containers, volumes and networks a kept data root still holds, removed before anything runs.
 
-        A run aborted before its teardown finished leaves them in a task cache (or a data root of
+        A run killed before its teardown finished leaves them in a task cache (or a data root of
         the user's); a `restart: always` service of it would even start again with dockerd. Every
-        run starts from the images alone, as with a fresh data root.
+        run starts from the images (and build cache) alone, as with a fresh data root.
         """
-        removed = []
+        removed: list[str] = []
+        problems: list[str] = []
         try:
             containers = client.containers(all=True)
-            for container in containers:
-                client.remove_container(container["Id"], force=True, v=True)
-            volumes = client.prune_volumes(filters={"all": "true"}).get("VolumesDeleted") or []
-            networks = client.prune_networks().get("NetworksDeleted") or []
-        except docker.errors.DockerException as error:
-            self.console.warn(f"data root {self.data_root}: could not clear what an earlier run left ({error})")
+        except (docker.errors.DockerException, requests.RequestException) as error:
+            self.console.warn(f"data root {self.data_root}: could not list what an earlier run left ({error})")
             return
-        for count, what in ((len(containers), "container"), (len(volumes), "volume"), (len(networks), "network")):
-            if count:
-                removed.append(f"{count} {what}{'s' if count > 1 else ''}")
+        for container in containers:
+            name = (container.get("Names") or [container["Id"][:12]])[0].lstrip("/")
+            try:
+                client.remove_container(container["Id"], force=True, v=True)
+                removed.append(f"container {name}")
+            except (docker.errors.DockerException, requests.RequestException) as error:
+                problems.append(f"container {name}: {error}")
+        for what, prune, key in (
+            ("volume", lambda: client.prune_volumes(filters={"all": "true"}), "VolumesDeleted"),
+            ("network", client.prune_networks, "NetworksDeleted"),
+        ):
+            try:
+                removed += [f"{what} {name}" for name in prune().get(key) or []]
+            except (docker.errors.DockerException, requests.RequestException) as error:
+                problems.append(f"{what}s: {error}")
         if removed:
             self.console.warn(f"data root {self.data_root} held what an earlier run left: removed {', '.join(removed)}")
+        for problem in problems:
+            self.console.warn(f"data root {self.data_root}: could not remove what an earlier run left: {problem}")
 
     def relaunch_clean(self, config_dir: str) -> DaemonHandle:
         """dockerd stopped, the data root emptied, dockerd started again (containerd keeps running): direct writes' fallback.

@@ -12,6 +12,7 @@ What compose sees is decided here and only here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -37,6 +38,8 @@ from compose_env.run.logs import ServiceLogs, compose_label
 from compose_env.run.outcome import TIMED_OUT_EXIT_CODE, decide_exit_code, failing_services, parse_ps_json, ps_table, service_states, stopped_by_compose
 from compose_env.run.output import CommandOutput
 
+#: How long a quick compose call (config, ps) may take.
+QUIET_TIMEOUT_SECONDS = 60
 #: Lines of each failing service printed again after the run (the whole log streamed already).
 FAILURE_TAIL_MIN, FAILURE_TAIL_MAX = 20, 200
 #: Inherited variables that would change what compose does without anyone asking.
@@ -77,6 +80,7 @@ class ComposeProject:
         self._all_services: dict[str, Any] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._pending_config: subprocess.Popen[str] | None = None
+        self._started = False
         #: compose's output during the run (None before it)
         self._output: CommandOutput | None = None
 
@@ -105,7 +109,7 @@ class ComposeProject:
         return argv
 
     def _run_quiet(
-        self, args: Sequence[str], timeout: float = 60, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None
+        self, args: Sequence[str], timeout: float = QUIET_TIMEOUT_SECONDS, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             dying_with_parent([*self.base_argv(profiles, compose_files), *args]),
@@ -127,6 +131,7 @@ class ComposeProject:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # the CLI runs the compose plugin as its own child: killed together, by group
         )
 
     def load_config(self) -> dict[str, Any]:
@@ -136,20 +141,17 @@ class ComposeProject:
         return self.config
 
     @property
-    def loaded(self) -> bool:
-        """Whether compose accepted the project (nothing of it can have started before)."""
-        return bool(self.config)
+    def started(self) -> bool:
+        """Whether the compose command was started: before it, nothing of the project exists to take down."""
+        return self._started
 
-    def _started_config(self, timeout: float = 60) -> subprocess.CompletedProcess[str] | None:
-        process, self._pending_config = self._pending_config, None
+    def _started_config(self, timeout: float = QUIET_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str] | None:
+        """The answer of the `compose config` `start_config` started; on an abort or a timeout it is left to `kill`."""
+        process = self._pending_config
         if process is None:
             return None
-        try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
-            raise
+        stdout, stderr = process.communicate(timeout=timeout)
+        self._pending_config = None
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
     def _announce_inputs(self) -> None:
@@ -248,6 +250,7 @@ class ComposeProject:
         argv = [*self.base_argv(), *self.params.command]
         self.console.info("$ " + " ".join(shlex.quote(word) for word in argv))
         since = time.time()
+        self._started = True
         process = subprocess.Popen(
             dying_with_parent(argv), env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
         )
@@ -295,8 +298,12 @@ class ComposeProject:
                 pass
         pending, self._pending_config = self._pending_config, None
         if pending is not None:
-            pending.kill()
-            pending.communicate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pending.pid, signal.SIGKILL)
+            try:
+                pending.communicate(timeout=2)
+            except subprocess.TimeoutExpired:  # something else holds its pipes: not waited for
+                pass
 
     def _stopped_containers(self, client: docker.APIClient, since: float) -> set[str] | None:
         """Containers compose stopped during the run, from the engine's events (None if they cannot be read)."""

@@ -42,7 +42,7 @@ NORMAL_DOWN_SECONDS = 20.0
 FAILING_TESTS_IN_LOG = 100
 #: Called after the run and before teardown, while the containers still exist (task artifacts).
 AfterRun = Callable[[ComposeProject, DaemonHandle, RunResult], None]
-#: Called with the validated project before anything starts: more checks of the caller's own.
+#: Called with the validated project before any service starts: more checks of the caller's own.
 CheckProject = Callable[[ComposeProject], None]
 
 
@@ -89,7 +89,6 @@ def run_put(
             console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
         params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
         project = ComposeProject(params, console, logs, env)
-        project.start_config()
         console.info("docker compose config checks the project while the daemon starts")
 
     inner: InnerDaemon | None = None
@@ -100,6 +99,7 @@ def run_put(
     reports: ReportsOutcome | None = None
     aborted = False
     try:
+        project.start_config()
         direct: Written = {}
         cached: Written = {}
         with console.phase("Starting the Docker daemon", timings, "daemon"):
@@ -124,7 +124,8 @@ def run_put(
         with console.phase("Checking the compose project", timings, "validate"):
             project.load_config()
             shape = project.check_command()
-            reports_module.check_services(params.reports, project.all_services())
+            if params.reports:
+                reports_module.check_services(params.reports, project.all_services())
             if check_project is not None:
                 check_project(project)
             console.info(f"project {params.project_name}: services {', '.join(sorted(project.services())) or 'none'}")
@@ -260,7 +261,7 @@ def teardown(
     that comes during the teardown itself (it shortens the waits).
     """
     project.kill()
-    if handle is not None and project.loaded and _down_matters(inner, grace, aborted):
+    if handle is not None and project.started and _down_matters(inner, grace, aborted):
         abort_budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"]
         budget = abort_budget if aborted else grace + NORMAL_DOWN_SECONDS
         started = time.monotonic()

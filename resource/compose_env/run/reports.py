@@ -51,7 +51,7 @@ class ReportsOutcome:
 
 
 def check_services(entries: Sequence[ReportEntry], known: Iterable[str]) -> None:
-    """Before anything starts: every entry names a service of the project (a typo would cost a whole run)."""
+    """Before any service starts: every entry names a service of the project (a typo would cost a whole run)."""
     names = sorted(known)
     unknown = [entry for entry in entries if entry.service not in names]
     if unknown:

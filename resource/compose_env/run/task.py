@@ -310,7 +310,9 @@ class AfterRunCollector:
         return copy
 
     def check_services(self, project: ComposeProject) -> None:
-        """Before anything starts: every artifact names a service of the project (a typo would cost a whole run)."""
+        """Before any service starts: every artifact names a service of the project (a typo would cost a whole run)."""
+        if not self.task.artifacts:
+            return
         known = sorted(project.all_services())
         unknown = [a for a in self.task.artifacts if a.service not in known]
         if unknown:
