@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from pathlib import Path
 
 import pytest
 from compose_env.config.model import PutParams
 from compose_env.console import Console
+from compose_env.errors import UserError
 from compose_env.redaction import Redactor
 from compose_env.report import ServiceState
 from compose_env.run.command import analyse_command, services_started
@@ -293,3 +295,42 @@ def test_composes_own_stderr_lines_are_told_from_a_run_containers_stderr() -> No
     assert COMPOSE_OWN_LINE.match('WARN[0000] The "X" variable is not set. Defaulting to a blank string.')
     assert not COMPOSE_OWN_LINE.match("Traceback (most recent call last):")
     assert not COMPOSE_OWN_LINE.match("Container tests failed")
+
+
+def fake_docker(tmp_path: Path, script: str) -> dict[str, str]:
+    """A `docker` on PATH that runs `script` (for compose config started while the daemon starts)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    docker = bin_dir / "docker"
+    docker.write_text(f"#!/bin/sh\n{script}\n")
+    docker.chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+def test_compose_config_started_early_gives_its_answer_later(tmp_path: Path) -> None:
+    project = make_project(tmp_path, inherited=fake_docker(tmp_path, """echo '{"name": "p", "services": {"api": {}}}'"""))
+    project.start_config()
+    assert project.load_config() == {"name": "p", "services": {"api": {}}}
+    assert project.services() == {"api": {}} and not project.started
+
+
+def test_a_project_compose_rejects_is_a_user_error_naming_the_files(tmp_path: Path) -> None:
+    project = make_project(tmp_path, inherited=fake_docker(tmp_path, "echo 'services.api Additional property nope is not allowed' >&2; exit 15"))
+    project.start_config()
+    with pytest.raises(UserError, match="nope is not allowed"):
+        project.load_config()
+
+
+def test_kill_ends_a_pending_compose_config_and_its_children_at_once(tmp_path: Path) -> None:
+    """The docker CLI runs compose as a child that holds the pipes: the whole group goes, and kill does not wait for it."""
+    pids = tmp_path / "pids"
+    project = make_project(tmp_path, inherited=fake_docker(tmp_path, f"sleep 30 & echo $$ $! > {pids}; wait"))
+    project.start_config()
+    while not pids.exists() or not pids.read_text().strip():
+        time.sleep(0.01)
+    started = time.monotonic()
+    project.kill()
+    assert time.monotonic() - started < 2
+    for pid in map(int, pids.read_text().split()):
+        state = Path(f"/proc/{pid}/stat")
+        assert not state.exists() or state.read_text().split(")")[-1].split()[0] == "Z"
