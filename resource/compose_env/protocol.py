@@ -4,8 +4,9 @@ Only this module knows about stdin, stdout and argv. Commands take their streams
 as arguments, and `run_command` turns every failure into its exit code and a
 message, so that tests drive check/in/out in-process.
 
-The put and the task import their flow (docker-py and the rest) when they run: a check or an
-in, which Concourse runs far more often, needs only the request's validation.
+The put and the task import their flow when they run (and docker-py later still, while dockerd
+starts: see lazy_imports): a check or an in, which Concourse runs far more often, needs only the
+request's validation.
 
 Exit codes: 0 success; 1 the command failed, timed out, or a runtime error
 (or an internal bug); 2 a configuration error; 143 aborted (SIGTERM).
@@ -21,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from compose_env import lazy_imports
 from compose_env.config.model import BuildMetadata, parse_put_request, parse_source
 from compose_env.config.schema import validate
 from compose_env.console import Console
@@ -91,6 +93,7 @@ def get(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
 def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     if len(argv) < 2:
         raise UserError("argv", "usage: out DIR (Concourse passes the put directory)")
+    lazy_imports.defer()
     from compose_env.run.put import redactor_for, run_put
 
     request = read_request(stdin, console)
@@ -122,6 +125,7 @@ def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
 
 def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
     """Task mode: configuration from COMPOSE_ENV, outputs into the working directory (see task.py)."""
+    lazy_imports.defer()
     from compose_env.run.task import run_task
 
     return run_task(env, Path.cwd(), console, ABORT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from compose_env.redaction import Redactor
 from compose_env.report import ServiceState
 from compose_env.run.command import analyse_command, services_started
 from compose_env.run.logs import COMPOSE_OWN_LINE, PrefixedLine, ServiceLogs, engine_log_lines, output_source, split_prefixed
-from compose_env.run.outcome import decide_exit_code, failing_services, parse_ps_json, ps_table, service_states, stopped_by_compose
+from compose_env.run.outcome import decide_exit_code, failing_services, ps_row, ps_table, service_states, stopped_by_compose
 from compose_env.run.project import ComposeProject, compose_environment, compose_settings_in
 
 
@@ -147,13 +146,27 @@ PS_ROWS = [
 ]
 
 
-def test_ps_json_is_read_in_both_the_array_and_the_ndjson_forms() -> None:
-    array = json.dumps(PS_ROWS)
-    ndjson = "\n".join(json.dumps(row) for row in PS_ROWS) + "\n"
+def inspected(name: str, service: str, status: str, exit_code: int, health: str | None = None) -> dict[str, object]:
+    """The parts of the engine's container inspect that ps rows come from."""
+    state: dict[str, object] = {"Status": status, "ExitCode": exit_code, "Running": status == "running"}
+    if health is not None:
+        state["Health"] = {"Status": health, "FailingStreak": 0, "Log": []}
+    labels = {"com.docker.compose.service": service, "com.docker.compose.project": "p"}
+    return {"Id": "0" * 64, "Name": f"/{name}", "State": state, "Config": {"Labels": labels}}
 
-    assert parse_ps_json(array) == PS_ROWS
-    assert parse_ps_json(ndjson) == PS_ROWS
-    assert parse_ps_json("  \n") == []
+
+def test_ps_rows_are_read_from_the_engine_as_compose_ps_shows_them() -> None:
+    containers = [
+        inspected("p-redis-1", "redis", "exited", 0),
+        inspected("p-tests-1", "tests", "exited", 143),
+        inspected("p-db-1", "db", "running", 0, "healthy"),
+    ]
+
+    assert [ps_row(container) for container in containers] == PS_ROWS
+    # as compose shows them: no health once a container stopped, no exit code while it runs
+    assert ps_row(inspected("p-redis-1", "redis", "exited", 0, "unhealthy"))["Health"] == ""
+    assert ps_row(inspected("p-db-1", "db", "running", 137))["ExitCode"] == 0
+    assert ps_row({"Name": "/x", "State": {}, "Config": {"Labels": None}}) == {"Name": "x", "Service": "", "State": "", "ExitCode": 0, "Health": ""}
 
 
 def event(action: str, name: str, at: int, **attributes: str) -> dict[str, object]:

@@ -28,6 +28,7 @@ from pathlib import Path
 import docker
 import requests
 
+from compose_env import lazy_imports
 from compose_env.concurrency import Workers
 from compose_env.config.model import DEFAULT_DATA_ROOT, Source
 from compose_env.console import Console
@@ -106,12 +107,14 @@ class InnerDaemon:
         """Everything before dockerd: checks, containerd (starting meanwhile), cgroups, data root, driver, network.
 
         Between this and `launch`, the data root is ours: layerstore writes images into it.
+        `images_bytes`: what the images to load take (0: none, so none is written directly either).
         """
         self._started = time.monotonic()
         check_privileged()
         if self.options.direct_load:
             store_guard.refuse_snapshotter(self.options.args, store_guard.read_daemon_json()[0])
-            self._version_probe = tested_engines.start_version_probe()
+            if images_bytes:  # with no image to write, nobody waits for dockerd's version
+                self._version_probe = tested_engines.start_version_probe()
         for directory in (RUN_DIR, self.log_dir, os.path.dirname(CONTAINERD_SOCKET)):
             os.makedirs(directory, exist_ok=True)
         self._remove_stale_files()
@@ -144,7 +147,7 @@ class InnerDaemon:
         self.console.info(f"mtu: {mtu or 1500} ({mtu_why})")
         self._placement, self._driver, self._iptables, self._mtu_value = placement, driver.driver, iptables, mtu
         self._prepared = time.monotonic()
-        writable, note = self.store_writable(driver.driver)
+        writable, note = self.store_writable(driver.driver) if images_bytes else (False, "")
         return PreparedStore(placement.data_root, driver.driver, writable, note)
 
     @property
@@ -176,6 +179,7 @@ class InnerDaemon:
         self._wait_for(lambda: os.path.exists(CONTAINERD_SOCKET), "containerd did not listen", containerd)
         spawned = time.monotonic()
         dockerd = self._spawn("dockerd", dockerd_argv(self.options, self._driver, self._iptables, self._mtu_value), dockerd_env)
+        lazy_imports.load()  # while dockerd starts: docker-py is needed once it answers
         api_version = self._wait_ready(containerd, dockerd)
         self._ready = True
         self._api_version = api_version

@@ -1,4 +1,4 @@
-"""What a run came to: service states from `compose ps` and the engine's events, the exit code, who failed.
+"""What a run came to: service states (`compose ps -a`'s rows, read from the engine), stops from its events, the exit code, who failed.
 
 Compose's own exit code is not always the answer (`up` returns 0 whatever the containers did, and
 `--exit-code-from` is wrong after the abort cascade): `decide_exit_code` says which to trust.
@@ -6,7 +6,6 @@ Compose's own exit code is not always the answer (`up` returns 0 whatever the co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -18,14 +17,22 @@ TIMED_OUT_EXIT_CODE = 124
 STOPPED_BY_SIGNAL = {137, 143}
 
 
-def parse_ps_json(text: str) -> list[dict[str, Any]]:
-    """`compose ps --format json`: one JSON array in some 2.x releases, NDJSON (2.21+, so 2.26) in others."""
-    text = text.strip()
-    if not text:
-        return []
-    if text.startswith("["):
-        return list(json.loads(text))
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+def ps_row(inspected: Mapping[str, Any]) -> dict[str, Any]:
+    """The row `compose ps -a --format json` shows for a container, from the engine's inspect of it.
+
+    As compose 2.26 builds it: the health of a running container only, the exit code of an
+    exited (or dead) one only, 0 otherwise.
+    """
+    state = inspected.get("State") or {}
+    status = str(state.get("Status", ""))
+    labels = (inspected.get("Config") or {}).get("Labels") or {}
+    return {
+        "Name": str(inspected.get("Name", "")).lstrip("/"),
+        "Service": labels.get("com.docker.compose.service", ""),
+        "State": status,
+        "ExitCode": int(state.get("ExitCode") or 0) if status in ("exited", "dead") else 0,
+        "Health": str((state.get("Health") or {}).get("Status", "")) if status == "running" else "",
+    }
 
 
 def stopped_by_compose(events: Iterable[Mapping[str, Any]]) -> set[str]:
