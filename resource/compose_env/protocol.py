@@ -14,6 +14,7 @@ Exit codes: 0 success; 1 the command failed, timed out, or a runtime error
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -179,4 +180,7 @@ def main(name: str) -> None:
     code = run_command(name, sys.stdin, response_stream, sys.stderr, sys.argv, os.environ)
     sys.stderr.flush()
     response_stream.flush()
+    # The interpreter's last garbage collections then skip every object alive now: with
+    # docker-py, requests and jsonschema loaded, exiting takes 0.02 s instead of 0.1 s.
+    gc.freeze()
     sys.exit(code)
