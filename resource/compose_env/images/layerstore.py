@@ -331,6 +331,7 @@ class StoreWriter:
     def _untar(self, chunks: Iterator[bytes], target: Path) -> str:
         """Feed a layer tar to GNU tar extracting into `target`; returns the tar's `sha256:` digest."""
         digest = hashlib.sha256()
+        chunks = store_faults.held_after_first_chunk(chunks, self._cancelled)
         with tempfile.TemporaryFile() as tar_errors:
             # umask 022 as dockerd has: directories the layer implies but does not list get 0755.
             tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, umask=DOCKERD_UMASK)
