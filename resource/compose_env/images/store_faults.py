@@ -1,4 +1,4 @@
-"""Test-only: the store damaged between the direct write and dockerd's start, to force each fallback.
+"""Test-only: the store damaged between the direct write and dockerd's start, to force each fallback; or the write held.
 
 `COMPOSE_ENV_TEST_STORE_FAULT` is set by tests/integration/test_direct_fallbacks.py and
 test_task_cache.py and by nothing else; unset, this module does nothing. Each of the first four
