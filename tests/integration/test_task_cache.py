@@ -15,6 +15,12 @@ from harness import Container, RunOutcome
 
 WORKDIR = "/tmp/build/task"
 BUILT = re.compile(r"built at (\d+)")
+#: Where direct writes stage layers until registered (layerstore.PARTIAL_DIR), in the cache's data root.
+STAGING = "docker/overlay2/compose-env-partial"
+#: The test-only fault that holds each layer's extraction half-way, and the line it prints then (store_faults.py).
+HOLD_EXTRACTING = {"COMPOSE_ENV_TEST_STORE_FAULT": "hold-extracting"}
+HELD_LINE = "COMPOSE_ENV_TEST_STORE_FAULT: a layer's extraction is held half-way"
+REMOVED = re.compile(rf"data root {WORKDIR}/compose-env-cache/docker: removed (\d+) half-written layers? an interrupted run left \([0-9.]+ MiB\)")
 
 
 def task_mounts(put: Path, out: Path, cache: Path) -> list[tuple[str, str, bool]]:
@@ -27,16 +33,21 @@ def task_mounts(put: Path, out: Path, cache: Path) -> list[tuple[str, str, bool]
     ]
 
 
-def run_cached(image: str, put: Path, out: Path, cache: Path, extra: dict | None = None) -> tuple[RunOutcome, dict]:
-    out.mkdir(exist_ok=True)
-    cache.mkdir(exist_ok=True)
-    compose_env = {
+def cached_task(extra: dict | None = None) -> dict:
+    """The task's COMPOSE_ENV: the reports project, with its runner image, on the cache."""
+    return {
         "compose_files": ["code/docker-compose.yml"],
         "images": ["runner/image.tar"],
         "command": ["run", "--build", "--rm", "built"],
         "cache_dir": "compose-env-cache",
         **(extra or {}),
     }
+
+
+def run_cached(image: str, put: Path, out: Path, cache: Path, extra: dict | None = None) -> tuple[RunOutcome, dict]:
+    out.mkdir(exist_ok=True)
+    cache.mkdir(exist_ok=True)
+    compose_env = cached_task(extra)
     with Container(image, task_mounts(put, out, cache)) as container:
         outcome = container.exec(["/opt/resource/task"], env={"COMPOSE_ENV": json.dumps(compose_env)}, workdir=WORKDIR)
     report_file = out / "report.json"
@@ -159,3 +170,36 @@ def test_what_a_killed_run_left_in_the_cache_is_removed_before_the_next_run_star
     assert "-sticky-1" in cleared and "sticky-data" in cleared and "_default" in cleared, cleared
     assert "could not remove" not in after.stderr
     assert after.leftovers == []
+
+
+def test_layers_a_killed_direct_write_left_half_written_are_removed_before_the_next_run_writes(image: str, inputs: Path, tmp_path: Path) -> None:
+    """SIGKILL while the runner image's layers are extracted into the cache: the next run removes them first, and passes."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    out = tmp_path / "out-killed"
+    out.mkdir()
+    with Container(image, task_mounts(inputs, out, cache)) as container:
+        killed: list[str] = []
+        outcome = container.exec(
+            ["/opt/resource/task"],
+            env={"COMPOSE_ENV": json.dumps(cached_task()), **HOLD_EXTRACTING},
+            workdir=WORKDIR,
+            at_line={HELD_LINE: lambda: killed.extend(container.probe(KILL_THE_TASK))},
+        )
+    assert killed, outcome.stderr
+    staging = cache / STAGING
+    half_written = sorted(path.name for path in staging.iterdir())
+    assert half_written, outcome.stderr
+    assert list((cache / "docker" / "image" / "overlay2" / "layerdb" / "sha256").iterdir()) == []
+
+    after, _ = run_cached(image, inputs, tmp_path / "out-after", cache)
+    assert after.exit_code == 0, after.stderr
+    assert after.leftovers == []
+    removed = [line for line in after.stderr.splitlines() if "half-written layer" in line]
+    assert len(removed) == 1, after.stderr
+    match = REMOVED.search(removed[0])
+    assert match and int(match.group(1)) == len(half_written), removed[0]
+    print(f"\n{removed[0].strip()}")
+    assert after.stderr.index("half-written layer") < after.stderr.index("written into the overlay2 store")
+    assert not staging.exists()
+    assert not any((cache / "docker" / "overlay2" / name).exists() for name in half_written)

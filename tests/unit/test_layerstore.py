@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import signal
 import stat
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from compose_env.console import Console
 from compose_env.errors import Aborted
 from compose_env.images import layerstore
 from compose_env.images.layerstore import DirectImage, RootfsImage, StoreWriter, convert_whiteouts, image_from_config
@@ -138,7 +140,7 @@ def test_a_layer_that_does_not_match_its_diff_id_is_not_registered(tmp_path: Pat
     assert not (root / "image/overlay2/layerdb/sha256" / made.chain_ids[1].removeprefix("sha256:")).exists()
     assert not (root / "image/overlay2/imagedb/content/sha256" / made.image_id.removeprefix("sha256:")).exists()
     # Nothing is left: the good base layer of the failed image is removed too (docker load needs the room).
-    assert list((root / "overlay2").glob("*/diff")) == []
+    assert os.listdir(root / "overlay2") == ["l"]
 
 
 def test_a_blob_that_is_not_a_tar_fails_with_tar_s_reason(tmp_path: Path) -> None:
@@ -204,10 +206,14 @@ def test_an_image_that_fails_part_way_through_registering_marks_the_store_damage
     original = StoreWriter._register_layer
     monkeypatch.setattr(StoreWriter, "_register_layer", fail_second)
 
-    outcome = layerstore.write_images({"app": image(tmp_path, "app", [BASE, TOP])}, str(tmp_path / "docker"))
+    made = image(tmp_path, "app", [BASE, TOP])
+    outcome = layerstore.write_images({"app": made}, str(tmp_path / "docker"))
 
     assert "registering it: " in (outcome.images["app"].problem or "")
     assert outcome.damaged.startswith("registering an image failed part way") and outcome.images["app"].left_entries
+    # The layer not registered is not left behind, staged or otherwise.
+    base_cache_id = (tmp_path / "docker/image/overlay2/layerdb/sha256" / made.chain_ids[0][7:] / "cache-id").read_text()
+    assert sorted(os.listdir(tmp_path / "docker/overlay2")) == sorted(["l", base_cache_id])
 
 
 def test_a_store_that_cannot_be_made_fails_every_image_and_is_damaged(tmp_path: Path) -> None:
@@ -292,8 +298,8 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
     """The put's SIGTERM handler raises Aborted in the main thread while the workers' tars are mid-layer.
 
     Each layer's input stalls half-way (a slow disk) until its tar is gone; more layers than workers,
-    so some are still queued. The half-written layer directories stay: they are in no layer store
-    entry, and the teardown throws the data root away.
+    so some are still queued. The half-written layer directories stay staged (no time is spent on them):
+    a kept data root's next run removes them, a default one goes with the container.
     """
     layers = [layer_tar({"a": bytes([n]) * (64 << 10), "b": bytes([n]) * (64 << 10)}) for n in range(layerstore.MAX_PARALLEL + 2)]
     made = image(tmp_path, "big", layers)
@@ -337,7 +343,7 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
                     problems.append("the workers' tars never all got their input")
                     return
             deadline = time.monotonic() + 30
-            while len(list(root.glob("overlay2/*/diff/a"))) < workers:  # tar has started writing each layer
+            while len(list(root.glob(f"overlay2/{layerstore.PARTIAL_DIR}/*/diff/a"))) < workers:  # tar has started writing each layer
                 if time.monotonic() > deadline:
                     problems.append("the tars never started writing")
                     return
@@ -363,4 +369,70 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
     assert [tar.returncode for tar in tars] == [-signal.SIGKILL] * workers
     assert list((root / "image/overlay2/layerdb/sha256").iterdir()) == []
     assert list((root / "image/overlay2/imagedb/content/sha256").iterdir()) == []
-    assert len(list(root.glob("overlay2/*/diff"))) == workers
+    assert len(list(root.glob(f"overlay2/{layerstore.PARTIAL_DIR}/*/diff"))) == workers
+    assert list(root.glob("overlay2/*/diff")) == [], "nothing half-written is outside the staging directory"
+
+    # The next run on this data root (were it kept) removes them, then writes the image afresh.
+    log = io.StringIO()
+    layerstore.remove_partial_layers(str(root), Console(log))
+    assert f"removed {workers} half-written layers an interrupted run left" in log.getvalue()
+    assert os.listdir(root / "overlay2") == ["l"]
+    monkeypatch.undo()
+    assert StoreWriter(str(root)).write({"big": made})["big"].problem is None
+    assert sorted(os.listdir(root / "overlay2")) == sorted(["l", *(p.parent.name for p in root.glob("overlay2/*/diff"))])
+
+
+# ---------------------------------------------------------------- the sweep of a kept data root
+
+
+def test_only_the_half_written_layers_of_a_kept_data_root_are_removed(tmp_path: Path) -> None:
+    """Registered layers, BuildKit's snapshots (in no layer store entry) and containers' layers all stay."""
+    root = tmp_path / "docker"
+    made = image(tmp_path, "app", [BASE])
+    assert StoreWriter(str(root)).write({"app": made})["app"].problem is None
+    registered = (root / "image/overlay2/layerdb/sha256" / made.chain_ids[0][7:] / "cache-id").read_text()
+    half_written = root / "overlay2" / layerstore.PARTIAL_DIR / secrets.token_hex(32)
+    (half_written / "diff/usr").mkdir(parents=True)
+    (half_written / "diff/usr/big").write_bytes(b"x" * (3 << 20))
+    os.link(half_written / "diff/usr/big", half_written / "diff/usr/big-again")
+    buildkit_snapshot = root / "overlay2" / "k3v9x2m1q8w7e6r5t4y3u2i1o"  # BuildKit's: in buildkit/snapshots.db, not in the layer store
+    (buildkit_snapshot / "diff").mkdir(parents=True)
+    (root / "buildkit").mkdir()
+    (root / "buildkit/snapshots.db").write_bytes(b"bolt")
+    container = secrets.token_hex(32)
+    mount = root / "image/overlay2/layerdb/mounts" / container
+    mount.mkdir(parents=True)
+    for name, layer in (("mount-id", container), ("init-id", f"{container}-init")):
+        (root / "overlay2" / layer / "diff").mkdir(parents=True)
+        (mount / name).write_text(layer)
+    log = io.StringIO()
+
+    layerstore.remove_partial_layers(str(root), Console(log))
+
+    assert sorted(os.listdir(root / "overlay2")) == sorted(["l", registered, buildkit_snapshot.name, container, f"{container}-init"])
+    assert f"warning: data root {root}: removed 1 half-written layer an interrupted run left (3.0 MiB)" in log.getvalue()
+    assert log.getvalue().count("\n") == 1
+
+
+def test_a_data_root_without_half_written_layers_is_left_as_it_is_and_says_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "docker"
+    assert StoreWriter(str(root)).write({"app": image(tmp_path, "app", [BASE, TOP])})["app"].problem is None
+    before = sorted(os.listdir(root / "overlay2"))
+    log = io.StringIO()
+    layerstore.remove_partial_layers(str(root), Console(log))
+    layerstore.remove_partial_layers(str(tmp_path / "nothing-here"), Console(log))
+    assert sorted(os.listdir(root / "overlay2")) == before and layerstore.PARTIAL_DIR not in before
+    assert log.getvalue() == ""
+
+
+def test_half_written_layers_that_cannot_be_removed_are_named_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    staging = tmp_path / "docker/overlay2" / layerstore.PARTIAL_DIR
+    (staging / "abc/diff").mkdir(parents=True)
+
+    def refuse(path: object) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(layerstore.shutil, "rmtree", refuse)
+    log = io.StringIO()
+    layerstore.remove_partial_layers(str(tmp_path / "docker"), Console(log))
+    assert f"could not remove the half-written layers an interrupted run left in {staging}: [Errno 13] Permission denied" in log.getvalue()

@@ -9,6 +9,15 @@ declares, and extracted by GNU tar, several layers at once; then the few files d
 layer store, overlay2 driver and image store keep for it are written, and dockerd finds the
 images when it starts (`put.py` checks that it did, and tags them through the API).
 
+Each layer is extracted under `<data_root>/overlay2/compose-env-partial/<cache_id>`, a directory
+only this module writes (dockerd's overlay2 driver names its directories by random IDs, and neither
+it nor BuildKit removes one it does not know), and moved to `overlay2/<cache_id>` only once it is
+complete, just before its layer store entry gets its cache-id. So whatever a killed write leaves
+half-extracted is in that directory: `remove_partial_layers` clears it at the start of a run on a
+data root that outlives the run (a task cache, a data_root of the user's), without guessing which
+overlay2 directories dockerd or BuildKit might still use. (Only a kill in the instant between a
+layer's move and its cache-id leaves one directory the sweep does not see.)
+
 What GNU tar is asked to do matches dockerd's unpacking: numeric owners, permissions
 (setuid included), every xattr (file capabilities), hardlinks, devices, umask 022; `..` member
 names are refused and absolute ones made relative, symlinks that leave the layer are placed last. AUFS-style
@@ -42,6 +51,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from compose_env.concurrency import Workers
+from compose_env.console import Console
 from compose_env.images import store_faults
 from compose_env.images.compression import compression_of, inflater_argv
 from compose_env.images.rootfs import rootfs_tar_argv
@@ -55,6 +65,8 @@ MAX_PARALLEL = 4
 DOCKERD_UMASK = 0o022
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+#: Under the overlay2 home, where layers are extracted until registered: a name dockerd never gives a directory there.
+PARTIAL_DIR = "compose-env-partial"
 #: What dockerd's overlay2 driver names a layer's link (26 characters of base32).
 LINK_LENGTH = 26
 #: A rootfs is scheduled first: it is usually the biggest layer of a put, and its size is not known up front.
@@ -186,6 +198,7 @@ class StoreWriter:
     def __init__(self, data_root: str) -> None:
         self.root = Path(data_root)
         self.driver_home = self.root / "overlay2"
+        self.staging = self.driver_home / PARTIAL_DIR
         self.image_home = self.root / "image" / "overlay2"
         self._children: set[subprocess.Popen[bytes]] = set()
         self._lock = threading.Lock()
@@ -216,9 +229,9 @@ class StoreWriter:
             jobs.append(Job(chain_id, chain_id, blob.size, functools.partial(self._extract_layer, blob, diff_id, compression)))
         written, failed = self._extract_all(jobs)
         outcome = {key: self._finish(key, image, written, failed) for key, image in images.items()}
-        # Layers extracted for images that failed, or whose content was there already: room for docker load.
-        for layer in written.values():
-            self._discard(layer)
+        # What is still staged was not registered (its image failed, or the same content was there): room for docker load.
+        # A SIGTERM does not get here: its seconds are the teardown's, and a kept data root's next run removes what is staged.
+        shutil.rmtree(self.staging, ignore_errors=True)
         return outcome
 
     def _finish(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
@@ -268,10 +281,10 @@ class StoreWriter:
             cache_id = secrets.token_hex(32)
             started = time.monotonic()
             try:
-                size, diff_id = job.run(self.driver_home / cache_id / "diff")
+                size, diff_id = job.run(self.staging / cache_id / "diff")
             except Exception as error:  # whatever it is, docker load gets the image instead
-                if not self._cancelled.is_set():  # after SIGTERM the data root is thrown away: no time spent
-                    shutil.rmtree(self.driver_home / cache_id, ignore_errors=True)
+                if not self._cancelled.is_set():  # after SIGTERM no time is spent: it stays staged
+                    shutil.rmtree(self.staging / cache_id, ignore_errors=True)
                 with lock:
                     failed[job.key] = f"layer {job.chain_id[7:19]}: {error}" if job.chain_id else str(error)
                 return
@@ -283,7 +296,7 @@ class StoreWriter:
             workers = Workers(extract, queue, min(MAX_PARALLEL, os.cpu_count() or 1), "layer", stop=self._cancelled)
             workers.wait()
         except BaseException:
-            # SIGTERM: children killed, workers given one shared second; the teardown discards the data root.
+            # SIGTERM: children killed, workers given one shared second; what they wrote stays staged.
             self.cancel()
             if workers is not None:
                 workers.finish(1)
@@ -318,6 +331,7 @@ class StoreWriter:
     def _untar(self, chunks: Iterator[bytes], target: Path) -> str:
         """Feed a layer tar to GNU tar extracting into `target`; returns the tar's `sha256:` digest."""
         digest = hashlib.sha256()
+        chunks = store_faults.held_after_first_chunk(chunks, self._cancelled)
         with tempfile.TemporaryFile() as tar_errors:
             # umask 022 as dockerd has: directories the layer implies but does not list get 0755.
             tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, umask=DOCKERD_UMASK)
@@ -418,7 +432,7 @@ class StoreWriter:
     # -- the stores' files
 
     def _make_homes(self) -> None:
-        for directory, mode in ((self.driver_home, 0o710), (self.driver_home / "l", 0o700)):
+        for directory, mode in ((self.driver_home, 0o710), (self.driver_home / "l", 0o700), (self.staging, 0o700)):
             directory.mkdir(mode=mode, parents=True, exist_ok=True)
         for directory in (self.image_home / "layerdb" / "sha256", self.image_home / "imagedb" / "content" / "sha256"):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -441,34 +455,30 @@ class StoreWriter:
         _write(content, config, 0o600)
 
     def _register_layer(self, layer: WrittenLayer, parent_chain: str) -> None:
+        """The layer's overlay2 files while it is staged; then it moves into the overlay2 home, and its entry gets its cache-id."""
         if store_faults.registering_fails(parent_chain):
             raise OSError(f"injected by {store_faults.FAULT_ENV}")
-        layer_home = self.driver_home / layer.cache_id
+        staged = self.staging / layer.cache_id
         link = _new_link_id()
-        (self.driver_home / "l" / link).symlink_to(f"../{layer.cache_id}/diff")
-        _write(layer_home / "link", link.encode(), 0o644)
+        _write(staged / "link", link.encode(), 0o644)
         if parent_chain:
             parent_home = self.driver_home / (self._layer_dir(parent_chain) / "cache-id").read_text().strip()
             lowers = [f"l/{(parent_home / 'link').read_text().strip()}"]
             if (parent_home / "lower").is_file():
                 lowers += (parent_home / "lower").read_text().strip().split(":")
-            (layer_home / "work").mkdir(mode=0o700, exist_ok=True)
+            (staged / "work").mkdir(mode=0o700, exist_ok=True)
             _write(parent_home / "committed", b"", 0o600)
-            _write(layer_home / "lower", ":".join(lowers).encode(), 0o644)
+            _write(staged / "lower", ":".join(lowers).encode(), 0o644)
         entry = self._layer_dir(layer.chain_id)
         entry.mkdir(mode=0o700, exist_ok=True)  # a reused data root may hold an entry without cache-id
         _write(entry / "diff", layer.diff_id.encode(), 0o644)
         _write(entry / "size", str(layer.size).encode(), 0o644)
         if parent_chain:
             _write(entry / "parent", parent_chain.encode(), 0o644)
-        # Last: a layer directory with its cache-id is what the layer store loads.
+        # Complete: into the overlay2 home, then (last) the cache-id that makes the layer store load it.
+        staged.rename(self.driver_home / layer.cache_id)
+        (self.driver_home / "l" / link).symlink_to(f"../{layer.cache_id}/diff")
         _write(entry / "cache-id", layer.cache_id.encode(), 0o644)
-
-    def _discard(self, layer: WrittenLayer) -> None:
-        """Remove a written layer the store does not use (its image failed, or the same content was there)."""
-        entry = self._layer_dir(layer.chain_id) / "cache-id"
-        if not entry.is_file() or entry.read_text().strip() != layer.cache_id:
-            shutil.rmtree(self.driver_home / layer.cache_id, ignore_errors=True)
 
 
 def _output(process: subprocess.Popen[bytes]) -> Iterator[bytes]:
@@ -572,3 +582,42 @@ def has_images(data_root: str, driver: str) -> bool:
     """Whether the data root already holds image configs (a kept task cache; a put's is always empty)."""
     content = Path(data_root) / "image" / driver / "imagedb" / "content" / "sha256"
     return content.is_dir() and any(content.iterdir())
+
+
+def remove_partial_layers(data_root: str, console: Console) -> None:
+    """On a data root that outlives the run, before anything is written into it and before dockerd starts:
+    the layers an interrupted write left staged (a SIGTERM or SIGKILL while extracting), removed with one line.
+
+    Only PARTIAL_DIR is touched: every other overlay2 directory may be dockerd's or BuildKit's.
+    """
+    staging = Path(data_root) / "overlay2" / PARTIAL_DIR
+    if not staging.is_dir():
+        return
+    layers = len(os.listdir(staging))
+    size = _disk_usage(staging)
+    try:
+        shutil.rmtree(staging)
+    except OSError as error:
+        console.warn(f"data root {data_root}: could not remove the half-written layers an interrupted run left in {staging}: {error}")
+        return
+    if layers:
+        s = "s" if layers > 1 else ""
+        console.warn(f"data root {data_root}: removed {layers} half-written layer{s} an interrupted run left ({size / 2**20:.1f} MiB)")
+
+
+def _disk_usage(root: Path) -> int:
+    """The bytes `root` takes on disk (hardlinks once): what removing it frees."""
+    size = 0
+    seen: set[int] = set()
+    for directory, subdirectories, files in os.walk(root):
+        for name in [*subdirectories, *files]:
+            try:
+                info = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            if info.st_nlink > 1 and not stat.S_ISDIR(info.st_mode):
+                if info.st_ino in seen:
+                    continue
+                seen.add(info.st_ino)
+            size += info.st_blocks * 512
+    return size
