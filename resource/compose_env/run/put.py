@@ -109,6 +109,8 @@ def run_put(
             else:
                 inner = InnerDaemon(config.source, console)
                 store = inner.prepare(sum(plan.estimated_bytes for plan in plans))
+                if inner.keeps_data_root:
+                    layerstore.remove_partial_layers(store.data_root, console)
                 if plans and store.note:
                     console.info(store.note)
                 kept = layerstore.has_images(store.data_root, store.driver)

@@ -30,7 +30,6 @@ from compose_env.console import Console
 from compose_env.engine.cache import CacheConfig, TaskCache, parse_size
 from compose_env.engine.handle import DaemonHandle
 from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
-from compose_env.images import layerstore
 from compose_env.redaction import Redactor, secrets_in_request
 from compose_env.report import RunResult
 from compose_env.run.command import services_started
@@ -195,7 +194,6 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: Ab
                 cache = TaskCache(task.cache, console)
                 stack.enter_context(cache.locked())
                 cache.check()
-                layerstore.remove_partial_layers(str(task.cache.data_root), console)
             outcome = run_with_cache(task, console, redact, collector, cache, env, abort)
     except UserError as error:
         renamed = in_task_terms(error)
