@@ -385,12 +385,17 @@ class InnerDaemon:
         return problems
 
     def _stop_containers(self, grace: float, problems: list[str]) -> int:
-        """Stop (or kill, with no grace) every container at once through the API."""
+        """Stop (or kill, with no grace) every container at once through the API.
+
+        With no grace on a kept data root (an abort: no `compose down` ran), every container is
+        removed instead: a `restart: always` one would otherwise start again with the next dockerd.
+        """
         if not self._ready or not any(p.poll() is None for n, p in self.processes if n == "dockerd"):
             return 0  # no API, so no containers
+        remove = grace == 0 and self.keeps_data_root
         try:
             client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version=self._api_version or "auto", timeout=CONTAINER_STOP_SECONDS + grace)
-            running = client.containers(quiet=True)
+            running = client.containers(quiet=True, all=remove)
         except Exception as error:
             problems.append(f"listing containers: {error}")
             return 0
@@ -399,6 +404,8 @@ class InnerDaemon:
             try:
                 if grace > 0:
                     client.stop(container_id, timeout=int(grace))
+                elif remove:
+                    client.remove_container(container_id, force=True, v=True)
                 else:
                     client.kill(container_id)
             except Exception:

@@ -293,11 +293,16 @@ def _down_matters(inner: InnerDaemon | None, grace: int, aborted: bool) -> bool:
     An inner daemon whose data root is thrown away with the container takes its containers,
     networks and volumes with it: with no grace to give, killing the containers at once is the
     whole job. `compose down` stays for a remote engine, for graceful stops (stop_grace > 0),
-    and for a data root that outlives the put (a task cache, a data_root of the user's).
+    and for a data root that outlives the put (a task cache, a data_root of the user's), but
+    not after SIGTERM with an inner daemon: its containers are killed at once, and the next run
+    on a kept data root clears what they left before anything starts (`InnerDaemon`), so the
+    teardown keeps its seconds for the daemon's stop.
     """
-    if inner is None or inner.keeps_data_root:
+    if inner is None:
         return True
-    return grace > 0 and not aborted
+    if aborted:
+        return False
+    return inner.keeps_data_root or grace > 0
 
 
 def _within(seconds: float, function: Callable[[], str], abort_seconds: float, abort: AbortOnSignal) -> str | None:
