@@ -7,9 +7,15 @@ runs on its first use, and `load` runs it at the moment it costs least: right af
 spawned, while the main thread would only wait. Whatever uses them earlier (a remote
 `docker_host`) just runs the import there. check and in import neither.
 
-This is the standard library's `importlib.util.LazyLoader` with one difference: reading the
-module's `__spec__`, which every `import` statement does, does not load it (with LazyLoader,
-the first `import docker` anywhere would).
+This is the standard library's `importlib.util.LazyLoader` with two differences:
+- reading a module's `__spec__`, which every `import` statement does, does not load it (with
+  LazyLoader, the first `import docker` anywhere would);
+- the first use of either loads both, requests first: docker-py's own `import requests.adapters`
+  then finds it loaded (a submodule imported through a package that is still deferred would run
+  twice). For the same reason the package imports only `docker` and `requests` themselves,
+  never a submodule of them (tests/unit/test_import_rules.py).
+
+Load them from one thread, before any other uses them: the put does (nothing else runs then).
 """
 
 from __future__ import annotations
@@ -20,22 +26,19 @@ import threading
 import types
 from typing import Any
 
+#: In the order they load: docker-py imports requests.
 DEFERRED = ("requests", "docker")
+
+_lock = threading.RLock()
 
 
 class DeferredModule(types.ModuleType):
     """A module whose code runs on the first access to any attribute but `__spec__`."""
 
-    _lock = threading.RLock()
-
     def __getattribute__(self, name: str) -> Any:
-        spec = types.ModuleType.__getattribute__(self, "__spec__")
         if name == "__spec__":
-            return spec
-        with DeferredModule._lock:
-            if type(self) is DeferredModule:  # the first access: from now on (and during its load) a plain module
-                object.__setattr__(self, "__class__", types.ModuleType)
-                spec.loader.exec_module(self)
+            return types.ModuleType.__getattribute__(self, name)
+        load()
         return getattr(self, name)
 
 
@@ -53,8 +56,22 @@ def defer() -> None:
 
 
 def load() -> None:
-    """Run the deferred imports now (a no-op for those that ran)."""
-    for name in DEFERRED:
-        module = sys.modules.get(name)
-        if type(module) is DeferredModule:
-            module.__name__  # noqa: B018 - any attribute but __spec__ runs it
+    """Run the deferred imports now, in DEFERRED's order (a no-op for those that ran).
+
+    A module is a plain one while its code runs (its own code uses it); if that fails (or a
+    SIGTERM interrupts it), it is deferred again, so that its next use tries again rather than
+    finding it half-made.
+    """
+    with _lock:
+        for name in DEFERRED:
+            module = sys.modules.get(name)
+            if type(module) is not DeferredModule:
+                continue
+            spec = module.__spec__
+            assert spec is not None and spec.loader is not None, "defer() made it from a spec with a loader"
+            object.__setattr__(module, "__class__", types.ModuleType)
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                object.__setattr__(module, "__class__", DeferredModule)
+                raise

@@ -6,7 +6,9 @@ import itertools
 import time
 from pathlib import Path
 
+import docker
 import pytest
+import requests
 from compose_env.config.model import PutParams
 from compose_env.console import Console
 from compose_env.errors import UserError
@@ -347,3 +349,30 @@ def test_kill_ends_a_pending_compose_config_and_its_children_at_once(tmp_path: P
     for pid in map(int, pids.read_text().split()):
         state = Path(f"/proc/{pid}/stat")
         assert not state.exists() or state.read_text().split(")")[-1].split()[0] == "Z"
+
+
+class Inspector:
+    """The engine after a run: one container inspected, one removed since it was listed, one the engine cannot answer for."""
+
+    def inspect_container(self, container_id: str) -> dict[str, object]:
+        if container_id == "gone":
+            raise docker.errors.NotFound("No such container")
+        if container_id == "stuck":
+            raise requests.ReadTimeout("read timed out")
+        return inspected("p-tests-1", "tests", "exited", 3)
+
+
+def test_ps_rows_skip_a_removed_container_and_keep_the_listed_state_of_one_that_cannot_be_inspected(tmp_path: Path) -> None:
+    listed = [
+        {"Id": "ok", "Names": ["/p-tests-1"], "State": "exited", "Labels": {"com.docker.compose.service": "tests"}},
+        {"Id": "gone", "Names": ["/p-old-1"], "State": "exited", "Labels": {"com.docker.compose.service": "old"}},
+        {"Id": "stuck", "Names": ["/p-db-1"], "State": "running", "Labels": {"com.docker.compose.service": "db"}},
+    ]
+    project = make_project(tmp_path)
+
+    rows = project._ps_rows(Inspector(), listed)  # type: ignore[arg-type]
+
+    assert rows == [
+        {"Name": "p-tests-1", "Service": "tests", "State": "exited", "ExitCode": 3, "Health": ""},
+        {"Name": "p-db-1", "Service": "db", "State": "running", "ExitCode": None, "Health": ""},
+    ]

@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import docker
 import pytest
@@ -281,3 +282,53 @@ def test_what_a_kept_data_root_holds_is_removed_by_name_and_each_failure_said_wi
     assert "held what an earlier run left: removed container app-sticky-1, volume app_sticky-data" in log
     assert "could not remove what an earlier run left: container app-stuck-1: " in log
     assert "could not remove what an earlier run left: networks: engine went away" in log
+
+
+class StopRecorder:
+    """A docker client at teardown: two containers, and every call recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[object, ...]] = []
+
+    def containers(self, quiet: bool, all: bool) -> list[dict[str, object]]:
+        self.calls.append(("list", "all" if all else "running"))
+        return [{"Id": "a" * 64}, {"Id": "b" * 64}]
+
+    def remove_container(self, container_id: str, force: bool, v: bool) -> None:
+        self.calls.append(("remove", container_id[:1], force, v))
+
+    def kill(self, container_id: str) -> None:
+        self.calls.append(("kill", container_id[:1]))
+
+    def prune_volumes(self, filters: dict[str, str]) -> dict[str, list[str]]:
+        self.calls.append(("prune volumes", filters["all"]))
+        return {"VolumesDeleted": ["app_data"]}
+
+    def prune_networks(self) -> dict[str, list[str]]:
+        self.calls.append(("prune networks",))
+        return {"NetworksDeleted": ["app_default"]}
+
+
+@pytest.mark.parametrize(
+    ("data_root", "expected"),
+    [
+        # after an abort on a kept data root: what compose down --volumes would remove, through the API
+        ("/cache/docker", [("list", "all"), ("prune networks",), ("prune volumes", "true"), ("remove", "a", True, True), ("remove", "b", True, True)]),
+        # a data root that goes with the container: the running containers are killed, nothing else
+        (daemon.DEFAULT_DATA_ROOT, [("kill", "a"), ("kill", "b"), ("list", "running")]),
+    ],
+)
+def test_containers_at_teardown_without_grace_are_removed_with_their_volumes_and_networks_only_on_a_kept_data_root(
+    monkeypatch: pytest.MonkeyPatch, data_root: str, expected: list[tuple[object, ...]]
+) -> None:
+    client = StopRecorder()
+    monkeypatch.setattr(daemon.docker, "APIClient", lambda **_: client)
+    inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(data_root=data_root)), Console(io.StringIO()))
+    inner._ready = True
+    inner.processes = [("dockerd", SimpleNamespace(poll=lambda: None))]  # type: ignore[list-item]
+    problems: list[str] = []
+
+    assert inner._stop_containers(0, problems) == 2
+
+    assert sorted(client.calls, key=str) == sorted(expected, key=str)
+    assert problems == []

@@ -54,3 +54,16 @@ def test_there_are_no_relative_imports() -> None:
         if any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(ast.parse(path.read_text())))
     ]
     assert not relative
+
+
+def test_the_deferred_libraries_are_imported_whole() -> None:
+    """`import docker` and `import requests` only: a submodule imported while they are deferred would run twice (lazy_imports)."""
+    deferred = ("docker", "requests")
+    broken = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in deferred:
+                broken.append(f"{path.relative_to(PACKAGE)}: from {node.module} import ...")
+            elif isinstance(node, ast.Import):
+                broken += [f"{path.relative_to(PACKAGE)}: import {a.name}" for a in node.names if "." in a.name and a.name.split(".")[0] in deferred]
+    assert not broken

@@ -98,7 +98,7 @@ class FakeInner:
         self.data_root = str(world.tmp_path / "data-root")
         self.handle: DaemonHandle | None = None
 
-    def prepare(self, _estimated: int) -> PreparedStore:
+    def prepare(self, _estimated: int, loads_images: bool) -> PreparedStore:
         self.world.events.append("prepare the store")
         return PreparedStore(self.data_root, "overlay2", self.world.store_writable)
 

@@ -46,8 +46,8 @@ from compose_env.process import descendants, dying_with_parent, process_table
 #: Seconds dockerd and containerd get after SIGTERM before SIGKILL.
 DAEMON_GRACE_SECONDS = 1.5
 #: The same after an abort (containers are already killed): the whole teardown must fit in
-#: Concourse's 10 s before SIGKILL even when every step runs to its bound
-#: (compose down 3 s + containers 2 s + dockerd 1 + 1 s + containerd 1 s).
+#: Concourse's 10 s before SIGKILL even when every step runs to its bound (a SIGTERM during a
+#: normal teardown: compose down 3 s + containers 2 s + dockerd 1 + 1 s + containerd 1 s).
 ABORT_DAEMON_GRACE_SECONDS = 1.0
 #: How long a SIGKILLed daemon gets to disappear before the sweep goes on without it.
 REAP_SECONDS = 1.0
@@ -100,20 +100,21 @@ class InnerDaemon:
 
     def start(self, images_bytes: int, config_dir: str) -> DaemonHandle:
         """Pre-flight, containerd, cgroups, data root, probes, dockerd, readiness; all decisions logged."""
-        self.prepare(images_bytes)
+        self.prepare(images_bytes, loads_images=images_bytes > 0)
         return self.launch(config_dir)
 
-    def prepare(self, images_bytes: int) -> PreparedStore:
+    def prepare(self, images_bytes: int, loads_images: bool) -> PreparedStore:
         """Everything before dockerd: checks, containerd (starting meanwhile), cgroups, data root, driver, network.
 
         Between this and `launch`, the data root is ours: layerstore writes images into it.
-        `images_bytes`: what the images to load take (0: none, so none is written directly either).
+        `images_bytes`: what the images to load take; `loads_images`: whether there are any (if not,
+        none is written directly, and dockerd's version is not asked).
         """
         self._started = time.monotonic()
         check_privileged()
         if self.options.direct_load:
             store_guard.refuse_snapshotter(self.options.args, store_guard.read_daemon_json()[0])
-            if images_bytes:  # with no image to write, nobody waits for dockerd's version
+            if loads_images:  # with no image to write, nobody waits for dockerd's version
                 self._version_probe = tested_engines.start_version_probe()
         for directory in (RUN_DIR, self.log_dir, os.path.dirname(CONTAINERD_SOCKET)):
             os.makedirs(directory, exist_ok=True)
@@ -147,7 +148,7 @@ class InnerDaemon:
         self.console.info(f"mtu: {mtu or 1500} ({mtu_why})")
         self._placement, self._driver, self._iptables, self._mtu_value = placement, driver.driver, iptables, mtu
         self._prepared = time.monotonic()
-        writable, note = self.store_writable(driver.driver) if images_bytes else (False, "")
+        writable, note = self.store_writable(driver.driver) if loads_images else (False, "")
         return PreparedStore(placement.data_root, driver.driver, writable, note)
 
     @property
@@ -224,14 +225,9 @@ class InnerDaemon:
                 removed.append(f"container {name}")
             except (docker.errors.DockerException, requests.RequestException) as error:
                 problems.append(f"container {name}: {error}")
-        for what, prune, key in (
-            ("volume", lambda: client.prune_volumes(filters={"all": "true"}), "VolumesDeleted"),
-            ("network", client.prune_networks, "NetworksDeleted"),
-        ):
-            try:
-                removed += [f"{what} {name}" for name in prune().get(key) or []]
-            except (docker.errors.DockerException, requests.RequestException) as error:
-                problems.append(f"{what}s: {error}")
+        pruned, prune_problems = prune_volumes_and_networks(client)
+        removed += pruned
+        problems += prune_problems
         if removed:
             self.console.warn(f"data root {self.data_root} held what an earlier run left: removed {', '.join(removed)}")
         for problem in problems:
@@ -387,8 +383,9 @@ class InnerDaemon:
     def _stop_containers(self, grace: float, problems: list[str]) -> int:
         """Stop (or kill, with no grace) every container at once through the API.
 
-        With no grace on a kept data root (an abort: no `compose down` ran), every container is
-        removed instead: a `restart: always` one would otherwise start again with the next dockerd.
+        With no grace on a kept data root (after an abort, when no `compose down` ran), what
+        `compose down --volumes` would remove is removed instead, faster: every container (a
+        `restart: always` one would start again with the next dockerd), the volumes, the networks.
         """
         if not self._ready or not any(p.poll() is None for n, p in self.processes if n == "dockerd"):
             return 0  # no API, so no containers
@@ -412,6 +409,8 @@ class InnerDaemon:
                 pass  # the shim sweep after the daemons are down catches what survives
 
         Workers(stop_one, [container["Id"] for container in running], len(running), "stop").wait(CONTAINER_STOP_SECONDS + grace)
+        if remove:
+            problems += prune_volumes_and_networks(client)[1]
         return len(running)
 
     @staticmethod
@@ -446,3 +445,18 @@ class InnerDaemon:
             except ProcessLookupError:
                 pass
         return len(doomed)
+
+
+def prune_volumes_and_networks(client: docker.APIClient) -> tuple[list[str], list[str]]:
+    """Every volume (named ones too) and every network no container uses, removed: (what went, problems)."""
+    removed: list[str] = []
+    problems: list[str] = []
+    for what, prune, key in (
+        ("volume", lambda: client.prune_volumes(filters={"all": "true"}), "VolumesDeleted"),
+        ("network", client.prune_networks, "NetworksDeleted"),
+    ):
+        try:
+            removed += [f"{what} {name}" for name in prune().get(key) or []]
+        except (docker.errors.DockerException, requests.RequestException) as error:
+            problems.append(f"{what}s: {error}")
+    return removed, problems

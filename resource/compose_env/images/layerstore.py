@@ -593,9 +593,9 @@ def remove_partial_layers(data_root: str, console: Console) -> None:
     staging = Path(data_root) / "overlay2" / PARTIAL_DIR
     if not staging.is_dir():
         return
-    layers = len(os.listdir(staging))
-    size = _disk_usage(staging)
     try:
+        layers = len(os.listdir(staging))
+        size = _disk_usage(staging)
         shutil.rmtree(staging)
     except OSError as error:
         console.warn(f"data root {data_root}: could not remove the half-written layers an interrupted run left in {staging}: {error}")

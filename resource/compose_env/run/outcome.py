@@ -35,6 +35,17 @@ def ps_row(inspected: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def listed_ps_row(container: Mapping[str, Any]) -> dict[str, Any]:
+    """The same row from the engine's container list alone (when inspecting fails): no exit code, no health."""
+    return {
+        "Name": str((container.get("Names") or [""])[0]).lstrip("/"),
+        "Service": (container.get("Labels") or {}).get("com.docker.compose.service", ""),
+        "State": str(container.get("State", "")),
+        "ExitCode": None,
+        "Health": "",
+    }
+
+
 def stopped_by_compose(events: Iterable[Mapping[str, Any]]) -> set[str]:
     """Names of containers that were sent a signal (`kill` event) before they died: stopped, not exited by themselves.
 

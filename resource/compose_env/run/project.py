@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 
 from compose_env.config.model import PutParams
 from compose_env.console import Console
@@ -35,10 +36,10 @@ from compose_env.report import RunResult, ServiceState
 from compose_env.run import compose_errors
 from compose_env.run.command import CommandShape, analyse_command, services_started
 from compose_env.run.logs import ServiceLogs, compose_label
-from compose_env.run.outcome import TIMED_OUT_EXIT_CODE, decide_exit_code, failing_services, ps_row, ps_table, service_states, stopped_by_compose
+from compose_env.run.outcome import TIMED_OUT_EXIT_CODE, decide_exit_code, failing_services, listed_ps_row, ps_row, ps_table, service_states, stopped_by_compose
 from compose_env.run.output import CommandOutput
 
-#: How long a quick compose call (config, ps) may take.
+#: How long a quick compose call (config) may take.
 QUIET_TIMEOUT_SECONDS = 60
 #: Lines of each failing service printed again after the run (the whole log streamed already).
 FAILURE_TAIL_MIN, FAILURE_TAIL_MAX = 20, 200
@@ -274,7 +275,8 @@ class ComposeProject:
             self._process = None
         try:
             containers = self._containers(client)
-        except docker.errors.APIError:
+        except (docker.errors.DockerException, requests.RequestException) as error:
+            self.console.warn(f"cannot list the project's containers ({error}): no service states")
             containers = []
         output.complete_from_engine_log([c for c in containers if shape.follows_output_of(compose_label(c, "service"))], client)
         states = service_states(self._ps_rows(client, containers), self._stopped_containers(client, since))
@@ -318,13 +320,19 @@ class ComposeProject:
     # -- after the run
 
     def _ps_rows(self, client: docker.APIClient, containers: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """`compose ps -a`'s rows for the project's containers, read from the engine (a second compose process took 0.15-0.3 s)."""
+        """`compose ps -a`'s rows for the project's containers, read from the engine (a second compose process took 0.15-0.3 s).
+
+        A container the engine cannot inspect keeps the state the list gave it, without exit code or health.
+        """
         rows = []
         for container in containers:
             try:
                 rows.append(ps_row(client.inspect_container(container["Id"])))
-            except docker.errors.APIError:
-                continue  # removed meanwhile (`run --rm`): reported from compose's exit code
+            except docker.errors.NotFound:
+                continue  # removed since it was listed
+            except (docker.errors.DockerException, requests.RequestException) as error:
+                self.console.warn(f"cannot inspect {listed_ps_row(container)['Name']} ({error}): its exit code and health are unknown")
+                rows.append(listed_ps_row(container))
         return rows
 
     def _containers(self, client: docker.APIClient) -> list[dict[str, Any]]:
@@ -357,7 +365,7 @@ class ComposeProject:
             for line in lines:
                 self.console.line(f"    {line}")
         if result.services:
-            self.console.header("services (docker compose ps -a)")
+            self.console.header("services (as docker compose ps -a shows them)")
             for row in ps_table(result.services):
                 self.console.line(f"    {row}")
         for port in sorted(self._output.ports_taken if self._output else ()):
