@@ -270,7 +270,8 @@ def report(ready: dict[str, list[float]], results: dict[str, dict[str, list[dict
             "",
         ]
         lines += [*scenario_table(SEED_SCENARIO, seed), ""]
-    lines += ["(total: the wall time of the `docker exec` of each, in a fresh container; rest: total minus the phases)"]
+    if overhead["ours"] or seed["ours"]:
+        lines += ["(total: the wall time of the `docker exec` of each, in a fresh container; rest: total minus the phases)"]
     return "\n".join(lines)
 
 

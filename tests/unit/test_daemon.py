@@ -289,6 +289,7 @@ class StopRecorder:
 
     def __init__(self) -> None:
         self.calls: list[tuple[object, ...]] = []
+        self.timeout: float | None = None
 
     def containers(self, quiet: bool, all: bool) -> list[dict[str, object]]:
         self.calls.append(("list", "all" if all else "running"))
@@ -309,26 +310,46 @@ class StopRecorder:
         return {"NetworksDeleted": ["app_default"]}
 
 
-@pytest.mark.parametrize(
-    ("data_root", "expected"),
-    [
-        # after an abort on a kept data root: what compose down --volumes would remove, through the API
-        ("/cache/docker", [("list", "all"), ("prune networks",), ("prune volumes", "true"), ("remove", "a", True, True), ("remove", "b", True, True)]),
-        # a data root that goes with the container: the running containers are killed, nothing else
-        (daemon.DEFAULT_DATA_ROOT, [("kill", "a"), ("kill", "b"), ("list", "running")]),
-    ],
-)
-def test_containers_at_teardown_without_grace_are_removed_with_their_volumes_and_networks_only_on_a_kept_data_root(
-    monkeypatch: pytest.MonkeyPatch, data_root: str, expected: list[tuple[object, ...]]
-) -> None:
-    client = StopRecorder()
+def stopping_inner(monkeypatch: pytest.MonkeyPatch, client: StopRecorder) -> daemon.InnerDaemon:
+    """An inner daemon on a kept data root whose dockerd answers through `client`."""
     monkeypatch.setattr(daemon.docker, "APIClient", lambda **_: client)
-    inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(data_root=data_root)), Console(io.StringIO()))
+    inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(data_root="/cache/docker")), Console(io.StringIO()))
     inner._ready = True
     inner.processes = [("dockerd", SimpleNamespace(poll=lambda: None))]  # type: ignore[list-item]
+    return inner
+
+
+def test_containers_left_after_an_abort_on_a_kept_data_root_are_removed_then_their_volumes_and_networks(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = StopRecorder()
     problems: list[str] = []
 
-    assert inner._stop_containers(0, problems) == 2
+    assert stopping_inner(monkeypatch, client)._stop_containers(0, True, problems) == 2
 
-    assert sorted(client.calls, key=str) == sorted(expected, key=str)
+    assert client.calls[0] == ("list", "all")
+    assert sorted(client.calls[1:3], key=str) == [("remove", "a", True, True), ("remove", "b", True, True)]
+    assert client.calls[3:] == [("prune volumes", "true"), ("prune networks",)]  # once no container holds them
     assert problems == []
+
+
+def test_containers_left_after_compose_down_are_only_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = StopRecorder()
+    problems: list[str] = []
+
+    assert stopping_inner(monkeypatch, client)._stop_containers(0, False, problems) == 2
+
+    assert client.calls[0] == ("list", "running")
+    assert sorted(client.calls[1:], key=str) == [("kill", "a"), ("kill", "b")]
+    assert problems == []
+
+
+def test_the_prunes_get_only_the_time_left_before_the_teardown_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    client = StopRecorder()
+    clock = iter([100.0, 102.5])  # before each prune: 2 s left, then none
+    monkeypatch.setattr(daemon, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+
+    removed, problems = daemon.prune_volumes_and_networks(client, deadline=102.0)  # type: ignore[arg-type]
+
+    assert client.calls == [("prune volumes", "true")]
+    assert client.timeout == 2.0
+    assert removed == ["volume app_data"]
+    assert problems == ["networks: no time left to remove them (the next run does)"]

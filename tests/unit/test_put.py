@@ -39,6 +39,8 @@ class World:
         self.events: list[str] = []
         self.plans: list[ImagePlan] = []
         self.store_writable = True
+        #: A data root that outlives the put (a task cache, source.dockerd.data_root).
+        self.keeps_data_root = False
         self.launch_failure: RuntimeFailure | None = None
         #: What `compose config` rejects the project with (None: it accepts it).
         self.config_error: UserError | None = None
@@ -91,10 +93,9 @@ class World:
 class FakeInner:
     """InnerDaemon: records its calls; launches fail as the world says."""
 
-    keeps_data_root = False
-
     def __init__(self, world: World) -> None:
         self.world = world
+        self.keeps_data_root = world.keeps_data_root
         self.data_root = str(world.tmp_path / "data-root")
         self.handle: DaemonHandle | None = None
 
@@ -117,8 +118,8 @@ class FakeInner:
     def empty_data_root(self) -> None:
         self.world.events.append("empty the data root")
 
-    def stop(self, grace: float = 0) -> list[str]:
-        self.world.events.append(f"stop dockerd (grace {grace:g})")
+    def stop(self, grace: float = 0, *, down_done: bool = False) -> list[str]:
+        self.world.events.append(f"stop dockerd (grace {grace:g}{', project down' if down_done else ''})")
         return []
 
 
@@ -208,6 +209,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(images_module, "verify_written_image", lambda _client, image_id, _diff_ids: world.refused.get(image_id, ""))
     monkeypatch.setattr(layerstore, "write_images", write_images)
     monkeypatch.setattr(layerstore, "has_images", lambda _data_root, _driver: False)
+    monkeypatch.setattr(layerstore, "remove_partial_layers", lambda _data_root, _console: world.events.append("remove half-written layers"))
     return world
 
 
@@ -347,7 +349,7 @@ def test_an_error_during_the_run_still_tears_everything_down_and_removes_the_log
     with pytest.raises(RuntimeFailure):
         run_put(world, stop_grace=2)
 
-    assert world.events[-4:] == ["compose run", "kill compose", "compose down (grace 2)", "stop dockerd (grace 2)"]
+    assert world.events[-4:] == ["compose run", "kill compose", "compose down (grace 2)", "stop dockerd (grace 2, project down)"]
     assert "Tearing down" in headers(world.log)
     assert not logins.exists()
 
@@ -378,7 +380,41 @@ def test_a_sigterm_during_teardown_does_not_cut_it_short_and_is_raised_once_it_i
         run_put(world, stop_grace=5)
 
     # The rest of the teardown ran, and dockerd's containers got no grace once the signal came.
-    assert world.events[-3:] == ["kill compose", "compose down (grace 5)", "stop dockerd (grace 0)"]
+    assert world.events[-3:] == ["kill compose", "compose down (grace 5)", "stop dockerd (grace 0, project down)"]
+
+
+def test_on_a_kept_data_root_compose_down_runs_and_the_daemon_stop_knows_it(world: World) -> None:
+    world.keeps_data_root = True
+
+    run_put(world)
+
+    assert "remove half-written layers" in world.events[: world.events.index("launch dockerd")]
+    assert world.events[-3:] == ["kill compose", "compose down (grace 0)", "stop dockerd (grace 0, project down)"]
+
+
+def test_on_a_kept_data_root_a_compose_down_that_fails_leaves_the_removal_to_the_daemon_stop(world: World) -> None:
+    world.keeps_data_root = True
+    world.down = lambda _grace: "exit status 1: network busy"
+
+    run_put(world)
+
+    assert world.events[-2:] == ["compose down (grace 0)", "stop dockerd (grace 0)"]
+    assert "compose down: exit status 1: network busy" in world.log
+
+
+def test_an_abort_on_a_kept_data_root_leaves_the_removal_to_the_daemon_stop_without_compose_down(world: World) -> None:
+    world.keeps_data_root = True
+
+    def aborted() -> RunResult:
+        world.abort.received = True
+        raise Aborted()
+
+    world.run = aborted
+
+    with pytest.raises(Aborted):
+        run_put(world)
+
+    assert world.events[-3:] == ["compose run", "kill compose", "stop dockerd (grace 0)"]
 
 
 def test_a_daemon_that_fails_to_start_is_stopped_and_the_failure_raised(world: World) -> None:

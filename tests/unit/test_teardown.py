@@ -19,7 +19,8 @@ from compose_env.run.put import _down_matters
         (SimpleNamespace(keeps_data_root=False), 5, False, True),  # graceful stops asked for
         (SimpleNamespace(keeps_data_root=False), 5, True, False),  # but not after SIGTERM
         (SimpleNamespace(keeps_data_root=True), 0, False, True),  # a task cache outlives the put: no stale containers or volumes
-        (SimpleNamespace(keeps_data_root=True), 5, True, False),  # after SIGTERM: the daemon's stop removes them through the API
+        (SimpleNamespace(keeps_data_root=True), 0, True, False),  # after SIGTERM: the daemon's stop removes them through the API
+        (SimpleNamespace(keeps_data_root=True), 5, True, False),
     ],
 )
 def test_compose_down_runs_when_it_matters(inner: Any, grace: int, aborted: bool, down: bool) -> None:

@@ -51,7 +51,8 @@ DAEMON_GRACE_SECONDS = 1.5
 ABORT_DAEMON_GRACE_SECONDS = 1.0
 #: How long a SIGKILLed daemon gets to disappear before the sweep goes on without it.
 REAP_SECONDS = 1.0
-#: Bound on the container stop/kill calls at teardown (on top of stop_grace).
+#: One deadline for the container calls at teardown, on top of stop_grace: listing them, stopping,
+#: killing or removing them, and pruning volumes and networks.
 CONTAINER_STOP_SECONDS = 2.0
 
 
@@ -327,12 +328,14 @@ class InnerDaemon:
 
     # -- stop
 
-    def stop(self, grace: float = 0) -> list[str]:
+    def stop(self, grace: float = 0, *, down_done: bool = False) -> list[str]:
         """Idempotent, bounded teardown: containers, dockerd, containerd, shims, cgroups, mounts.
 
         `grace` is what containers get to stop (params.stop_grace; 0 on abort). With none to give
-        and a data root that goes with the container, everything is killed at once. Every step
-        has a deadline, so the whole stop fits in Concourse's 10 s between SIGTERM and SIGKILL.
+        and a data root that goes with the container, everything is killed at once. `down_done`:
+        `compose down` removed the project (else, on a kept data root with no grace, this removes
+        what it would have). Every step has a deadline, so the whole stop fits in Concourse's 10 s
+        between SIGTERM and SIGKILL.
         """
         with self._lock:
             if self._stopped:
@@ -353,7 +356,8 @@ class InnerDaemon:
             # restart policy can bring a container back), the containers with our cgroups below.
             dockerd_grace = 0.0
         else:
-            stopped = self._stop_containers(grace, problems)
+            remove = grace == 0 and not down_done
+            stopped = self._stop_containers(grace, remove, problems)
             lap(f"{stopped} container{'s' if stopped != 1 else ''}")
             # dockerd gets SIGTERM (it unmounts and removes its network namespaces itself);
             # containerd's graceful stop only tidies state in the data root we throw away.
@@ -380,16 +384,17 @@ class InnerDaemon:
             self.console.info("inner daemon stopped: " + ", ".join(steps))
         return problems
 
-    def _stop_containers(self, grace: float, problems: list[str]) -> int:
-        """Stop (or kill, with no grace) every container at once through the API.
+    def _stop_containers(self, grace: float, remove: bool, problems: list[str]) -> int:
+        """Stop (or kill, with no grace) every running container at once through the API.
 
-        With no grace on a kept data root (after an abort, when no `compose down` ran), what
+        `remove` (no grace on a kept data root, when no `compose down` finished: an abort): what
         `compose down --volumes` would remove is removed instead, faster: every container (a
         `restart: always` one would start again with the next dockerd), the volumes, the networks.
+        All of it within one deadline: what is left after it, the next run removes.
         """
         if not self._ready or not any(p.poll() is None for n, p in self.processes if n == "dockerd"):
             return 0  # no API, so no containers
-        remove = grace == 0 and self.keeps_data_root
+        deadline = time.monotonic() + CONTAINER_STOP_SECONDS + grace
         try:
             client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version=self._api_version or "auto", timeout=CONTAINER_STOP_SECONDS + grace)
             running = client.containers(quiet=True, all=remove)
@@ -408,9 +413,9 @@ class InnerDaemon:
             except Exception:
                 pass  # the shim sweep after the daemons are down catches what survives
 
-        Workers(stop_one, [container["Id"] for container in running], len(running), "stop").wait(CONTAINER_STOP_SECONDS + grace)
+        Workers(stop_one, [container["Id"] for container in running], len(running), "stop").wait(max(0.0, deadline - time.monotonic()))
         if remove:
-            problems += prune_volumes_and_networks(client)[1]
+            problems += prune_volumes_and_networks(client, deadline)[1]
         return len(running)
 
     @staticmethod
@@ -447,14 +452,23 @@ class InnerDaemon:
         return len(doomed)
 
 
-def prune_volumes_and_networks(client: docker.APIClient) -> tuple[list[str], list[str]]:
-    """Every volume (named ones too) and every network no container uses, removed: (what went, problems)."""
+def prune_volumes_and_networks(client: docker.APIClient, deadline: float | None = None) -> tuple[list[str], list[str]]:
+    """Every volume (named ones too) and every network no container uses, removed: (what went, problems).
+
+    With a `deadline` (time.monotonic()), each call gets only the time left before it.
+    """
     removed: list[str] = []
     problems: list[str] = []
     for what, prune, key in (
         ("volume", lambda: client.prune_volumes(filters={"all": "true"}), "VolumesDeleted"),
         ("network", client.prune_networks, "NetworksDeleted"),
     ):
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                problems.append(f"{what}s: no time left to remove them (the next run does)")
+                continue
+            client.timeout = left
         try:
             removed += [f"{what} {name}" for name in prune().get(key) or []]
         except (docker.errors.DockerException, requests.RequestException) as error:

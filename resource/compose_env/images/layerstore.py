@@ -591,9 +591,9 @@ def remove_partial_layers(data_root: str, console: Console) -> None:
     Only PARTIAL_DIR is touched: every other overlay2 directory may be dockerd's or BuildKit's.
     """
     staging = Path(data_root) / "overlay2" / PARTIAL_DIR
-    if not staging.is_dir():
-        return
     try:
+        if not staging.is_dir():
+            return
         layers = len(os.listdir(staging))
         size = _disk_usage(staging)
         shutil.rmtree(staging)

@@ -257,12 +257,14 @@ def teardown(
     `compose down --volumes --remove-orphans` where it matters (see `_down_matters`), with a
     deadline (after SIGTERM it must fit in Concourse's 10 s before SIGKILL, with room for the
     rest). Then, for an inner daemon, its stop: containers still there get `grace` seconds all
-    at once (killed at once with none), dockerd and containerd stop, what is left in our cgroups
-    is killed, our mounts are undone. A daemon that failed or was aborted while starting has no
+    at once (with none: killed, or on a kept data root where no `compose down` finished, removed
+    with the volumes and networks), dockerd and containerd stop, what is left in our cgroups is
+    killed, our mounts are undone. A daemon that failed or was aborted while starting has no
     project to take down: only the stop runs. `aborted`: the put was; `abort` tells of a SIGTERM
     that comes during the teardown itself (it shortens the waits).
     """
     project.kill()
+    down_done = False
     if handle is not None and project.started and _down_matters(inner, grace, aborted):
         abort_budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"]
         budget = abort_budget if aborted else grace + NORMAL_DOWN_SECONDS
@@ -274,8 +276,9 @@ def teardown(
             console.warn(f"compose down: {problem}")
         else:
             console.info(f"compose down --volumes --remove-orphans: {time.monotonic() - started:.2f}s")
+            down_done = True
     if inner is not None:
-        problems = inner.stop(0 if aborted or abort.received else grace)
+        problems = inner.stop(0 if aborted or abort.received else grace, down_done=down_done)
     elif handle is not None:
         problems = handle.stop()
     else:
