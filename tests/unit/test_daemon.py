@@ -285,24 +285,28 @@ def test_what_a_kept_data_root_holds_is_removed_by_name_and_each_failure_said_wi
 
 
 class StopRecorder:
-    """A docker client at teardown: two containers, and every call recorded."""
+    """A docker client at teardown: the containers it lists, and every call recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, left: int = 1) -> None:
+        self.ids = ["a" * 64, "b" * 64][:left]
         self.calls: list[tuple[object, ...]] = []
         self.timeout: float | None = None
+        self.prune_failure: Exception | None = None
 
     def containers(self, quiet: bool, all: bool) -> list[dict[str, object]]:
         self.calls.append(("list", "all" if all else "running"))
-        return [{"Id": "a" * 64}, {"Id": "b" * 64}]
+        return [{"Id": container_id} for container_id in self.ids]
+
+    def stop(self, container_id: str, timeout: int) -> None:
+        self.calls.append(("stop", container_id[:1], timeout))
 
     def remove_container(self, container_id: str, force: bool, v: bool) -> None:
         self.calls.append(("remove", container_id[:1], force, v))
 
-    def kill(self, container_id: str) -> None:
-        self.calls.append(("kill", container_id[:1]))
-
     def prune_volumes(self, filters: dict[str, str]) -> dict[str, list[str]]:
         self.calls.append(("prune volumes", filters["all"]))
+        if self.prune_failure is not None:
+            raise self.prune_failure
         return {"VolumesDeleted": ["app_data"]}
 
     def prune_networks(self) -> dict[str, list[str]]:
@@ -310,36 +314,76 @@ class StopRecorder:
         return {"NetworksDeleted": ["app_default"]}
 
 
-def stopping_inner(monkeypatch: pytest.MonkeyPatch, client: StopRecorder) -> daemon.InnerDaemon:
-    """An inner daemon on a kept data root whose dockerd answers through `client`."""
+def stopping_inner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client: StopRecorder, data_root: str) -> tuple[daemon.InnerDaemon, list[float]]:
+    """An inner daemon whose dockerd answers through `client`, and the graces its daemons get (recorded, not given).
+
+    Its socket and pid file are in tmp_path: the stop removes them, and a host's must stay.
+    """
     monkeypatch.setattr(daemon.docker, "APIClient", lambda **_: client)
-    inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(data_root="/cache/docker")), Console(io.StringIO()))
+    monkeypatch.setattr(daemon, "DOCKER_SOCKET", str(tmp_path / "docker.sock"))
+    monkeypatch.setattr(daemon, "DOCKERD_PIDFILE", str(tmp_path / "dockerd.pid"))
+    inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(data_root=data_root)), Console(io.StringIO()))
     inner._ready = True
-    inner.processes = [("dockerd", SimpleNamespace(poll=lambda: None))]  # type: ignore[list-item]
-    return inner
+    dockerd = SimpleNamespace(poll=lambda: None)
+    inner.processes = [("dockerd", dockerd)]  # type: ignore[list-item]
+    terminated: list[float] = []
+    monkeypatch.setattr(inner, "_terminate", lambda _process, grace: terminated.append(grace))
+    monkeypatch.setattr(inner, "_kill_strays", lambda: 0)
+    monkeypatch.setattr(inner, "mounts", SimpleNamespace(made=[], undo=lambda also_below: []))
+    return inner, terminated
 
 
-def test_containers_left_after_an_abort_on_a_kept_data_root_are_removed_then_their_volumes_and_networks(monkeypatch: pytest.MonkeyPatch) -> None:
-    client = StopRecorder()
-    problems: list[str] = []
+PRUNES = [("prune volumes", "true"), ("prune networks",)]
 
-    assert stopping_inner(monkeypatch, client)._stop_containers(0, True, problems) == 2
+
+@pytest.mark.parametrize(
+    ("data_root", "grace", "down_done", "left", "expected"),
+    [
+        # an abort on a kept data root: what compose down --volumes would remove, through the API
+        ("/cache/docker", 0, False, 1, [("list", "all"), ("remove", "a", True, True), *PRUNES]),
+        # compose down removed the project: a container it did not know of goes too, with the volumes
+        ("/cache/docker", 0, True, 1, [("list", "all"), ("remove", "a", True, True), *PRUNES]),
+        ("/cache/docker", 0, True, 0, [("list", "all")]),
+        # compose down failed with a grace to give: the containers get it, then go
+        ("/cache/docker", 5, False, 1, [("list", "all"), ("stop", "a", 5), ("remove", "a", True, True), *PRUNES]),
+        # a data root that goes with the container: stopped with their grace, nothing removed
+        (daemon.DEFAULT_DATA_ROOT, 5, False, 1, [("list", "running"), ("stop", "a", 5)]),
+        # ... and with none to give, killed with the daemons: no call at all
+        (daemon.DEFAULT_DATA_ROOT, 0, False, 1, []),
+    ],
+)
+def test_the_daemon_stop_leaves_a_kept_data_root_as_compose_down_would_and_kills_the_rest(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: str, grace: int, down_done: bool, left: int, expected: list[tuple[object, ...]]
+) -> None:
+    client = StopRecorder(left)
+    inner, terminated = stopping_inner(monkeypatch, tmp_path, client, data_root)
+
+    assert inner.stop(grace, down_done=down_done) == []
+
+    assert client.calls == expected
+    assert len(terminated) == 1  # dockerd, whatever happened to the containers
+
+
+def test_the_containers_of_an_abort_are_removed_at_once_and_the_prunes_come_after_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    client = StopRecorder(left=2)
+    inner, _ = stopping_inner(monkeypatch, tmp_path, client, "/cache/docker")
+
+    inner.stop(0)
 
     assert client.calls[0] == ("list", "all")
     assert sorted(client.calls[1:3], key=str) == [("remove", "a", True, True), ("remove", "b", True, True)]
-    assert client.calls[3:] == [("prune volumes", "true"), ("prune networks",)]  # once no container holds them
-    assert problems == []
+    assert client.calls[3:] == PRUNES  # once no container holds them
 
 
-def test_containers_left_after_compose_down_are_only_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_prune_that_fails_in_any_way_still_lets_the_daemons_stop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     client = StopRecorder()
-    problems: list[str] = []
+    client.prune_failure = ValueError("unexpected answer")
+    inner, terminated = stopping_inner(monkeypatch, tmp_path, client, "/cache/docker")
 
-    assert stopping_inner(monkeypatch, client)._stop_containers(0, False, problems) == 2
+    problems = inner.stop(0)
 
-    assert client.calls[0] == ("list", "running")
-    assert sorted(client.calls[1:], key=str) == [("kill", "a"), ("kill", "b")]
-    assert problems == []
+    assert problems == ["volumes and networks: unexpected answer"]
+    assert terminated == [daemon.ABORT_DAEMON_GRACE_SECONDS]
 
 
 def test_the_prunes_get_only_the_time_left_before_the_teardown_deadline(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -402,6 +402,17 @@ def test_on_a_kept_data_root_a_compose_down_that_fails_leaves_the_removal_to_the
     assert "compose down: exit status 1: network busy" in world.log
 
 
+def test_on_a_kept_data_root_a_compose_down_past_its_deadline_leaves_the_removal_to_the_daemon_stop(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world.keeps_data_root = True
+    monkeypatch.setattr(put, "NORMAL_DOWN_SECONDS", 0.05)
+    world.down = lambda _grace: (time.sleep(0.5), "")[1]
+
+    run_put(world)
+
+    assert world.events[-2:] == ["compose down (grace 0)", "stop dockerd (grace 0)"]
+    assert "compose down did not finish within 0.05s" in world.log
+
+
 def test_an_abort_on_a_kept_data_root_leaves_the_removal_to_the_daemon_stop_without_compose_down(world: World) -> None:
     world.keeps_data_root = True
 

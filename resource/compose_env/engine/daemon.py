@@ -333,9 +333,9 @@ class InnerDaemon:
 
         `grace` is what containers get to stop (params.stop_grace; 0 on abort). With none to give
         and a data root that goes with the container, everything is killed at once. `down_done`:
-        `compose down` removed the project (else, on a kept data root with no grace, this removes
-        what it would have). Every step has a deadline, so the whole stop fits in Concourse's 10 s
-        between SIGTERM and SIGKILL.
+        `compose down` removed the project (else, on a kept data root, this removes what it would
+        have). Every step has a deadline: after a SIGTERM (no grace) the whole stop fits in
+        Concourse's 10 s before SIGKILL.
         """
         with self._lock:
             if self._stopped:
@@ -356,8 +356,7 @@ class InnerDaemon:
             # restart policy can bring a container back), the containers with our cgroups below.
             dockerd_grace = 0.0
         else:
-            remove = grace == 0 and not down_done
-            stopped = self._stop_containers(grace, remove, problems)
+            stopped = self._stop_containers(grace, problems, prune=not down_done)
             lap(f"{stopped} container{'s' if stopped != 1 else ''}")
             # dockerd gets SIGTERM (it unmounts and removes its network namespaces itself);
             # containerd's graceful stop only tidies state in the data root we throw away.
@@ -384,17 +383,19 @@ class InnerDaemon:
             self.console.info("inner daemon stopped: " + ", ".join(steps))
         return problems
 
-    def _stop_containers(self, grace: float, remove: bool, problems: list[str]) -> int:
-        """Stop (or kill, with no grace) every running container at once through the API.
+    def _stop_containers(self, grace: float, problems: list[str], *, prune: bool) -> int:
+        """Every running container given `grace` to stop, all at once through the API.
 
-        `remove` (no grace on a kept data root, when no `compose down` finished: an abort): what
-        `compose down --volumes` would remove is removed instead, faster: every container (a
-        `restart: always` one would start again with the next dockerd), the volumes, the networks.
-        All of it within one deadline: what is left after it, the next run removes.
+        A kept data root is left as `compose down --volumes` would leave it, faster: every
+        container removed (a `restart: always` one would start again with the next dockerd), then
+        the volumes and networks, unless compose down removed the project (`prune` false) and no
+        container was left. All of it within one deadline: what is left after it, the next run
+        removes before it starts.
         """
         if not self._ready or not any(p.poll() is None for n, p in self.processes if n == "dockerd"):
             return 0  # no API, so no containers
         deadline = time.monotonic() + CONTAINER_STOP_SECONDS + grace
+        remove = self.keeps_data_root
         try:
             client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version=self._api_version or "auto", timeout=CONTAINER_STOP_SECONDS + grace)
             running = client.containers(quiet=True, all=remove)
@@ -406,16 +407,17 @@ class InnerDaemon:
             try:
                 if grace > 0:
                     client.stop(container_id, timeout=int(grace))
-                elif remove:
+                if remove:
                     client.remove_container(container_id, force=True, v=True)
-                else:
-                    client.kill(container_id)
             except Exception:
                 pass  # the shim sweep after the daemons are down catches what survives
 
         Workers(stop_one, [container["Id"] for container in running], len(running), "stop").wait(max(0.0, deadline - time.monotonic()))
-        if remove:
-            problems += prune_volumes_and_networks(client, deadline)[1]
+        if remove and (prune or running):
+            try:
+                problems += prune_volumes_and_networks(client, deadline)[1]
+            except Exception as error:  # whatever it is, the daemons must still be stopped
+                problems.append(f"volumes and networks: {error}")
         return len(running)
 
     @staticmethod
