@@ -51,8 +51,8 @@ DAEMON_GRACE_SECONDS = 1.5
 ABORT_DAEMON_GRACE_SECONDS = 1.0
 #: How long a SIGKILLed daemon gets to disappear before the sweep goes on without it.
 REAP_SECONDS = 1.0
-#: One deadline for the container calls at teardown, on top of stop_grace: listing them, stopping,
-#: killing or removing them, and pruning volumes and networks.
+#: One deadline for the container calls at teardown, on top of stop_grace: listing, stopping and
+#: removing them, and pruning volumes and networks.
 CONTAINER_STOP_SECONDS = 2.0
 
 

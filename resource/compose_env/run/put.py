@@ -257,9 +257,9 @@ def teardown(
     `compose down --volumes --remove-orphans` where it matters (see `_down_matters`), with a
     deadline (after SIGTERM it must fit in Concourse's 10 s before SIGKILL, with room for the
     rest). Then, for an inner daemon, its stop: containers still there get `grace` seconds all
-    at once (with none: killed, or on a kept data root where no `compose down` finished, removed
-    with the volumes and networks), dockerd and containerd stop, what is left in our cgroups is
-    killed, our mounts are undone. A daemon that failed or was aborted while starting has no
+    at once (with none they are killed), on a kept data root they are removed (and the volumes
+    and networks unless `compose down` finished), dockerd and containerd stop, what is left in
+    our cgroups is killed, our mounts are undone. A daemon that failed or was aborted while starting has no
     project to take down: only the stop runs. `aborted`: the put was; `abort` tells of a SIGTERM
     that comes during the teardown itself (it shortens the waits).
     """
