@@ -60,6 +60,11 @@ class World:
     def log(self) -> str:
         return self.console_stream.getvalue()
 
+    def aborted_run(self) -> RunResult:
+        """A run a SIGTERM ends: what the handler does before it raises."""
+        self.abort.received = True
+        raise Aborted()
+
     def handle(self, name: str) -> DaemonHandle:
         def stop() -> list[str]:
             self.events.append(f"stop {name}")
@@ -355,11 +360,7 @@ def test_an_error_during_the_run_still_tears_everything_down_and_removes_the_log
 
 
 def test_an_abort_during_the_run_tears_down_at_once_without_grace(world: World) -> None:
-    def aborted() -> RunResult:
-        world.abort.received = True  # what the SIGTERM handler does before it raises
-        raise Aborted()
-
-    world.run = aborted
+    world.run = world.aborted_run
 
     with pytest.raises(Aborted):
         run_put(world, stop_grace=5)
@@ -415,12 +416,7 @@ def test_on_a_kept_data_root_a_compose_down_past_its_deadline_leaves_the_removal
 
 def test_an_abort_on_a_kept_data_root_leaves_the_removal_to_the_daemon_stop_without_compose_down(world: World) -> None:
     world.keeps_data_root = True
-
-    def aborted() -> RunResult:
-        world.abort.received = True
-        raise Aborted()
-
-    world.run = aborted
+    world.run = world.aborted_run
 
     with pytest.raises(Aborted):
         run_put(world)
