@@ -31,13 +31,8 @@ sys.path.insert(0, str(ROOT / "resource"))
 
 from compose_env.images.load import LOAD_CONCURRENCY  # noqa: E402
 from harness import PUT_DIR, Container  # noqa: E402
-from image_fixtures import (  # noqa: E402
-    docker_image_save_dir,
-    docker_save_tarball,
-    oci_build_task_dir,
-    random_image,
-    registry_image_oci_dir,
-)
+from image_fixtures import docker_save_tarball, random_image  # noqa: E402
+from producers import docker_image_resource_dir, oci_build_task_dir, registry_image_oci_dir  # noqa: E402
 
 CACHE = Path("/tmp/compose-env-bench-images")
 #: `params.images` for the three-shape set, and the naive equivalent: (file, names to tag).
@@ -142,7 +137,7 @@ def build_inputs(layer_mib: int, big_mib: int) -> int:
             work = Path(scratch)
             sizes = [layer_mib << 20] * 4
             registry_image_oci_dir(random_image(work / "a", sizes), CACHE / "redis-image", "bench/redis", "7", "index.docker.io/bench/redis:7")
-            docker_image_save_dir(random_image(work / "b", sizes), CACHE / "saved-image", "bench/saved", "ci")
+            docker_image_resource_dir(random_image(work / "b", sizes), CACHE / "saved-image", "bench/saved", "ci")
             oci_build_task_dir(random_image(work / "c", sizes), CACHE / "built" / "image")
             docker_save_tarball(random_image(work / "d", [big_mib << 20 >> 2] * 4), CACHE / "big" / "big.tar", ["bench/big:1"])
         marker.touch()

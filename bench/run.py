@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from harness import DEFAULT_BUILD_ENV, PUT_DIR, Container  # noqa: E402
-from image_fixtures import docker_image_save_dir, parts_from_docker, registry_image_oci_dir  # noqa: E402
+from image_fixtures import parts_from_docker  # noqa: E402
+from producers import docker_image_resource_dir, registry_image_oci_dir  # noqa: E402
 
 SEED = Path("/tmp/compose-env-bench-seed")
 BENCH_MOUNT = "/bench"
@@ -150,7 +151,7 @@ def seed_put_dir() -> Path:
         server = parts_from_docker(SERVER_TAG, Path(work) / "server")
         registry_image_oci_dir(server, put / "redis-image", "bench/redis", "7", SERVER_TAG)
         client = parts_from_docker(CLIENT_TAG, Path(work) / "client")
-        docker_image_save_dir(client, put / "tests-image", "bench/tests", "ci")
+        docker_image_resource_dir(client, put / "tests-image", "bench/tests", "ci")
     (SEED / "key").write_text(key)
     return put
 

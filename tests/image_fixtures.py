@@ -5,13 +5,7 @@ comes from `docker save` of a locally built image (integration tests, bench) or 
 `synthetic_image` (unit tests, no Docker). The writers below lay the parts out as each
 producer does:
 
-- `registry_image_oci_dir`: registry-image `format: oci` (go-containerregistry tarball:
-  config named `sha256:…`, gzip layers `<hex>.tar.gz`, RepoTags `index.docker.io/library/…`);
-- `oci_layout_dir`: registry-image `format: oci-layout` (`oci/index.json` → nested
-  multi-platform index with an attestation manifest, no name annotations);
-- `rootfs_dir`: registry-image's default format (`rootfs/`, `metadata.json`);
-- `docker_image_save_dir`: docker-image `get` with `save: true` (`image` with EMPTY RepoTags);
-- `oci_build_task_dir`: oci-build-task (`image/image.tar` docker-save + OCI index, no RepoTags);
+- the directories Concourse steps leave: `producers.py`, as each producer's source writes them;
 - `docker_save_tarball`, `oci_archive_tarball` and `compress`: plain `.tar`, `.tar.gz`, `.tgz`, `.tar.zst`;
 - `truncated_copy`, `corrupt_copy`, `corrupt_gzip_layer_copy`: broken tarballs;
 - `random_image`: incompressible layers of any size, for the benchmark and big-load tests.
@@ -176,14 +170,14 @@ def _file_sha256(path: Path) -> str:
 # ---------------------------------------------------------------- tar writing
 
 
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     info.mode = 0o644
     tar.addfile(info, io.BytesIO(data))
 
 
-def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
+def add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
     info = tarfile.TarInfo(name)
     info.size = path.stat().st_size
     info.mode = 0o644
@@ -191,7 +185,7 @@ def _add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
         tar.addfile(info, handle)
 
 
-def _gzip_layer(layer: Path, workdir: Path) -> tuple[Path, str]:
+def gzip_layer(layer: Path, workdir: Path) -> tuple[Path, str]:
     """The gzip of a layer on disk and its digest (`sha256:…` of the compressed bytes)."""
     target = workdir / (layer.name + ".gz")
     with open(layer, "rb") as source, open(target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as sink:
@@ -199,7 +193,7 @@ def _gzip_layer(layer: Path, workdir: Path) -> tuple[Path, str]:
     return target, "sha256:" + _file_sha256(target)
 
 
-def _docker_manifest(config_name: str, layer_names: Sequence[str], repo_tags: Sequence[str] | None) -> bytes:
+def docker_manifest(config_name: str, layer_names: Sequence[str], repo_tags: Sequence[str] | None) -> bytes:
     return json.dumps([{"Config": config_name, "RepoTags": list(repo_tags) if repo_tags is not None else None, "Layers": list(layer_names)}]).encode()
 
 
@@ -218,29 +212,13 @@ def docker_save_tarball(parts: ImageParts, target: Path, repo_tags: Sequence[str
     layer_names = [f"{_file_sha256(layer)}/layer.tar" for layer in parts.layers]
     with tarfile.open(target, "w") as tar:
         for name, layer in zip(layer_names, parts.layers, strict=True):
-            _add_file(tar, name, layer)
-        _add_bytes(tar, config_name, parts.config)
-        _add_bytes(tar, "manifest.json", _docker_manifest(config_name, layer_names, repo_tags))
+            add_file(tar, name, layer)
+        add_bytes(tar, config_name, parts.config)
+        add_bytes(tar, "manifest.json", docker_manifest(config_name, layer_names, repo_tags))
     return target
 
 
-def registry_image_oci_dir(parts: ImageParts, directory: Path, repository: str, tag: str, repo_tag: str) -> Path:
-    """registry-image `format: oci`: go-containerregistry's tarball with gzip layers; manifest.json comes last."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as scratch, tarfile.open(directory / "image.tar", "w") as tar:
-        _add_bytes(tar, parts.config_digest, parts.config)
-        layer_names = []
-        for layer in parts.layers:
-            compressed, digest = _gzip_layer(layer, Path(scratch))
-            layer_names.append(digest.split(":")[1] + ".tar.gz")
-            _add_file(tar, layer_names[-1], compressed)
-        _add_bytes(tar, "manifest.json", _docker_manifest(parts.config_digest, layer_names, [repo_tag]))
-    write_name_files(directory, repository, tag)
-    (directory / "digest").write_text(parts.config_digest + "\n")
-    return directory
-
-
-class _BlobStore:
+class BlobStore:
     """Blobs of an OCI layout (a directory or inside a tar), written once each."""
 
     def __init__(self, root: Path) -> None:
@@ -266,7 +244,7 @@ class _BlobStore:
         with tempfile.TemporaryDirectory() as scratch:
             for layer in parts.layers:
                 if gzip_layers:
-                    compressed, digest = _gzip_layer(layer, Path(scratch))
+                    compressed, digest = gzip_layer(layer, Path(scratch))
                     layers.append(self.put_file(compressed, digest, OCI_LAYER_GZIP))
                 else:
                     layers.append(self.put_file(layer, "sha256:" + _file_sha256(layer), OCI_LAYER))
@@ -278,7 +256,7 @@ class _BlobStore:
         (self.root / "index.json").write_text(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}))
 
 
-def _other_platform_manifest(store: _BlobStore, architecture: str) -> dict[str, Any]:
+def other_platform_manifest(store: BlobStore, architecture: str) -> dict[str, Any]:
     """A small but complete image for another architecture (never chosen on amd64)."""
     config = {"architecture": architecture, "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": []}}
     return store.put_json(
@@ -288,7 +266,7 @@ def _other_platform_manifest(store: _BlobStore, architecture: str) -> dict[str, 
     )
 
 
-def _attestation_manifest(store: _BlobStore, subject: str) -> dict[str, Any]:
+def attestation_manifest(store: BlobStore, subject: str) -> dict[str, Any]:
     statement = store.put_bytes(b'{"_type":"https://in-toto.io/Statement/v0.1"}', "application/vnd.in-toto+json")
     config = store.put_bytes(b"{}", OCI_CONFIG)
     return store.put_json(
@@ -299,43 +277,9 @@ def _attestation_manifest(store: _BlobStore, subject: str) -> dict[str, Any]:
     )
 
 
-def oci_layout_dir(
-    parts: ImageParts,
-    directory: Path,
-    repository: str | None,
-    tag: str | None,
-    *,
-    platform: tuple[str, str] = ("linux", "amd64"),
-    multi_platform: bool = True,
-) -> Path:
-    """registry-image `format: oci-layout`: `oci/index.json` → (nested index →) manifests, no name annotations.
-
-    With `multi_platform`, the top index points at an image index holding arm64, the
-    image for `platform`, and a buildx attestation manifest, as for `redis:7` on Docker Hub.
-    """
-    store = _BlobStore(directory / "oci")
-    image = store.image_manifest(parts, gzip_layers=True)
-    if multi_platform:
-        image = {**image, "platform": {"os": platform[0], "architecture": platform[1]}}
-        nested = store.put_json(
-            {
-                "schemaVersion": 2,
-                "mediaType": OCI_INDEX,
-                "manifests": [_other_platform_manifest(store, "arm64"), image, _attestation_manifest(store, image["digest"])],
-            },
-            OCI_INDEX,
-        )
-        store.write_index([nested])
-    else:
-        store.write_index([image])
-    if repository:
-        write_name_files(directory, repository, tag or "latest")
-    return directory
-
-
 def oci_layout_tree(parts: ImageParts, root: Path, *, gzip_layers: bool) -> dict[str, Any]:
     """A bare single-image OCI layout at `root` (no `oci/` parent); returns the manifest descriptor."""
-    store = _BlobStore(root)
+    store = BlobStore(root)
     descriptor = store.image_manifest(parts, gzip_layers=gzip_layers)
     store.write_index([descriptor])
     return descriptor
@@ -346,9 +290,9 @@ def _tar_directory(root: Path, target: Path, extra: dict[str, bytes] | None = No
     with tarfile.open(target, "w") as tar:
         for path in sorted(root.rglob("*")):
             if path.is_file():
-                _add_file(tar, path.relative_to(root).as_posix(), path)
+                add_file(tar, path.relative_to(root).as_posix(), path)
         for name, data in (extra or {}).items():
-            _add_bytes(tar, name, data)
+            add_bytes(tar, name, data)
     return target
 
 
@@ -361,37 +305,8 @@ def oci_archive_tarball(parts: ImageParts, target: Path, *, with_docker_manifest
         if with_docker_manifest:
             manifest = json.loads((root / "blobs" / "sha256" / descriptor["digest"].split(":")[1]).read_text())
             names = ["blobs/sha256/" + layer["digest"].split(":")[1] for layer in manifest["layers"]]
-            extra["manifest.json"] = _docker_manifest("blobs/sha256/" + manifest["config"]["digest"].split(":")[1], names, repo_tags)
+            extra["manifest.json"] = docker_manifest("blobs/sha256/" + manifest["config"]["digest"].split(":")[1], names, repo_tags)
         return _tar_directory(root, target, extra)
-
-
-def oci_build_task_dir(parts: ImageParts, directory: Path) -> Path:
-    """oci-build-task's output `image/`: image.tar (docker-save + OCI index, RepoTags null) and digest."""
-    directory.mkdir(parents=True, exist_ok=True)
-    oci_archive_tarball(parts, directory / "image.tar", with_docker_manifest=True, repo_tags=None)
-    (directory / "digest").write_text(parts.config_digest + "\n")
-    return directory
-
-
-def docker_image_save_dir(parts: ImageParts, directory: Path, repository: str, tag: str) -> Path:
-    """docker-image `get` with `save: true`: `image` saved by digest, so RepoTags is empty."""
-    directory.mkdir(parents=True, exist_ok=True)
-    docker_save_tarball(parts, directory / "image", repo_tags=[])
-    (directory / "image-id").write_text(parts.image_id.split(":")[1] + "\n")
-    write_name_files(directory, repository, tag)
-    return directory
-
-
-def rootfs_dir(parts: ImageParts, directory: Path, repository: str, tag: str, metadata: dict[str, Any]) -> Path:
-    """registry-image's default format: the layers unpacked into `rootfs/`, plus metadata.json (env, user)."""
-    rootfs = directory / "rootfs"
-    rootfs.mkdir(parents=True, exist_ok=True)
-    for layer in parts.layers:
-        with tarfile.open(layer) as tar:
-            tar.extractall(rootfs, filter="fully_trusted")
-    (directory / "metadata.json").write_text(json.dumps(metadata))
-    write_name_files(directory, repository, tag)
-    return directory
 
 
 def compress(tarball: Path, suffix: str) -> Path:

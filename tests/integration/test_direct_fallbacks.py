@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from harness import RunOutcome, run_script
-from image_fixtures import build_marked_image, docker_save_tarball, parts_from_docker, registry_image_oci_dir
+from image_fixtures import build_marked_image, docker_save_tarball, parts_from_docker
+from producers import registry_image_oci_dir
 
 WRITTEN = "written into the overlay2 store"
 STREAMED = "MiB streamed in"

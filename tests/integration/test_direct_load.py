@@ -44,12 +44,10 @@ from image_fixtures import (
     ImageParts,
     build_marked_image,
     corrupt_gzip_layer_copy,
-    docker_image_save_dir,
     docker_save_tarball,
-    oci_layout_dir,
     parts_from_docker,
-    registry_image_oci_dir,
 )
+from producers import docker_image_resource_dir, oci_layout_dir, registry_image_oci_dir
 
 WRITTEN = "written into the overlay2 store"
 NOT_DIRECT = {"dockerd": {"direct_load": False}}
@@ -104,7 +102,7 @@ def tricky(work: Path) -> ImageParts:
 def shapes_put(work: Path, tricky: ImageParts) -> Path:
     put = work / "shapes-put"
     repository, tag = SHAPES["saved"][1].split(":")
-    docker_image_save_dir(with_marker(tricky, "saved", work / "m-saved"), put / "saved-image", repository, tag)
+    docker_image_resource_dir(with_marker(tricky, "saved", work / "m-saved"), put / "saved-image", repository, tag)
     repository, tag = SHAPES["registry"][1].split(":")
     registry_image_oci_dir(with_marker(tricky, "registry", work / "m-registry"), put / "registry-image", repository, tag, f"index.docker.io/{repository}:{tag}")
     repository, tag = SHAPES["layout"][1].split(":")
@@ -291,7 +289,7 @@ links=$(stat -c %h /tricky/hl/a) $(getcap /tricky/capbin)"]
 def test_a_directly_written_image_serves_as_a_build_base(image: str, work: Path, tricky: ImageParts) -> None:
     put = work / "build-put"
     repository, tag = SHAPES["saved"][1].split(":")
-    docker_image_save_dir(with_marker(tricky, "build", work / "m-build"), put / "saved-image", repository, tag)
+    docker_image_resource_dir(with_marker(tricky, "build", work / "m-build"), put / "saved-image", repository, tag)
     (put / "src" / "app").mkdir(parents=True)
     (put / "src" / "app" / "Dockerfile").write_text(BUILD_DOCKERFILE)
     _compose_file(put, {"app": {"build": {"context": "app"}, "image": "example/built-on-direct:ci"}})

@@ -18,16 +18,18 @@ from image_fixtures import (
     build_marked_image,
     compress,
     corrupt_gzip_layer_copy,
-    docker_image_save_dir,
     docker_save_tarball,
     oci_archive_tarball,
-    oci_build_task_dir,
-    oci_layout_dir,
     parts_from_docker,
     random_image,
-    registry_image_oci_dir,
-    rootfs_dir,
     truncated_copy,
+)
+from producers import (
+    docker_image_resource_dir,
+    oci_build_task_dir,
+    oci_layout_dir,
+    registry_image_oci_dir,
+    registry_image_rootfs_dir,
 )
 
 PRINT = "echo shape=$$(cat /shape) uid=$$(id -u) greeting=$${GREETING:-none} pwd=$$(pwd)"
@@ -74,8 +76,9 @@ def shapes_put(work: Path) -> tuple[Path, list]:
     put = work / "put"
     registry_image_oci_dir(_parts("registry-oci", work), put / "redis-image", "redis", "7", "index.docker.io/library/redis:7")
     oci_layout_dir(_parts("oci-layout", work), put / "layout-image", "example/layout", "ci")
-    rootfs_dir(_parts("rootfs", work), put / "rootfs-image", "example/rootfs", "ci", {"env": ["GREETING=hello from metadata", "PATH=/bin"], "user": "app"})
-    docker_image_save_dir(_parts("docker-image-save", work), put / "saved-image", "example/saved", "ci")
+    rootfs = parts_from_docker(build_marked_image("rootfs", "rootfs", 'ENV GREETING="hello from metadata"\nUSER app'), work / "rootfs")
+    registry_image_rootfs_dir(rootfs, put / "rootfs-image", "example/rootfs", "ci", release="v1.14.0")
+    docker_image_resource_dir(_parts("docker-image-save", work), put / "saved-image", "example/saved", "ci")
     oci_build_task_dir(_parts("oci-build-task", work), put / "built" / "image")
     files = put / "files"
     compress(docker_save_tarball(_parts("plain-gz", work), files / "gz.tar", ["example/gz:ci"]), ".tar.gz")

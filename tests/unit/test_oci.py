@@ -10,7 +10,8 @@ import pytest
 from compose_env.images.errors import ArchiveError, NoMatchingPlatform
 from compose_env.images.oci import LayoutReader, oci_stream, select_manifest
 from compose_env.images.tar import list_tar
-from image_fixtures import ImageParts, loadable_members, oci_archive_tarball, oci_layout_dir, synthetic_image
+from image_fixtures import ImageParts, loadable_members, oci_archive_tarball, synthetic_image
+from producers import oci_build_task_dir, oci_layout_dir
 
 AMD64 = ("linux", "amd64", "")
 
@@ -20,8 +21,17 @@ def parts(tmp_path: Path) -> ImageParts:
     return synthetic_image(tmp_path / "parts", {"shape": b"synthetic\n", "big.bin": bytes(range(256)) * 4096})
 
 
-def test_select_manifest_walks_nested_indexes_and_skips_attestations(tmp_path: Path, parts: ImageParts) -> None:
+def test_select_manifest_skips_attestations_in_a_registry_index(tmp_path: Path, parts: ImageParts) -> None:
     layout = oci_layout_dir(parts, tmp_path / "image", "example/app", "1") / "oci"
+
+    manifest = select_manifest(LayoutReader.directory(layout), AMD64)
+
+    assert manifest["config"]["digest"] == parts.config_digest
+
+
+def test_select_manifest_walks_a_nested_index(tmp_path: Path, parts: ImageParts) -> None:
+    """oci-build-task's multi-platform output: index.json's one entry is an index of the platforms' manifests."""
+    layout = oci_build_task_dir(parts, tmp_path / "image", platforms=[("linux", "arm64"), ("linux", "amd64")]) / "image"
 
     manifest = select_manifest(LayoutReader.directory(layout), AMD64)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from compose_env.config.model import ImageEntry
@@ -16,15 +18,18 @@ from compose_env.images.tar import FileBody
 from image_fixtures import (
     ImageParts,
     compress,
-    docker_image_save_dir,
     docker_save_tarball,
+    loadable_members,
     oci_archive_tarball,
+    synthetic_image,
+    truncated_copy,
+)
+from producers import (
+    docker_image_resource_dir,
     oci_build_task_dir,
     oci_layout_dir,
     registry_image_oci_dir,
-    rootfs_dir,
-    synthetic_image,
-    truncated_copy,
+    registry_image_rootfs_dir,
 )
 
 AMD64 = ("linux", "amd64", "")
@@ -50,6 +55,28 @@ def _streamed(plan: ImagePlan) -> bytes:
         with body:
             return b"".join(body)
     return b"".join(body)
+
+
+def _stream_config(plan: ImagePlan) -> dict[str, Any]:
+    """The `config` of the image as docker load would get it."""
+    manifest, members = loadable_members(_streamed(plan))
+    config: dict[str, Any] = json.loads(members[manifest["Config"]])["config"]
+    return config
+
+
+#: An image config a service depends on, as `docker image inspect` shows it.
+SERVICE_CONFIG: dict[str, Any] = {
+    "Cmd": ["--marker", "m"],
+    "Entrypoint": ["/bin/sh", "/usr/local/serve.sh"],
+    "Env": ["PATH=/bin", "GREETING=hi"],
+    "User": "app",
+    "WorkingDir": "/srv",
+    "Healthcheck": {"Test": ["CMD", "/bin/sh", "-c", "test -f /tmp/ready"], "Interval": 1000000000},
+    "ExposedPorts": {"6379/tcp": {}},
+    "Volumes": {"/data": {}},
+    "StopSignal": "SIGINT",
+    "Labels": {"org.example.shape": "m"},
+}
 
 
 def _tree_size(root: Path) -> int:
@@ -101,19 +128,19 @@ def test_a_missing_tag_file_adds_no_guessed_latest_to_a_tarball_that_carries_rep
 
 
 def test_a_missing_tag_file_means_latest_for_a_tarball_without_repo_tags(tmp_path: Path, parts: ImageParts) -> None:
-    directory = docker_image_save_dir(parts, tmp_path / "saved", "example/saved", "ci")
+    directory = docker_image_resource_dir(parts, tmp_path / "saved", "example/saved", "ci")
     (directory / "tag").write_text("\n")
 
     assert plan_image(entry(directory)).names == ("example/saved:latest",)
 
 
 def test_docker_image_save_dir_is_named_from_its_repository_and_tag_files(tmp_path: Path, parts: ImageParts) -> None:
-    directory = docker_image_save_dir(parts, tmp_path / "saved", "example/saved", "ci")
+    directory = docker_image_resource_dir(parts, tmp_path / "saved", "example/saved", "ci")
 
     plan = plan_image(entry(directory))
 
     assert plan.source_path == directory / "image"
-    assert plan.shape == "docker-save tarball (no RepoTags)"
+    assert plan.shape.startswith("docker-save tarball (no RepoTags); image used, not the rootfs/, metadata.json beside it")
     assert plan.names == ("example/saved:ci",)
 
 
@@ -168,20 +195,130 @@ def test_an_oci_only_archive_is_converted_while_streaming(tmp_path: Path, parts:
     assert _is_docker_save(_streamed(plan))
 
 
-def test_rootfs_dir_is_synthesised_with_its_metadata(tmp_path: Path, parts: ImageParts) -> None:
-    directory = rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci", {"env": ["A=1"], "user": "app"})
+def test_a_registry_image_rootfs_keeps_env_user_and_labels_and_warns_of_the_rest(tmp_path: Path) -> None:
+    parts = synthetic_image(tmp_path / "parts", {"f": b"x"}, SERVICE_CONFIG)
+    directory = registry_image_rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci", release="v1.14.0")
 
     plan = plan_image(entry(directory))
 
-    assert plan.shape.startswith("rootfs directory")
+    assert plan.shape == "rootfs directory (archived while streaming, with metadata.json and labels.json)"
     assert plan.names == ("example/rootfs:ci",)
-    assert _is_docker_save(_streamed(plan))
+    assert _stream_config(plan) == {key: SERVICE_CONFIG[key] for key in ("Env", "User", "Labels")}
+    assert plan.warning == (
+        "params.images[0] (rootfs-image): loaded from rootfs/, with ENV, USER, LABEL from metadata.json and labels.json: "
+        "the image's CMD, ENTRYPOINT, WORKDIR, HEALTHCHECK, EXPOSE, VOLUME, STOPSIGNAL are lost; "
+        "for the whole config, give the get `params: {format: oci}` (registry-image) or `params: {save: true}` (docker-image)"
+    )
+
+
+def test_a_registry_image_rootfs_from_v1_15_keeps_the_command_too(tmp_path: Path) -> None:
+    parts = synthetic_image(tmp_path / "parts", {"f": b"x"}, SERVICE_CONFIG)
+    directory = registry_image_rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci", release="v1.18.0")
+
+    plan = plan_image(entry(directory))
+
+    assert _stream_config(plan) == {key: SERVICE_CONFIG[key] for key in ("Cmd", "Entrypoint", "Env", "User", "Labels")}
+    assert "the image's WORKDIR, HEALTHCHECK, EXPOSE, VOLUME, STOPSIGNAL are lost" in plan.warning
+
+
+def test_a_null_command_in_metadata_means_none_not_lost(tmp_path: Path) -> None:
+    parts = synthetic_image(tmp_path / "parts", {"f": b"x"}, {"Env": ["A=1"]})
+    directory = registry_image_rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci", release="v1.18.0")
+    assert json.loads((directory / "metadata.json").read_text()) == {"cmd": None, "entrypoint": None, "env": ["A=1"], "user": ""}
+
+    plan = plan_image(entry(directory))
+
+    assert _stream_config(plan) == {"Env": ["A=1"]}
+    assert "CMD" not in plan.warning and "ENTRYPOINT" not in plan.warning
+
+
+def test_oci_build_task_unpacked_rootfs_keeps_env_and_user_only(tmp_path: Path) -> None:
+    parts = synthetic_image(tmp_path / "parts", {"f": b"x"}, SERVICE_CONFIG)
+    directory = oci_build_task_dir(parts, tmp_path / "built" / "image", unpack_rootfs=True)
+    (directory / "image.tar").unlink()  # as if only the rootfs had been kept
+
+    plan = plan_image(entry(directory, ("example/built:ci",)))
+
+    assert _stream_config(plan) == {key: SERVICE_CONFIG[key] for key in ("Env", "User")}
+    assert "the image's CMD, ENTRYPOINT, WORKDIR, HEALTHCHECK, EXPOSE, VOLUME, STOPSIGNAL, LABEL are lost" in plan.warning
+
+
+def test_a_docker_image_get_without_save_keeps_the_whole_config_from_docker_inspect_json(tmp_path: Path) -> None:
+    parts = synthetic_image(tmp_path / "parts", {"f": b"x"}, SERVICE_CONFIG)
+    directory = docker_image_resource_dir(parts, tmp_path / "redis", "example/redis", "7", save=False)
+
+    plan = plan_image(entry(directory))
+
+    assert plan.shape == "rootfs directory (archived while streaming, with docker_inspect.json's whole image config)"
+    assert _stream_config(plan) == SERVICE_CONFIG
+    assert plan.warning == ""
+
+
+@pytest.mark.parametrize("rootfs_tar", [False, True])
+def test_a_docker_image_get_with_save_loads_the_saved_image_not_the_rootfs_beside_it(tmp_path: Path, rootfs_tar: bool) -> None:
+    parts = synthetic_image(tmp_path / "parts", {"f": b"x"}, SERVICE_CONFIG)
+    directory = docker_image_resource_dir(parts, tmp_path / "redis", "example/redis", "7", rootfs_tar=rootfs_tar)
+
+    plan = plan_image(entry(directory))
+
+    assert plan.source_path == directory / "image"
+    ignored = "rootfs/, rootfs.tar, metadata.json" if rootfs_tar else "rootfs/, metadata.json"
+    assert plan.shape == (
+        f"docker-save tarball (no RepoTags); image used, not the {ignored} beside it: it keeps the whole image config (CMD, ENTRYPOINT, HEALTHCHECK, …)"
+    )
+    assert plan.names == ("example/redis:7",)
+    assert plan.warning == ""
+
+
+@pytest.mark.parametrize("given", ["built", "built/image"])
+def test_oci_build_task_with_unpack_rootfs_loads_image_tar_given_as_the_output_or_its_parent(tmp_path: Path, parts: ImageParts, given: str) -> None:
+    oci_build_task_dir(parts, tmp_path / "built" / "image", unpack_rootfs=True)
+
+    plan = plan_image(ImageEntry(index=0, path=tmp_path / given, given=given, tags=("example/built:ci",)))
+
+    assert plan.source_path == tmp_path / "built" / "image" / "image.tar"
+    assert plan.warning == ""
+    if given == "built/image":
+        assert plan.shape.endswith(
+            "image.tar used, not the rootfs/, metadata.json beside it: it keeps the whole image config (CMD, ENTRYPOINT, HEALTHCHECK, …)"
+        )
+
+
+@pytest.mark.parametrize("given", ["built", "built/image", "built/image/image"])
+def test_oci_build_task_oci_output_loads_as_an_oci_archive_or_layout(tmp_path: Path, parts: ImageParts, given: str) -> None:
+    oci_build_task_dir(parts, tmp_path / "built" / "image", output_oci=True)
+
+    plan = plan_image(ImageEntry(index=0, path=tmp_path / given, given=given, tags=("example/built:ci",)))
+
+    assert "OCI layout" in plan.shape
+    assert _stream_config(plan) == json.loads(parts.config)["config"]
+
+
+def test_oci_build_task_multi_platform_output_picks_this_platform(tmp_path: Path, parts: ImageParts) -> None:
+    oci_build_task_dir(parts, tmp_path / "built" / "image", platforms=[("linux", "arm64"), ("linux", "amd64")])
+
+    plan = plan_image(ImageEntry(index=0, path=tmp_path / "built", given="built", tags=("example/built:ci",)))
+
+    assert plan.shape.startswith("tarball with an OCI layout (the linux/amd64 image")
+    assert _stream_config(plan) == json.loads(parts.config)["config"]
 
 
 def test_rootfs_metadata_of_the_wrong_shape_is_a_user_error(tmp_path: Path, parts: ImageParts) -> None:
-    directory = rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci", {"env": "A=1"})
+    directory = registry_image_rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci")
+    (directory / "metadata.json").write_text('{"env": "A=1"}')
 
-    with pytest.raises(UserError, match=r"metadata.json should be an object with env"):
+    with pytest.raises(UserError, match=r"params.images\[0\]: rootfs-image/metadata.json: env should be a list of strings, got \"A=1\""):
+        plan_image(entry(directory))
+    (directory / "metadata.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"rootfs-image/metadata.json is not valid JSON"):
+        plan_image(entry(directory))
+
+
+def test_a_docker_inspect_json_without_a_config_is_a_user_error(tmp_path: Path, parts: ImageParts) -> None:
+    directory = docker_image_resource_dir(parts, tmp_path / "redis", "example/redis", "7", save=False)
+    (directory / "docker_inspect.json").write_text("[]")
+
+    with pytest.raises(UserError, match=r"redis/docker_inspect.json should be `docker inspect` output"):
         plan_image(entry(directory))
 
 

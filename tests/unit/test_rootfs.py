@@ -1,4 +1,4 @@
-"""rootfs directories: one deterministic layer made by GNU tar, with its config from metadata.json (no Docker)."""
+"""rootfs directories: one deterministic layer made by GNU tar, with the config the files beside it give (no Docker)."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def _rootfs(tmp_path: Path) -> Path:
 
 def test_rootfs_becomes_a_one_layer_image_with_env_and_user(tmp_path: Path) -> None:
     rootfs = _rootfs(tmp_path)
-    metadata = {"env": ["GREETING=hi", "PATH=/bin"], "user": "app"}
+    image_config = {"Env": ["GREETING=hi", "PATH=/bin"], "User": "app"}
 
-    data = b"".join(rootfs_stream(RootfsLayer(rootfs).start(), metadata, "amd64", ["example/rootfs:ci"]))
+    data = b"".join(rootfs_stream(RootfsLayer(rootfs).start(), image_config, "amd64", ["example/rootfs:ci"]))
 
     manifest, members = loadable_members(data)
     config = json.loads(members[manifest["Config"]])
@@ -78,11 +78,12 @@ def test_a_rootfs_that_cannot_be_read_is_reported_when_loading(tmp_path: Path) -
         layer.measured()
 
 
-def test_rootfs_config_keeps_workdir_and_command_when_the_metadata_has_them() -> None:
-    config = rootfs_config({"env": [], "user": "1000:1000", "workdir": "/app", "cmd": ["run"]}, "sha256:x", "arm64")
+def test_rootfs_config_is_the_given_config_over_the_one_layer() -> None:
+    config = rootfs_config({"User": "1000:1000", "WorkingDir": "/app", "Cmd": ["run"]}, "sha256:x", "arm64")
 
     assert config["architecture"] == "arm64"
-    assert config["config"] == {"Env": [], "User": "1000:1000", "WorkingDir": "/app", "Cmd": ["run"]}
+    assert config["config"] == {"User": "1000:1000", "WorkingDir": "/app", "Cmd": ["run"]}
+    assert config["rootfs"] == {"type": "layers", "diff_ids": ["sha256:x"]}
 
 
 def test_the_rootfs_layer_is_the_same_bytes_each_time_and_as_the_direct_write_archives_it(tmp_path: Path) -> None:

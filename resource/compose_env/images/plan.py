@@ -5,7 +5,11 @@ Shapes, recognised by their files, never by who made them:
 - a directory with `image.tar` (registry-image `format: oci`, oci-build-task), `image/image.tar`
   (an oci-build-task output given by its parent) or `image` (docker-image `save: true`);
 - a directory with `oci/index.json`, or an OCI layout itself (registry-image `format: oci-layout`);
-- a directory with `rootfs/` and `metadata.json` (registry-image's default format).
+- a directory with `rootfs/` and `metadata.json` (registry-image's default format, docker-image's `in`).
+Producers leave several side by side (docker-image `save: true`: `image`, `rootfs/`, `metadata.json`;
+oci-build-task `UNPACK_ROOTFS`: `image.tar`, `rootfs/`, `metadata.json`): the richest form wins, a
+tarball or layout, which keeps the whole image config. A `rootfs/` is used only when nothing else
+is there, with the config the files beside it carry (rootfs_metadata.py).
 `repository` and `tag` files, where present, name the image; an entry's `tag` adds names.
 
 Planning (`plan_images`) needs no daemon: it runs before the daemon starts, so that a bad
@@ -20,7 +24,7 @@ import json
 import os
 import platform as host
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ from compose_env.images.layerstore import DirectImage, RootfsImage
 from compose_env.images.oci import LayoutReader, Platform, image_bytes, oci_stream, platform_text, select_manifest
 from compose_env.images.reference import check_reference, familiar
 from compose_env.images.rootfs import RootfsLayer, rootfs_config, rootfs_stream
+from compose_env.images.rootfs_metadata import read_rootfs_metadata
 from compose_env.images.tar import Blob, FileBody, TarListing, TarStreamChecker, is_tar, list_tar
 
 #: Go's names for `uname -m`, as Docker reports a daemon's architecture.
@@ -66,6 +71,8 @@ class ImagePlan:
     direct: Callable[[Platform], DirectImage | RootfsImage | None] | None = None
     #: Work to start early for docker load, once it is known that this plan goes that way.
     prepare: Callable[[], object] | None = None
+    #: Said once in the build log when the plan is shown: what this input loses (a rootfs without the whole config).
+    warning: str = ""
 
     @property
     def estimated_bytes(self) -> int:
@@ -242,31 +249,37 @@ def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> Ima
 def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> ImagePlan:
     if not names:
         raise UserError(entry.param_path, f"{entry.given} is a rootfs without a name (no repository file)", NAME_HINT.format(given=entry.given))
-    metadata_file = directory / "metadata.json"
-    metadata: dict[str, Any] = {}
-    if metadata_file.is_file():
-        try:
-            metadata = json.loads(metadata_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise UserError(entry.param_path, f"{entry.given}/metadata.json is not valid JSON: {error}") from None
-    if not isinstance(metadata, dict) or not isinstance(metadata.get("env") or [], list) or not isinstance(metadata.get("user") or "", str):
-        raise UserError(entry.param_path, f"{entry.given}/metadata.json should be an object with env (a list) and user (a string)")
+    metadata = read_rootfs_metadata(entry, directory)
     rootfs = directory / "rootfs"
     layer = RootfsLayer(rootfs)
 
     def config_for(architecture: str) -> Callable[[str], bytes]:
-        return lambda diff_id: json.dumps(rootfs_config(metadata, diff_id, architecture)).encode()
+        return lambda diff_id: json.dumps(rootfs_config(metadata.config, diff_id, architecture)).encode()
 
     return ImagePlan(
         entry,
-        "rootfs directory (archived while streaming, with metadata.json's env and user)",
+        f"rootfs directory (archived while streaming, with {metadata.describe()})",
         rootfs,
         _tree_size(rootfs),
         names,
-        lambda p: rootfs_stream(layer, metadata, p[1], list(names)),
+        lambda p: rootfs_stream(layer, metadata.config, p[1], list(names)),
         direct=lambda p: RootfsImage(rootfs, config_for(p[1])),
         prepare=layer.start,  # docker load needs its size and digest first: measured while the daemon starts
+        warning=metadata.warning(f"{entry.param_path} ({entry.given})"),
     )
+
+
+#: Where a directory may hold the image as a tarball: registry-image `format: oci` and oci-build-task (`image.tar`),
+#: an oci-build-task output given by its parent (`image/image.tar`), docker-image `save: true` (`image`).
+TARBALL_CANDIDATES = ("image.tar", "image/image.tar", "image")
+
+
+def _beside_rootfs(plan: ImagePlan, directory: Path) -> ImagePlan:
+    """The richest form wins: a tarball or layout keeps the whole image config, a `rootfs/` beside it only metadata.json's."""
+    used = shown_path(plan.entry, plan.source_path).removeprefix(f"{plan.entry.given}/")
+    ignored = [name for name in ("rootfs/", "rootfs.tar", "metadata.json") if (directory / name.rstrip("/")).exists()]
+    why = f"{used} used, not the {', '.join(ignored)} beside it: it keeps the whole image config (CMD, ENTRYPOINT, HEALTHCHECK, …)"
+    return replace(plan, shape=f"{plan.shape}; {why}")
 
 
 def plan_image(entry: ImageEntry) -> ImagePlan:
@@ -279,16 +292,19 @@ def plan_image(entry: ImageEntry) -> ImagePlan:
         raise UserError(entry.param_path, f"{entry.given} is neither a file nor a directory")
     from_files = _read_name_files(path, entry)
     names = tuple(dict.fromkeys([*from_files.names, *explicit]))
+    has_rootfs = (path / "rootfs").is_dir()
+    plan: ImagePlan | None = None
     if (path / "oci" / "index.json").is_file():
-        return _layout_plan(entry, path / "oci", names)
-    if (path / "index.json").is_file() and (path / "oci-layout").is_file():
-        return _layout_plan(entry, path, names)
-    if (path / "rootfs").is_dir():
+        plan = _layout_plan(entry, path / "oci", names)
+    elif (path / "index.json").is_file() and (path / "oci-layout").is_file():
+        plan = _layout_plan(entry, path, names)
+    elif tarball := next((path / name for name in TARBALL_CANDIDATES if (path / name).is_file()), None):
+        guessed = tuple(name for name in from_files.names if name not in explicit) if from_files.guessed else ()
+        plan = _tarball_plan(entry, tarball, names, guessed)
+    if plan is not None:
+        return _beside_rootfs(plan, path) if has_rootfs else plan
+    if has_rootfs:
         return _rootfs_plan(entry, path, names)
-    for candidate in (path / "image.tar", path / "image" / "image.tar", path / "image"):
-        if candidate.is_file():
-            guessed = tuple(name for name in from_files.names if name not in explicit) if from_files.guessed else ()
-            return _tarball_plan(entry, candidate, names, guessed)
     present = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "nothing"
     raise UserError(
         entry.param_path,

@@ -1,4 +1,4 @@
-"""registry-image's `rootfs/` directory as an image: its layer made by GNU tar, its config made from `metadata.json`."""
+"""A `rootfs/` directory as an image: its layer made by GNU tar, its config from the files beside it (rootfs_metadata.py)."""
 
 from __future__ import annotations
 
@@ -110,29 +110,21 @@ class RootfsLayer:
         return _rootfs_tar(self.rootfs)
 
 
-def rootfs_config(metadata: dict[str, Any], diff_id: str, architecture: str) -> dict[str, Any]:
-    """An image config from registry-image's metadata.json: env and user, plus workdir/cmd/entrypoint when given."""
-    config: dict[str, Any] = {"Env": [str(item) for item in metadata.get("env") or []]}
-    if metadata.get("user"):
-        config["User"] = str(metadata["user"])
-    for ours, keys in (("WorkingDir", ("workdir", "working_dir")), ("Cmd", ("cmd",)), ("Entrypoint", ("entrypoint",))):
-        for key in keys:
-            if metadata.get(key):
-                config[ours] = metadata[key]
-                break
+def rootfs_config(config: dict[str, Any], diff_id: str, architecture: str) -> dict[str, Any]:
+    """The image config of a rootfs: `config` (what the files beside it say, rootfs_metadata.py) over its one layer."""
     return {
         "architecture": architecture,
         "os": "linux",
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created_by": "compose-env: imported from a registry-image rootfs"}],
+        "history": [{"created_by": "compose-env: imported from a rootfs directory"}],
     }
 
 
-def rootfs_stream(layer: RootfsLayer, metadata: dict[str, Any], architecture: str, repo_tags: list[str]) -> Iterator[bytes]:
-    """A one-layer docker-save archive of `rootfs/` with the env and user of `metadata.json`."""
+def rootfs_stream(layer: RootfsLayer, image_config: dict[str, Any], architecture: str, repo_tags: list[str]) -> Iterator[bytes]:
+    """A one-layer docker-save archive of `rootfs/` with `image_config` (Env, User, Cmd, … as docker inspect names them)."""
     size, diff_id = layer.measured()
-    config = json.dumps(rootfs_config(metadata, diff_id, architecture)).encode()
+    config = json.dumps(rootfs_config(image_config, diff_id, architecture)).encode()
     config_name = "blobs/sha256/" + hashlib.sha256(config).hexdigest()
     layer_name = "blobs/sha256/" + diff_id.split(":", 1)[1]
     yield from bytes_entry("manifest.json", docker_save_manifest(config_name, [layer_name], repo_tags))

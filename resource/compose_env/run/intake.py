@@ -23,7 +23,7 @@ from compose_env.images.plan import ImagePlan, check_free_space, local_platform
 #: How layerstore wrote an image: from layer blobs (False) or from a rootfs directory (True).
 HOW_WRITTEN = {
     False: "inflated, checked against the config's diff_ids, extracted",
-    True: "archived and extracted by GNU tar, with metadata.json's env and user",
+    True: "archived and extracted by GNU tar, its config from the files beside it",
 }
 #: Inputs by their plan's key (its index in params.images, as a string: layerstore's keys too), with the image layerstore writes.
 Written = dict[str, tuple[ImagePlan, DirectImage | RootfsImage]]

@@ -87,6 +87,8 @@ def run_put(
         plans = plan_images(config.params.images)
         for plan in plans:
             console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
+            if plan.warning:
+                console.warn(plan.warning)
         params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
         project = ComposeProject(params, console, logs, env)
         console.info("docker compose config checks the project while the daemon starts")
