@@ -19,6 +19,7 @@ in the container a worker really makes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -326,8 +327,12 @@ def run_script(
     dest_dir: str = "/tmp/build/get",
     runtime: str = DEFAULT_RUNTIME,
     strict_devices: bool = False,
+    at_line: Mapping[str, Callable[[ResourceContainer], None]] = {},
 ) -> RunOutcome:
-    """Run check, in or out once in a fresh container, like one Concourse step."""
+    """Run check, in or out once in a fresh container, like one Concourse step.
+
+    `at_line`: functions called with the container the first time their text shows in the log.
+    """
     mounts = [(put_dir, PUT_DIR, True)] if put_dir else []
     stdin = request if isinstance(request, str) else json.dumps(request if request is not None else {})
     build_env = {} if script == "check" else {**DEFAULT_BUILD_ENV, **(env or {})}
@@ -336,7 +341,8 @@ def run_script(
     container = open_container(image, mounts, runtime=runtime, privileged=privileged, strict_devices=strict_devices)
     with removed_after(container, outcomes):
         workdir = None if put_dir or runtime != "docker" else "/"
-        outcomes.append(container.exec(argv, env=build_env, stdin=stdin, sigterm_when=sigterm_when, workdir=workdir))
+        calls = {text: functools.partial(function, container) for text, function in at_line.items()}
+        outcomes.append(container.exec(argv, env=build_env, stdin=stdin, sigterm_when=sigterm_when, workdir=workdir, at_line=calls))
     return outcomes[0]
 
 

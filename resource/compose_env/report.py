@@ -42,6 +42,8 @@ class ServiceState:
     health: str = ""
     container: str = ""
     stopped: bool = False
+    #: Compose could not create or start the container (progress.py): what failed, and the engine's reason.
+    error: str = ""
 
     @property
     def exited_by_itself_non_zero(self) -> bool:
@@ -49,7 +51,7 @@ class ServiceState:
 
     @property
     def failed(self) -> bool:
-        return self.exited_by_itself_non_zero or self.health == "unhealthy" or self.state in ("dead", "restarting")
+        return self.exited_by_itself_non_zero or self.health == "unhealthy" or self.state in ("dead", "restarting") or bool(self.error)
 
     def summary(self) -> str:
         """`name=state(exit code or health)`, e.g. `tests=exited(3)`, `redis=running(healthy)`."""

@@ -7,10 +7,12 @@ Compose's own exit code is not always the answer (`up` returns 0 whatever the co
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from compose_env.report import ServiceState
 from compose_env.run.command import CommandShape
+from compose_env.run.progress import ContainerFailure
 
 TIMED_OUT_EXIT_CODE = 124
 #: Exit codes of a container stopped by a signal; used only when the engine's events are unavailable.
@@ -104,9 +106,28 @@ def decide_exit_code(shape: CommandShape, returncode: int, states: Sequence[Serv
     return int(own[0].exit_code or 1) if own else 0
 
 
+NOT_CREATED = "not-created"
+
+
+def with_compose_failures(states: Sequence[ServiceState], failures: Sequence[ContainerFailure], project: str) -> list[ServiceState]:
+    """The states with the containers compose could not create or start: marked, or added when no container exists."""
+    by_container = {failure.container: failure for failure in failures}
+    marked = [replace(state, error=by_container[state.container].note) if state.container in by_container else state for state in states]
+    present = {state.container for state in states}
+    marked += [
+        ServiceState(failure.service(project), NOT_CREATED, container=failure.container, error=failure.note)
+        for failure in failures
+        if failure.container not in present
+    ]
+    return sorted(marked, key=lambda s: (s.name, s.container))
+
+
 def failing_services(shape: CommandShape, exit_code: int, states: Sequence[ServiceState], timed_out: bool) -> list[str]:
-    """Services whose logs explain the failure, most relevant first (also the order of the metadata tails)."""
-    names: list[str] = []
+    """Services whose logs explain the failure, most relevant first (also the order of the metadata tails).
+
+    A container compose could not create or start comes first: nothing after it could run.
+    """
+    names: list[str] = [s.name for s in states if s.error]
     primary = shape.run_service or shape.exit_code_from
     if primary and exit_code != 0:
         names.append(primary)
@@ -121,7 +142,7 @@ def ps_table(states: Sequence[ServiceState]) -> list[str]:
     rows = [("SERVICE", "CONTAINER", "STATE", "EXIT", "HEALTH", "NOTE")]
     for state in states:
         exit_text = "" if state.exit_code is None or state.state != "exited" else str(state.exit_code)
-        note = "stopped by compose" if state.stopped else "failed" if state.failed else ""
+        note = "stopped by compose" if state.stopped else state.error or ("failed" if state.failed else "")
         rows.append((state.name, state.container, state.state, exit_text, state.health, note))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -13,6 +13,7 @@ from compose_env.console import Console
 from compose_env.engine.start_failures import diagnose_start_failure
 from compose_env.run.command import CommandShape
 from compose_env.run.logs import COMPOSE_OWN_LINE, ERASE_AT_START, ServiceLogs, compose_label, engine_log_lines, output_source, split_prefixed
+from compose_env.run.progress import ContainerProgress
 
 #: Compose has ended but its output still arrives: wait as long as lines keep coming this often.
 STREAM_STALL_SECONDS = 5
@@ -37,6 +38,8 @@ class CommandOutput:
         self.ports_taken: set[str] = set()
         #: Diagnoses of containers the worker's container kept from starting, in order (a dict as an ordered set).
         self.start_failures: dict[str, None] = {}
+        #: Each container's last step in compose's progress lines: which one it could not create or start.
+        self.progress = ContainerProgress()
 
     def follow(self, stdout: IO[bytes], stderr: IO[bytes]) -> list[threading.Thread]:
         """Start reading both pipes; `drain` waits for the readers."""
@@ -91,6 +94,8 @@ class CommandOutput:
             self.ports_taken.add(taken.group("bind") or taken.group("listen"))
         if not is_stdout and (diagnosis := diagnose_start_failure(line)):
             self.start_failures[diagnosis] = None
+        if not is_stdout and self.progress.see(line):
+            return
         if self.shape.run_service:
             if is_stdout or not COMPOSE_OWN_LINE.match(line):
                 self.logs.append(self.shape.run_service, line)

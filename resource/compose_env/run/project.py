@@ -36,7 +36,18 @@ from compose_env.report import RunResult, ServiceState
 from compose_env.run import compose_errors
 from compose_env.run.command import CommandShape, analyse_command, services_started
 from compose_env.run.logs import ServiceLogs, compose_label
-from compose_env.run.outcome import TIMED_OUT_EXIT_CODE, decide_exit_code, failing_services, listed_ps_row, ps_row, ps_table, service_states, stopped_by_compose
+from compose_env.run.outcome import (
+    NOT_CREATED,
+    TIMED_OUT_EXIT_CODE,
+    decide_exit_code,
+    failing_services,
+    listed_ps_row,
+    ps_row,
+    ps_table,
+    service_states,
+    stopped_by_compose,
+    with_compose_failures,
+)
 from compose_env.run.output import CommandOutput
 
 #: How long a quick compose call (config) may take.
@@ -280,10 +291,16 @@ class ComposeProject:
             containers = []
         output.complete_from_engine_log([c for c in containers if shape.follows_output_of(compose_label(c, "service"))], client)
         states = service_states(self._ps_rows(client, containers), self._stopped_containers(client, since))
+        failures = output.progress.failures() if process.returncode and not timed_out else []
+        states = with_compose_failures(states, failures, self.params.project_name)
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else decide_exit_code(shape, process.returncode, states)
         if shape.run_service and not timed_out and shape.run_service not in {s.name for s in states}:
-            # `run --rm` removed its container: report what it did from compose's exit code.
-            states = sorted([*states, ServiceState(shape.run_service, "exited", exit_code)], key=lambda s: (s.name, s.container))
+            # `run --rm` removed its container: report what it did from compose's exit code (none if a dependency failed first).
+            ran = ServiceState(shape.run_service, NOT_CREATED) if failures else ServiceState(shape.run_service, "exited", exit_code)
+            states = sorted([*states, ran], key=lambda s: (s.name, s.container))
+        for failure in failures:
+            if failure.reason:
+                self.logs.append(failure.service(self.params.project_name), failure.reason)
         status = "timed_out" if timed_out else "passed" if exit_code == 0 else "failed"
         self.collect_logs(client)
         failing = failing_services(shape, exit_code, states, timed_out)
