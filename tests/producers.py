@@ -51,11 +51,36 @@ def _image_config(parts: ImageParts) -> dict[str, Any]:
 
 
 def _unpack_layers(parts: ImageParts, rootfs: Path) -> None:
-    """The layers applied in order, as the producers' unpackers do (whiteouts are not in these test images)."""
+    """The layers applied in order as registry-image's `commands/rootfs.go` (v1.18.0) and oci-build-task's
+    `unpack.go` do: `.wh.` whiteouts remove their path, `.wh..wh..opq` empties its directory, a path that is
+    there already is replaced unless both are directories, devices are skipped."""
     rootfs.mkdir(parents=True, exist_ok=True)
     for layer in parts.layers:
         with tarfile.open(layer) as tar:
-            tar.extractall(rootfs, filter="fully_trusted")
+            for member in tar:
+                path = rootfs / member.name.removeprefix("./")
+                directory, _, name = member.name.removeprefix("./").rpartition("/")
+                if name == ".wh..wh..opq":
+                    _remove(rootfs / directory, keep_directory=True)
+                    continue
+                if name.startswith(".wh."):
+                    _remove(rootfs / directory / name.removeprefix(".wh."))
+                    continue
+                if member.isdev():
+                    continue
+                if (path.exists() or path.is_symlink()) and not (member.isdir() and path.is_dir() and not path.is_symlink()):
+                    _remove(path)
+                tar.extract(member, rootfs, filter="fully_trusted")
+
+
+def _remove(path: Path, *, keep_directory: bool = False) -> None:
+    if path.is_dir() and not path.is_symlink():
+        for child in path.iterdir():
+            _remove(child)
+        if not keep_directory:
+            path.rmdir()
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 # ---------------------------------------------------------------- docker-image-resource
