@@ -135,7 +135,8 @@ def test_env_env_files_profiles_and_several_compose_files_reach_compose_and_inhe
     params = {
         "images": [TESTS_IMAGE],
         "compose_files": ["inputs/compose.yml", "inputs/override.yml"],
-        "env": {"FROM_PARAMS": "from-params"},
+        # numbers and booleans as YAML users write them, passed as compose passes its own `environment:`
+        "env": {"FROM_PARAMS": "from-params", "PORT": 5432, "DEBUG": True, "API_KEY": 31415926},
         "env_files": ["inputs/ci.env"],
         "profiles": ["extra"],
         "command": "up",
@@ -146,7 +147,8 @@ def test_env_env_files_profiles_and_several_compose_files_reach_compose_and_inhe
 
     assert outcome.exit_code == 0, outcome.stderr
     metadata = outcome.metadata()
-    assert metadata["logs/tests"] == "params=from-params file=from-ci-env dotenv=not-read override=applied"
+    assert metadata["logs/tests"] == "params=from-params file=from-ci-env dotenv=not-read override=applied port=5432 debug=true key=***"
+    assert "31415926" not in outcome.stderr
     assert metadata["logs/extra"] == "extra: profile service ran"
     assert "hidden" not in metadata["services"]
     assert "compose-env-tests-run-tests-7-tests-1" in outcome.stderr  # the project name, sanitised from BUILD_*

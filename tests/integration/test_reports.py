@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness import run_script, run_task
 
-SUMMARY = re.compile(r"^2 passed, 1 failed, 1 errors, 1 skipped \(\d+\.\ds\)$")
+SUMMARY = re.compile(r"^2 passed, 1 failed, 1 error, 1 skipped \(\d+\.\ds\)$")
 
 
 def test_failing_put_reports_test_totals_and_failing_names_in_metadata_and_the_log(image: str, inputs: Path) -> None:

@@ -294,3 +294,30 @@ def test_the_parsers_take_no_fallback_for_a_schema_key() -> None:
         if isinstance(node.args[0], ast.Constant) and node.args[0].value in schema_keys
     ]
     assert fallbacks == []
+
+
+# -- env values
+
+
+def test_env_takes_numbers_and_booleans_as_compose_passes_its_environment_values(put_dir: Path) -> None:
+    env = {"PORT": 5432, "DEBUG": True, "QUIET": False, "RATIO": 0.5, "NAME": "app"}
+
+    config = parse_put_request({"params": {"compose_files": "repo/ci/docker-compose.yml", "env": env}}, put_dir, BUILD)
+
+    assert config.params.env == {"PORT": "5432", "DEBUG": "true", "QUIET": "false", "RATIO": "0.5", "NAME": "app"}
+
+
+@pytest.mark.parametrize("value", [None, [1], {"a": 1}])
+def test_env_refuses_values_compose_would_not_pass_as_they_are(put_dir: Path, value: object) -> None:
+    message = rendered({"params": {"compose_files": "repo/ci/docker-compose.yml", "env": {"PORT": value}}}, put_dir)
+
+    assert "params.env.PORT: expected a string, number or boolean" in message
+
+
+def test_task_env_takes_numbers_and_booleans_too(tmp_path: Path) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "docker-compose.yml").write_text("services: {}\n")
+
+    task = parse_task_config({"compose_files": ["code/docker-compose.yml"], "env": {"PORT": 5432, "DEBUG": True}}, tmp_path, BUILD)
+
+    assert task.put.params.env == {"PORT": "5432", "DEBUG": "true"}

@@ -120,7 +120,7 @@ def test_totals_read_like_the_contract_says(tmp_path: Path) -> None:
     results = ReportResults()
     results.add(parse_report(write(tmp_path, PYTEST)))
     results.add(parse_report(write(tmp_path, GO_JUNIT_REPORT, "go.xml")))
-    assert results.totals().summary() == "2 passed, 2 failed, 1 errors, 1 skipped (1.7s)"
+    assert results.totals().summary() == "2 passed, 2 failed, 1 error, 1 skipped (1.7s)"
 
 
 @pytest.mark.parametrize(

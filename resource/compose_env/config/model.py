@@ -341,6 +341,13 @@ def merged_params(source_raw: Mapping[str, Any] | None, params_raw: Mapping[str,
     return MergedParams(deep_merge(defaults, given), given, defaults)
 
 
+def env_value(value: str | float | bool) -> str:
+    """A `params.env` value as compose passes its own `environment:` values: `5432` → `5432`, `true` → `true`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else repr(value) if isinstance(value, float) else str(value)
+
+
 def parse_command(value: str | list[str]) -> tuple[str, ...]:
     if isinstance(value, list):
         return tuple(value)
@@ -394,7 +401,7 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         project_name=merged.values.get("project_name") or build.project_name(),
         images=tuple(images),
         command=parse_command(raw["command"]),
-        env=dict(raw["env"]),
+        env={name: env_value(value) for name, value in raw["env"].items()},
         env_files=env_files,
         profiles=tuple(raw["profiles"]),
         timeout=parse_duration(raw["timeout"], merged.path("timeout")) if "timeout" in raw else None,

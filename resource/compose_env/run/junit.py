@@ -68,8 +68,9 @@ class Totals:
         return self.passed + self.failed + self.errors + self.skipped
 
     def summary(self) -> str:
-        """`212 passed, 1 failed, 0 errors, 3 skipped (41.2s)`."""
-        return f"{self.passed} passed, {self.failed} failed, {self.errors} errors, {self.skipped} skipped ({format_seconds(self.time)})"
+        """`212 passed, 1 failed, 0 errors, 3 skipped (41.2s)`; `1 error`."""
+        errors = f"{self.errors} error" + ("" if self.errors == 1 else "s")
+        return f"{self.passed} passed, {self.failed} failed, {errors}, {self.skipped} skipped ({format_seconds(self.time)})"
 
 
 @dataclass(frozen=True)
