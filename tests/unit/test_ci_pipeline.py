@@ -1,18 +1,10 @@
-"""ci/pipeline.yml: what `fly validate-pipeline` checks, as far as it can be reproduced here, and the release flow.
-
-Reproduced from Concourse's validation: known top-level keys, unique valid names, every `get`/`put`
-names a declared resource, every `passed:` names a job that uses that resource, every resource type
-is declared or built in, a task has `file:` or `config:`. Added: every `file:` the pipeline names
-exists in this repository (input `code` is the repository), every artifact a step reads was made by
-an earlier step, and the tasks' files, scripts and build args are there.
-"""
+"""ci/pipeline.yml: the lint every pipeline passes (tests/pipeline_lint.py) catching each kind of mistake here, and the release flow."""
 
 from __future__ import annotations
 
 import copy
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,49 +12,13 @@ import pytest
 import yaml
 from compose_env.config.model import merged_params, parse_source
 from compose_env.config.schema import validate
+from pipeline_lint import Document, Pipeline, steps
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_FILE = ROOT / "ci" / "pipeline.yml"
 PIPELINE = yaml.safe_load(PIPELINE_FILE.read_text())
-#: Pipeline keys Concourse accepts (it refuses unknown ones).
-TOP_LEVEL_KEYS = {"jobs", "resources", "resource_types", "groups", "var_sources", "display"}
-#: Resource types every Concourse worker ships with.
-CORE_TYPES = {
-    "git",
-    "registry-image",
-    "time",
-    "semver",
-    "s3",
-    "docker-image",
-    "pool",
-    "github-release",
-    "hg",
-    "bosh-io-release",
-    "bosh-io-stemcell",
-    "cf",
-    "mock",
-    "tracker",
-}
-#: Concourse's identifier rule (a lowercase letter first; then letters, digits, `-`, `_`, `.`).
-IDENTIFIER = re.compile(r"^[a-z][a-z0-9_.-]*$")
-STEP_KINDS = ("get", "put", "task", "load_var", "in_parallel", "do", "try", "set_pipeline")
-HOOKS = ("ensure", "on_success", "on_failure", "on_error", "on_abort")
-#: Files the git resource writes into its clone, beyond the repository's own.
-GIT_RESOURCE_FILES = {".git/ref", ".git/short_ref", ".git/commit_message", ".git/committer"}
 REPOSITORY_INPUT = "code"
 OCI_BUILD_TASK = "concourse/oci-build-task"
-
-
-def steps(plan: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for step in plan:
-        yield step
-        nested = step.get("in_parallel") or step.get("do") or []
-        if isinstance(nested, dict):
-            nested = nested.get("steps", [])
-        yield from steps(nested)
-        for key in ("try", *HOOKS):
-            if key in step:
-                yield from steps([step[key]])
 
 
 def job(name: str, pipeline: dict[str, Any] = PIPELINE) -> dict[str, Any]:
@@ -81,10 +37,6 @@ def resource_type(name: str) -> dict[str, Any]:
     return next(t for t in PIPELINE["resource_types"] if t["name"] == name)
 
 
-def resource_of(step: dict[str, Any]) -> str:
-    return step.get("resource", step.get("get") or step.get("put"))
-
-
 def task_config(step: dict[str, Any]) -> dict[str, Any]:
     return step["config"] if "config" in step else yaml.safe_load(repository_path(step["file"]).read_text())
 
@@ -101,48 +53,9 @@ def the_step(job_name: str, kind: str, name: str) -> dict[str, Any]:
 
 
 def fly_validate(pipeline: dict[str, Any]) -> list[str]:
-    """The problems `fly validate-pipeline` would report (in its words, where it has them), plus missing files."""
-    errors = [f"unknown top-level key '{key}'" for key in sorted(set(pipeline) - TOP_LEVEL_KEYS)]
-    for kind in ("jobs", "resources", "resource_types"):
-        names = [item["name"] for item in pipeline.get(kind, [])]
-        errors += [f"{kind}: '{name}' appears more than once" for name in sorted({n for n in names if names.count(n) > 1})]
-        errors += [f"{kind}: '{name}' is not a valid identifier" for name in names if not IDENTIFIER.match(name)]
-    declared_types = {t["name"] for t in pipeline.get("resource_types", [])}
-    errors += [f"resource '{r['name']}': unknown type '{r['type']}'" for r in pipeline["resources"] if r["type"] not in declared_types | CORE_TYPES]
-    errors += [f"resource type '{t['name']}': unknown type '{t['type']}'" for t in pipeline.get("resource_types", []) if t["type"] not in CORE_TYPES]
-    resources = {r["name"] for r in pipeline["resources"]}
-    jobs = {j["name"] for j in pipeline["jobs"]}
-    for job_config in pipeline["jobs"]:
-        where = f"jobs.{job_config['name']}"
-        for step in job_steps(job_config["name"], pipeline):
-            kind = next((k for k in STEP_KINDS if k in step), None)
-            if kind is None:
-                errors.append(f"{where}: a step of no known kind: {sorted(step)}")
-                continue
-            if "task" in step and ("file" in step) == ("config" in step):
-                errors.append(f"{where}.task({step['task']}): must specify one of `file:` or `config:`")
-            if "file" in step:
-                errors += missing_file(f"{where}.{kind}({step[kind]})", step["file"])
-            if kind not in ("get", "put"):
-                continue
-            name = resource_of(step)
-            if name not in resources:
-                errors.append(f"{where}.{kind}({step[kind]}): unknown resource '{name}'")
-            for upstream in step.get("passed", []):
-                if upstream not in jobs:
-                    errors.append(f"{where}.get({step['get']}).passed: unknown job '{upstream}'")
-                elif name not in {resource_of(s) for s in job_steps(upstream, pipeline) if "get" in s or "put" in s}:
-                    errors.append(f"{where}.get({step['get']}).passed: job '{upstream}' does not interact with resource '{name}'")
-    return errors
-
-
-def missing_file(where: str, path: str) -> list[str]:
-    first, _, rest = path.partition("/")
-    if first != REPOSITORY_INPUT:
-        return [f"{where}: file {path} is not in the repository input"]
-    if rest in GIT_RESOURCE_FILES or (ROOT / rest).is_file():
-        return []
-    return [f"{where}: file {path} does not exist in the repository"]
+    """The problems tests/pipeline_lint.py finds (`fly validate-pipeline`'s, and the artifact flow's), without the file's label."""
+    document = Document("ci/pipeline.yml", PIPELINE_FILE.read_text(), "", REPOSITORY_INPUT)
+    return [problem.removeprefix("ci/pipeline.yml: ") for problem in Pipeline(pipeline, document, ROOT).problems()]
 
 
 # ---------------------------------------------------------------- what fly validate-pipeline checks
@@ -200,38 +113,6 @@ def test_local_vars_are_loaded_before_they_are_used() -> None:
             assert used <= loaded, f"job {job_config['name']}: ((.:{sorted(used - loaded)})) used before its load_var"
             if "load_var" in step:
                 loaded.add(step["load_var"])
-
-
-def test_every_artifact_a_step_reads_was_made_by_an_earlier_step() -> None:
-    """Concourse mounts only artifacts of earlier steps; a typo here fails the build, not set-pipeline."""
-    for job_config in PIPELINE["jobs"]:
-        available: set[str] = set()
-        for step in job_config["plan"]:
-            group = step.get("in_parallel", [step])
-            made: set[str] = set()
-            for member in group.get("steps", []) if isinstance(group, dict) else group:
-                made |= check_reads_and_list_outputs(member, available, job_config["name"])
-            available |= made
-
-
-def check_reads_and_list_outputs(step: dict[str, Any], available: set[str], job_name: str) -> set[str]:
-    where = f"job {job_name}, step {step.get('task') or step.get('get') or step.get('put') or step.get('load_var')}"
-    if "get" in step:
-        return {step["get"]}
-    if "load_var" in step:
-        assert step["file"].split("/")[0] in available, f"{where}: reads {step['file']} before any step made it"
-        return set()
-    if "put" in step:
-        assert set(step.get("inputs", [])) <= available, f"{where}: inputs {step.get('inputs')} not all made yet"
-        return {step["put"]}
-    config = task_config(step)
-    mapping = step.get("input_mapping", {})
-    for item in config.get("inputs", []):
-        if not item.get("optional"):
-            assert mapping.get(item["name"], item["name"]) in available, f"{where}: input {item['name']} not made yet"
-    if "image" in step:
-        assert step["image"] in available, f"{where}: image {step['image']} not made yet"
-    return {step.get("output_mapping", {}).get(item["name"], item["name"]) for item in config.get("outputs", [])}
 
 
 def test_every_pipeline_variable_is_in_the_set_pipeline_command_of_the_header() -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from compose_env.config.model import merged_params, parse_source
 from compose_env.config.schema import validate
 from compose_env.errors import UserError
 from compose_env.run.task import DEFAULT_OUTPUT_DIR, validate_compose_env
+from pipeline_lint import steps
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE = yaml.safe_load((ROOT / "pipeline-example.yml").read_text())
@@ -25,23 +25,6 @@ TASK_FILE = yaml.safe_load((ROOT / "tasks" / "compose-env.yml").read_text())
 TASK_PATH = "/opt/resource/task"
 #: The one variable a user fills in: where their compose-env image is (there is no public one).
 IMAGE_VARIABLE = "((compose_env_image))"
-#: Keys of a step that hold further steps.
-NESTED_STEPS = ("ensure", "on_success", "on_failure", "on_error", "on_abort", "try")
-
-
-def steps(plan: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    """Every step of a plan, nested ones (in_parallel, do, hooks) included."""
-    for step in plan:
-        yield step
-        for key in ("in_parallel", "do", "aggregate"):
-            nested = step.get(key)
-            if isinstance(nested, dict):
-                nested = nested.get("steps", [])
-            if nested:
-                yield from steps(nested)
-        for key in NESTED_STEPS:
-            if key in step:
-                yield from steps([step[key]])
 
 
 def all_steps() -> list[dict[str, Any]]:

@@ -155,7 +155,7 @@ def test_secrets_are_masked_in_error_messages() -> None:
     assert result.code == EXIT_CONFIG
     for secret in ("s3cr3t-pw", "987654321", "hunter22"):
         assert secret not in result.stderr
-    assert "source.params.env.API_TOKEN: must be a string, got a number (***)" in result.stderr
+    assert "params.env.DB_PASSWORD: expected a string, number or boolean, got ***" in result.stderr
 
 
 def test_a_runtime_failure_exits_1_with_its_diagnosis(monkeypatch: pytest.MonkeyPatch) -> None:
