@@ -33,8 +33,9 @@ RUN printf '%s\n' 'path-exclude=/usr/share/doc/*' 'path-include=/usr/share/doc/*
 COPY resource/compose_env /usr/lib/python3/dist-packages/compose_env
 COPY assets/ /opt/resource/
 
-# Which compose-env this is. `make image` and ci/pipeline.yml pass the VERSION file, the git
-# revision and the repository's URL; a plain `docker build .` is a dev build. Declared here, after the slow layers,
+# Which compose-env this is. `make image` and ci/pipeline.yml pass scripts/version.sh's answer (VERSION
+# on the release commit, VERSION-dev+REVISION on any other), the git revision and the repository's URL;
+# a plain `docker build .` is a dev build. Declared here, after the slow layers,
 # so that a new revision rebuilds only what follows. build.json is the one place the running
 # resource reads them from (compose_env/version.py); the labels show them to registries and
 # `docker inspect`.

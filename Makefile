@@ -7,8 +7,9 @@ BASE_IMAGE ?= debian:trixie-slim
 PYTHON ?= python3
 # Who makes the resource container for `make try`: docker, concourse or guardian (see tests/harness.py).
 HARNESS_RUNTIME ?= docker
-# What the image says it is (OCI labels, the first line of every put's log); see CHANGELOG.md.
-VERSION := $(shell cat VERSION)
+# What the image says it is (OCI labels, the first line of every put's log): VERSION on the release
+# commit, VERSION-dev+REVISION on any other (scripts/version.sh); see CHANGELOG.md.
+VERSION := $(shell scripts/version.sh)
 REVISION ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 SOURCE ?= $(shell git config --get remote.origin.url 2>/dev/null || echo unknown)
 export IMAGE BASE_IMAGE
@@ -43,7 +44,7 @@ format: dev-deps
 engine:
 	@scripts/dev-engine.sh
 
-## image: the resource image, labelled with the VERSION file, the git revision and the repository's URL
+## image: the resource image, labelled with its version (scripts/version.sh), the git revision and the repository's URL
 image:
 	@$(WITH_ENGINE) scripts/base-image.sh $(BASE_IMAGE) && \
 	  docker build -q --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \

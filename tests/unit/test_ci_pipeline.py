@@ -147,7 +147,8 @@ def test_the_image_is_built_by_oci_build_task_with_the_version_and_revision_as_b
     assert step["privileged"] is True
     assert step["params"]["BUILD_ARG_VERSION"] == "((.:version))"
     assert step["params"]["BUILD_ARG_REVISION"] == "((.:revision))"
-    assert the_step("build-and-test", "load_var", "version")["file"] == "code/VERSION"
+    assert the_step("build-and-test", "load_var", "version")["file"] == "version/version"
+    assert the_step("build-and-test", "task", "version")["file"] == "code/ci/tasks/version.yml"
     assert the_step("build-and-test", "load_var", "revision")["file"] == "code/.git/short_ref"
     dockerfile_args = set(re.findall(r"^ARG (\w+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE))
     build_args = {key.removeprefix("BUILD_ARG_") for key in {**config["params"], **step["params"]} if key.startswith("BUILD_ARG_")}
@@ -166,7 +167,7 @@ def test_the_test_suite_runs_privileged_inside_the_built_image_against_it() -> N
     assert "image/image.tar" in script and "IMAGE_PREBUILT=1" in script and "pytest $TESTS" in script
     assert config["params"]["TESTS"].split() == ["tests/unit", "tests/integration"]
     plan = [s.get("task") or s.get("put") for s in job("build-and-test")["plan"] if "task" in s or "put" in s]
-    assert plan == ["build-image", "test-suite", "image-rc"], "only a tested image becomes rc"
+    assert plan == ["version", "build-image", "test-suite", "image-rc"], "only a tested image becomes rc"
 
 
 def test_the_smoke_test_puts_the_bundled_example_through_the_freshly_built_resource_type() -> None:
@@ -202,7 +203,7 @@ def test_publish_pushes_the_smoke_tested_image_as_the_version_and_bumps_the_alia
     assert "tag" not in release, "with a tag, registry-image would push it too and check would not list the versions"
     assert release["repository"] == resource("image-rc")["source"]["repository"]
     order = [s.get("task") or s.get("put") for s in job("publish")["plan"] if "task" in s or "put" in s]
-    assert order == ["check-release", "image-release"]
+    assert order == ["version", "check-release", "image-release"]
 
 
 # ---------------------------------------------------------------- check-release.sh
@@ -246,3 +247,18 @@ def test_check_release_refuses_what_is_not_a_release(tmp_path: Path, version: st
 
     assert (checked.returncode == 0) == (not message), checked.stderr
     assert message in checked.stderr
+
+
+def test_check_release_refuses_a_commit_after_the_release(tmp_path: Path) -> None:
+    """The publish job runs it with the version ci/tasks/version.yml found: only the release commit's is VERSION."""
+    built = tmp_path / "built"
+    built.write_text("0.2.0-dev+3f2c1ab\n")
+    (tmp_path / "VERSION").write_text("0.2.0\n")
+    (tmp_path / "CHANGELOG.md").write_text(RELEASED)
+
+    checked = subprocess.run(["sh", str(ROOT / "ci/scripts/check-release.sh"), str(tmp_path), str(built)], capture_output=True, text=True)
+
+    assert checked.returncode == 1
+    assert "this commit's image is 0.2.0-dev+3f2c1ab, not a release: publish the commit that changed VERSION" in checked.stderr
+    built.write_text("0.2.0\n")
+    assert subprocess.run(["sh", str(ROOT / "ci/scripts/check-release.sh"), str(tmp_path), str(built)], capture_output=True).returncode == 0
