@@ -1,7 +1,10 @@
-"""The put response: version, metadata, redaction and the 4000-byte budget.
+"""The put response: version, metadata, redaction and the byte budget (`logs.metadata_bytes`, 4000 by default).
 
-Concourse stores the response as containerd labels of at most 4096 bytes, so the whole
-stdout line (JSON plus newline) stays under `RESPONSE_BUDGET` whatever the logs are. The
+The whole stdout line (JSON plus newline) stays under the budget whatever the logs are. 4000 keeps
+the build page readable and works on every Concourse release: before v7.4.0 (concourse#7288, the fix
+for #7284) the containerd runtime stored the response as one containerd label of at most 4096
+bytes, and a larger one failed the step; since then it is split into chunks. The JSON is ASCII
+(non-ASCII is escaped), so no chunk boundary can split a character (concourse#9602, v8.2.4). The
 summary entries come first and are cut only in extreme cases; the `logs/<service>` tails
 share what is left fairly, failing services first. With test reports, `tests` is a summary
 entry and `failed_tests` comes right after the summary: the failing tests' names take their

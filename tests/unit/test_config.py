@@ -321,3 +321,12 @@ def test_task_env_takes_numbers_and_booleans_too(tmp_path: Path) -> None:
     task = parse_task_config({"compose_files": ["code/docker-compose.yml"], "env": {"PORT": 5432, "DEBUG": True}}, tmp_path, BUILD)
 
     assert task.put.params.env == {"PORT": "5432", "DEBUG": "true"}
+
+
+def test_metadata_bytes_is_bounded_and_named(put_dir: Path) -> None:
+    base = {"compose_files": "repo/ci/docker-compose.yml"}
+    assert parse_put_request({"params": base}, put_dir, BUILD).params.logs.metadata_bytes == 4000
+    assert parse_put_request({"params": {**base, "logs": {"metadata_bytes": 16384}}}, put_dir, BUILD).params.logs.metadata_bytes == 16384
+
+    assert "params.logs.metadata_bytes: " in rendered({"params": {**base, "logs": {"metadata_bytes": 100_000}}}, put_dir)
+    assert "params.logs.metadata_bytes: " in rendered({"params": {**base, "logs": {"metadata_bytes": 1000}}}, put_dir)

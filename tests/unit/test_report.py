@@ -162,3 +162,14 @@ def test_response_size_counts_the_newline_protocol_prints() -> None:
     version = {"id": "x", "exit_code": "0"}
 
     assert response_size([], version) == len(json.dumps({"version": version, "metadata": []})) + 1
+
+
+def test_a_larger_metadata_budget_keeps_more_of_each_log_and_still_holds() -> None:
+    logs = {"api": flood("api", 5000), "db": flood("db", 5000)}
+    result = RunResult(("up",), 1, "failed", [], logs, ["api"])
+
+    default = metadata(response_for(result))
+    larger = build_response(run_id="42", result=result, duration=1.0, timings={}, images=[], dockerd="", redact=Redactor(), budget=20_000)
+
+    assert 15_000 < stdout_bytes(larger) < 20_000
+    assert len(metadata(larger)["logs/api"]) > 4 * len(default["logs/api"])

@@ -147,7 +147,7 @@ def test_defaults_fill_absent_keys_at_any_depth_and_leave_given_ones() -> None:
 
 
 def test_an_absent_object_with_a_default_gets_its_properties_defaults() -> None:
-    assert with_defaults({"compose_files": "a.yml"}, "put_params")["logs"] == {"tail": 20}
+    assert with_defaults({"compose_files": "a.yml"}, "put_params")["logs"] == {"tail": 20, "metadata_bytes": 4000}
 
 
 def test_defaults_follow_refs_into_other_schemas() -> None:

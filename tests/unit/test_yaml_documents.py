@@ -79,3 +79,21 @@ def test_a_fragment_is_refused() -> None:
 
 def test_the_lint_reads_the_repository_it_runs_in() -> None:
     assert (ROOT / "ci" / "pipeline.yml").is_file()
+
+
+def _compose_env_image_sources(node: object) -> list[dict[str, object]]:
+    if isinstance(node, dict):
+        found = [node] if "compose_env_image" in str(node.get("repository", "")) else []
+        return found + [source for value in node.values() for source in _compose_env_image_sources(value)]
+    if isinstance(node, list):
+        return [source for value in node for source in _compose_env_image_sources(value)]
+    return []
+
+
+def test_every_example_pins_the_released_version_not_latest() -> None:
+    version = (ROOT / "VERSION").read_text().strip()
+    released = {version, version.rsplit(".", 1)[0]}
+    sources = [source for document in DOCUMENTS for source in _compose_env_image_sources(document.parsed())]
+
+    assert len(sources) >= 4
+    assert all(str(source.get("tag")) in released for source in sources), [source.get("tag") for source in sources]

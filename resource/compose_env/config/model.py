@@ -129,6 +129,8 @@ class ImageEntry:
 class LogOptions:
     tail: int = _params_default("logs", "tail")
     services: tuple[str, ...] | None = None
+    #: What the whole response may take (report.py shares it out): 4000 works on every Concourse release.
+    metadata_bytes: int = _params_default("logs", "metadata_bytes")
 
 
 @dataclass(frozen=True)
@@ -406,7 +408,11 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         profiles=tuple(raw["profiles"]),
         timeout=parse_duration(raw["timeout"], merged.path("timeout")) if "timeout" in raw else None,
         fail_on_error=raw["fail_on_error"],
-        logs=LogOptions(tail=logs_raw["tail"], services=tuple(logs_raw["services"]) if "services" in logs_raw else None),
+        logs=LogOptions(
+            tail=logs_raw["tail"],
+            services=tuple(logs_raw["services"]) if "services" in logs_raw else None,
+            metadata_bytes=logs_raw["metadata_bytes"],
+        ),
         stop_grace=raw["stop_grace"],
         reports=tuple(ReportEntry(merged.path("reports", i), item["service"], item["path"]) for i, item in enumerate(raw["reports"])),
         file_labels=labels,

@@ -177,6 +177,7 @@ def run_put(
         redact=redact,
         tests=_tests_summary(reports) if reports is not None else None,
         failed_tests=[case.name for case in reports.results.failing] if reports is not None else (),
+        budget=params.logs.metadata_bytes,
     )
     exit_code = 0 if result.exit_code == 0 or not params.fail_on_error else 1
     return PutOutcome(response, result, exit_code, logs, timings, loaded_names, reports)
