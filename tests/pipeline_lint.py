@@ -91,8 +91,10 @@ def lint(document: Document, root: Path = ROOT) -> list[str]:
         problems = Pipeline(parsed, document, root).problems()
     elif "run" in parsed or "platform" in parsed:
         problems = task_config_problems(parsed, document.label)
+    elif "put" in parsed:
+        problems = put_step_problems(parsed, document.label)
     else:
-        return [f"{document.label}: neither a pipeline (jobs:) nor a task config (platform:, run:): a fragment a reader cannot use as it is"]
+        return [f"{document.label}: neither a pipeline (jobs:), a task config (platform:, run:) nor a put step: a fragment a reader cannot use"]
     used = set(VARIABLE.findall(yaml.safe_dump(parsed)))  # comments may name variables of other files
     problems += [f"{document.label}: (({name})) is not listed where the document says how to set it" for name in sorted(used) if not _explained(name, document)]
     return problems
@@ -136,6 +138,22 @@ def task_config_problems(config: dict[str, Any], where: str) -> list[str]:
         except UserError as error:
             problems.append(f"{where}: {error.render()}")
     return problems
+
+
+def put_step_problems(step: dict[str, Any], where: str) -> list[str]:
+    """A compose-env put step shown alone: its params pass compose-env's validation, its paths start with one of its inputs."""
+    try:
+        merged = merged_params({}, step.get("params") or {})
+        validate(merged.values, "put_params", merged.root_for)
+    except UserError as error:
+        return [f"{where}: {error.render()}"]
+    inputs = step.get("inputs")
+    params = step.get("params") or {}
+    paths = [*([params["compose_files"]] if isinstance(params.get("compose_files"), str) else params.get("compose_files", []))]
+    paths += [item if isinstance(item, str) else item["path"] for item in params.get("images", [])]
+    if not isinstance(inputs, list):
+        return [f"{where}: a put shown alone lists its inputs"]
+    return [f"{where}: {path} is not in the put's inputs {inputs}" for path in paths if path.split("/")[0] not in inputs]
 
 
 class Pipeline:

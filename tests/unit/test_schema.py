@@ -50,7 +50,7 @@ def test_unknown_keys_get_a_did_you_mean_at_any_depth(params: dict[str, object],
 
 def test_an_unknown_key_far_from_any_lists_the_known_ones() -> None:
     [line] = [line for line in lines({"compose_files": "a.yml", "zzz": 1}) if "zzz" in line]
-    assert "known keys: command, compose_files, env" in line
+    assert "known keys: command, compose_files, docker_socket, env" in line
 
 
 def test_unknown_source_keys_are_errors_too() -> None:

@@ -73,7 +73,7 @@ def test_a_variable_nobody_says_how_to_set_is_caught() -> None:
 
 def test_a_fragment_is_refused() -> None:
     assert lint(Document("README.md yaml block 9", "caches: [{path: x}]\n", "")) == [
-        "README.md yaml block 9: neither a pipeline (jobs:) nor a task config (platform:, run:): a fragment a reader cannot use as it is"
+        "README.md yaml block 9: neither a pipeline (jobs:), a task config (platform:, run:) nor a put step: a fragment a reader cannot use"
     ]
 
 
@@ -97,3 +97,12 @@ def test_every_example_pins_the_released_version_not_latest() -> None:
 
     assert len(sources) >= 4
     assert all(str(source.get("tag")) in released for source in sources), [source.get("tag") for source in sources]
+
+
+def test_a_put_step_shown_alone_is_checked_too() -> None:
+    step = next(document for document in DOCUMENTS if document.label == "README.md yaml block 2")
+
+    assert lint(_broken(step, "inputs: [code, redis, app-image]", "inputs: [code, redis]")) == [
+        "README.md yaml block 2: app-image/image.tar is not in the put's inputs ['code', 'redis']"
+    ]
+    assert any("params.docker_sockets: unknown key" in problem for problem in lint(_broken(step, "docker_socket:", "docker_sockets:")))

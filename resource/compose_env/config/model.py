@@ -163,6 +163,8 @@ class PutParams:
     logs: LogOptions = LogOptions()
     stop_grace: int = _params_default("stop_grace")
     reports: tuple[ReportEntry, ...] = _params_default("reports")
+    #: Services given the environment's engine (run/docker_socket.py).
+    docker_socket: tuple[str, ...] = _params_default("docker_socket")
     #: Each compose and env file → how an error names it: `params.compose_files[1] (ci/compose.test.yml)`.
     file_labels: Mapping[Path, str] = field(default_factory=dict)
 
@@ -414,6 +416,7 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
             metadata_bytes=logs_raw["metadata_bytes"],
         ),
         stop_grace=raw["stop_grace"],
+        docker_socket=tuple(raw["docker_socket"]),
         reports=tuple(ReportEntry(merged.path("reports", i), item["service"], item["path"]) for i, item in enumerate(raw["reports"])),
         file_labels=labels,
     )
@@ -436,5 +439,11 @@ def parse_put_request(request: Mapping[str, Any], put_dir: Path, build: BuildMet
     if problems or merged is None:
         raise UserError.many(problems)
     source = _source_from(source_raw)
+    if source.docker_host and merged.values.get("docker_socket"):
+        raise UserError(
+            merged.path("docker_socket"),
+            f"cannot hand out the engine at {source.docker_host} (source.docker_host): its socket is not in this container",
+            "remove params.docker_socket, or source.docker_host so that the put starts its own engine, whose socket it binds",
+        )
     params = parse_put_params(merged, put_dir, build)
     return PutConfig(source=source, params=params, build=build, put_dir=Path(put_dir))

@@ -90,6 +90,8 @@ class ComposeProject:
         self.config: dict[str, Any] = {}
         self.shape = analyse_command(params.command)
         self._all_services: dict[str, Any] | None = None
+        #: Compose files the put writes (run/docker_socket.py), passed after the user's.
+        self._added_files: list[Path] = []
         self._process: subprocess.Popen[bytes] | None = None
         self._pending_config: subprocess.Popen[str] | None = None
         self._started = False
@@ -112,7 +114,7 @@ class ComposeProject:
     def base_argv(self, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None) -> list[str]:
         argv = ["docker", "compose", "--ansi", "never", "--progress", "plain", "-p", self.params.project_name]
         argv += ["--project-directory", str(self.params.project_directory)]
-        for compose_file in self.params.compose_files if compose_files is None else compose_files:
+        for compose_file in [*self.params.compose_files, *self._added_files] if compose_files is None else compose_files:
             argv += ["-f", str(compose_file)]
         for env_file in self.env_files():
             argv += ["--env-file", str(env_file)]
@@ -214,6 +216,10 @@ class ComposeProject:
         if culprit is None or culprit not in labels:
             return None
         return compose_errors.rejected(error, culprit, labels[culprit])
+
+    def add_compose_file(self, path: Path) -> None:
+        """A compose file of the put's own, passed after the user's to every later compose command."""
+        self._added_files.append(path)
 
     def services(self) -> dict[str, Any]:
         """The services of the active profiles."""

@@ -22,7 +22,7 @@ from compose_env.images import load as images_module
 from compose_env.images.plan import plan_images
 from compose_env.redaction import Redactor, secret_env_values
 from compose_env.report import RunResult, build_response, format_seconds, new_run_id
-from compose_env.run import junit
+from compose_env.run import docker_socket, junit
 from compose_env.run import reports as reports_module
 from compose_env.run.command import analyse_command
 from compose_env.run.containers import service_container
@@ -30,6 +30,7 @@ from compose_env.run.intake import Written, by_key, get_images_in, in_store, pre
 from compose_env.run.logs import ServiceLogs
 from compose_env.run.project import ComposeProject
 from compose_env.run.reports import ReportsOutcome
+from compose_env.run.socket_watch import SocketWatch
 from compose_env.signals import AbortOnSignal
 
 #: compose down's deadline after SIGTERM, inside Concourse's 10 s before SIGKILL: with an inner
@@ -100,6 +101,7 @@ def run_put(
     loaded_names: list[str] = []
     reports: ReportsOutcome | None = None
     aborted = False
+    watch: SocketWatch | None = None
     try:
         project.start_config()
         direct: Written = {}
@@ -130,6 +132,8 @@ def run_put(
             shape = project.check_command()
             if params.reports:
                 reports_module.check_services(params.reports, project.all_services())
+            if params.docker_socket:
+                watch = docker_socket.give_engine(project, console)
             if check_project is not None:
                 check_project(project)
             console.info(f"project {params.project_name}: services {', '.join(sorted(project.services())) or 'none'}")
@@ -144,6 +148,8 @@ def run_put(
 
         with console.phase(f"Running docker compose {' '.join(params.command)}", timings, "run"):
             result = project.run(shape, handle.client)
+        if watch is not None:
+            docker_socket.report_failed_pulls(watch, handle.client, console, failed=result.status != "passed")
         # Reported as the user wrote it; the log shows the argv that ran (without a dropped --rm).
         result.command = tuple(config.params.command)
         _print_verdict(console, result)
@@ -162,6 +168,8 @@ def run_put(
     finally:
         with abort.deferred(), console.phase("Tearing down", timings, "teardown"):
             handle = handle or (inner.handle if inner is not None else None)
+            if watch is not None:
+                watch.close()
             teardown(project, handle, inner, console, 0 if aborted else params.stop_grace, aborted, abort)
             logs.close()
         duration = time.monotonic() - started
