@@ -19,8 +19,11 @@ from harness import run_script, run_task
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "testcontainers"
 RUNNER = "compose-env-test/testcontainers:ci"
+NODE_RUNNER = "compose-env-test/testcontainers-node:ci"
 #: The release the image is built with (its PyPI wheel, downloaded by the fixture).
 TESTCONTAINERS_VERSION = "4.15.0"
+#: The Node binding's newest release that runs on Debian trixie's nodejs 20 (12.2.0 wants node >= 22.22).
+TESTCONTAINERS_NODE_VERSION = "11.14.0"
 SAYS = "says 'hello from testcontainers'"
 
 
@@ -45,6 +48,19 @@ def tarballs(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     _docker("save", "-o", str(work / "runner.tar"), RUNNER)
     _docker("save", "-o", str(work / "redis.tar"), "redis:7")
     return work
+
+
+@pytest.fixture(scope="module")
+def node_tarball(image: str, tarballs: Path) -> Path:
+    """node-runner.tar: Debian's nodejs with the testcontainers npm package, installed here (npm, on the host)."""
+    context = tarballs / "node-context"
+    shutil.copytree(DATA, context)
+    install = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--omit=dev", "--ignore-scripts", f"testcontainers@{TESTCONTAINERS_NODE_VERSION}"]
+    subprocess.run(install, cwd=context, check=True, capture_output=True)
+    base = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
+    _docker("build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-f", str(context / "node.Dockerfile"), "-t", NODE_RUNNER, str(context))
+    _docker("save", "-o", str(tarballs / "node-runner.tar"), NODE_RUNNER)
+    return tarballs / "node-runner.tar"
 
 
 @pytest.fixture
@@ -72,6 +88,17 @@ def test_a_testcontainers_suite_starts_redis_from_a_passed_image_and_leaves_noth
     assert "params.docker_socket: tests get the engine: its socket at /var/run/docker.sock" in outcome.stderr
     assert "-f /run/compose-env/docker-socket.compose.yml run --rm tests" in outcome.stderr
     assert "did not arrive" not in outcome.stderr  # nothing pulled: redis:7 was loaded
+    assert outcome.leftovers == []
+
+
+def test_the_node_binding_reaches_the_container_it_started_too(image: str, suite: Path, node_tarball: Path) -> None:
+    os.link(node_tarball, suite / "node-runner.tar")
+    params = _params(images=["node-runner.tar", "redis.tar"], command="run --rm tests-node", docker_socket=["tests-node"])
+
+    outcome = run_script(image, "out", {"source": {}, "params": params}, put_dir=str(suite))
+
+    assert outcome.exit_code == 0, outcome.stderr
+    assert re.search(r"^testcontainers \(node\): redis:7 at [0-9.]+:\d+ says \+PONG$", outcome.stderr, re.MULTILINE), outcome.stderr
     assert outcome.leftovers == []
 
 
