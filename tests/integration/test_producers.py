@@ -48,7 +48,7 @@ HEALTHCHECK --interval=1s --timeout=3s --retries=60 CMD ["/bin/sh", "-c", "test 
 ENTRYPOINT ["/bin/sh", "/usr/local/serve.sh"]
 CMD ["--marker", "{name}"]
 """
-TESTS_COMMAND = "echo ready-for-inspection; trap 'exit 0' TERM; while :; do sleep 1; done"
+TESTS_COMMAND = "trap 'exit 0' TERM; echo ready-for-inspection; while :; do sleep 1; done"
 #: Run in the resource container once `tests` runs: the loaded images' configs, then `tests` told to finish.
 INSPECT_AND_FINISH = """
 import json, subprocess

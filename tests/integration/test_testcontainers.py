@@ -120,6 +120,7 @@ def test_an_image_the_suite_asks_for_that_was_not_passed_is_named_with_the_fix(i
     assert outcome.exit_code == 1
     assert "error: a params.docker_socket service asked the engine to pull redis:6, which did not arrive" in outcome.stderr
     assert "hint: pass redis:6 in params.images" in outcome.stderr
+    assert "  diagnosis: the tests asked for redis:6, which could not be pulled: pass redis:6 in params.images" in outcome.stderr
     assert outcome.leftovers == []
 
 

@@ -94,8 +94,11 @@ def give_engine(project: ComposeProject, console: Console) -> SocketWatch:
     return watch
 
 
-def report_failed_pulls(watch: SocketWatch, client: docker.APIClient, console: Console, *, failed: bool) -> None:
-    """Images the services asked the engine to pull and it does not have: no registry answered (or none has them)."""
+def report_failed_pulls(watch: SocketWatch, client: docker.APIClient, console: Console, *, failed: bool) -> list[str]:
+    """Images the services asked the engine to pull and it does not have (no registry answered, or none has them).
+
+    Each is named in the log; returns the diagnoses for the put's last line (none when the run passed).
+    """
     missing = []
     for reference in watch.pulls():
         try:
@@ -104,12 +107,14 @@ def report_failed_pulls(watch: SocketWatch, client: docker.APIClient, console: C
             missing.append(reference)
         except (docker.errors.DockerException, requests.RequestException):
             continue  # cannot tell: say nothing rather than something wrong
-    if not missing:
-        return
     say = console.error if failed else console.warn
     for reference in missing:
         say(
             f"{'error' if failed else 'warning'}: a params.docker_socket service asked the engine to pull {reference}, which did not arrive"
             " (no registry answers here, or it has no such image)"
         )
-    console.info(f"hint: pass {', '.join(missing)} in params.images (e.g. a registry-image get with params: {{format: oci}}): nothing is pulled then")
+    if not missing:
+        return []
+    fix = f"pass {', '.join(missing)} in params.images (e.g. a registry-image get with params: {{format: oci}}): nothing is pulled then"
+    console.info(f"hint: {fix}")
+    return [f"the tests asked for {', '.join(missing)}, which could not be pulled: {fix}"] if failed else []

@@ -149,7 +149,7 @@ def run_put(
         with console.phase(f"Running docker compose {' '.join(params.command)}", timings, "run"):
             result = project.run(shape, handle.client)
         if watch is not None:
-            docker_socket.report_failed_pulls(watch, handle.client, console, failed=result.status != "passed")
+            result.diagnoses += docker_socket.report_failed_pulls(watch, handle.client, console, failed=result.status != "passed")
         # Reported as the user wrote it; the log shows the argv that ran (without a dropped --rm).
         result.command = tuple(config.params.command)
         _print_verdict(console, result)
