@@ -36,6 +36,8 @@ STATE_DIR = Path(os.environ.get("COMPOSE_ENV_HARNESS_DIR", "/var/tmp/compose-env
 RUNC_ROOT = "/run/compose-env-harness-runc"
 INIT_SOURCE = Path(__file__).resolve().parent / "runtime" / "gdn-init.c"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: Where this machine's process API puts the commands it starts (see someone_elses).
+SANDBOX_COMMANDS_CGROUP = "process_api"
 #: The "worker" cgroup the harness's containers go below on cgroup v2 (controllers enabled in it).
 V2_PARENT = "compose-env-harness"
 #: A v1 devices cgroup as strict as the container's own: the container cannot widen its devices.
@@ -149,7 +151,9 @@ def someone_elses(kind: str, item: str, other_ids: set[str]) -> bool:
     if any(container_id in item for container_id in other_ids):
         return True
     if kind == "cgroup":
-        return False
+        # This workplace's process API puts each command it starts (a developer's shell beside the
+        # suite) in a cgroup of its own below `process_api`: never the put's.
+        return f"/{SANDBOX_COMMANDS_CGROUP}/" in item
     if kind == "mount":  # /run/netns itself is iproute2's, made on its first use and kept
         return item == "/run/netns" or not item.startswith((str(STATE_DIR), "/run/netns", str(CGROUP_ROOT)))
     if kind == "link":
