@@ -20,8 +20,9 @@ import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from compose_env import lazy_imports
 from compose_env.config.model import BuildMetadata, parse_put_request, parse_source
@@ -32,6 +33,9 @@ from compose_env.redaction import Redactor, secrets_in_request
 from compose_env.report import RunResult, format_seconds, version_metadata
 from compose_env.signals import ABORT
 from compose_env.version import RESOURCE_VERSION
+
+if TYPE_CHECKING:  # imported by the put when it runs: check and in need none of it
+    from compose_env.images.layerstore import StoreHooks
 
 Command = Callable[[TextIO, TextIO, Console, Sequence[str], Mapping[str, str]], int]
 EXAMPLE_REQUEST = '{"source": {}, "params": {"compose_files": ["repo/docker-compose.yml"]}}'
@@ -91,7 +95,8 @@ def get(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
     return EXIT_OK
 
 
-def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
+def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str], store_hooks: StoreHooks | None = None) -> int:
+    """`store_hooks`: what a test faults the image store's writer with (`compose_env/testing`); None in production."""
     if len(argv) < 2:
         raise UserError("argv", "usage: out DIR (Concourse passes the put directory)")
     lazy_imports.defer()
@@ -101,7 +106,7 @@ def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
     config = parse_put_request(request, Path(argv[1]), BuildMetadata.from_env(env))
     redact = redactor_for(config)
     console.set_redactor(redact)
-    outcome = run_put(config, console, redact, env, ABORT)
+    outcome = run_put(config, console, redact, env, ABORT, store_hooks=store_hooks)
     if outcome.exit_code == EXIT_OK:
         write_json(stdout, outcome.response)
     else:
@@ -124,12 +129,12 @@ def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
     return text + "  hint: its output and the failing services' logs are above; set params.fail_on_error: false to report the exit code instead of failing"
 
 
-def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str]) -> int:
+def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str], store_hooks: StoreHooks | None = None) -> int:
     """Task mode: configuration from COMPOSE_ENV, outputs into the working directory (see task.py)."""
     lazy_imports.defer()
     from compose_env.run.task import run_task
 
-    return run_task(env, Path.cwd(), console, ABORT)
+    return run_task(env, Path.cwd(), console, ABORT, store_hooks=store_hooks)
 
 
 COMMANDS: dict[str, Command] = {"check": check, "in": get, "out": put, "task": task}
@@ -137,7 +142,15 @@ COMMANDS: dict[str, Command] = {"check": check, "in": get, "out": put, "task": t
 ANNOUNCED = ("out", "task")
 
 
-def run_command(name: str, stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: Sequence[str], env: Mapping[str, str]) -> int:
+def run_command(
+    name: str,
+    stdin: TextIO,
+    stdout: TextIO,
+    stderr: TextIO,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    commands: Mapping[str, Command] = COMMANDS,
+) -> int:
     """Run one command and map every way it can end to an exit code; stdout is written only on success.
 
     A user mistake is one message per problem, never a traceback. An internal bug is
@@ -147,7 +160,7 @@ def run_command(name: str, stdin: TextIO, stdout: TextIO, stderr: TextIO, argv: 
     if name in ANNOUNCED:
         console.line(RESOURCE_VERSION.describe())
     try:
-        return COMMANDS[name](stdin, stdout, console, argv, env)
+        return commands[name](stdin, stdout, console, argv, env)
     except (UserError, RuntimeFailure) as error:
         console.error(error.render())
         return error.exit_code
@@ -174,10 +187,14 @@ def guard_stdout() -> TextIO:
     return os.fdopen(saved, "w")
 
 
-def main(name: str) -> None:
+def main(name: str, store_hooks: StoreHooks | None = None) -> None:
+    """The entry point of `/opt/resource/<name>`; `store_hooks`: the integration tests' faults, which only the entry point wires in."""
     response_stream = guard_stdout()
     ABORT.install()
-    code = run_command(name, sys.stdin, response_stream, sys.stderr, sys.argv, os.environ)
+    commands = dict(COMMANDS)
+    if store_hooks is not None:
+        commands.update({"out": partial(put, store_hooks=store_hooks), "task": partial(task, store_hooks=store_hooks)})
+    code = run_command(name, sys.stdin, response_stream, sys.stderr, sys.argv, os.environ, commands)
     sys.stderr.flush()
     response_stream.flush()
     # The interpreter's last garbage collections then skip every object alive now: with

@@ -4,7 +4,7 @@ A store dockerd does not take as written (a written layer removed, a layer entry
 a dockerd that does not start on the written store, and an engine version direct writes were
 not tested with: each put still passes, every image through `docker load`, with one warning
 line naming the input and the reason, and nothing left running. The faults come from the
-test-only hooks COMPOSE_ENV_TEST_STORE_FAULT (resource/compose_env/images/store_faults.py) and
+test-only hooks COMPOSE_ENV_TEST_STORE_FAULT (resource/compose_env/testing/store_faults.py, wired in by assets/out and assets/task) and
 COMPOSE_ENV_TEST_DOCKERD_VERSION (tested_engines.py). Each test prints the put's timings:
 the fallback's cost is the difference from the direct put's.
 """

@@ -16,9 +16,9 @@ from harness import Container, RunOutcome
 
 WORKDIR = "/tmp/build/task"
 BUILT = re.compile(r"built at (\d+)")
-#: Where direct writes stage layers until registered (layerstore.PARTIAL_DIR), in the cache's data root.
+#: Where direct writes stage layers until registered (store_format.PARTIAL_DIR), in the cache's data root.
 STAGING = "docker/overlay2/compose-env-partial"
-#: The test-only fault that holds each layer's extraction half-way, and the line it prints then (store_faults.py).
+#: The test-only fault that holds each layer's extraction half-way, and the line it prints then (compose_env/testing/store_faults.py).
 HOLD_EXTRACTING = {"COMPOSE_ENV_TEST_STORE_FAULT": "hold-extracting"}
 HELD_LINE = "COMPOSE_ENV_TEST_STORE_FAULT: a layer's extraction is held half-way"
 REMOVED = re.compile(rf"data root {WORKDIR}/compose-env-cache/docker: removed (\d+) half-written layers? an interrupted run left \([0-9.]+ MiB\)")

@@ -14,7 +14,10 @@ FORBIDDEN = {
     "engine": {"images", "run", "protocol"},
     "images": {"engine", "run", "protocol"},
     "run": {"protocol"},
+    "testing": {"engine", "run", "protocol"},
 }
+#: Test-only code (the store faults): imported by the entry points (assets/) and tests, never by a production module.
+TEST_ONLY = "testing"
 #: Every top-level module but the entry point: the leaves any sub-package may import.
 LEAVES = sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem not in {"__init__", "protocol"})
 
@@ -67,3 +70,53 @@ def test_the_deferred_libraries_are_imported_whole() -> None:
             elif isinstance(node, ast.Import):
                 broken += [f"{path.relative_to(PACKAGE)}: import {a.name}" for a in node.names if "." in a.name and a.name.split(".")[0] in deferred]
     assert not broken
+
+
+def test_no_production_module_imports_the_test_faults() -> None:
+    broken = [
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if TEST_ONLY not in path.relative_to(PACKAGE).parts and TEST_ONLY in imported_parts(path)
+    ]
+    assert not broken
+
+
+def _module_name(path: Path) -> str:
+    relative = path.relative_to(PACKAGE.parent).with_suffix("")
+    return ".".join(relative.parts[:-1] if relative.name == "__init__" else relative.parts)
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The compose_env modules `path` imports when it runs (at the top or in a function; not under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text())
+    type_only = {id(node) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test) for node in ast.walk(block)}
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("compose_env"):
+            names |= {node.module} | {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names if alias.name.startswith("compose_env")}
+    return names
+
+
+def test_there_is_no_import_cycle() -> None:
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {name: {imported for imported in _runtime_imports(path) if imported in modules and imported != name} for name, path in modules.items()}
+    cycles = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            cycles.append(" -> ".join([*trail[trail.index(name) :], name]))
+            return
+        for imported in sorted(graph[name]):
+            if imported not in done:
+                visit(imported, [*trail, name])
+        done.add(name)
+
+    done: set[str] = set()
+    for name in sorted(graph):
+        visit(name, [])
+    # A package importing its own submodules (lazily) is not a cycle of modules that need each other.
+    assert [cycle for cycle in cycles if not all(part.startswith(cycle.split(" -> ")[0]) for part in cycle.split(" -> "))] == []

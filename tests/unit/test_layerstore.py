@@ -20,9 +20,12 @@ from pathlib import Path
 import pytest
 from compose_env.console import Console
 from compose_env.errors import Aborted
-from compose_env.images import layerstore
-from compose_env.images.layerstore import DirectImage, RootfsImage, StoreWriter, convert_whiteouts, image_from_config
+from compose_env.images import layerstore, store_format
+from compose_env.images.extraction import Extraction
+from compose_env.images.layerstore import DirectImage, RootfsImage, StoreHooks, StoreWriter, image_from_config
+from compose_env.images.store_format import PARTIAL_DIR, StoreLayout, chain_ids
 from compose_env.images.tar import Blob
+from compose_env.images.whiteouts import convert_whiteouts
 from compose_env.signals import AbortOnSignal
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="writes devices and trusted.* xattrs: root only")
@@ -194,20 +197,16 @@ def test_a_compressed_blob_that_cannot_be_read_to_its_end_is_reported_by_the_put
     assert list((tmp_path / "docker/overlay2").glob("*/diff")) == []
 
 
-def test_an_image_that_fails_part_way_through_registering_marks_the_store_damaged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_image_that_fails_part_way_through_registering_marks_the_store_damaged(tmp_path: Path) -> None:
     calls: list[str] = []
 
-    def fail_second(self: StoreWriter, layer: object, parent: str) -> None:
+    def fail_second(parent: str) -> None:
         calls.append(parent)
         if len(calls) == 2:
             raise OSError(28, "No space left on device")
-        original(self, layer, parent)
-
-    original = StoreWriter._register_layer
-    monkeypatch.setattr(StoreWriter, "_register_layer", fail_second)
 
     made = image(tmp_path, "app", [BASE, TOP])
-    outcome = layerstore.write_images({"app": made}, str(tmp_path / "docker"))
+    outcome = layerstore.write_images({"app": made}, str(tmp_path / "docker"), StoreHooks(before_register=fail_second))
 
     assert "registering it: " in (outcome.images["app"].problem or "")
     assert outcome.damaged.startswith("registering an image failed part way") and outcome.images["app"].left_entries
@@ -229,7 +228,7 @@ def test_a_written_image_reports_the_layers_dockerd_must_list(tmp_path: Path) ->
     made = image(tmp_path, "app", [BASE, TOP])
     outcome = layerstore.write_images({"app": made}, str(tmp_path / "docker"))
     assert outcome.images["app"].diff_ids == made.diff_ids and outcome.images["app"].image_id == made.image_id
-    assert layerstore.chain_ids(made.diff_ids) == made.chain_ids
+    assert chain_ids(made.diff_ids) == made.chain_ids
 
 
 def test_directories_a_layer_implies_get_0755_whatever_our_umask(tmp_path: Path) -> None:
@@ -309,31 +308,30 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
     tar_of_thread: dict[str, subprocess.Popen[bytes]] = {}
     stalled = threading.Semaphore(0)
     extracting: list[Path] = []
-    extract, spawn, chunks = StoreWriter._extract, StoreWriter._spawn, layerstore.file_chunks
+    extract, spawn = Extraction.layer, Extraction._spawn
 
-    def recording_extract(self: StoreWriter, blob: Blob, diff_id: str, compression: str, target: Path) -> int:
+    def recording_extract(self: Extraction, blob: Blob, diff_id: str, compression: str, target: Path) -> int:
         extracting.append(target)
         try:
             return extract(self, blob, diff_id, compression, target)
         finally:
             extracting.remove(target)
 
-    def recording_spawn(self: StoreWriter, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    def recording_spawn(self: Extraction, argv: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
         child = spawn(self, argv, **kwargs)
         tars.append(child)
         tar_of_thread[threading.current_thread().name] = child
         return child
 
-    def stalling_chunks(path: Path, offset: int = 0, size: int | None = None) -> Iterator[bytes]:
-        data = b"".join(chunks(path, offset, size))
+    def stalling_chunks(layer_chunks: Iterator[bytes], _cancelled: threading.Event) -> Iterator[bytes]:
+        data = b"".join(layer_chunks)
         yield data[: 512 + (64 << 10)]  # tar reads whole 10 KiB records: it is inside file `a` now
         stalled.release()
         tar_of_thread[threading.current_thread().name].wait(timeout=30)
         yield data[512 + (64 << 10) :]
 
-    monkeypatch.setattr(StoreWriter, "_extract", recording_extract)
-    monkeypatch.setattr(StoreWriter, "_spawn", recording_spawn)
-    monkeypatch.setattr(layerstore, "file_chunks", stalling_chunks)
+    monkeypatch.setattr(Extraction, "layer", recording_extract)
+    monkeypatch.setattr(Extraction, "_spawn", recording_spawn)
     problems: list[str] = []
 
     def signal_once_every_worker_is_mid_layer() -> None:
@@ -343,7 +341,7 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
                     problems.append("the workers' tars never all got their input")
                     return
             deadline = time.monotonic() + 30
-            while len(list(root.glob(f"overlay2/{layerstore.PARTIAL_DIR}/*/diff/a"))) < workers:  # tar has started writing each layer
+            while len(list(root.glob(f"overlay2/{PARTIAL_DIR}/*/diff/a"))) < workers:  # tar has started writing each layer
                 if time.monotonic() > deadline:
                     problems.append("the tars never started writing")
                     return
@@ -357,7 +355,7 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
     try:
         signaller.start()
         with pytest.raises(Aborted):
-            layerstore.write_images({"big": made}, str(root))
+            layerstore.write_images({"big": made}, str(root), StoreHooks(layer_chunks=stalling_chunks))
     finally:
         signaller.join()
         for number, handler in previous.items():
@@ -369,12 +367,12 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
     assert [tar.returncode for tar in tars] == [-signal.SIGKILL] * workers
     assert list((root / "image/overlay2/layerdb/sha256").iterdir()) == []
     assert list((root / "image/overlay2/imagedb/content/sha256").iterdir()) == []
-    assert len(list(root.glob(f"overlay2/{layerstore.PARTIAL_DIR}/*/diff"))) == workers
+    assert len(list(root.glob(f"overlay2/{PARTIAL_DIR}/*/diff"))) == workers
     assert list(root.glob("overlay2/*/diff")) == [], "nothing half-written is outside the staging directory"
 
     # The next run on this data root (were it kept) removes them, then writes the image afresh.
     log = io.StringIO()
-    layerstore.remove_partial_layers(str(root), Console(log))
+    StoreLayout(root).remove_partial_layers(Console(log))
     assert f"removed {workers} half-written layers an interrupted run left" in log.getvalue()
     assert os.listdir(root / "overlay2") == ["l"]
     monkeypatch.undo()
@@ -391,7 +389,7 @@ def test_only_the_half_written_layers_of_a_kept_data_root_are_removed(tmp_path: 
     made = image(tmp_path, "app", [BASE])
     assert StoreWriter(str(root)).write({"app": made})["app"].problem is None
     registered = (root / "image/overlay2/layerdb/sha256" / made.chain_ids[0][7:] / "cache-id").read_text()
-    half_written = root / "overlay2" / layerstore.PARTIAL_DIR / secrets.token_hex(32)
+    half_written = root / "overlay2" / PARTIAL_DIR / secrets.token_hex(32)
     (half_written / "diff/usr").mkdir(parents=True)
     (half_written / "diff/usr/big").write_bytes(b"x" * (3 << 20))
     os.link(half_written / "diff/usr/big", half_written / "diff/usr/big-again")
@@ -407,7 +405,7 @@ def test_only_the_half_written_layers_of_a_kept_data_root_are_removed(tmp_path: 
         (mount / name).write_text(layer)
     log = io.StringIO()
 
-    layerstore.remove_partial_layers(str(root), Console(log))
+    StoreLayout(root).remove_partial_layers(Console(log))
 
     assert sorted(os.listdir(root / "overlay2")) == sorted(["l", registered, buildkit_snapshot.name, container, f"{container}-init"])
     assert f"warning: data root {root}: removed 1 half-written layer an interrupted run left (3.0 MiB)" in log.getvalue()
@@ -419,20 +417,20 @@ def test_a_data_root_without_half_written_layers_is_left_as_it_is_and_says_nothi
     assert StoreWriter(str(root)).write({"app": image(tmp_path, "app", [BASE, TOP])})["app"].problem is None
     before = sorted(os.listdir(root / "overlay2"))
     log = io.StringIO()
-    layerstore.remove_partial_layers(str(root), Console(log))
-    layerstore.remove_partial_layers(str(tmp_path / "nothing-here"), Console(log))
-    assert sorted(os.listdir(root / "overlay2")) == before and layerstore.PARTIAL_DIR not in before
+    StoreLayout(root).remove_partial_layers(Console(log))
+    StoreLayout(tmp_path / "nothing-here").remove_partial_layers(Console(log))
+    assert sorted(os.listdir(root / "overlay2")) == before and PARTIAL_DIR not in before
     assert log.getvalue() == ""
 
 
 def test_half_written_layers_that_cannot_be_removed_are_named_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    staging = tmp_path / "docker/overlay2" / layerstore.PARTIAL_DIR
+    staging = tmp_path / "docker/overlay2" / PARTIAL_DIR
     (staging / "abc/diff").mkdir(parents=True)
 
     def refuse(path: object) -> None:
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(layerstore.shutil, "rmtree", refuse)
+    monkeypatch.setattr(store_format.shutil, "rmtree", refuse)
     log = io.StringIO()
-    layerstore.remove_partial_layers(str(tmp_path / "docker"), Console(log))
+    StoreLayout(tmp_path / "docker").remove_partial_layers(Console(log))
     assert f"could not remove the half-written layers an interrupted run left in {staging}: [Errno 13] Permission denied" in log.getvalue()

@@ -22,7 +22,7 @@ from compose_env.engine.handle import DaemonHandle
 from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
 from compose_env.images import layerstore
 from compose_env.images import load as images_module
-from compose_env.images.layerstore import DirectImage, ImageWrite, StoreWrite
+from compose_env.images.layerstore import NO_HOOKS, DirectImage, ImageWrite, StoreWrite
 from compose_env.images.plan import ImagePlan
 from compose_env.redaction import Redactor
 from compose_env.report import RunResult, ServiceState
@@ -198,7 +198,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
         world.events.append("docker load " + " ".join(str(plan.entry.index) for plan in plans))
         return [images_module.LoadedImage(plan.entry, f"sha256:loaded{plan.entry.index}", plan.names, 0.1, plan.size) for plan in plans]
 
-    def write_images(images: dict[str, Any], _data_root: str) -> StoreWrite:
+    def write_images(images: dict[str, Any], _data_root: str, _hooks: object) -> StoreWrite:
         world.events.append("write " + " ".join(images))
         results = {
             key: ImageWrite(world.write_problems.get(key), 1, 2**20, 0.1, f"sha256:written{key}", image.diff_ids, key in world.left_entries)
@@ -213,9 +213,21 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     monkeypatch.setattr(images_module, "name_written_image", name_written_image)
     monkeypatch.setattr(images_module, "verify_written_image", lambda _client, image_id, _diff_ids: world.refused.get(image_id, ""))
     monkeypatch.setattr(layerstore, "write_images", write_images)
-    monkeypatch.setattr(layerstore, "has_images", lambda _data_root, _driver: False)
-    monkeypatch.setattr(layerstore, "remove_partial_layers", lambda _data_root, _console: world.events.append("remove half-written layers"))
+    monkeypatch.setattr(put, "StoreLayout", lambda _data_root, _driver: FakeLayout(world))
     return world
+
+
+class FakeLayout:
+    """store_format.StoreLayout of the faked data root: empty, and its sweep recorded."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def has_images(self) -> bool:
+        return False
+
+    def remove_partial_layers(self, _console: Console) -> None:
+        self.world.events.append("remove half-written layers")
 
 
 def config(tmp_path: Path, source: dict[str, Any] | None = None, **params: Any) -> PutConfig:
@@ -441,7 +453,7 @@ def test_every_written_image_is_named_after_dockerd_starts(world: World) -> None
     world.plan(direct=True)
     world.plan(direct=True)
 
-    handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
+    handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
 
     assert world.events == ["write 0 1", "launch dockerd"]
     assert {key: image.image_id for key, image in written.items()} == {"0": "sha256:written0", "1": "sha256:written1"}
@@ -454,7 +466,7 @@ def test_an_image_that_could_not_be_written_goes_to_docker_load_alone(world: Wor
     world.plan(direct=True)
     world.write_problems["0"] = "a hard link to a missing file"
 
-    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
+    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
 
     assert list(written) == ["1"]
     assert world.events == ["write 0 1", "prepare 0", "launch dockerd"]
@@ -468,7 +480,7 @@ def test_a_store_left_with_half_registered_entries_is_emptied_and_every_input_go
     world.left_entries.add("1")
     world.damaged = "registering params.images[1] failed part way"
 
-    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
+    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
 
     assert written == {}
     assert world.events == ["write 0 1", "empty the data root", "prepare 0", "prepare 1", "launch dockerd"]
@@ -483,7 +495,7 @@ def test_a_dockerd_that_does_not_start_on_the_written_store_is_restarted_on_an_e
     world.plan(direct=True)
     world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
 
-    handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
+    handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
 
     assert written == {} and handle.description == "dockerd"
     assert world.events == ["write 0", "launch dockerd", "prepare 0", "relaunch dockerd on an emptied data root"]
@@ -496,7 +508,7 @@ def test_a_dockerd_that_does_not_start_with_nothing_written_is_a_failure_of_its_
     world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
 
     with pytest.raises(DaemonStartFailure):
-        intake._write_then_launch(FakeInner(world), world.direct(), world.console)
+        intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
 
     assert "relaunch dockerd on an emptied data root" not in world.events
 
@@ -506,7 +518,7 @@ def test_an_image_dockerd_does_not_take_as_written_sends_every_written_image_to_
     world.plan(direct=True)
     world.refused["sha256:written1"] = "dockerd lists other layers"
 
-    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console)
+    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
 
     assert written == {}
     assert world.events == ["write 0 1", "launch dockerd", "prepare 0", "prepare 1", "relaunch dockerd on an emptied data root"]

@@ -15,10 +15,11 @@ from compose_env.engine.daemon import InnerDaemon, PreparedStore
 from compose_env.engine.diagnosis import error_lines
 from compose_env.engine.handle import DOCKER_CONFIG_DIR, DaemonHandle
 from compose_env.errors import RuntimeFailure
-from compose_env.images import layerstore, store_faults
+from compose_env.images import layerstore
 from compose_env.images import load as images_module
-from compose_env.images.layerstore import DirectImage, RootfsImage
+from compose_env.images.layerstore import DirectImage, RootfsImage, StoreHooks
 from compose_env.images.plan import ImagePlan, check_free_space, local_platform
+from compose_env.images.store_format import StoreLayout
 
 #: How layerstore wrote an image: from layer blobs (False) or from a rootfs directory (True).
 HOW_WRITTEN = {
@@ -37,6 +38,7 @@ def get_images_in(
     cached: Written,
     console: Console,
     timings: dict[str, float],
+    store_hooks: StoreHooks,
 ) -> tuple[DaemonHandle, list[images_module.LoadedImage]]:
     """Images a kept data root holds are only named; direct writes next (dockerd starts after them), docker load for the rest.
 
@@ -47,7 +49,7 @@ def get_images_in(
         check_free_space([plan for key, plan in keyed.items() if key not in cached], inner.data_root)
     loaded: dict[str, images_module.LoadedImage] = {}
     if inner is not None and direct:
-        handle, loaded, launch_seconds = _write_then_launch(inner, direct, console)
+        handle, loaded, launch_seconds = _write_then_launch(inner, direct, console, store_hooks)
         # dockerd's own start is the daemon's time, not loading's
         timings["daemon"] += launch_seconds
         timings["load"] = timings.get("load", 0.0) - launch_seconds
@@ -61,7 +63,7 @@ def get_images_in(
 
 
 def in_store(image: DirectImage | RootfsImage, store: PreparedStore) -> bool:
-    return isinstance(image, DirectImage) and layerstore.holds(store.data_root, store.driver, image)
+    return isinstance(image, DirectImage) and StoreLayout(store.data_root, store.driver).holds(image.image_id, image.chain_ids)
 
 
 def _name_cached(cached: Written, handle: DaemonHandle, console: Console) -> dict[str, images_module.LoadedImage]:
@@ -102,7 +104,9 @@ def writable_images(plans: list[ImagePlan]) -> Written:
     return writable
 
 
-def _write_then_launch(inner: InnerDaemon, direct: Written, console: Console) -> tuple[DaemonHandle, dict[str, images_module.LoadedImage], float]:
+def _write_then_launch(
+    inner: InnerDaemon, direct: Written, console: Console, store_hooks: StoreHooks
+) -> tuple[DaemonHandle, dict[str, images_module.LoadedImage], float]:
     """Write the images into the store, start dockerd on it, check and name them; returns dockerd, the images by plan, and its start time.
 
     Never worse than docker load: an image that could not be written goes to docker load (it left
@@ -110,8 +114,7 @@ def _write_then_launch(inner: InnerDaemon, direct: Written, console: Console) ->
     start on it, or a written image it does not take as written: dockerd starts again on an emptied
     data root and every input goes through docker load.
     """
-    write = layerstore.write_images({key: image for key, (_plan, image) in direct.items()}, inner.data_root)
-    store_faults.inject(inner.data_root, write)
+    write = layerstore.write_images({key: image for key, (_plan, image) in direct.items()}, inner.data_root, store_hooks)
     for key, (plan, _image) in direct.items():
         if write.images[key].problem is not None and not write.damaged:
             console.warn(f"{plan.where}: not written into the store directly ({write.images[key].problem}): loading it with docker load")

@@ -17,9 +17,10 @@ from compose_env.console import Console
 from compose_env.engine.daemon import InnerDaemon
 from compose_env.engine.handle import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
 from compose_env.errors import Aborted
-from compose_env.images import layerstore
 from compose_env.images import load as images_module
+from compose_env.images.layerstore import NO_HOOKS, StoreHooks
 from compose_env.images.plan import plan_images
+from compose_env.images.store_format import StoreLayout
 from compose_env.redaction import Redactor, secret_env_values
 from compose_env.report import RunResult, build_response, format_seconds, new_run_id
 from compose_env.run import docker_socket, junit
@@ -75,6 +76,7 @@ def run_put(
     check_project: CheckProject | None = None,
     files_from: Collection[str] = (),
     reports_dir: Path | None = None,
+    store_hooks: StoreHooks | None = None,
 ) -> PutOutcome:
     """The put; `env`: our environment (compose inherits it); `abort`: the SIGTERM handler.
 
@@ -114,10 +116,10 @@ def run_put(
                 inner = InnerDaemon(config.source, console)
                 store = inner.prepare(sum(plan.estimated_bytes for plan in plans), loads_images=bool(plans))
                 if inner.keeps_data_root:
-                    layerstore.remove_partial_layers(store.data_root, console)
+                    StoreLayout(store.data_root, store.driver).remove_partial_layers(console)
                 if plans and store.note:
                     console.info(store.note)
-                kept = layerstore.has_images(store.data_root, store.driver)
+                kept = StoreLayout(store.data_root, store.driver).has_images()
                 direct = writable_images(plans) if store.writable or kept else {}
                 cached = {key: planned for key, planned in direct.items() if in_store(planned[1], store)}
                 direct = {key: planned for key, planned in direct.items() if key not in cached} if store.writable else {}
@@ -140,7 +142,7 @@ def run_put(
 
         if plans:
             with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
-                handle, loaded = get_images_in(plans, inner, handle, direct, cached, console, timings)
+                handle, loaded = get_images_in(plans, inner, handle, direct, cached, console, timings, store_hooks or NO_HOOKS)
                 loaded_names += [name for image in loaded for name in image.names]
         assert handle is not None
         project.use_engine(handle.env)

@@ -30,6 +30,7 @@ from compose_env.console import Console
 from compose_env.engine.cache import CacheConfig, TaskCache, parse_size
 from compose_env.engine.handle import DaemonHandle
 from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
+from compose_env.images.layerstore import StoreHooks
 from compose_env.redaction import Redactor, secrets_in_request
 from compose_env.report import RunResult
 from compose_env.run.command import services_started
@@ -175,7 +176,7 @@ def in_task_terms(error: UserError) -> UserError:
 # ---------------------------------------------------------------- the run
 
 
-def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: AbortOnSignal) -> int:
+def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: AbortOnSignal, store_hooks: StoreHooks | None = None) -> int:
     value = decode_compose_env(env)
     # Mask the secrets before validation can echo them.
     console.set_redactor(Redactor(secrets_in_request({"source": value.get("source"), "params": value})))
@@ -194,7 +195,7 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: Ab
                 cache = TaskCache(task.cache, console)
                 stack.enter_context(cache.locked())
                 cache.check()
-            outcome = run_with_cache(task, console, redact, collector, cache, env, abort)
+            outcome = run_with_cache(task, console, redact, collector, cache, env, abort, store_hooks)
     except UserError as error:
         renamed = in_task_terms(error)
         write_json(report_file, {"status": "error", "exit_code": renamed.exit_code, "error": redact(renamed.render())})
@@ -218,7 +219,14 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: Ab
 
 
 def run_with_cache(
-    task: TaskConfig, console: Console, redact: Redactor, collector: AfterRunCollector, cache: TaskCache | None, env: Mapping[str, str], abort: AbortOnSignal
+    task: TaskConfig,
+    console: Console,
+    redact: Redactor,
+    collector: AfterRunCollector,
+    cache: TaskCache | None,
+    env: Mapping[str, str],
+    abort: AbortOnSignal,
+    store_hooks: StoreHooks | None = None,
 ) -> PutOutcome:
     """The put; with a cache, also its after-run pruning, and one more try on a fresh cache if dockerd refused it."""
 
@@ -241,6 +249,7 @@ def run_with_cache(
             check_project=collector.check_services,
             files_from={artifact.service for artifact in task.artifacts},
             reports_dir=task.output_dir / REPORTS_DIR,
+            store_hooks=store_hooks,
         )
 
     if cache is None:
