@@ -100,13 +100,14 @@ def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
     if len(argv) < 2:
         raise UserError("argv", "usage: out DIR (Concourse passes the put directory)")
     lazy_imports.defer()
-    from compose_env.run.put import redactor_for, run_put
+    from compose_env.images.layerstore import NO_HOOKS
+    from compose_env.run.put import PutExtras, PutWorld, redactor_for, run_put
 
     request = read_request(stdin, console)
     config = parse_put_request(request, Path(argv[1]), BuildMetadata.from_env(env))
     redact = redactor_for(config)
     console.set_redactor(redact)
-    outcome = run_put(config, console, redact, env, ABORT, store_hooks=store_hooks)
+    outcome = run_put(config, console, redact, env, ABORT, PutExtras(), PutWorld(store_hooks=store_hooks or NO_HOOKS))
     if outcome.exit_code == EXIT_OK:
         write_json(stdout, outcome.response)
     else:

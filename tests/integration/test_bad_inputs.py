@@ -87,7 +87,13 @@ BEFORE_DAEMON_ROWS = [
     ),
     Row("params-timeout-words", put({**APP, "timeout": "soon"}), 2, ('params.timeout: expected a duration such as "90s"',)),
     Row("params-timeout-zero", put({**APP, "timeout": 0}), 2, ("params.timeout: must be more than 0",)),
-    Row("params-env-number", put({**APP, "env": {"PORT": 8080}}), 2, ("params.env.PORT: must be a string, got a number",)),
+    Row("params-env-null", put({**APP, "env": {"PORT": None}}), 2, ("params.env.PORT: expected a string, number or boolean, got null",)),
+    Row(
+        "params-docker-socket-remote",
+        put({**APP, "docker_socket": ["app"]}, {"docker_host": "tcp://engine:2375"}),
+        2,
+        ("params.docker_socket: cannot hand out the engine at tcp://engine:2375 (source.docker_host)",),
+    ),
     Row("params-command-empty", put({**APP, "command": ""}), 2, ("params.command: must not be empty",)),
     Row("params-command-quotes", put({**APP, "command": "run 'app"}), 2, ("params.command: cannot split", "check the quotes")),
     Row("params-logs-typo", put({**APP, "logs": {"tial": 5}}), 2, ("params.logs.tial: unknown key", "'tail'")),
@@ -178,6 +184,7 @@ BEFORE_DAEMON_ROWS = [
         2,
         ("params.command: unknown service 'nope'", "services in the project: app"),
     ),
+    Row("docker-socket-unknown-service", put({**APP, "docker_socket": ["apq"]}), 2, ("params.docker_socket[0]: unknown service 'apq'", "did you mean 'app'?")),
 ]
 
 SCRATCH_DATA_ROOT = {"data_root": f"{SMALL_TMPFS}/docker", "data_root_medium": "disk"}

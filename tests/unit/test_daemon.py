@@ -16,8 +16,9 @@ import pytest
 import requests
 from compose_env.config.model import DockerdOptions, RegistryLogin, Source, TlsFiles
 from compose_env.console import Console
-from compose_env.engine import daemon, daemon_argv, diagnosis, network, preflight
+from compose_env.engine import daemon, daemon_argv, daemon_stop, diagnosis, network, preflight, remote
 from compose_env.engine import handle as engine
+from compose_env.engine.budget import BUDGET
 from compose_env.errors import RuntimeFailure
 from compose_env.process import descendants
 
@@ -223,7 +224,7 @@ def test_registry_logins_go_to_a_private_docker_config(tmp_path: Path) -> None:
 def test_remote_tls_sets_the_cli_variables(tmp_path: Path) -> None:
     source = Source(docker_host="tcp://engine:2376", tls=TlsFiles(ca="CA", cert="CERT", key="KEY"))
 
-    _, env = engine.remote_tls(source, str(tmp_path / "tls"))
+    _, env = remote.remote_tls(source, str(tmp_path / "tls"))
 
     assert env == {"DOCKER_CERT_PATH": str(tmp_path / "tls"), "DOCKER_TLS_VERIFY": "1"}
     assert (tmp_path / "tls" / "key.pem").read_text() == "KEY"
@@ -233,7 +234,7 @@ def test_remote_tls_sets_the_cli_variables(tmp_path: Path) -> None:
 def test_remote_tls_without_a_ca_encrypts_without_verifying(tmp_path: Path) -> None:
     source = Source(docker_host="tcp://engine:2376", tls=TlsFiles(cert="CERT", key="KEY"))
 
-    _, env = engine.remote_tls(source, str(tmp_path / "tls"))
+    _, env = remote.remote_tls(source, str(tmp_path / "tls"))
 
     assert env["DOCKER_TLS"] == "1"
     assert "DOCKER_TLS_VERIFY" not in env
@@ -272,10 +273,9 @@ class LeftBehind:
 
 def test_what_a_kept_data_root_holds_is_removed_by_name_and_each_failure_said_without_stopping_the_rest() -> None:
     out = io.StringIO()
-    inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(data_root="/cache/docker")), Console(out))
     client = LeftBehind()
 
-    inner._clear_left_behind(client)
+    daemon_stop.clear_left_behind(client, "/cache/docker", Console(out))  # type: ignore[arg-type]
 
     log = out.getvalue()
     assert client.removed == ["a"]
@@ -319,16 +319,16 @@ def stopping_inner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client: Stop
 
     Its socket and pid file are in tmp_path: the stop removes them, and a host's must stay.
     """
-    monkeypatch.setattr(daemon.docker, "APIClient", lambda **_: client)
+    monkeypatch.setattr(daemon_stop.docker, "APIClient", lambda **_: client)
     monkeypatch.setattr(daemon, "DOCKER_SOCKET", str(tmp_path / "docker.sock"))
     monkeypatch.setattr(daemon, "DOCKERD_PIDFILE", str(tmp_path / "dockerd.pid"))
     inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(data_root=data_root)), Console(io.StringIO()))
-    inner._ready = True
+    inner.api_version = "1.45"  # dockerd answered
     dockerd = SimpleNamespace(poll=lambda: None)
     inner.processes = [("dockerd", dockerd)]  # type: ignore[list-item]
     terminated: list[float] = []
-    monkeypatch.setattr(inner, "_terminate", lambda _process, grace: terminated.append(grace))
-    monkeypatch.setattr(inner, "_kill_strays", lambda: 0)
+    monkeypatch.setattr(daemon, "terminate", lambda _process, grace: terminated.append(grace))
+    monkeypatch.setattr(daemon, "kill_strays", lambda _data_root: 0)
     monkeypatch.setattr(inner, "mounts", SimpleNamespace(made=[], undo=lambda also_below: []))
     return inner, terminated
 
@@ -358,7 +358,7 @@ def test_the_daemon_stop_leaves_a_kept_data_root_as_compose_down_would_and_kills
     client = StopRecorder(left)
     inner, terminated = stopping_inner(monkeypatch, tmp_path, client, data_root)
 
-    assert inner.stop(grace, down_done=down_done) == []
+    assert inner.release(grace, down_done=down_done) == []
 
     assert client.calls == expected
     assert len(terminated) == 1  # dockerd, whatever happened to the containers
@@ -368,7 +368,7 @@ def test_the_containers_of_an_abort_are_removed_at_once_and_the_prunes_come_afte
     client = StopRecorder(left=2)
     inner, _ = stopping_inner(monkeypatch, tmp_path, client, "/cache/docker")
 
-    inner.stop(0)
+    inner.release(0)
 
     assert client.calls[0] == ("list", "all")
     assert sorted(client.calls[1:3], key=str) == [("remove", "a", True, True), ("remove", "b", True, True)]
@@ -380,18 +380,18 @@ def test_a_prune_that_fails_in_any_way_still_lets_the_daemons_stop(monkeypatch: 
     client.prune_failure = ValueError("unexpected answer")
     inner, terminated = stopping_inner(monkeypatch, tmp_path, client, "/cache/docker")
 
-    problems = inner.stop(0)
+    problems = inner.release(0)
 
     assert problems == ["volumes and networks: unexpected answer"]
-    assert terminated == [daemon.ABORT_DAEMON_GRACE_SECONDS]
+    assert terminated == [BUDGET.dockerd_after_abort]
 
 
 def test_the_prunes_get_only_the_time_left_before_the_teardown_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
     client = StopRecorder()
     clock = iter([100.0, 102.5])  # before each prune: 2 s left, then none
-    monkeypatch.setattr(daemon, "time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(daemon_stop, "time", SimpleNamespace(monotonic=lambda: next(clock)))
 
-    removed, problems = daemon.prune_volumes_and_networks(client, deadline=102.0)  # type: ignore[arg-type]
+    removed, problems = daemon_stop.prune_volumes_and_networks(client, deadline=102.0)  # type: ignore[arg-type]
 
     assert client.calls == [("prune volumes", "true")]
     assert client.timeout == 2.0

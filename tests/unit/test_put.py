@@ -1,6 +1,7 @@
 """put.py's flow with a faked engine, images and compose project: the order of phases, the direct-write fallbacks, teardown.
 
-No Docker, no sleeps: the fakes record what the flow asks of them, and whatever must happen
+No Docker, no sleeps, no module patched: the fakes come in through `PutWorld` and `ImageOps`, the
+doors the real collaborators use; they record what the flow asks of them, and whatever must happen
 "meanwhile" (a SIGTERM during teardown, a compose down that hangs) is done by the fakes themselves.
 """
 
@@ -17,10 +18,10 @@ from typing import Any
 import pytest
 from compose_env.config.model import BuildMetadata, ImageEntry, PutConfig, parse_put_request
 from compose_env.console import Console
+from compose_env.engine.budget import BUDGET, TeardownBudget
 from compose_env.engine.daemon import PreparedStore
 from compose_env.engine.handle import DaemonHandle
 from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
-from compose_env.images import layerstore
 from compose_env.images import load as images_module
 from compose_env.images.layerstore import NO_HOOKS, DirectImage, ImageWrite, StoreWrite
 from compose_env.images.plan import ImagePlan
@@ -28,6 +29,7 @@ from compose_env.redaction import Redactor
 from compose_env.report import RunResult, ServiceState
 from compose_env.run import intake, put
 from compose_env.run.command import analyse_command
+from compose_env.run.teardown import within
 from compose_env.signals import AbortOnSignal
 
 
@@ -55,6 +57,7 @@ class World:
         self.console_stream = io.StringIO()
         self.console = Console(self.console_stream)
         self.abort = AbortOnSignal()
+        self.budget = BUDGET
 
     @property
     def log(self) -> str:
@@ -66,11 +69,7 @@ class World:
         raise Aborted()
 
     def handle(self, name: str) -> DaemonHandle:
-        def stop() -> list[str]:
-            self.events.append(f"stop {name}")
-            return []
-
-        return DaemonHandle(f"unix:///{name}.sock", {"DOCKER_HOST": f"unix:///{name}.sock"}, object(), object(), name, stop)
+        return DaemonHandle(f"unix:///{name}.sock", {"DOCKER_HOST": f"unix:///{name}.sock"}, object(), object(), name)
 
     def plan(self, *, direct: bool = False) -> ImagePlan:
         """A planned input: docker load only, or also writable into the store."""
@@ -90,42 +89,143 @@ class World:
         self.plans.append(plan)
         return plan
 
-    def direct(self) -> intake.Written:
-        """The writable plans by key, as run_put hands them to _write_then_launch."""
-        return intake.writable_images(self.plans)
+    def intake(self) -> intake.ImageIntake:
+        """The put's image intake, with this world's fakes, its split chosen for a writable store."""
+        made = intake.ImageIntake(self.plans, self.console, NO_HOOKS, self.image_ops())
+        made.choose(FakePrepared(self))
+        return made
+
+    def image_ops(self) -> intake.ImageOps:
+        """What the intake does to images and the store, faked: recorded, and failing as this world says."""
+
+        def load_images(plans: list[ImagePlan], *_args: object, **_kwargs: object) -> list[images_module.LoadedImage]:
+            self.events.append("docker load " + " ".join(str(plan.entry.index) for plan in plans))
+            return [images_module.LoadedImage(plan.entry, f"sha256:loaded{plan.entry.index}", plan.names, 0.1, plan.size) for plan in plans]
+
+        def write_images(images: dict[str, Any], _data_root: str, _hooks: object) -> StoreWrite:
+            self.events.append("write " + " ".join(images))
+            results = {
+                key: ImageWrite(self.write_problems.get(key), 1, 2**20, 0.1, f"sha256:written{key}", image.diff_ids, key in self.left_entries)
+                for key, image in images.items()
+            }
+            return StoreWrite(results, 0.2, self.damaged)
+
+        def name_written_image(plan: ImagePlan, image_id: str, *_args: object) -> images_module.LoadedImage:
+            return images_module.LoadedImage(plan.entry, image_id, plan.names, 0.1, plan.size)
+
+        return intake.ImageOps(
+            write_images=write_images,
+            load_images=load_images,
+            name_written_image=name_written_image,
+            verify_written_image=lambda _client, image_id, _diff_ids: self.refused.get(image_id, ""),
+            check_free_space=lambda _plans, _data_root: None,
+            platform=lambda: ("linux", "amd64", ""),
+            store_layout=lambda _data_root, _driver: FakeLayout(self),
+        )
+
+    def put_world(self) -> put.PutWorld:
+        run = self.tmp_path / "run"
+        return put.PutWorld(
+            inner_daemon=lambda _source, _console: FakeInner(self),
+            connect_remote=self.connect_remote,
+            compose_project=lambda params, _console, _logs, _env: FakeProject(self, params),  # type: ignore[arg-type, return-value]
+            plan_images=lambda _entries: self.plans,
+            image_ops=self.image_ops(),
+            run_dir=str(run),
+            secrets_dirs=(str(run / "docker-config"), str(run / "tls")),
+            budget=self.budget,
+        )
+
+    def connect_remote(self, _source: object, _console: object, _config_dir: str) -> FakeRemote:
+        self.events.append("connect to the remote engine")
+        return FakeRemote(self, self.handle("remote"))
 
 
 class FakeInner:
-    """InnerDaemon: records its calls; launches fail as the world says."""
+    """InnerDaemon: its preparation recorded; a start that never ran is abandoned."""
 
     def __init__(self, world: World) -> None:
         self.world = world
-        self.keeps_data_root = world.keeps_data_root
-        self.data_root = str(world.tmp_path / "data-root")
-        self.handle: DaemonHandle | None = None
 
-    def prepare(self, _estimated: int, loads_images: bool) -> PreparedStore:
+    def prepare(self, _estimated: int, loads_images: bool) -> FakePrepared:
         self.world.events.append("prepare the store")
-        return PreparedStore(self.data_root, "overlay2", self.world.store_writable)
+        return FakePrepared(self.world)
 
-    def launch(self, _config_dir: str) -> DaemonHandle:
+    def abandon(self) -> list[str]:
+        self.world.events.append("stop dockerd (grace 0)")
+        return []
+
+
+class FakePrepared:
+    """PreparedDaemon: launches fail as the world says."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.store = PreparedStore(str(world.tmp_path / "data-root"), "overlay2", world.store_writable)
+        self.keeps_data_root = world.keeps_data_root
+
+    def launch(self, _config_dir: str) -> FakeRunning:
         self.world.events.append("launch dockerd")
         if self.world.launch_failure is not None:
             raise self.world.launch_failure
-        self.handle = self.world.handle("dockerd")
-        return self.handle
+        return FakeRunning(self.world)
 
-    def relaunch_clean(self, _config_dir: str) -> DaemonHandle:
+    def restart_clean(self, _config_dir: str) -> FakeRunning:
         self.world.events.append("relaunch dockerd on an emptied data root")
-        self.handle = self.world.handle("dockerd")
-        return self.handle
+        return FakeRunning(self.world)
 
     def empty_data_root(self) -> None:
         self.world.events.append("empty the data root")
 
-    def stop(self, grace: float = 0, *, down_done: bool = False) -> list[str]:
+
+class FakeRunning:
+    """RunningDaemon: the same rule for compose down; its stop recorded."""
+
+    remote = False
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.handle = world.handle("dockerd")
+
+    def compose_down_matters(self, grace: float, aborted: bool) -> bool:
+        return not aborted and (self.world.keeps_data_root or grace > 0)
+
+    def stop(self, grace: float, *, down_done: bool = False) -> list[str]:
         self.world.events.append(f"stop dockerd (grace {grace:g}{', project down' if down_done else ''})")
         return []
+
+
+class FakeRemote:
+    """RemoteEngine: compose down always matters; its stop recorded."""
+
+    remote = True
+
+    def __init__(self, world: World, handle: DaemonHandle) -> None:
+        self.world = world
+        self.handle = handle
+
+    def compose_down_matters(self, grace: float, aborted: bool) -> bool:
+        return True
+
+    def stop(self, grace: float, *, down_done: bool = False) -> list[str]:
+        self.world.events.append("stop remote")
+        return []
+
+
+class FakeLayout:
+    """store_format.StoreLayout of the faked data root: empty, and its sweep recorded."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+
+    def has_images(self) -> bool:
+        return False
+
+    def holds(self, _image_id: str, _chain: list[str]) -> bool:
+        return False
+
+    def remove_partial_layers(self, _console: Console) -> None:
+        self.world.events.append("remove half-written layers")
 
 
 class FakeProject:
@@ -178,56 +278,8 @@ class FakeProject:
 
 
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
-    world = World(tmp_path)
-    for name in ("RUN_DIR", "DOCKER_CONFIG_DIR", "TLS_DIR"):
-        monkeypatch.setattr(put, name, str(tmp_path / "run" / name.lower()))
-    monkeypatch.setattr(put, "InnerDaemon", lambda _source, _console: FakeInner(world))
-    monkeypatch.setattr(put, "ComposeProject", lambda params, _console, _logs, _env: FakeProject(world, params))
-
-    def connect_remote(_source: object, _console: object, _config_dir: str) -> DaemonHandle:
-        world.events.append("connect to the remote engine")
-        return world.handle("remote")
-
-    monkeypatch.setattr(put, "connect_remote", connect_remote)
-    monkeypatch.setattr(put, "plan_images", lambda _entries: world.plans)
-    monkeypatch.setattr(intake, "check_free_space", lambda _plans, _data_root: None)
-    monkeypatch.setattr(intake, "local_platform", lambda: ("linux", "amd64", ""))
-
-    def load_images(plans: list[ImagePlan], *_args: object, **_kwargs: object) -> list[images_module.LoadedImage]:
-        world.events.append("docker load " + " ".join(str(plan.entry.index) for plan in plans))
-        return [images_module.LoadedImage(plan.entry, f"sha256:loaded{plan.entry.index}", plan.names, 0.1, plan.size) for plan in plans]
-
-    def write_images(images: dict[str, Any], _data_root: str, _hooks: object) -> StoreWrite:
-        world.events.append("write " + " ".join(images))
-        results = {
-            key: ImageWrite(world.write_problems.get(key), 1, 2**20, 0.1, f"sha256:written{key}", image.diff_ids, key in world.left_entries)
-            for key, image in images.items()
-        }
-        return StoreWrite(results, 0.2, world.damaged)
-
-    def name_written_image(plan: ImagePlan, image_id: str, *_args: object) -> images_module.LoadedImage:
-        return images_module.LoadedImage(plan.entry, image_id, plan.names, 0.1, plan.size)
-
-    monkeypatch.setattr(images_module, "load_images", load_images)
-    monkeypatch.setattr(images_module, "name_written_image", name_written_image)
-    monkeypatch.setattr(images_module, "verify_written_image", lambda _client, image_id, _diff_ids: world.refused.get(image_id, ""))
-    monkeypatch.setattr(layerstore, "write_images", write_images)
-    monkeypatch.setattr(put, "StoreLayout", lambda _data_root, _driver: FakeLayout(world))
-    return world
-
-
-class FakeLayout:
-    """store_format.StoreLayout of the faked data root: empty, and its sweep recorded."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-
-    def has_images(self) -> bool:
-        return False
-
-    def remove_partial_layers(self, _console: Console) -> None:
-        self.world.events.append("remove half-written layers")
+def world(tmp_path: Path) -> World:
+    return World(tmp_path)
 
 
 def config(tmp_path: Path, source: dict[str, Any] | None = None, **params: Any) -> PutConfig:
@@ -238,7 +290,7 @@ def config(tmp_path: Path, source: dict[str, Any] | None = None, **params: Any) 
 
 def run_put(world: World, **params: Any) -> put.PutOutcome:
     source = params.pop("source", None)
-    return put.run_put(config(world.tmp_path, source, **params), world.console, Redactor([]), {"PATH": "/bin"}, world.abort)
+    return put.run_put(config(world.tmp_path, source, **params), world.console, Redactor([]), {"PATH": "/bin"}, world.abort, world=world.put_world())
 
 
 def headers(log: str) -> list[str]:
@@ -354,7 +406,7 @@ def test_a_project_compose_rejects_is_told_after_the_daemon_phase_then_only_the_
 
 
 def test_an_error_during_the_run_still_tears_everything_down_and_removes_the_logins(world: World) -> None:
-    logins = Path(put.DOCKER_CONFIG_DIR)
+    logins = Path(world.put_world().secrets_dirs[0])
     logins.mkdir(parents=True)
     (logins / "config.json").write_text("{}")
 
@@ -415,9 +467,9 @@ def test_on_a_kept_data_root_a_compose_down_that_fails_leaves_the_removal_to_the
     assert "compose down: exit status 1: network busy" in world.log
 
 
-def test_on_a_kept_data_root_a_compose_down_past_its_deadline_leaves_the_removal_to_the_daemon_stop(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_on_a_kept_data_root_a_compose_down_past_its_deadline_leaves_the_removal_to_the_daemon_stop(world: World) -> None:
     world.keeps_data_root = True
-    monkeypatch.setattr(put, "NORMAL_DOWN_SECONDS", 0.05)
+    world.budget = TeardownBudget(down_normal=0.05)
     world.down = lambda _grace: (time.sleep(0.5), "")[1]
 
     run_put(world)
@@ -453,11 +505,11 @@ def test_every_written_image_is_named_after_dockerd_starts(world: World) -> None
     world.plan(direct=True)
     world.plan(direct=True)
 
-    handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
+    engine, written, _launch = world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
 
     assert world.events == ["write 0 1", "launch dockerd"]
     assert {key: image.image_id for key, image in written.items()} == {"0": "sha256:written0", "1": "sha256:written1"}
-    assert handle.description == "dockerd"
+    assert engine.handle.description == "dockerd"
     assert "2 images written in 0.20s in all" in world.log
 
 
@@ -466,7 +518,7 @@ def test_an_image_that_could_not_be_written_goes_to_docker_load_alone(world: Wor
     world.plan(direct=True)
     world.write_problems["0"] = "a hard link to a missing file"
 
-    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
+    _handle, written, _launch = world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
 
     assert list(written) == ["1"]
     assert world.events == ["write 0 1", "prepare 0", "launch dockerd"]
@@ -480,7 +532,7 @@ def test_a_store_left_with_half_registered_entries_is_emptied_and_every_input_go
     world.left_entries.add("1")
     world.damaged = "registering params.images[1] failed part way"
 
-    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
+    _handle, written, _launch = world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
 
     assert written == {}
     assert world.events == ["write 0 1", "empty the data root", "prepare 0", "prepare 1", "launch dockerd"]
@@ -495,9 +547,9 @@ def test_a_dockerd_that_does_not_start_on_the_written_store_is_restarted_on_an_e
     world.plan(direct=True)
     world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
 
-    handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
+    engine, written, _launch = world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
 
-    assert written == {} and handle.description == "dockerd"
+    assert written == {} and engine.handle.description == "dockerd"
     assert world.events == ["write 0", "launch dockerd", "prepare 0", "relaunch dockerd on an emptied data root"]
     assert "params.images[0] (image0.tar): dockerd did not start on the written store (dockerd exited with code 1 while starting)" in world.log
 
@@ -508,7 +560,7 @@ def test_a_dockerd_that_does_not_start_with_nothing_written_is_a_failure_of_its_
     world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
 
     with pytest.raises(DaemonStartFailure):
-        intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
+        world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
 
     assert "relaunch dockerd on an emptied data root" not in world.events
 
@@ -518,24 +570,24 @@ def test_an_image_dockerd_does_not_take_as_written_sends_every_written_image_to_
     world.plan(direct=True)
     world.refused["sha256:written1"] = "dockerd lists other layers"
 
-    _handle, written, _launch = intake._write_then_launch(FakeInner(world), world.direct(), world.console, NO_HOOKS)
+    _handle, written, _launch = world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
 
     assert written == {}
     assert world.events == ["write 0 1", "launch dockerd", "prepare 0", "prepare 1", "relaunch dockerd on an emptied data root"]
     assert "direct writes given up: params.images[1] (image1.tar): dockerd lists other layers; restarting dockerd on an emptied data root" in world.log
 
 
-# ---------------------------------------------------------------- _within
+# ---------------------------------------------------------------- within
 
 
 def test_within_gives_the_result_of_a_function_that_finishes() -> None:
-    assert put._within(5, lambda: "done", 1, AbortOnSignal()) == "done"
+    assert within(5, lambda: "done", 1, AbortOnSignal()) == "done"
 
 
 def test_within_gives_up_on_a_function_that_takes_too_long_and_leaves_it_running() -> None:
     release = threading.Event()
     try:
-        assert put._within(0.05, lambda: "late" if release.wait() else "", 10, AbortOnSignal()) is None
+        assert within(0.05, lambda: "late" if release.wait() else "", 10, AbortOnSignal()) is None
     finally:
         release.set()
 
@@ -551,7 +603,7 @@ def test_a_sigterm_while_waiting_shortens_the_wait_to_the_abort_budget() -> None
 
     started = time.monotonic()
     try:
-        assert put._within(600, signalled_then_stuck, 0.05, abort) is None
+        assert within(600, signalled_then_stuck, 0.05, abort) is None
     finally:
         release.set()
     assert time.monotonic() - started < 60  # not the 600 s of a normal wait

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -149,41 +150,39 @@ def prepared_daemon(
     daemon_json: str | None = None,
     direct_load: bool = True,
     args: tuple[str, ...] = (),
-) -> daemon.InnerDaemon:
-    """An InnerDaemon as `prepare` leaves it: its `dockerd --version` probe running (a real process that
-    prints `version_output`; None: no probe) and the image's /etc/docker/daemon.json holding `daemon_json`."""
+) -> Callable[[str], tuple[bool, str]]:
+    """What an InnerDaemon's prepare asks of the store: with its `dockerd --version` probe running (a real process
+    that prints `version_output`; None: no probe) and the image's /etc/docker/daemon.json holding `daemon_json`."""
     monkeypatch.delenv(tested_engines.TEST_VERSION_ENV, raising=False)
     path = tmp_path / "daemon.json"
     if daemon_json is not None:
         path.write_text(daemon_json)
     monkeypatch.setattr(store_guard, "read_daemon_json", lambda: READ_DAEMON_JSON(str(path)))
     inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(direct_load=direct_load, args=args)), Console())
-    if version_output is not None:
-        inner._version_probe = subprocess.Popen(["printf", "%s", version_output], stdout=subprocess.PIPE, text=True)
-    return inner
+    probe = subprocess.Popen(["printf", "%s", version_output], stdout=subprocess.PIPE, text=True) if version_output is not None else None
+    return lambda driver: inner._store_writable(driver, probe)
 
 
 def test_a_tested_engine_on_overlay2_with_an_untouched_store_is_written_directly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for daemon_json in (None, '{"log-level": "warn"}'):
-        inner = prepared_daemon(monkeypatch, tmp_path, daemon_json=daemon_json, args=("--log-level=warn",))
+        store_writable = prepared_daemon(monkeypatch, tmp_path, daemon_json=daemon_json, args=("--log-level=warn",))
 
-        assert inner.store_writable("overlay2") == (True, "")
-        assert inner._version_probe is None  # read once: launch never waits on it again
+        assert store_writable("overlay2") == (True, "")
 
 
 @pytest.mark.parametrize("driver", ["vfs", "fuse-overlayfs"])
 def test_a_driver_other_than_overlay2_is_never_written_and_needs_no_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, driver: str) -> None:
-    assert prepared_daemon(monkeypatch, tmp_path).store_writable(driver) == (False, "")
+    assert prepared_daemon(monkeypatch, tmp_path)(driver) == (False, "")
 
 
 def test_direct_load_false_writes_nothing_and_needs_no_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    inner = prepared_daemon(monkeypatch, tmp_path, version_output=None, direct_load=False, daemon_json="{nope")
+    store_writable = prepared_daemon(monkeypatch, tmp_path, version_output=None, direct_load=False, daemon_json="{nope")
 
-    assert inner.store_writable("overlay2") == (False, "")
+    assert store_writable("overlay2") == (False, "")
 
 
 def test_an_unreadable_daemon_json_sends_every_image_through_docker_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    writable, note = prepared_daemon(monkeypatch, tmp_path, daemon_json="{nope").store_writable("overlay2")
+    writable, note = prepared_daemon(monkeypatch, tmp_path, daemon_json="{nope")("overlay2")
 
     assert not writable
     assert note.startswith(f"{tmp_path / 'daemon.json'} is not valid JSON (")
@@ -200,9 +199,9 @@ def test_an_unreadable_daemon_json_sends_every_image_through_docker_load(monkeyp
 def test_a_moved_or_reshaped_store_sends_every_image_through_docker_load(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, args: tuple[str, ...], daemon_json: str | None, changed: str
 ) -> None:
-    inner = prepared_daemon(monkeypatch, tmp_path, args=args, daemon_json=daemon_json)
+    store_writable = prepared_daemon(monkeypatch, tmp_path, args=args, daemon_json=daemon_json)
 
-    assert inner.store_writable("overlay2") == (False, f"{changed}: every image goes through docker load")
+    assert store_writable("overlay2") == (False, f"{changed}: every image goes through docker load")
 
 
 @pytest.mark.parametrize(
@@ -217,7 +216,7 @@ def test_a_moved_or_reshaped_store_sends_every_image_through_docker_load(
 def test_an_engine_direct_writes_were_not_tested_with_sends_every_image_through_docker_load(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, version_output: str | None, shown: str
 ) -> None:
-    writable, note = prepared_daemon(monkeypatch, tmp_path, version_output=version_output).store_writable("overlay2")
+    writable, note = prepared_daemon(monkeypatch, tmp_path, version_output=version_output)("overlay2")
 
     assert not writable
     assert note.startswith(f"{shown} is not among the versions direct writes were tested with (")

@@ -1,4 +1,4 @@
-"""The images into the engine: written straight into its store where they can be, else `docker load`.
+"""The images into the engine (`ImageIntake`): written straight into its store where they can be, else `docker load`.
 
 Direct writes happen before dockerd starts; whatever dockerd then refuses or does not list, and
 every image a damaged or refused store held, falls back to `docker load` with a warning saying
@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docker
 
 from compose_env.console import Console
-from compose_env.engine.daemon import InnerDaemon, PreparedStore
+from compose_env.engine.daemon import PreparedDaemon
 from compose_env.engine.diagnosis import error_lines
-from compose_env.engine.handle import DOCKER_CONFIG_DIR, DaemonHandle
+from compose_env.engine.handle import DOCKER_CONFIG_DIR, DaemonHandle, RunningEngine
 from compose_env.errors import RuntimeFailure
 from compose_env.images import layerstore
 from compose_env.images import load as images_module
-from compose_env.images.layerstore import DirectImage, RootfsImage, StoreHooks
+from compose_env.images.layerstore import NO_HOOKS, DirectImage, RootfsImage, StoreHooks
+from compose_env.images.oci import Platform
 from compose_env.images.plan import ImagePlan, check_free_space, local_platform
 from compose_env.images.store_format import StoreLayout
 
@@ -30,55 +35,183 @@ HOW_WRITTEN = {
 Written = dict[str, tuple[ImagePlan, DirectImage | RootfsImage]]
 
 
-def get_images_in(
-    plans: list[ImagePlan],
-    inner: InnerDaemon | None,
-    handle: DaemonHandle | None,
-    direct: Written,
-    cached: Written,
-    console: Console,
-    timings: dict[str, float],
-    store_hooks: StoreHooks,
-) -> tuple[DaemonHandle, list[images_module.LoadedImage]]:
-    """Images a kept data root holds are only named; direct writes next (dockerd starts after them), docker load for the rest.
+@dataclass(frozen=True)
+class ImageOps:
+    """How the intake reaches the inputs, the store and the engine: the real functions; tests hand in fakes."""
 
-    Returns the images in plan order.
-    """
-    keyed = by_key(plans)
-    if inner is not None:
-        check_free_space([plan for key, plan in keyed.items() if key not in cached], inner.data_root)
-    loaded: dict[str, images_module.LoadedImage] = {}
-    if inner is not None and direct:
-        handle, loaded, launch_seconds = _write_then_launch(inner, direct, console, store_hooks)
-        # dockerd's own start is the daemon's time, not loading's
-        timings["daemon"] += launch_seconds
-        timings["load"] = timings.get("load", 0.0) - launch_seconds
-    assert handle is not None
-    loaded.update(_name_cached(cached, handle, console))
-    rest = {key: plan for key, plan in keyed.items() if key not in loaded}
-    spool_dir = os.path.dirname(inner.data_root) if inner is not None else None
-    for image in images_module.load_images(list(rest.values()), handle.client, handle.load_client, console, spool_dir=spool_dir):
-        loaded[next(key for key, plan in rest.items() if plan.entry is image.entry)] = image
-    return handle, [loaded[key] for key in keyed]
+    write_images: Callable[[dict[str, DirectImage | RootfsImage], str, StoreHooks], layerstore.StoreWrite] = layerstore.write_images
+    load_images: Callable[..., list[images_module.LoadedImage]] = images_module.load_images
+    name_written_image: Callable[..., images_module.LoadedImage | None] = images_module.name_written_image
+    verify_written_image: Callable[[docker.APIClient, str, tuple[str, ...]], str] = images_module.verify_written_image
+    check_free_space: Callable[[list[ImagePlan], str], None] = check_free_space
+    platform: Callable[[], Platform] = local_platform
+    store_layout: Callable[[str, str], StoreLayout] = StoreLayout
 
 
-def in_store(image: DirectImage | RootfsImage, store: PreparedStore) -> bool:
-    return isinstance(image, DirectImage) and StoreLayout(store.data_root, store.driver).holds(image.image_id, image.chain_ids)
+REAL_IMAGE_OPS = ImageOps()
 
 
-def _name_cached(cached: Written, handle: DaemonHandle, console: Console) -> dict[str, images_module.LoadedImage]:
-    """Name the images the kept data root (a task cache) holds: nothing to load. One dockerd does not list goes to docker load."""
-    named: dict[str, images_module.LoadedImage] = {}
-    for key, (plan, image) in cached.items():
-        assert isinstance(image, DirectImage)
-        loaded = images_module.name_written_image(plan, image.image_id, image.repo_tags, handle.client, 0.0, 0)
-        if loaded is None:
-            console.warn(f"{plan.where}: its files are in the cache but dockerd does not list {image.image_id[:19]}: loading it")
-            prepare_loads([plan])
-            continue
-        console.info(f"{plan.where}: {image.image_id[:19]} already in the cache → {', '.join(loaded.names) or 'no name'}")
-        named[key] = loaded
-    return named
+@dataclass(frozen=True)
+class Intake:
+    """What getting the images in did: the engine running at its end, the images in plan order, and the
+    seconds of it that were dockerd's start (a launch waited for the direct writes)."""
+
+    engine: RunningEngine
+    loaded: list[images_module.LoadedImage]
+    launch_seconds: float = 0.0
+
+
+class ImageIntake:
+    """The planned images into the engine: the split between cached, direct writes and `docker load`, and
+    the order direct writes need (written before dockerd starts, checked after)."""
+
+    def __init__(self, plans: list[ImagePlan], console: Console, store_hooks: StoreHooks = NO_HOOKS, ops: ImageOps = REAL_IMAGE_OPS) -> None:
+        self.plans = by_key(plans)
+        self.console = console
+        self.store_hooks = store_hooks
+        self.ops = ops
+        self._direct: Written = {}
+        self._cached: Written = {}
+
+    def remote(self) -> None:
+        """A remote engine: everything goes through docker load, whose work may start now."""
+        prepare_loads(list(self.plans.values()))
+
+    def choose(self, prepared: PreparedDaemon) -> bool:
+        """Split the inputs for the prepared store; True when dockerd must wait for direct writes.
+
+        A kept data root first loses what an interrupted write left half-written; an image whose ID
+        it holds already is only named.
+        """
+        store = prepared.store
+        layout = self.ops.store_layout(store.data_root, store.driver)
+        if prepared.keeps_data_root:
+            layout.remove_partial_layers(self.console)
+        if self.plans and store.note:
+            self.console.info(store.note)
+        candidates = writable_images(list(self.plans.values()), self.ops.platform()) if store.writable or layout.has_images() else {}
+        self._cached = {key: planned for key, planned in candidates.items() if in_store(planned[1], layout)}
+        if store.writable:
+            self._direct = {key: planned for key, planned in candidates.items() if key not in self._cached}
+        prepare_loads([plan for key, plan in self.plans.items() if key not in self._cached and key not in self._direct])
+        return bool(self._direct)
+
+    def into_running(self, engine: RunningEngine) -> Intake:
+        """A running engine (remote, or no image to write first): the cached images named, docker load for the rest."""
+        return self._rest(engine, {}, 0.0, None)
+
+    def into_prepared(self, prepared: PreparedDaemon) -> Intake:
+        """The direct writes, then dockerd's launch on them; the cached images named, docker load for the rest."""
+        self.ops.check_free_space([plan for key, plan in self.plans.items() if key not in self._cached], prepared.store.data_root)
+        engine, written, launch_seconds = self._write_then_launch(prepared)
+        return self._rest(engine, written, launch_seconds, os.path.dirname(prepared.store.data_root))
+
+    def _rest(self, engine: RunningEngine, loaded: dict[str, images_module.LoadedImage], launch_seconds: float, spool_dir: str | None) -> Intake:
+        loaded.update(self._name_cached(engine.handle))
+        rest = {key: plan for key, plan in self.plans.items() if key not in loaded}
+        handle = engine.handle
+        for image in self.ops.load_images(list(rest.values()), handle.client, handle.load_client, self.console, spool_dir=spool_dir):
+            loaded[next(key for key, plan in rest.items() if plan.entry is image.entry)] = image
+        return Intake(engine, [loaded[key] for key in self.plans], launch_seconds)
+
+    # -- the images a kept data root holds
+
+    def _name_cached(self, handle: DaemonHandle) -> dict[str, images_module.LoadedImage]:
+        """Name the images the kept data root (a task cache) holds: nothing to load. One dockerd does not list goes to docker load."""
+        named: dict[str, images_module.LoadedImage] = {}
+        for key, (plan, image) in self._cached.items():
+            assert isinstance(image, DirectImage)
+            loaded = self.ops.name_written_image(plan, image.image_id, image.repo_tags, handle.client, 0.0, 0)
+            if loaded is None:
+                self.console.warn(f"{plan.where}: its files are in the cache but dockerd does not list {image.image_id[:19]}: loading it")
+                prepare_loads([plan])
+                continue
+            self.console.info(f"{plan.where}: {image.image_id[:19]} already in the cache → {', '.join(loaded.names) or 'no name'}")
+            named[key] = loaded
+        return named
+
+    # -- direct writes
+
+    def _write_then_launch(self, prepared: PreparedDaemon) -> tuple[RunningEngine, dict[str, images_module.LoadedImage], float]:
+        """Write the images into the store, start dockerd on it, check and name them; returns dockerd, the images by plan, and its start time.
+
+        Never worse than docker load: an image that could not be written goes to docker load (it left
+        nothing in the store). A store that may hold half-registered entries, a dockerd that does not
+        start on it, or a written image it does not take as written: dockerd starts again on an emptied
+        data root and every input goes through docker load.
+        """
+        direct = self._direct
+        write = self.ops.write_images({key: image for key, (_plan, image) in direct.items()}, prepared.store.data_root, self.store_hooks)
+        accepted = self._accepted(prepared, write)
+        prepare_loads([plan for key, (plan, _image) in direct.items() if key not in accepted])
+        launched = time.monotonic()
+        checked = 0.0
+        try:
+            engine: RunningEngine = prepared.launch(DOCKER_CONFIG_DIR)
+            launch_seconds = time.monotonic() - launched
+            refused = self._refused_image(engine.handle, accepted, write)
+            checked = time.monotonic() - launched - launch_seconds
+        except RuntimeFailure as failure:
+            if not accepted:
+                raise
+            launch_seconds = time.monotonic() - launched
+            refused = ("", f"dockerd did not start on the written store ({_start_failure(failure)})")
+        if refused is not None:
+            key, reason = refused
+            where = direct[key][0].where if key else ", ".join(plan.where for plan, _image in accepted.values())
+            _fall_back(self.console, accepted, f"{where}: {reason}", "restarting dockerd on an emptied data root")
+            prepare_loads([plan for plan, _image in accepted.values()])
+            restarted = time.monotonic()
+            engine = prepared.restart_clean(DOCKER_CONFIG_DIR)
+            self.console.info(f"dockerd restarted on an emptied data root in {time.monotonic() - restarted:.2f}s")
+            launch_seconds += time.monotonic() - restarted
+            accepted = {}
+        return engine, self._name_written(engine, accepted, write, checked), launch_seconds
+
+    def _accepted(self, prepared: PreparedDaemon, write: layerstore.StoreWrite) -> Written:
+        """The images written; none when the store may hold half-registered entries (it is emptied then)."""
+        direct = self._direct
+        for key, (plan, _image) in direct.items():
+            if write.images[key].problem is not None and not write.damaged:
+                self.console.warn(f"{plan.where}: not written into the store directly ({write.images[key].problem}): loading it with docker load")
+        if write.damaged:
+            culprits = [plan.where for key, (plan, _image) in direct.items() if write.images[key].left_entries] or [plan.where for plan, _ in direct.values()]
+            _fall_back(self.console, direct, f"{', '.join(culprits)}: the store may hold half-registered entries ({write.damaged})", "emptying the data root")
+            prepared.empty_data_root()
+            return {}
+        return {key: (plan, image) for key, (plan, image) in direct.items() if write.images[key].problem is None}
+
+    def _refused_image(self, handle: DaemonHandle, accepted: Written, write: layerstore.StoreWrite) -> tuple[str, str] | None:
+        """The first written image dockerd does not take as written, with why; None when it takes them all."""
+        for key in accepted:
+            result = write.images[key]
+            problem = self.ops.verify_written_image(handle.client, result.image_id, result.diff_ids)
+            if problem:
+                return key, problem
+        return None
+
+    def _name_written(self, engine: RunningEngine, accepted: Written, write: layerstore.StoreWrite, checked: float) -> dict[str, images_module.LoadedImage]:
+        written: dict[str, images_module.LoadedImage] = {}
+        for key, (plan, image) in accepted.items():
+            result = write.images[key]
+            loaded = self.ops.name_written_image(plan, result.image_id, image.repo_tags, engine.handle.client, result.seconds, result.size)
+            assert loaded is not None  # dockerd was just checked to list it
+            layers = f"{result.layers} layer{'s' if result.layers > 1 else ''}"
+            self.console.info(
+                f"{plan.where}: {layers}, {result.size / 2**20:.1f} MiB, written into the overlay2 store in {result.seconds:.2f}s"
+                f" ({HOW_WRITTEN[isinstance(image, RootfsImage)]}) → {', '.join(loaded.names) or loaded.image_id[:19]}"
+            )
+            written[key] = loaded
+        if written:
+            count = f"{len(written)} image{'s' if len(written) > 1 else ''}"
+            self.console.info(
+                f"{count} written in {write.seconds:.2f}s in all (layers several at once) before dockerd started, checked in {checked:.2f}s after"
+            )
+        return written
+
+
+def in_store(image: DirectImage | RootfsImage, layout: StoreLayout) -> bool:
+    return isinstance(image, DirectImage) and layout.holds(image.image_id, image.chain_ids)
 
 
 def by_key(plans: list[ImagePlan]) -> dict[str, ImagePlan]:
@@ -93,84 +226,14 @@ def prepare_loads(plans: list[ImagePlan]) -> None:
             plan.prepare()
 
 
-def writable_images(plans: list[ImagePlan]) -> Written:
+def writable_images(plans: list[ImagePlan], platform: Platform) -> Written:
     """The plans layerstore can write, by their key; the rest go through docker load."""
-    platform = local_platform()
     writable = {}
     for key, plan in by_key(plans).items():
         image = plan.direct(platform) if plan.direct is not None else None
         if image is not None:
             writable[key] = (plan, image)
     return writable
-
-
-def _write_then_launch(
-    inner: InnerDaemon, direct: Written, console: Console, store_hooks: StoreHooks
-) -> tuple[DaemonHandle, dict[str, images_module.LoadedImage], float]:
-    """Write the images into the store, start dockerd on it, check and name them; returns dockerd, the images by plan, and its start time.
-
-    Never worse than docker load: an image that could not be written goes to docker load (it left
-    nothing in the store). A store that may hold half-registered entries, a dockerd that does not
-    start on it, or a written image it does not take as written: dockerd starts again on an emptied
-    data root and every input goes through docker load.
-    """
-    write = layerstore.write_images({key: image for key, (_plan, image) in direct.items()}, inner.data_root, store_hooks)
-    for key, (plan, _image) in direct.items():
-        if write.images[key].problem is not None and not write.damaged:
-            console.warn(f"{plan.where}: not written into the store directly ({write.images[key].problem}): loading it with docker load")
-    accepted = {key: (plan, image) for key, (plan, image) in direct.items() if write.images[key].problem is None}
-    if write.damaged:
-        culprits = [plan.where for key, (plan, _image) in direct.items() if write.images[key].left_entries] or [plan.where for plan, _image in direct.values()]
-        _fall_back(console, direct, f"{', '.join(culprits)}: the store may hold half-registered entries ({write.damaged})", "emptying the data root")
-        inner.empty_data_root()
-        accepted = {}
-    prepare_loads([plan for key, (plan, _image) in direct.items() if key not in accepted])
-    launched = time.monotonic()
-    checked = 0.0
-    try:
-        handle = inner.launch(DOCKER_CONFIG_DIR)
-        launch_seconds = time.monotonic() - launched
-        refused = _refused_image(handle, accepted, write)
-        checked = time.monotonic() - launched - launch_seconds
-    except RuntimeFailure as failure:
-        if not accepted:
-            raise
-        launch_seconds = time.monotonic() - launched
-        refused = ("", f"dockerd did not start on the written store ({_start_failure(failure)})")
-    if refused is not None:
-        key, reason = refused
-        where = direct[key][0].where if key else ", ".join(plan.where for plan, _image in accepted.values())
-        _fall_back(console, accepted, f"{where}: {reason}", "restarting dockerd on an emptied data root")
-        prepare_loads([plan for plan, _image in accepted.values()])
-        restarted = time.monotonic()
-        handle = inner.relaunch_clean(DOCKER_CONFIG_DIR)
-        console.info(f"dockerd restarted on an emptied data root in {time.monotonic() - restarted:.2f}s")
-        launch_seconds += time.monotonic() - restarted
-        accepted = {}
-    written: dict[str, images_module.LoadedImage] = {}
-    for key, (plan, image) in accepted.items():
-        result = write.images[key]
-        loaded = images_module.name_written_image(plan, result.image_id, image.repo_tags, handle.client, result.seconds, result.size)
-        layers = f"{result.layers} layer{'s' if result.layers > 1 else ''}"
-        console.info(
-            f"{plan.where}: {layers}, {result.size / 2**20:.1f} MiB, written into the overlay2 store in {result.seconds:.2f}s"
-            f" ({HOW_WRITTEN[isinstance(image, RootfsImage)]}) → {', '.join(loaded.names) or loaded.image_id[:19]}"
-        )
-        written[key] = loaded
-    if written:
-        count = f"{len(written)} image{'s' if len(written) > 1 else ''}"
-        console.info(f"{count} written in {write.seconds:.2f}s in all (layers several at once) before dockerd started, checked in {checked:.2f}s after")
-    return handle, written, launch_seconds
-
-
-def _refused_image(handle: DaemonHandle, accepted: Written, write: layerstore.StoreWrite) -> tuple[str, str] | None:
-    """The first written image dockerd does not take as written, with why; None when it takes them all."""
-    for key in accepted:
-        result = write.images[key]
-        problem = images_module.verify_written_image(handle.client, result.image_id, result.diff_ids)
-        if problem:
-            return key, problem
-    return None
 
 
 def _start_failure(failure: RuntimeFailure) -> str:

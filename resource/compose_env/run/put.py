@@ -1,9 +1,12 @@
-"""One put, top to bottom: config → daemon → images → compose → report, and teardown whatever happens."""
+"""One put, top to bottom: configuration, engine, project, images, run, reports; and the teardown, whatever happens.
+
+`run_put` reads as the phases; each is a method of `PutRun`, which holds what the phases hand on.
+Its collaborators come through `PutWorld` (the real ones by default): tests pass fakes through the
+same door, with no module patched.
+"""
 
 from __future__ import annotations
 
-import shutil
-import threading
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -12,33 +15,29 @@ from typing import Any
 
 import docker
 
-from compose_env.config.model import PutConfig, PutParams
+from compose_env.config.model import ImageEntry, PutConfig, PutParams, Source
 from compose_env.console import Console
-from compose_env.engine.daemon import InnerDaemon
-from compose_env.engine.handle import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, connect_remote
+from compose_env.engine.budget import BUDGET, TeardownBudget
+from compose_env.engine.daemon import InnerDaemon, PreparedDaemon
+from compose_env.engine.handle import DOCKER_CONFIG_DIR, RUN_DIR, TLS_DIR, DaemonHandle, RunningEngine
+from compose_env.engine.remote import connect_remote
 from compose_env.errors import Aborted
 from compose_env.images import load as images_module
 from compose_env.images.layerstore import NO_HOOKS, StoreHooks
-from compose_env.images.plan import plan_images
-from compose_env.images.store_format import StoreLayout
+from compose_env.images.plan import ImagePlan, plan_images
 from compose_env.redaction import Redactor, secret_env_values
 from compose_env.report import RunResult, build_response, format_seconds, new_run_id
 from compose_env.run import docker_socket, junit
 from compose_env.run import reports as reports_module
-from compose_env.run.command import analyse_command
+from compose_env.run.command import CommandShape, analyse_command
 from compose_env.run.containers import service_container
-from compose_env.run.intake import Written, by_key, get_images_in, in_store, prepare_loads, writable_images
+from compose_env.run.intake import REAL_IMAGE_OPS, ImageIntake, ImageOps
 from compose_env.run.logs import ServiceLogs
 from compose_env.run.project import ComposeProject
 from compose_env.run.reports import ReportsOutcome
 from compose_env.run.socket_watch import SocketWatch
+from compose_env.run.teardown import teardown
 from compose_env.signals import AbortOnSignal
-
-#: compose down's deadline after SIGTERM, inside Concourse's 10 s before SIGKILL: with an inner
-#: daemon its stop (a few seconds at most) must still fit, and the goal is clean within 5 s.
-ABORT_DOWN_SECONDS = {"inner": 3.0, "remote": 7.0}
-#: compose down's deadline after a normal run, on top of params.stop_grace.
-NORMAL_DOWN_SECONDS = 20.0
 
 #: Failing tests named in the build log, each with the first line of its message (all are in the reports).
 FAILING_TESTS_IN_LOG = 100
@@ -59,6 +58,35 @@ class PutOutcome:
     reports: ReportsOutcome | None = None
 
 
+@dataclass(frozen=True)
+class PutExtras:
+    """What a task adds to a put: a hook after the run and one on the project, files to copy out, where reports go."""
+
+    after_run: AfterRun | None = None
+    check_project: CheckProject | None = None
+    files_from: Collection[str] = ()
+    reports_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class PutWorld:
+    """The put's collaborators; tests hand in fakes here."""
+
+    inner_daemon: Callable[[Source, Console], InnerDaemon] = InnerDaemon
+    connect_remote: Callable[[Source, Console, str], RunningEngine] = connect_remote
+    compose_project: Callable[[PutParams, Console, ServiceLogs, Mapping[str, str]], ComposeProject] = ComposeProject
+    plan_images: Callable[[tuple[ImageEntry, ...]], list[ImagePlan]] = plan_images
+    image_ops: ImageOps = REAL_IMAGE_OPS
+    store_hooks: StoreHooks = NO_HOOKS
+    run_dir: str = RUN_DIR
+    #: Registry logins and client certificates: removed at teardown.
+    secrets_dirs: tuple[str, ...] = (DOCKER_CONFIG_DIR, TLS_DIR)
+    budget: TeardownBudget = BUDGET
+
+
+REAL_WORLD = PutWorld()
+
+
 def redactor_for(config: PutConfig) -> Redactor:
     secrets = [r.password for r in config.source.registries] + secret_env_values(config.params.env)
     if config.source.tls and config.source.tls.key:
@@ -72,125 +100,169 @@ def run_put(
     redact: Redactor,
     env: Mapping[str, str],
     abort: AbortOnSignal,
-    after_run: AfterRun | None = None,
-    check_project: CheckProject | None = None,
-    files_from: Collection[str] = (),
-    reports_dir: Path | None = None,
-    store_hooks: StoreHooks | None = None,
+    extras: PutExtras = PutExtras(),
+    world: PutWorld = REAL_WORLD,
 ) -> PutOutcome:
-    """The put; `env`: our environment (compose inherits it); `abort`: the SIGTERM handler.
-
-    `files_from`: services the caller copies files from in `after_run`; `reports_dir`: where params.reports files go.
-    """
-    started = time.monotonic()
-    timings: dict[str, float] = {}
-    logs = ServiceLogs(Path(RUN_DIR) / "service-logs", redact)
-
-    with console.phase("Checking the configuration", timings, "validate"):
-        plans = plan_images(config.params.images)
-        for plan in plans:
-            console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
-            if plan.warning:
-                console.warn(plan.warning)
-        params, kept_run = keep_run_container(config.params, {entry.service for entry in config.params.reports} | set(files_from), console)
-        project = ComposeProject(params, console, logs, env)
-        console.info("docker compose config checks the project while the daemon starts")
-
-    inner: InnerDaemon | None = None
-    handle: DaemonHandle | None = None
-    result: RunResult | None = None
-    loaded: list[images_module.LoadedImage] = []
-    loaded_names: list[str] = []
-    reports: ReportsOutcome | None = None
-    aborted = False
-    watch: SocketWatch | None = None
+    """The put; `env`: our environment (compose inherits it); `abort`: the SIGTERM handler."""
+    put = PutRun(config, console, redact, env, abort, extras, world)
+    put.check_configuration()
     try:
-        project.start_config()
-        direct: Written = {}
-        cached: Written = {}
-        with console.phase("Starting the Docker daemon", timings, "daemon"):
-            if config.source.docker_host:
-                prepare_loads(plans)
-                handle = connect_remote(config.source, console, DOCKER_CONFIG_DIR)
-            else:
-                inner = InnerDaemon(config.source, console)
-                store = inner.prepare(sum(plan.estimated_bytes for plan in plans), loads_images=bool(plans))
-                if inner.keeps_data_root:
-                    StoreLayout(store.data_root, store.driver).remove_partial_layers(console)
-                if plans and store.note:
-                    console.info(store.note)
-                kept = StoreLayout(store.data_root, store.driver).has_images()
-                direct = writable_images(plans) if store.writable or kept else {}
-                cached = {key: planned for key, planned in direct.items() if in_store(planned[1], store)}
-                direct = {key: planned for key, planned in direct.items() if key not in cached} if store.writable else {}
-                prepare_loads([plan for key, plan in by_key(plans).items() if key not in cached and key not in direct])
-                if direct:
-                    console.info("dockerd starts once the images are in its store (see Loading)")
-                else:
-                    handle = inner.launch(DOCKER_CONFIG_DIR)
-
-        with console.phase("Checking the compose project", timings, "validate"):
-            project.load_config()
-            shape = project.check_command()
-            if params.reports:
-                reports_module.check_services(params.reports, project.all_services())
-            if params.docker_socket:
-                watch = docker_socket.give_engine(project, console)
-            if check_project is not None:
-                check_project(project)
-            console.info(f"project {params.project_name}: services {', '.join(sorted(project.services())) or 'none'}")
-
-        if plans:
-            with console.phase(f"Loading {len(plans)} image{'s' if len(plans) > 1 else ''}", timings, "load"):
-                handle, loaded = get_images_in(plans, inner, handle, direct, cached, console, timings, store_hooks or NO_HOOKS)
-                loaded_names += [name for image in loaded for name in image.names]
-        assert handle is not None
-        project.use_engine(handle.env)
-        project.ensure_images(handle.client)
-
-        with console.phase(f"Running docker compose {' '.join(params.command)}", timings, "run"):
-            result = project.run(shape, handle.client)
-        if watch is not None:
-            result.diagnoses += docker_socket.report_failed_pulls(watch, handle.client, console, failed=result.status != "passed")
-        # Reported as the user wrote it; the log shows the argv that ran (without a dropped --rm).
-        result.command = tuple(config.params.command)
-        _print_verdict(console, result)
-        if result.status != "passed":
-            project.print_failure_details(result, params.logs.tail)
-        if params.reports:
-            reports = _read_reports(params, handle.client, reports_dir or Path(RUN_DIR) / "reports", result, console, timings)
-        if after_run is not None:
-            after_run(project, handle, result)
-        if kept_run is not None:
-            _remove_run_container(handle.client, params.project_name, kept_run, console)
+        put.start_engine()
+        put.check_project()
+        put.get_images_in()
+        put.run_command()
+        put.after_the_run()
     except Aborted:
-        aborted = True
+        put.aborted = True
         console.error("aborted (SIGTERM): tearing down")
         raise
     finally:
-        with abort.deferred(), console.phase("Tearing down", timings, "teardown"):
-            handle = handle or (inner.handle if inner is not None else None)
-            if watch is not None:
-                watch.close()
-            teardown(project, handle, inner, console, 0 if aborted else params.stop_grace, aborted, abort)
-            logs.close()
-        duration = time.monotonic() - started
-        _print_timings(console, timings, duration, loaded)
+        put.tear_down()
+    return put.outcome(redact)
 
-    response = build_response(
-        run_id=new_run_id(config.build.build_id),
-        result=_with_log_tails(result, logs, params.logs.tail, params.logs.services),
-        duration=duration,
-        timings={k: v for k, v in timings.items() if k != "validate"},
-        images=loaded_names,
-        dockerd=handle.description if handle else "",
-        redact=redact,
-        tests=_tests_summary(reports) if reports is not None else None,
-        failed_tests=[case.name for case in reports.results.failing] if reports is not None else (),
-        budget=params.logs.metadata_bytes,
-    )
-    exit_code = 0 if result.exit_code == 0 or not params.fail_on_error else 1
-    return PutOutcome(response, result, exit_code, logs, timings, loaded_names, reports)
+
+class PutRun:
+    """One put's state, handed on from phase to phase."""
+
+    def __init__(
+        self, config: PutConfig, console: Console, redact: Redactor, env: Mapping[str, str], abort: AbortOnSignal, extras: PutExtras, world: PutWorld
+    ) -> None:
+        self.config, self.console, self.env, self.abort, self.extras, self.world = config, console, env, abort, extras, world
+        self.started = time.monotonic()
+        self.timings: dict[str, float] = {}
+        self.logs = ServiceLogs(Path(world.run_dir) / "service-logs", redact)
+        self.params = config.params
+        self.plans: list[ImagePlan] = []
+        self.kept_run: str | None = None
+        self.starting: InnerDaemon | None = None
+        self.prepared: PreparedDaemon | None = None
+        self.engine: RunningEngine | None = None
+        self.watch: SocketWatch | None = None
+        self.shape: CommandShape | None = None
+        self.result: RunResult | None = None
+        self.loaded: list[images_module.LoadedImage] = []
+        self.reports: ReportsOutcome | None = None
+        self.aborted = False
+        self.duration = 0.0
+
+    def check_configuration(self) -> None:
+        """The images planned (shape, names, size) and the project set up: all before anything starts."""
+        with self.console.phase("Checking the configuration", self.timings, "validate"):
+            self.plans = self.world.plan_images(self.params.images)
+            for plan in self.plans:
+                self.console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
+                if plan.warning:
+                    self.console.warn(plan.warning)
+            needed = {entry.service for entry in self.params.reports} | set(self.extras.files_from)
+            self.params, self.kept_run = keep_run_container(self.params, needed, self.console)
+            self.project = self.world.compose_project(self.params, self.console, self.logs, self.env)
+            self.intake = ImageIntake(self.plans, self.console, self.world.store_hooks, self.world.image_ops)
+            self.console.info("docker compose config checks the project while the daemon starts")
+
+    def start_engine(self) -> None:
+        """The engine to talk to: a remote one as it is; an inner one prepared, and launched now unless images go into its store first."""
+        self.project.start_config()
+        with self.console.phase("Starting the Docker daemon", self.timings, "daemon"):
+            source = self.config.source
+            if source.docker_host:
+                self.intake.remote()
+                self.engine = self.world.connect_remote(source, self.console, DOCKER_CONFIG_DIR)
+                return
+            self.starting = self.world.inner_daemon(source, self.console)
+            self.prepared = self.starting.prepare(sum(plan.estimated_bytes for plan in self.plans), loads_images=bool(self.plans))
+            if self.intake.choose(self.prepared):
+                self.console.info("dockerd starts once the images are in its store (see Loading)")
+            else:
+                self.engine = self.prepared.launch(DOCKER_CONFIG_DIR)
+
+    def check_project(self) -> None:
+        """compose's answer read, the command's services and the reports' checked; docker_socket's override written."""
+        with self.console.phase("Checking the compose project", self.timings, "validate"):
+            self.project.load_config()
+            self.shape = self.project.check_command()
+            if self.params.reports:
+                reports_module.check_services(self.params.reports, self.project.all_services())
+            if self.params.docker_socket:
+                self.watch = docker_socket.give_engine(self.project, self.console)
+            if self.extras.check_project is not None:
+                self.extras.check_project(self.project)
+            self.console.info(f"project {self.params.project_name}: services {', '.join(sorted(self.project.services())) or 'none'}")
+
+    def get_images_in(self) -> None:
+        if self.plans:
+            count = len(self.plans)
+            with self.console.phase(f"Loading {count} image{'s' if count > 1 else ''}", self.timings, "load"):
+                intake = self.intake.into_running(self.engine) if self.engine is not None else self.intake.into_prepared(self._prepared())
+                self.engine, self.loaded = intake.engine, intake.loaded
+            # dockerd's own start is the daemon's time, not loading's
+            self.timings["daemon"] += intake.launch_seconds
+            self.timings["load"] -= intake.launch_seconds
+        engine = self._engine()
+        self.project.use_engine(engine.handle.env)
+        self.project.ensure_images(engine.handle.client)
+
+    def run_command(self) -> None:
+        engine, shape = self._engine(), self.shape
+        assert shape is not None
+        with self.console.phase(f"Running docker compose {' '.join(self.params.command)}", self.timings, "run"):
+            result = self.result = self.project.run(shape, engine.handle.client)
+        if self.watch is not None:
+            result.diagnoses += docker_socket.report_failed_pulls(self.watch, engine.handle.client, self.console, failed=result.status != "passed")
+        # Reported as the user wrote it; the log shows the argv that ran (without a dropped --rm).
+        result.command = tuple(self.config.params.command)
+        _print_verdict(self.console, result)
+        if result.status != "passed":
+            self.project.print_failure_details(result, self.params.logs.tail)
+
+    def after_the_run(self) -> None:
+        """Reports read, the caller's after-run hook (task artifacts), the kept run container removed: while the containers exist."""
+        engine, result = self._engine(), self.result
+        assert result is not None
+        if self.params.reports:
+            target = self.extras.reports_dir or Path(self.world.run_dir) / "reports"
+            self.reports = _read_reports(self.params, engine.handle.client, target, result, self.console, self.timings)
+        if self.extras.after_run is not None:
+            self.extras.after_run(self.project, engine.handle, result)
+        if self.kept_run is not None:
+            _remove_run_container(engine.handle.client, self.params.project_name, self.kept_run, self.console)
+
+    def tear_down(self) -> None:
+        with self.abort.deferred(), self.console.phase("Tearing down", self.timings, "teardown"):
+            if self.watch is not None:
+                self.watch.close()
+            grace = 0 if self.aborted else self.params.stop_grace
+            world = self.world
+            teardown(self.project, self.engine, self.starting, self.console, grace, self.aborted, self.abort, world.secrets_dirs, world.budget)
+            self.logs.close()
+        self.duration = time.monotonic() - self.started
+        _print_timings(self.console, self.timings, self.duration, self.loaded)
+
+    def outcome(self, redact: Redactor) -> PutOutcome:
+        result, engine, params = self.result, self.engine, self.params
+        assert result is not None and engine is not None
+        names = [name for image in self.loaded for name in image.names]
+        response = build_response(
+            run_id=new_run_id(self.config.build.build_id),
+            result=_with_log_tails(result, self.logs, params.logs.tail, params.logs.services),
+            duration=self.duration,
+            timings={k: v for k, v in self.timings.items() if k != "validate"},
+            images=names,
+            dockerd=engine.handle.description,
+            redact=redact,
+            tests=_tests_summary(self.reports) if self.reports is not None else None,
+            failed_tests=[case.name for case in self.reports.results.failing] if self.reports is not None else (),
+            budget=params.logs.metadata_bytes,
+        )
+        exit_code = 0 if result.exit_code == 0 or not params.fail_on_error else 1
+        return PutOutcome(response, result, exit_code, self.logs, self.timings, names, self.reports)
+
+    def _engine(self) -> RunningEngine:
+        assert self.engine is not None, "the engine runs from the images phase on"
+        return self.engine
+
+    def _prepared(self) -> PreparedDaemon:
+        assert self.prepared is not None, "an inner daemon waits for its images only once prepared"
+        return self.prepared
 
 
 def keep_run_container(params: PutParams, needed: Collection[str], console: Console) -> tuple[PutParams, str | None]:
@@ -260,86 +332,6 @@ def _print_verdict(console: Console, result: RunResult) -> None:
     if result.services:
         text += " | " + " ".join(s.summary() for s in result.services)
     (console.success if result.status == "passed" else console.error)(text)
-
-
-def teardown(
-    project: ComposeProject, handle: DaemonHandle | None, inner: InnerDaemon | None, console: Console, grace: int, aborted: bool, abort: AbortOnSignal
-) -> None:
-    """The one cleanup for every ending (success, failure, error, SIGTERM), bounded in time.
-
-    `compose down --volumes --remove-orphans` where it matters (see `_down_matters`), with a
-    deadline (after SIGTERM it must fit in Concourse's 10 s before SIGKILL, with room for the
-    rest). Then, for an inner daemon, its stop: containers still there get `grace` seconds all
-    at once (with none they are killed), on a kept data root they are removed (and the volumes
-    and networks unless `compose down` finished), dockerd and containerd stop, what is left in
-    our cgroups is killed, our mounts are undone. A daemon that failed or was aborted while starting has no
-    project to take down: only the stop runs. `aborted`: the put was; `abort` tells of a SIGTERM
-    that comes during the teardown itself (it shortens the waits).
-    """
-    project.kill()
-    down_done = False
-    if handle is not None and project.started and _down_matters(inner, grace, aborted):
-        abort_budget = ABORT_DOWN_SECONDS["inner" if inner else "remote"]
-        budget = abort_budget if aborted else grace + NORMAL_DOWN_SECONDS
-        started = time.monotonic()
-        problem = _within(budget, lambda: project.down(0 if aborted else grace), abort_budget, abort)
-        if problem is None:
-            console.warn(f"compose down did not finish within {budget:g}s: stopping the engine's containers directly")
-        elif problem:
-            console.warn(f"compose down: {problem}")
-        else:
-            console.info(f"compose down --volumes --remove-orphans: {time.monotonic() - started:.2f}s")
-            down_done = True
-    if inner is not None:
-        problems = inner.stop(0 if aborted or abort.received else grace, down_done=down_done)
-    elif handle is not None:
-        problems = handle.stop()
-    else:
-        problems = []
-    # Registry logins and TLS keys must not outlive the put (`fly intercept` could read them).
-    for directory in (DOCKER_CONFIG_DIR, TLS_DIR):
-        shutil.rmtree(directory, ignore_errors=True)
-    for problem in problems:
-        console.warn(f"teardown: {problem}")
-
-
-def _down_matters(inner: InnerDaemon | None, grace: int, aborted: bool) -> bool:
-    """Whether `compose down` does anything the inner daemon's stop does not.
-
-    An inner daemon whose data root is thrown away with the container takes its containers,
-    networks and volumes with it: with no grace to give, killing the containers at once is the
-    whole job. `compose down` stays for a remote engine, for graceful stops (stop_grace > 0),
-    and for a data root that outlives the put (a task cache, a data_root of the user's), but
-    not after SIGTERM with an inner daemon: the daemon's stop then removes the containers, volumes
-    and networks of a kept data root through the API (`InnerDaemon._stop_containers`), faster
-    than compose, and kills the others with the rest.
-    """
-    if inner is None:
-        return True
-    if aborted:
-        return False
-    return inner.keeps_data_root or grace > 0
-
-
-def _within(seconds: float, function: Callable[[], str], abort_seconds: float, abort: AbortOnSignal) -> str | None:
-    """function()'s result, or None when it takes longer than `seconds` (it is left to finish alone).
-
-    A SIGTERM that arrives meanwhile (deferred during teardown) shortens the wait to
-    `abort_seconds` from the start, so the rest of the cleanup still fits before SIGKILL.
-    Joining a thread is safe here because the signal is deferred: no handler's exception can
-    interrupt the join (see concurrency.py for what that does before Python 3.13).
-    """
-    result: list[str] = []
-    worker = threading.Thread(target=lambda: result.append(function()), daemon=True)
-    started = time.monotonic()
-    worker.start()
-    while worker.is_alive():
-        limit = started + (min(seconds, abort_seconds) if abort.received else seconds)
-        left = limit - time.monotonic()
-        if left <= 0:
-            break
-        worker.join(min(left, 0.1))
-    return result[0] if result else None
 
 
 def _print_timings(console: Console, timings: dict[str, float], total: float, loaded: list[images_module.LoadedImage]) -> None:

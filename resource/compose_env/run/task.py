@@ -30,14 +30,14 @@ from compose_env.console import Console
 from compose_env.engine.cache import CacheConfig, TaskCache, parse_size
 from compose_env.engine.handle import DaemonHandle
 from compose_env.errors import Aborted, DaemonStartFailure, RuntimeFailure, UserError
-from compose_env.images.layerstore import StoreHooks
+from compose_env.images.layerstore import NO_HOOKS, StoreHooks
 from compose_env.redaction import Redactor, secrets_in_request
 from compose_env.report import RunResult
 from compose_env.run.command import services_started
 from compose_env.run.containers import service_container
 from compose_env.run.outputs import ArtifactCopy, container_details, extract_stream, write_json, write_outputs
 from compose_env.run.project import ComposeProject
-from compose_env.run.put import PutOutcome, redactor_for, run_put
+from compose_env.run.put import PutExtras, PutOutcome, PutWorld, redactor_for, run_put
 from compose_env.signals import AbortOnSignal
 
 ROOT = "COMPOSE_ENV"
@@ -245,11 +245,8 @@ def run_with_cache(
             redact,
             env,
             abort,
-            after_run=after_run,
-            check_project=collector.check_services,
-            files_from={artifact.service for artifact in task.artifacts},
-            reports_dir=task.output_dir / REPORTS_DIR,
-            store_hooks=store_hooks,
+            PutExtras(after_run, collector.check_services, {artifact.service for artifact in task.artifacts}, task.output_dir / REPORTS_DIR),
+            PutWorld(store_hooks=store_hooks or NO_HOOKS),
         )
 
     if cache is None:
