@@ -30,7 +30,7 @@ from compose_env.config.schema import validate
 from compose_env.console import Console
 from compose_env.errors import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, Aborted, RuntimeFailure, UserError
 from compose_env.redaction import Redactor, secrets_in_request
-from compose_env.report import RunResult, format_seconds, version_metadata
+from compose_env.report import RunResult, RunStatus, format_seconds, version_metadata
 from compose_env.signals import ABORT
 from compose_env.version import RESOURCE_VERSION
 
@@ -118,7 +118,7 @@ def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
 def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
     """The last line of a failed put: what happened and what to change (the details are above it)."""
     command = f"`docker compose {' '.join(result.command)}`"
-    if result.status == "timed_out":
+    if result.status == RunStatus.TIMED_OUT:
         return (
             f"error: the put fails: {command} timed out after {format_seconds(timeout or 0)} (params.timeout)\n"
             "  hint: raise params.timeout, or see in the logs above what kept it from finishing"

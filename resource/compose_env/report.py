@@ -18,6 +18,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from compose_env.version import RESOURCE_VERSION
@@ -29,6 +30,14 @@ MIN_LOG_SHARE = 160
 #: What the summary entries may use at most, so that logs always keep some room.
 SUMMARY_BUDGET = RESPONSE_BUDGET - 2 * MIN_LOG_SHARE - 200
 ELLIPSIS = "…"
+
+
+class RunStatus(StrEnum):
+    """How a run ended: the metadata `status` (its values are the contract's)."""
+
+    PASSED = "passed"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ class RunResult:
 
     command: tuple[str, ...]
     exit_code: int
-    status: str  # passed, failed or timed_out
+    status: RunStatus
     services: list[ServiceState] = field(default_factory=list)
     logs: dict[str, list[str]] = field(default_factory=dict)
     failing_services: list[str] = field(default_factory=list)
@@ -198,7 +207,7 @@ def build_response(
     """The response; `tests` and `failed_tests` (from params.reports) only when there are reports and failures."""
     version = {"id": run_id, "exit_code": str(result.exit_code)}
     summary = [
-        ("status", result.status),
+        ("status", str(result.status)),
         ("exit_code", str(result.exit_code)),
         ("command", " ".join(result.command)),
         ("duration", format_seconds(duration)),

@@ -16,6 +16,7 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import defusedxml
 import defusedxml.ElementTree as SafeElementTree
@@ -27,10 +28,12 @@ MAX_REPORT_BYTES = 64 * 2**20
 #: A test's message as kept in report.json; the build log and metadata show its first line.
 MAX_MESSAGE_CHARS = 4000
 #: Outcome elements of a testcase, the stronger first (pytest adds a teardown `error` to a failed test).
-OUTCOMES = (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
+OUTCOMES: tuple[tuple[str, CaseStatus], ...] = (("failure", "failed"), ("error", "error"), ("skipped", "skipped"))
 #: `message` attributes that say nothing the status does not: the element's text is read instead.
 PLACEHOLDER_MESSAGES = {"", "failed", "failure", "error"}
-STATUSES = ("passed", "failed", "error", "skipped")
+#: A test case's outcome, as report.json's `tests` gives it.
+CaseStatus = Literal["passed", "failed", "error", "skipped"]
+STATUSES: tuple[CaseStatus, ...] = ("passed", "failed", "error", "skipped")
 
 
 class ReportError(Exception):
@@ -42,7 +45,7 @@ class CaseResult:
     """One `testcase`: `classname.name`, its outcome, seconds, and the message of its outcome."""
 
     name: str
-    status: str  # passed, failed, error or skipped
+    status: CaseStatus
     time: float = 0.0
     message: str = ""
 
@@ -133,7 +136,8 @@ def read_root(root: ElementTree.Element) -> ParsedReport:
 
 def _case(element: ElementTree.Element) -> CaseResult:
     classname, name = element.get("classname", "").strip(), element.get("name", "").strip() or "(unnamed)"
-    status, message = "passed", ""
+    status: CaseStatus = "passed"
+    message = ""
     children = {_local(child.tag): child for child in reversed(list(element))}  # the first of each kind
     for tag, outcome in OUTCOMES:
         if tag in children:

@@ -32,7 +32,7 @@ from compose_env.console import Console
 from compose_env.errors import UserError
 from compose_env.images import presence
 from compose_env.process import dying_with_parent
-from compose_env.report import RunResult, ServiceState
+from compose_env.report import RunResult, RunStatus, ServiceState
 from compose_env.run import compose_errors
 from compose_env.run.command import CommandShape, analyse_command, services_started
 from compose_env.run.logs import ServiceLogs, compose_label
@@ -307,7 +307,7 @@ class ComposeProject:
         for failure in failures:
             if failure.reason:
                 self.logs.append(failure.service(self.params.project_name), failure.reason)
-        status = "timed_out" if timed_out else "passed" if exit_code == 0 else "failed"
+        status = RunStatus.TIMED_OUT if timed_out else RunStatus.PASSED if exit_code == 0 else RunStatus.FAILED
         self.collect_logs(client)
         failing = failing_services(shape, exit_code, states, timed_out)
         return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing, list(output.start_failures) if exit_code else [])

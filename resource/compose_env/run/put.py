@@ -26,7 +26,7 @@ from compose_env.images import load as images_module
 from compose_env.images.layerstore import NO_HOOKS, StoreHooks
 from compose_env.images.plan import ImagePlan, plan_images
 from compose_env.redaction import Redactor, secret_env_values
-from compose_env.report import RunResult, build_response, format_seconds, new_run_id
+from compose_env.report import RunResult, RunStatus, build_response, format_seconds, new_run_id
 from compose_env.run import docker_socket, junit
 from compose_env.run import reports as reports_module
 from compose_env.run.command import CommandShape, analyse_command
@@ -207,11 +207,11 @@ class PutRun:
         with self.console.phase(f"Running docker compose {' '.join(self.params.command)}", self.timings, "run"):
             result = self.result = self.project.run(shape, engine.handle.client)
         if self.watch is not None:
-            result.diagnoses += docker_socket.report_failed_pulls(self.watch, engine.handle.client, self.console, failed=result.status != "passed")
+            result.diagnoses += docker_socket.report_failed_pulls(self.watch, engine.handle.client, self.console, failed=result.status != RunStatus.PASSED)
         # Reported as the user wrote it; the log shows the argv that ran (without a dropped --rm).
         result.command = tuple(self.config.params.command)
         _print_verdict(self.console, result)
-        if result.status != "passed":
+        if result.status != RunStatus.PASSED:
             self.project.print_failure_details(result, self.params.logs.tail)
 
     def after_the_run(self) -> None:
@@ -331,7 +331,7 @@ def _print_verdict(console: Console, result: RunResult) -> None:
     text = f"{result.status}: exit code {result.exit_code}"
     if result.services:
         text += " | " + " ".join(s.summary() for s in result.services)
-    (console.success if result.status == "passed" else console.error)(text)
+    (console.success if result.status == RunStatus.PASSED else console.error)(text)
 
 
 def _print_timings(console: Console, timings: dict[str, float], total: float, loaded: list[images_module.LoadedImage]) -> None:

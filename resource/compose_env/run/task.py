@@ -19,6 +19,7 @@ import tarfile
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,13 @@ def in_task_terms(error: UserError) -> UserError:
 # ---------------------------------------------------------------- the run
 
 
+class TaskEnding(StrEnum):
+    """report.json's `status` when there is no run to report (else it is the run's, report.RunStatus)."""
+
+    ERROR = "error"
+    ABORTED = "aborted"
+
+
 def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: AbortOnSignal, store_hooks: StoreHooks | None = None) -> int:
     value = decode_compose_env(env)
     # Mask the secrets before validation can echo them.
@@ -198,14 +206,14 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: Ab
             outcome = run_with_cache(task, console, redact, collector, cache, env, abort, store_hooks)
     except UserError as error:
         renamed = in_task_terms(error)
-        write_json(report_file, {"status": "error", "exit_code": renamed.exit_code, "error": redact(renamed.render())})
+        write_json(report_file, {"status": TaskEnding.ERROR, "exit_code": renamed.exit_code, "error": redact(renamed.render())})
         raise renamed from None
     except RuntimeFailure as error:
-        write_json(report_file, {"status": "error", "exit_code": error.exit_code, "error": redact(error.render())})
+        write_json(report_file, {"status": TaskEnding.ERROR, "exit_code": error.exit_code, "error": redact(error.render())})
         raise
     except Aborted:
         # Concourse keeps the outputs of an aborted task too: say what happened.
-        write_json(report_file, {"status": "aborted", "exit_code": Aborted.exit_code})
+        write_json(report_file, {"status": TaskEnding.ABORTED, "exit_code": Aborted.exit_code})
         raise
     write_outputs(outcome, collector, task.output_dir, redact)
     copied = sum(copy.copied for copy in collector.copies)
