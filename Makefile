@@ -36,6 +36,7 @@ lint: dev-deps
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 	$(PYTHON) -m mypy
+	$(PYTHON) scripts/check_structure.py
 
 format: dev-deps
 	$(PYTHON) -m ruff format .

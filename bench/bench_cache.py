@@ -48,7 +48,10 @@ def task_run(image: str, put: Path, cache: Path, out: Path) -> dict[str, float]:
     if outcome.exit_code != 0:
         raise SystemExit(f"the task failed (exit {outcome.exit_code}):\n{outcome.stderr[-3000:]}")
     timings = json.loads((out / "report.json").read_text())["timings"]
-    return {"wall": round(outcome.duration, 3), **{name: timings.get(name, 0.0) for name in ("daemon", "load", "run", "cache", "teardown")}}
+    return {
+        "wall": round(outcome.duration, 3),
+        **{name: timings.get(name, 0.0) for name in ("daemon", "load", "run", "cache", "teardown")},
+    }
 
 
 def main() -> int:
@@ -68,22 +71,32 @@ def main() -> int:
                 print(f"round {number + 1}: {kind} {runs[kind][-1]}", file=sys.stderr)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    medians = {kind: {key: statistics.median(run[key] for run in values) for key in values[0]} for kind, values in runs.items()}
+    medians = {
+        kind: {key: statistics.median(run[key] for run in values) for key in values[0]} for kind, values in runs.items()
+    }
     lines = [
         f"task cache, seed scenario (redis + test client, run --rm tests), {args.rounds} rounds, medians:",
         f"  {'':<6} {'wall':>7} {'daemon':>7} {'load':>7} {'run':>7} {'cache':>7} {'teardown':>8}",
     ]
     for kind in ("cold", "warm"):
         m = medians[kind]
-        lines.append(f"  {kind:<6} {m['wall']:>6.2f}s {m['daemon']:>6.2f}s {m['load']:>6.2f}s {m['run']:>6.2f}s {m['cache']:>6.2f}s {m['teardown']:>7.2f}s")
+        lines.append(
+            f"  {kind:<6} {m['wall']:>6.2f}s {m['daemon']:>6.2f}s {m['load']:>6.2f}s {m['run']:>6.2f}s "
+            f"{m['cache']:>6.2f}s {m['teardown']:>7.2f}s"
+        )
     ratio = medians["warm"]["wall"] / medians["cold"]["wall"]
     cold, warm = medians["cold"], medians["warm"]
-    lines.append(f"  warm/cold wall time: {ratio:.2f} ({cold['wall'] / warm['wall']:.1f}x faster); load {cold['load']:.2f}s → {warm['load']:.2f}s")
+    lines.append(
+        f"  warm/cold wall time: {ratio:.2f} ({cold['wall'] / warm['wall']:.1f}x faster); load {cold['load']:.2f}s → "
+        f"{warm['load']:.2f}s"
+    )
     text = "\n".join(lines)
     print(text)
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
-    (results / f"cache-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(json.dumps({"runs": runs, "medians": medians, "report": text}, indent=1))
+    (results / f"cache-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
+        json.dumps({"runs": runs, "medians": medians, "report": text}, indent=1)
+    )
     return 0
 
 

@@ -41,7 +41,11 @@ BENCH_SET = [
     {"path": "saved-image", "tag": []},
     {"path": "built", "tag": ["bench/built:ci"]},
 ]
-NAIVE_SET = [("redis-image/image.tar", []), ("saved-image/image", ["bench/saved:ci"]), ("built/image/image.tar", ["bench/built:ci"])]
+NAIVE_SET = [
+    ("redis-image/image.tar", []),
+    ("saved-image/image", ["bench/saved:ci"]),
+    ("built/image/image.tar", ["bench/built:ci"]),
+]
 BIG = {"path": "big/big.tar", "tag": []}
 
 # Runs inside the resource container (python3.13 with the package installed).
@@ -77,7 +81,8 @@ def ours(items, concurrency):
 def naive(steps):
     started = time.monotonic()
     for path, names in steps:
-        out = subprocess.run(["docker", "load", "-i", str(PUT / path)], env=env, check=True, capture_output=True, text=True).stdout
+        load = ["docker", "load", "-i", str(PUT / path)]
+        out = subprocess.run(load, env=env, check=True, capture_output=True, text=True).stdout
         loaded = re.findall(r"Loaded image(?: ID)?: (\S+)", out)
         for name in names:
             subprocess.run(["docker", "tag", loaded[0], name], env=env, check=True, capture_output=True)
@@ -116,7 +121,8 @@ print(json.dumps({"seconds": time.monotonic() - started, "hwm_kb": hwm(), "befor
     for round_ in range(spec["rounds"]):
         for name in (["ours", "naive"] if round_ % 2 == 0 else ["naive", "ours"]):
             if name == "ours":
-                big = subprocess.run(["python3", "-c", probe, handle.docker_host, str(PUT / spec["big"]["path"])], check=True, capture_output=True, text=True)
+                argv = ["python3", "-c", probe, handle.docker_host, str(PUT / spec["big"]["path"])]
+                big = subprocess.run(argv, check=True, capture_output=True, text=True)
                 results["big"].append(json.loads(big.stdout))
             else:
                 results["big_naive"].append(naive([(spec["big"]["path"], [])]))
@@ -136,10 +142,18 @@ def build_inputs(layer_mib: int, big_mib: int) -> int:
         with tempfile.TemporaryDirectory(dir=CACHE) as scratch:
             work = Path(scratch)
             sizes = [layer_mib << 20] * 4
-            registry_image_oci_dir(random_image(work / "a", sizes), CACHE / "redis-image", "bench/redis", "7", "index.docker.io/bench/redis:7")
+            registry_image_oci_dir(
+                random_image(work / "a", sizes),
+                CACHE / "redis-image",
+                "bench/redis",
+                "7",
+                "index.docker.io/bench/redis:7",
+            )
             docker_image_resource_dir(random_image(work / "b", sizes), CACHE / "saved-image", "bench/saved", "ci")
             oci_build_task_dir(random_image(work / "c", sizes), CACHE / "built" / "image")
-            docker_save_tarball(random_image(work / "d", [big_mib << 20 >> 2] * 4), CACHE / "big" / "big.tar", ["bench/big:1"])
+            docker_save_tarball(
+                random_image(work / "d", [big_mib << 20 >> 2] * 4), CACHE / "big" / "big.tar", ["bench/big:1"]
+            )
         marker.touch()
     return sum(path.stat().st_size for path in CACHE.rglob("*") if path.is_file())
 
@@ -155,12 +169,22 @@ def main() -> int:
     parser.add_argument("--big-mib", type=int, default=1024, help="size of the big tarball")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each variant, in alternating order")
     parser.add_argument("--concurrency", default="1,2,3", help="the numbers of parallel loads to try")
-    parser.add_argument("--medium", default="auto", choices=["auto", "memory", "disk"], help="the inner daemon's data root medium")
+    parser.add_argument(
+        "--medium", default="auto", choices=["auto", "memory", "disk"], help="the inner daemon's data root medium"
+    )
     args = parser.parse_args()
 
     total = build_inputs(args.layer_mib, args.big_mib)
     concurrency = [int(n) for n in args.concurrency.split(",")]
-    spec = {"set": BENCH_SET, "naive": NAIVE_SET, "big": BIG, "rounds": args.rounds, "bytes": 2 * total, "concurrency": concurrency, "medium": args.medium}
+    spec = {
+        "set": BENCH_SET,
+        "naive": NAIVE_SET,
+        "big": BIG,
+        "rounds": args.rounds,
+        "bytes": 2 * total,
+        "concurrency": concurrency,
+        "medium": args.medium,
+    }
     with Container(args.image, [(str(CACHE), PUT_DIR, True)]) as container:
         outcome = container.exec(["python3", "-c", DRIVER, PUT_DIR, json.dumps(spec)], timeout=1800)
     line = next((line for line in outcome.stdout.splitlines() if line.startswith("BENCH ")), None)
@@ -168,7 +192,15 @@ def main() -> int:
         sys.stderr.write(outcome.stderr[-4000:])
         return 1
     results = json.loads(line[len("BENCH ") :])
-    set_mib = sum(p.stat().st_size for name in ("redis-image", "saved-image", "built") for p in (CACHE / name).rglob("*") if p.is_file()) / 2**20
+    set_mib = (
+        sum(
+            p.stat().st_size
+            for name in ("redis-image", "saved-image", "built")
+            for p in (CACHE / name).rglob("*")
+            if p.is_file()
+        )
+        / 2**20
+    )
     naive = min(results["naive"])
     ours = min(results[f"ours@{LOAD_CONCURRENCY}"]) if f"ours@{LOAD_CONCURRENCY}" in results else None
     big = min(results["big"], key=lambda run: run["seconds"])
@@ -178,7 +210,10 @@ def main() -> int:
     for n in concurrency:
         runs = results[f"ours@{n}"]
         mark = "  <- LOAD_CONCURRENCY" if n == LOAD_CONCURRENCY else ""
-        print(f"  ours, {n} at once                      {min(runs):6.2f}s   all: {_all(runs)}   ratio to naive {min(runs) / naive:.2f}{mark}")
+        print(
+            f"  ours, {n} at once                      {min(runs):6.2f}s   all: {_all(runs)}   ratio to naive "
+            f"{min(runs) / naive:.2f}{mark}"
+        )
     if ours is not None:
         print(f"  ratio ours (LOAD_CONCURRENCY={LOAD_CONCURRENCY}) / naive: {ours / naive:.2f}")
     print(f"big tarball ({big['bytes'] / 2**20:.0f} MiB), best of {args.rounds}:")
@@ -186,7 +221,10 @@ def main() -> int:
     print(f"  docker load -i {big_naive:6.2f}s   all: {_all(results['big_naive'])}")
     print(f"  ratio ours/naive: {big['seconds'] / big_naive:.2f}")
     peak = max(run["hwm_kb"] for run in results["big"]) / 1024
-    print(f"  peak RSS of our loading process: {peak:.1f} MiB (after imports, before loading: {big['before_kb'] / 1024:.1f} MiB)")
+    print(
+        f"  peak RSS of our loading process: {peak:.1f} MiB (after imports, before loading: "
+        f"{big['before_kb'] / 1024:.1f} MiB)"
+    )
     return 0
 
 

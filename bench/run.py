@@ -73,10 +73,19 @@ class Scenario:
     goal: float
 
 
-OVERHEAD = Scenario("Fixed overhead: no images, `docker compose ps`", {"compose_files": ["src/docker-compose.yml"], "command": ["ps"]}, "ps", 0.45)
+OVERHEAD = Scenario(
+    "Fixed overhead: no images, `docker compose ps`",
+    {"compose_files": ["src/docker-compose.yml"], "command": ["ps"]},
+    "ps",
+    0.45,
+)
 SEED_SCENARIO = Scenario(
     "Seed scenario end to end",
-    {"compose_files": ["src/docker-compose.yml"], "images": ["redis-image", "tests-image"], "command": ["run", "--rm", "tests"]},
+    {
+        "compose_files": ["src/docker-compose.yml"],
+        "images": ["redis-image", "tests-image"],
+        "command": ["run", "--rm", "tests"],
+    },
     "seed",
     0.3,
 )
@@ -138,9 +147,13 @@ def seed_put_dir() -> Path:
     images = ROOT / "bench" / "images"
     for target, tag in (("server", SERVER_TAG), ("client", CLIENT_TAG)):
         subprocess.run(
-            ["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "--target", target, "-t", tag, str(images)], check=True, capture_output=True
+            ["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "--target", target, "-t", tag, str(images)],
+            check=True,
+            capture_output=True,
         )
-    key = docker("image", "inspect", "-f", "{{.Id}}", SERVER_TAG) + docker("image", "inspect", "-f", "{{.Id}}", CLIENT_TAG)
+    key = docker("image", "inspect", "-f", "{{.Id}}", SERVER_TAG) + docker(
+        "image", "inspect", "-f", "{{.Id}}", CLIENT_TAG
+    )
     put = SEED / "put"
     if (SEED / "key").is_file() and (SEED / "key").read_text() == key:
         return put
@@ -161,7 +174,8 @@ def median(values: list[float]) -> float:
 
 
 def daemon_ready(image: str, runs: int) -> dict[str, list[float]]:
-    """Each start in a fresh container, as a put gets: a daemon that ran before leaves iptables rules and a bridge behind."""
+    """Each start in a fresh container, as a put gets: a daemon that ran before leaves iptables rules and a bridge
+    behind."""
     results: dict[str, list[float]] = {"ours": [], "ours_stop": [], "naive": [], "naive_serving": []}
     for run in range(runs):
         numbers = {}
@@ -206,7 +220,9 @@ def run_ours(image: str, put: Path, scenario: Scenario) -> dict[str, float]:
     with Container(image, [(str(put), PUT_DIR, True)]) as container:
         outcome = container.exec(["/opt/resource/out", PUT_DIR], env=DEFAULT_BUILD_ENV, stdin=json.dumps(request))
     if outcome.exit_code != 0 or outcome.leftovers:
-        raise SystemExit(f"our put failed (exit {outcome.exit_code}, left {outcome.leftovers}):\n{outcome.stderr[-3000:]}")
+        raise SystemExit(
+            f"our put failed (exit {outcome.exit_code}, left {outcome.leftovers}):\n{outcome.stderr[-3000:]}"
+        )
     return with_rest(outcome.duration, put_phases(outcome.stderr))
 
 
@@ -218,7 +234,10 @@ def run_dcind(image: str, put: Path, scenario: Scenario) -> dict[str, float]:
     if outcome.exit_code != 0 or phases.get("exit_code") != 0:
         raise SystemExit(f"the dcind run failed (exit {outcome.exit_code}):\n{outcome.stderr[-3000:]}")
     load = phases["load_server"] + phases["load_client"]
-    return with_rest(outcome.duration, {"daemon": phases["daemon"], "load": load, "run": phases["run"], "teardown": phases["teardown"]})
+    return with_rest(
+        outcome.duration,
+        {"daemon": phases["daemon"], "load": load, "run": phases["run"], "teardown": phases["teardown"]},
+    )
 
 
 def side_by_side(image: str, put: Path, scenario: Scenario, runs: int) -> dict[str, list[dict[str, float]]]:
@@ -228,7 +247,11 @@ def side_by_side(image: str, put: Path, scenario: Scenario, runs: int) -> dict[s
         for name, function in order if run % 2 == 0 else reversed(order):
             numbers = function(image, put, scenario)
             results[name].append(numbers)
-            print(f"  {scenario.dcind_mode} run {run + 1} {name}: " + " ".join(f"{k}={v:.2f}s" for k, v in numbers.items()), file=sys.stderr)
+            print(
+                f"  {scenario.dcind_mode} run {run + 1} {name}: "
+                + " ".join(f"{k}={v:.2f}s" for k, v in numbers.items()),
+                file=sys.stderr,
+            )
     return results
 
 
@@ -248,14 +271,21 @@ class LoadSampler:
     def stop(self) -> str:
         self._stop.set()
         self._thread.join()
-        return f"1-minute load average during the run: min {min(self.samples):.1f}, median {median(self.samples):.1f}, max {max(self.samples):.1f}"
+        low, middle, high = min(self.samples), median(self.samples), max(self.samples)
+        return f"1-minute load average during the run: min {low:.1f}, median {middle:.1f}, max {high:.1f}"
 
 
 def size_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
-def report(ready: dict[str, list[float]], results: dict[str, dict[str, list[dict[str, float]]]], put: Path, args: argparse.Namespace, load: str) -> str:
+def report(
+    ready: dict[str, list[float]],
+    results: dict[str, dict[str, list[dict[str, float]]]],
+    put: Path,
+    args: argparse.Namespace,
+    load: str,
+) -> str:
     lines = [
         f"machine: {platform.node()}, {os.cpu_count()} cores, {platform.release()}; {load};"
         f" image {args.image}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
@@ -272,7 +302,9 @@ def report(ready: dict[str, list[float]], results: dict[str, dict[str, list[dict
         ]
         lines += [*scenario_table(SEED_SCENARIO, seed), ""]
     if overhead["ours"] or seed["ours"]:
-        lines += ["(total: the wall time of the `docker exec` of each, in a fresh container; rest: total minus the phases)"]
+        lines += [
+            "(total: the wall time of the `docker exec` of each, in a fresh container; rest: total minus the phases)"
+        ]
     return "\n".join(lines)
 
 
@@ -286,9 +318,11 @@ def daemon_table(ready: dict[str, list[float]]) -> list[str]:
         "|---|---|---|",
         f"| ours (containerd first, every choice explicit) | {ours:.3f} s | {listed['ours']} |",
         f"| naive dcind (managed containerd, 1 s polling) | {naive:.2f} s | {listed['naive']} |",
-        f"| naive, API serving per its log (no polling loss) | {median(ready['naive_serving']):.2f} s | {listed['naive_serving']} |",
+        f"| naive, API serving per its log (no polling loss) | {median(ready['naive_serving']):.2f} s | "
+        f"{listed['naive_serving']} |",
         "",
-        f"ratio ours/naive: {ours / naive:.2f}× (against the naive API-serving time: {ours / median(ready['naive_serving']):.2f}×);"
+        f"ratio ours/naive: {ours / naive:.2f}× (against the naive API-serving time: "
+        f"{ours / median(ready['naive_serving']):.2f}×);"
         f" our stop: median {median(ready['ours_stop']):.3f} s",
         "",
     ]
@@ -296,7 +330,9 @@ def daemon_table(ready: dict[str, list[float]]) -> list[str]:
 
 def scenario_table(scenario: Scenario, results: dict[str, list[dict[str, float]]]) -> list[str]:
     """Medians of each phase, ours and dcind's, and their ratios; then every run's total."""
-    medians = {name: {phase: median([run[phase] for run in runs]) for phase in PHASES} for name, runs in results.items()}
+    medians = {
+        name: {phase: median([run[phase] for run in runs]) for phase in PHASES} for name, runs in results.items()
+    }
     ratio = medians["ours"]["total"] / medians["dcind"]["total"]
     met = "met" if ratio <= scenario.goal else "not met"
     lines = [
@@ -307,10 +343,16 @@ def scenario_table(scenario: Scenario, results: dict[str, list[dict[str, float]]
     ]
     for name in ("ours", "dcind"):
         lines.append(f"| {name} | " + " | ".join(f"{medians[name][phase]:.2f} s" for phase in PHASES) + " |")
-    ratios = [f"{medians['ours'][p] / medians['dcind'][p]:.2f}×" if medians["dcind"][p] >= 0.005 else "" for p in PHASES]
+    ratios = [
+        f"{medians['ours'][p] / medians['dcind'][p]:.2f}×" if medians["dcind"][p] >= 0.005 else "" for p in PHASES
+    ]
     lines.append("| ours/dcind | " + " | ".join(ratios) + " |")
     totals = {name: " ".join(f"{run['total']:.2f}" for run in runs) for name, runs in results.items()}
-    lines += ["", f"ratio ours/dcind: **{ratio:.2f}×** (goal ≤ {scenario.goal}×: {met}); totals ours {totals['ours']}, dcind {totals['dcind']}"]
+    lines += [
+        "",
+        f"ratio ours/dcind: **{ratio:.2f}×** (goal ≤ {scenario.goal}×: {met}); totals ours {totals['ours']}, dcind "
+        f"{totals['dcind']}",
+    ]
     return lines
 
 
@@ -337,7 +379,9 @@ def main() -> int:
     directory = ROOT / "bench" / "results"
     directory.mkdir(exist_ok=True)
     (directory / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json").write_text(
-        json.dumps({"daemon_ready": ready, "scenarios": results, "load_samples": load.samples, "report": text}, indent=1)
+        json.dumps(
+            {"daemon_ready": ready, "scenarios": results, "load_samples": load.samples, "report": text}, indent=1
+        )
     )
     return 0
 

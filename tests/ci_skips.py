@@ -32,7 +32,9 @@ def not_applicable(reason: str) -> NoReturn:
     raise NotApplicable(reason)
 
 
-def fail_if_skipped_in_ci(report: pytest.TestReport | pytest.CollectReport, excinfo: pytest.ExceptionInfo[BaseException] | None) -> None:
+def fail_if_skipped_in_ci(
+    report: pytest.TestReport | pytest.CollectReport, excinfo: pytest.ExceptionInfo[BaseException] | None
+) -> None:
     """Turn a skip into a failure when CI=true, unless it is `not_applicable` (or an xfail)."""
     if os.environ.get("CI") != "true" or not report.skipped or hasattr(report, "wasxfail"):
         return
@@ -40,18 +42,24 @@ def fail_if_skipped_in_ci(report: pytest.TestReport | pytest.CollectReport, exci
         return
     reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
     report.outcome = "failed"
-    report.longrepr = f"{reason.removeprefix('Skipped: ')}: under CI=true a test that could not run fails (see tests/ci_skips.py)"
+    report.longrepr = (
+        f"{reason.removeprefix('Skipped: ')}: under CI=true a test that could not run fails (see tests/ci_skips.py)"
+    )
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
     fail_if_skipped_in_ci(report, call.excinfo)
     return report
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
+def pytest_make_collect_report(
+    collector: pytest.Collector,
+) -> Generator[None, pytest.CollectReport, pytest.CollectReport]:
     report = yield
     fail_if_skipped_in_ci(report, None)
     return report

@@ -81,7 +81,9 @@ def build_tricky_image() -> str:
     return TRICKY_TAG
 
 
-def _entry(name: str, kind: bytes = tarfile.REGTYPE, *, mode: int = 0o644, mtime: float = 1262304000, **extra: object) -> tarfile.TarInfo:
+def _entry(
+    name: str, kind: bytes = tarfile.REGTYPE, *, mode: int = 0o644, mtime: float = 1262304000, **extra: object
+) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type, info.mode, info.mtime = kind, mode, mtime
     for key, value in extra.items():
@@ -94,7 +96,13 @@ def crafted_layer(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     entries: list[tuple[tarfile.TarInfo, bytes]] = [
         (_entry("tricky", tarfile.DIRTYPE, mode=0o755, mtime=1262304000), b""),
-        (_entry("tricky/xattr.txt", pax_headers={"SCHILY.xattr.user.greeting": "hello", "SCHILY.xattr.user.spaced": "a b c"}), b"xattr\n"),
+        (
+            _entry(
+                "tricky/xattr.txt",
+                pax_headers={"SCHILY.xattr.user.greeting": "hello", "SCHILY.xattr.user.spaced": "a b c"},
+            ),
+            b"xattr\n",
+        ),
         (_entry("tricky/xattr-dir", tarfile.DIRTYPE, mode=0o755, pax_headers={"SCHILY.xattr.user.dir": "yes"}), b""),
         (_entry("tricky/crafted-link", tarfile.LNKTYPE, linkname="tricky/xattr.txt"), b""),
         (_entry("tricky/.wh.crafted-gone"), b""),
@@ -136,7 +144,11 @@ def _with_diff_ids(parts: ImageParts, layers: list[Path], history_extra: list[di
 
 def with_top_layer(parts: ImageParts, layer: Path) -> ImageParts:
     """`parts` with one more layer on top (config diff_ids and history follow)."""
-    return _with_diff_ids(parts, [*parts.layers, layer], [{"created": "2010-01-01T00:00:00Z", "created_by": "crafted layer (tests/direct_fixtures.py)"}])
+    return _with_diff_ids(
+        parts,
+        [*parts.layers, layer],
+        [{"created": "2010-01-01T00:00:00Z", "created_by": "crafted layer (tests/direct_fixtures.py)"}],
+    )
 
 
 def _tar_end(layer: Path) -> int:
@@ -161,7 +173,12 @@ def with_marker(parts: ImageParts, marker: str, workdir: Path) -> ImageParts:
         sink.write(source.read(_tar_end(parts.layers[0])))
         info = _entry("shape-marker", mtime=1262304000)
         info.size = len(data)
-        sink.write(info.tobuf(format=tarfile.PAX_FORMAT) + data + b"\0" * (-len(data) % tarfile.BLOCKSIZE) + b"\0" * 2 * tarfile.BLOCKSIZE)
+        sink.write(
+            info.tobuf(format=tarfile.PAX_FORMAT)
+            + data
+            + b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+            + b"\0" * 2 * tarfile.BLOCKSIZE
+        )
     return _with_diff_ids(parts, [first, *parts.layers[1:]])
 
 
@@ -177,7 +194,8 @@ def with_mismatched_top_layer(parts: ImageParts, workdir: Path) -> ImageParts:
 
 
 def rootfs_from_image(reference: str, directory: Path, repository: str, tag: str, metadata: dict) -> Path:
-    """registry-image's default format made from an image: its filesystem (`docker export`) in `rootfs/`, plus metadata.json.
+    """registry-image's default format made from an image: its filesystem (`docker export`) in `rootfs/`, plus
+    metadata.json.
 
     docker export keeps only security.capability of the xattrs: user xattrs are added to two
     entries afterwards, so that the rootfs carries some for both paths to keep.
@@ -189,7 +207,16 @@ def rootfs_from_image(reference: str, directory: Path, repository: str, tag: str
         exported = subprocess.run(["docker", "export", container], check=True, capture_output=True).stdout
     finally:
         docker("rm", container)
-    extract = ["tar", "--extract", "--numeric-owner", "--same-owner", "--preserve-permissions", "--xattrs", "--xattrs-include=*", f"--directory={rootfs}"]
+    extract = [
+        "tar",
+        "--extract",
+        "--numeric-owner",
+        "--same-owner",
+        "--preserve-permissions",
+        "--xattrs",
+        "--xattrs-include=*",
+        f"--directory={rootfs}",
+    ]
     subprocess.run(extract, input=exported, check=True)
     os.setxattr(rootfs / "tricky" / "owned", "user.greeting", b"hello")
     os.setxattr(rootfs / "tricky" / "empty", "user.dir", b"yes")
@@ -212,7 +239,11 @@ INSPECT = (
 
 def inspect_service(image: str, names: list[str]) -> dict:
     """A compose service that prints, for each of `names`, what the inner dockerd's image inspect says."""
-    return {"image": image, "command": ["perl", "-MIO::Socket::UNIX", "-e", INSPECT, *names], "volumes": ["/var/run/docker.sock:/var/run/docker.sock"]}
+    return {
+        "image": image,
+        "command": ["perl", "-MIO::Socket::UNIX", "-e", INSPECT, *names],
+        "volumes": ["/var/run/docker.sock:/var/run/docker.sock"],
+    }
 
 
 def inspected(log: str, service: str = "inspect") -> dict[str, dict]:
@@ -229,7 +260,8 @@ def inspected(log: str, service: str = "inspect") -> dict[str, dict]:
 LISTING = " ; ".join(
     [
         "echo LISTING-BEGIN",
-        "find / -xdev -mindepth 1 \\( -path /proc -o -path /sys -o -path /dev -o -path /etc/hostname -o -path /etc/hosts"
+        "find / -xdev -mindepth 1 \\( -path /proc -o -path /sys -o -path /dev -o -path /etc/hostname -o -path "
+        "/etc/hosts"
         " -o -path /etc/resolv.conf -o -path /.dockerenv -o -path /etc/mtab \\) -prune"
         " -o -printf 'F %p|%y|%m|%U|%G|%s|%n|%l|%T@\\n' | LC_ALL=C sort",
         "find /tricky -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sed 's/^/S /'",
@@ -243,7 +275,9 @@ LISTING = " ; ".join(
 def listing_of(log: str, service: str) -> list[str]:
     """The LISTING lines service `service` printed, in order, from a put's log (compose prefixes them)."""
     lines = [m.group(1) for m in re.finditer(rf"^{re.escape(service)}-1\s+\| ?(.*)$", log, re.MULTILINE)]
-    assert "LISTING-BEGIN" in lines and "LISTING-END" in lines, f"no complete listing from {service}:\n" + "\n".join(lines[-20:])
+    assert "LISTING-BEGIN" in lines and "LISTING-END" in lines, f"no complete listing from {service}:\n" + "\n".join(
+        lines[-20:]
+    )
     return [line.rstrip() for line in lines[lines.index("LISTING-BEGIN") + 1 : lines.index("LISTING-END")]]
 
 

@@ -13,7 +13,8 @@ Three runtimes make that container (`--runtime`, or HARNESS_RUNTIME for `make tr
 So the tests, `make try` and the benchmarks drive the real image through the real entry points,
 in the container a worker really makes.
 
-    python3 tests/harness.py out --image compose-env:dev --put-dir example/put --request example/request.json [--runtime concourse]
+    python3 tests/harness.py out --image compose-env:dev --put-dir example/put --request example/request.json [--runtime
+    concourse]
 """
 
 from __future__ import annotations
@@ -97,7 +98,9 @@ def privilege_flags(image: str, docker: str = "docker") -> list[str]:
     """`--privileged` where the engine allows it, else the equivalent capability set."""
     global _privilege_flags
     if _privilege_flags is None:
-        probe = subprocess.run([docker, "run", "--rm", "--privileged", "--entrypoint", "true", image], capture_output=True, text=True)
+        probe = subprocess.run(
+            [docker, "run", "--rm", "--privileged", "--entrypoint", "true", image], capture_output=True, text=True
+        )
         _privilege_flags = ["--privileged"] if probe.returncode == 0 else PRIVILEGED_FALLBACK
     return list(_privilege_flags)
 
@@ -134,7 +137,9 @@ class ResourceContainer:
         pid_file = f"/tmp/harness-exec-{uuid.uuid4().hex[:8]}.pid"
         command = self.exec_argv(argv, env, workdir or self.default_workdir, pid_file)
         started = time.monotonic()
-        process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         signalled_at: list[float] = []
         lock = threading.Lock()
 
@@ -174,7 +179,9 @@ class ResourceContainer:
                 os.unlink(pid_file)
         ended = time.monotonic()
         signal_to_exit = ended - signalled_at[0] if signalled_at else None
-        return RunOutcome(process.returncode, stdout, "".join(stderr_lines), ended - started, self.leftovers(), signal_to_exit)
+        return RunOutcome(
+            process.returncode, stdout, "".join(stderr_lines), ended - started, self.leftovers(), signal_to_exit
+        )
 
     def exec_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: str, pid_file: str) -> list[str]:
         raise NotImplementedError
@@ -213,16 +220,35 @@ class Container(ResourceContainer):
     default_workdir = PUT_DIR
 
     def __init__(
-        self, image: str, mounts: Sequence[tuple[str, str, bool]] = (), privileged: bool = True, docker: str = "docker", extra_args: Sequence[str] = ()
+        self,
+        image: str,
+        mounts: Sequence[tuple[str, str, bool]] = (),
+        privileged: bool = True,
+        docker: str = "docker",
+        extra_args: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.docker = docker
         self.name = f"compose-env-harness-{uuid.uuid4().hex[:10]}"
-        argv = [docker, "run", "-d", "--init", "--name", self.name, "--mount", "type=volume,dst=/scratch", "--label", "compose-env-harness=1"]
+        argv = [
+            docker,
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            self.name,
+            "--mount",
+            "type=volume,dst=/scratch",
+            "--label",
+            "compose-env-harness=1",
+        ]
         if privileged:
             argv += privilege_flags(image, docker)
         for host, target, read_only in mounts:
-            argv += ["--mount", f"type=bind,src={os.path.abspath(host)},dst={target}" + (",readonly" if read_only else "")]
+            argv += [
+                "--mount",
+                f"type=bind,src={os.path.abspath(host)},dst={target}" + (",readonly" if read_only else ""),
+            ]
         argv += [*extra_args, "--entrypoint", "sleep", image, "infinity"]
         started = subprocess.run(argv, capture_output=True, text=True)
         if started.returncode != 0:
@@ -251,7 +277,9 @@ class Container(ResourceContainer):
         return [line for line in result.stdout.splitlines() if line.strip()]
 
     def host_cgroup(self) -> Path:
-        pid = subprocess.run([self.docker, "inspect", "-f", "{{.State.Pid}}", self.name], capture_output=True, text=True, check=True).stdout
+        pid = subprocess.run(
+            [self.docker, "inspect", "-f", "{{.State.Pid}}", self.name], capture_output=True, text=True, check=True
+        ).stdout
         return cgroup_dir_of(int(pid))
 
     def remove(self) -> None:
@@ -261,7 +289,15 @@ class Container(ResourceContainer):
 class WorkerRuntimeContainer(ResourceContainer):
     """The `concourse` and `guardian` runtimes: runc with a worker's spec (worker_container.py)."""
 
-    def __init__(self, image: str, mounts: Sequence[tuple[str, str, bool]] = (), *, runtime: str, docker: str = "docker", strict_devices: bool = False) -> None:
+    def __init__(
+        self,
+        image: str,
+        mounts: Sequence[tuple[str, str, bool]] = (),
+        *,
+        runtime: str,
+        docker: str = "docker",
+        strict_devices: bool = False,
+    ) -> None:
         super().__init__()
         self.runtime = runtime
         self.worker = WorkerContainer(image, mounts, flavour=runtime, docker=docker, strict_devices=strict_devices)
@@ -336,13 +372,19 @@ def run_script(
     mounts = [(put_dir, PUT_DIR, True)] if put_dir else []
     stdin = request if isinstance(request, str) else json.dumps(request if request is not None else {})
     build_env = {} if script == "check" else {**DEFAULT_BUILD_ENV, **(env or {})}
-    argv = {"check": ["/opt/resource/check"], "in": ["/opt/resource/in", dest_dir], "out": ["/opt/resource/out", PUT_DIR]}[script]
+    argv = {
+        "check": ["/opt/resource/check"],
+        "in": ["/opt/resource/in", dest_dir],
+        "out": ["/opt/resource/out", PUT_DIR],
+    }[script]
     outcomes: list[RunOutcome] = []
     container = open_container(image, mounts, runtime=runtime, privileged=privileged, strict_devices=strict_devices)
     with removed_after(container, outcomes):
         workdir = None if put_dir or runtime != "docker" else "/"
         calls = {text: functools.partial(function, container) for text, function in at_line.items()}
-        outcomes.append(container.exec(argv, env=build_env, stdin=stdin, sigterm_when=sigterm_when, workdir=workdir, at_line=calls))
+        outcomes.append(
+            container.exec(argv, env=build_env, stdin=stdin, sigterm_when=sigterm_when, workdir=workdir, at_line=calls)
+        )
     return outcomes[0]
 
 
@@ -357,7 +399,8 @@ def run_task(
     runtime: str = DEFAULT_RUNTIME,
     caches: Mapping[str, str] = {},
 ) -> RunOutcome:
-    """Like `fly execute -c tasks/compose-env.yml -i NAME=DIR -o OUTPUT=DIR`: inputs, the output and caches under the working dir.
+    """Like `fly execute -c tasks/compose-env.yml -i NAME=DIR -o OUTPUT=DIR`: inputs, the output and caches under the
+    working dir.
 
     Concourse gives tasks no BUILD_* variables, so neither does this (unless `env` sets them).
     `caches` maps a task cache's path to the host directory that holds it (a volume on the worker's disk).
@@ -379,9 +422,16 @@ def main() -> int:
     parser.add_argument("--image", default=os.environ.get("IMAGE", "compose-env:dev"))
     parser.add_argument("--put-dir", help="the directory mounted at /tmp/build/put (the put's inputs)")
     parser.add_argument("--request", required=True, help="a JSON file with source/params (and version)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default=DEFAULT_RUNTIME, help="who makes the container (default: docker, or $HARNESS_RUNTIME)")
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default=DEFAULT_RUNTIME,
+        help="who makes the container (default: docker, or $HARNESS_RUNTIME)",
+    )
     args = parser.parse_args()
-    outcome = run_script(args.image, args.script, Path(args.request).read_text(), put_dir=args.put_dir, runtime=args.runtime)
+    outcome = run_script(
+        args.image, args.script, Path(args.request).read_text(), put_dir=args.put_dir, runtime=args.runtime
+    )
     sys.stderr.write(outcome.stderr)
     sys.stdout.write(outcome.stdout)
     print(

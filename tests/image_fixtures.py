@@ -121,7 +121,9 @@ def _member(tar: tarfile.TarFile, name: str) -> io.BufferedReader:
     return handle  # type: ignore[return-value]
 
 
-def synthetic_image(workdir: Path, files: dict[str, bytes], config: dict[str, Any] | None = None, architecture: str = "amd64") -> ImageParts:
+def synthetic_image(
+    workdir: Path, files: dict[str, bytes], config: dict[str, Any] | None = None, architecture: str = "amd64"
+) -> ImageParts:
     """A one-layer image without Docker, for unit tests."""
     workdir.mkdir(parents=True, exist_ok=True)
     layer = workdir / "layer.tar"
@@ -155,7 +157,12 @@ def random_image(workdir: Path, layer_sizes: Sequence[int]) -> ImageParts:
             sink.write(b"\0" * (-size % tarfile.BLOCKSIZE) + b"\0" * 2 * tarfile.BLOCKSIZE)
         layers.append(layer)
     diff_ids = ["sha256:" + _file_sha256(layer) for layer in layers]
-    document = {"architecture": "amd64", "os": "linux", "config": {}, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+    document = {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
     return ImageParts(json.dumps(document).encode(), tuple(layers))
 
 
@@ -188,13 +195,25 @@ def add_file(tar: tarfile.TarFile, name: str, path: Path) -> None:
 def gzip_layer(layer: Path, workdir: Path) -> tuple[Path, str]:
     """The gzip of a layer on disk and its digest (`sha256:…` of the compressed bytes)."""
     target = workdir / (layer.name + ".gz")
-    with open(layer, "rb") as source, open(target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as sink:
+    with (
+        open(layer, "rb") as source,
+        open(target, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as sink,
+    ):
         shutil.copyfileobj(source, sink, 1 << 20)
     return target, "sha256:" + _file_sha256(target)
 
 
 def docker_manifest(config_name: str, layer_names: Sequence[str], repo_tags: Sequence[str] | None) -> bytes:
-    return json.dumps([{"Config": config_name, "RepoTags": list(repo_tags) if repo_tags is not None else None, "Layers": list(layer_names)}]).encode()
+    return json.dumps(
+        [
+            {
+                "Config": config_name,
+                "RepoTags": list(repo_tags) if repo_tags is not None else None,
+                "Layers": list(layer_names),
+            }
+        ]
+    ).encode()
 
 
 def write_name_files(directory: Path, repository: str, tag: str) -> None:
@@ -249,11 +268,15 @@ class BlobStore:
                 else:
                     layers.append(self.put_file(layer, "sha256:" + _file_sha256(layer), OCI_LAYER))
         config = self.put_bytes(parts.config, OCI_CONFIG)
-        return self.put_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers}, OCI_MANIFEST)
+        return self.put_json(
+            {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers}, OCI_MANIFEST
+        )
 
     def write_index(self, manifests: list[dict[str, Any]]) -> None:
         (self.root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-        (self.root / "index.json").write_text(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}))
+        (self.root / "index.json").write_text(
+            json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests})
+        )
 
 
 def other_platform_manifest(store: BlobStore, architecture: str) -> dict[str, Any]:
@@ -262,7 +285,11 @@ def other_platform_manifest(store: BlobStore, architecture: str) -> dict[str, An
     return store.put_json(
         {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": store.put_json(config, OCI_CONFIG), "layers": []},
         OCI_MANIFEST,
-        platform={"os": "linux", "architecture": architecture, **({"variant": "v8"} if architecture == "arm64" else {})},
+        platform={
+            "os": "linux",
+            "architecture": architecture,
+            **({"variant": "v8"} if architecture == "arm64" else {}),
+        },
     )
 
 
@@ -296,8 +323,11 @@ def _tar_directory(root: Path, target: Path, extra: dict[str, bytes] | None = No
     return target
 
 
-def oci_archive_tarball(parts: ImageParts, target: Path, *, with_docker_manifest: bool, repo_tags: Sequence[str] | None = None) -> Path:
-    """An OCI layout as one tar; with `with_docker_manifest` also a manifest.json (Docker 25+ save, buildkit docker exporter)."""
+def oci_archive_tarball(
+    parts: ImageParts, target: Path, *, with_docker_manifest: bool, repo_tags: Sequence[str] | None = None
+) -> Path:
+    """An OCI layout as one tar; with `with_docker_manifest` also a manifest.json (Docker 25+ save, buildkit docker
+    exporter)."""
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "layout"
         descriptor = oci_layout_tree(parts, root, gzip_layers=True)
@@ -305,7 +335,9 @@ def oci_archive_tarball(parts: ImageParts, target: Path, *, with_docker_manifest
         if with_docker_manifest:
             manifest = json.loads((root / "blobs" / "sha256" / descriptor["digest"].split(":")[1]).read_text())
             names = ["blobs/sha256/" + layer["digest"].split(":")[1] for layer in manifest["layers"]]
-            extra["manifest.json"] = docker_manifest("blobs/sha256/" + manifest["config"]["digest"].split(":")[1], names, repo_tags)
+            extra["manifest.json"] = docker_manifest(
+                "blobs/sha256/" + manifest["config"]["digest"].split(":")[1], names, repo_tags
+            )
         return _tar_directory(root, target, extra)
 
 
@@ -315,7 +347,11 @@ def compress(tarball: Path, suffix: str) -> Path:
     if suffix == ".tar.zst":
         subprocess.run(["zstd", "-q", "-1", "--rm", "-o", str(target), str(tarball)], check=True)
         return target
-    with open(tarball, "rb") as source, open(target, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as sink:
+    with (
+        open(tarball, "rb") as source,
+        open(target, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, compresslevel=1) as sink,
+    ):
         shutil.copyfileobj(source, sink, 1 << 20)
     tarball.unlink()
     return target
@@ -358,7 +394,8 @@ def corrupt_gzip_layer_copy(tarball: Path, target: Path) -> Path:
 
 
 def loadable_members(data: bytes) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """What `docker load` would read of a docker-save archive: manifest.json's image and every member, the ones it names present."""
+    """What `docker load` would read of a docker-save archive: manifest.json's image and every member, the ones it names
+    present."""
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         members = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}  # type: ignore[union-attr]
     manifest = json.loads(members["manifest.json"])[0]

@@ -71,7 +71,9 @@ def documents(root: Path = ROOT) -> list[Document]:
     files = [
         "pipeline-example.yml",
         "ci/pipeline.yml",
-        *sorted(str(p.relative_to(root)) for p in [*(root / "tasks").glob("*.yml"), *(root / "ci" / "tasks").glob("*.yml")]),
+        *sorted(
+            str(p.relative_to(root)) for p in [*(root / "tasks").glob("*.yml"), *(root / "ci" / "tasks").glob("*.yml")]
+        ),
     ]
     for name in files:
         text = (root / name).read_text()
@@ -94,14 +96,23 @@ def lint(document: Document, root: Path = ROOT) -> list[str]:
     elif "put" in parsed:
         problems = put_step_problems(parsed, document.label)
     else:
-        return [f"{document.label}: neither a pipeline (jobs:), a task config (platform:, run:) nor a put step: a fragment a reader cannot use"]
+        return [
+            f"{document.label}: neither a pipeline (jobs:), a task config (platform:, run:) nor a put step: a "
+            "fragment a reader cannot use"
+        ]
     used = set(VARIABLE.findall(yaml.safe_dump(parsed)))  # comments may name variables of other files
-    problems += [f"{document.label}: (({name})) is not listed where the document says how to set it" for name in sorted(used) if not _explained(name, document)]
+    problems += [
+        f"{document.label}: (({name})) is not listed where the document says how to set it"
+        for name in sorted(used)
+        if not _explained(name, document)
+    ]
     return problems
 
 
 def _explained(name: str, document: Document) -> bool:
-    return f"-v {name}=" in document.explanation or (not document.label.endswith(".yml") and f"(({name}))" in document.explanation)
+    return f"-v {name}=" in document.explanation or (
+        not document.label.endswith(".yml") and f"(({name}))" in document.explanation
+    )
 
 
 def steps(plan: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -141,7 +152,8 @@ def task_config_problems(config: dict[str, Any], where: str) -> list[str]:
 
 
 def put_step_problems(step: dict[str, Any], where: str) -> list[str]:
-    """A compose-env put step shown alone: its params pass compose-env's validation, its paths start with one of its inputs."""
+    """A compose-env put step shown alone: its params pass compose-env's validation, its paths start with one of its
+    inputs."""
     try:
         merged = merged_params({}, step.get("params") or {})
         validate(merged.values, "put_params", merged.root_for)
@@ -149,11 +161,19 @@ def put_step_problems(step: dict[str, Any], where: str) -> list[str]:
         return [f"{where}: {error.render()}"]
     inputs = step.get("inputs")
     params = step.get("params") or {}
-    paths = [*([params["compose_files"]] if isinstance(params.get("compose_files"), str) else params.get("compose_files", []))]
+    paths = [
+        *(
+            [params["compose_files"]]
+            if isinstance(params.get("compose_files"), str)
+            else params.get("compose_files", [])
+        )
+    ]
     paths += [item if isinstance(item, str) else item["path"] for item in params.get("images", [])]
     if not isinstance(inputs, list):
         return [f"{where}: a put shown alone lists its inputs"]
-    return [f"{where}: {path} is not in the put's inputs {inputs}" for path in paths if path.split("/")[0] not in inputs]
+    return [
+        f"{where}: {path} is not in the put's inputs {inputs}" for path in paths if path.split("/")[0] not in inputs
+    ]
 
 
 class Pipeline:
@@ -170,10 +190,20 @@ class Pipeline:
         problems = [f"unknown top-level key '{key}'" for key in sorted(set(self.pipeline) - TOP_LEVEL_KEYS)]
         for kind in ("jobs", "resources", "resource_types"):
             names = [item.get("name", "") for item in self.pipeline.get(kind, [])]
-            problems += [f"{kind}: '{name}' appears more than once" for name in sorted({n for n in names if names.count(n) > 1})]
+            problems += [
+                f"{kind}: '{name}' appears more than once" for name in sorted({n for n in names if names.count(n) > 1})
+            ]
             problems += [f"{kind}: '{name}' is not a valid identifier" for name in names if not IDENTIFIER.match(name)]
-        problems += [f"resource '{n}': unknown type '{r['type']}'" for n, r in self.resources.items() if r.get("type") not in {*self.types, *CORE_TYPES}]
-        problems += [f"resource type '{n}': unknown type '{t['type']}'" for n, t in self.types.items() if t.get("type") not in CORE_TYPES]
+        problems += [
+            f"resource '{n}': unknown type '{r['type']}'"
+            for n, r in self.resources.items()
+            if r.get("type") not in {*self.types, *CORE_TYPES}
+        ]
+        problems += [
+            f"resource type '{n}': unknown type '{t['type']}'"
+            for n, t in self.types.items()
+            if t.get("type") not in CORE_TYPES
+        ]
         for job in self.pipeline["jobs"]:
             problems += self._job_problems(job)
         return [f"{self.document.label}: {problem}" for problem in problems]
@@ -207,7 +237,9 @@ class Pipeline:
             if upstream not in jobs:
                 problems.append(f"{where}.get({step['get']}).passed: unknown job '{upstream}'")
             elif name not in {resource_of(s) for s in steps(jobs[upstream]["plan"]) if "get" in s or "put" in s}:
-                problems.append(f"{where}.get({step['get']}).passed: job '{upstream}' does not interact with resource '{name}'")
+                problems.append(
+                    f"{where}.get({step['get']}).passed: job '{upstream}' does not interact with resource '{name}'"
+                )
         resource_type = self.types.get(self.resources[name]["type"])
         if kind == "put" and resource_type is not None and _is_compose_env(resource_type):
             try:
@@ -245,7 +277,9 @@ class Pipeline:
             for member in members:
                 reads, outputs = self._reads_and_outputs(member)
                 label = member.get("task") or member.get("get") or member.get("put") or member.get("load_var") or "do"
-                problems += [f"{where}.{label}: reads '{name}', which no earlier step made" for name in sorted(reads - available)]
+                problems += [
+                    f"{where}.{label}: reads '{name}', which no earlier step made" for name in sorted(reads - available)
+                ]
                 made |= outputs
                 for nested in ("do", "try", *HOOKS):
                     if nested in member:
@@ -266,7 +300,9 @@ class Pipeline:
             return set(), set()
         config = self._task_config(step)
         mapping = step.get("input_mapping", {})
-        reads = {mapping.get(item["name"], item["name"]) for item in config.get("inputs", []) if not item.get("optional")}
+        reads = {
+            mapping.get(item["name"], item["name"]) for item in config.get("inputs", []) if not item.get("optional")
+        }
         reads |= {step["image"]} if "image" in step else set()
         if "file" in step:
             reads.add(step["file"].split("/")[0])

@@ -68,7 +68,9 @@ def _unpack_layers(parts: ImageParts, rootfs: Path) -> None:
                     continue
                 if member.isdev():
                     continue
-                if (path.exists() or path.is_symlink()) and not (member.isdir() and path.is_dir() and not path.is_symlink()):
+                if (path.exists() or path.is_symlink()) and not (
+                    member.isdir() and path.is_dir() and not path.is_symlink()
+                ):
                     _remove(path)
                 tar.extract(member, rootfs, filter="fully_trusted")
 
@@ -89,7 +91,15 @@ def _remove(path: Path, *, keep_directory: bool = False) -> None:
 def docker_inspect_output(parts: ImageParts, image_id: str) -> str:
     """What `docker inspect IMAGE` prints (a list, 4-space indent, a newline), reduced to what a reader of it uses."""
     document = json.loads(parts.config)
-    inspected = [{"Id": image_id, "RepoTags": [], "Architecture": document.get("architecture"), "Os": document.get("os"), "Config": _image_config(parts)}]
+    inspected = [
+        {
+            "Id": image_id,
+            "RepoTags": [],
+            "Architecture": document.get("architecture"),
+            "Os": document.get("os"),
+            "Config": _image_config(parts),
+        }
+    ]
     return json.dumps(inspected, indent=4) + "\n"
 
 
@@ -161,7 +171,9 @@ def _labels_json(directory: Path, parts: ImageParts) -> None:
     (directory / "labels.json").write_text(json.dumps(labels, sort_keys=True, separators=(",", ":")) + "\n")
 
 
-def registry_image_rootfs_dir(parts: ImageParts, directory: Path, repository: str, tag: str, *, release: str = "v1.18.0") -> Path:
+def registry_image_rootfs_dir(
+    parts: ImageParts, directory: Path, repository: str, tag: str, *, release: str = "v1.18.0"
+) -> Path:
     """registry-image `in`, the default `format: rootfs` (`rootfsFormat`, in.go L294-331).
 
     `metadata.json` is `json.Encoder` output of `ImageMetadata`: `{"env":…,"user":…}` up to v1.14.0,
@@ -241,7 +253,9 @@ def oci_layout_dir(
 # ---------------------------------------------------------------- oci-build-task
 
 
-def _buildkit_layout(parts: ImageParts, root: Path, *, docker_types: bool, platforms: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def _buildkit_layout(
+    parts: ImageParts, root: Path, *, docker_types: bool, platforms: Sequence[tuple[str, str]]
+) -> dict[str, Any]:
     """BuildKit's exporter output as a layout at `root`; returns the top descriptor (index.json's one entry).
 
     One platform: the image manifest, with its platform and a `created` annotation. Several (the
@@ -259,7 +273,11 @@ def _buildkit_layout(parts: ImageParts, root: Path, *, docker_types: bool, platf
         image = store.put_json(manifest, DOCKER_MANIFEST)
     own = json.loads(parts.config)
     if len(platforms) <= 1:
-        descriptor = {**image, "platform": {"architecture": own.get("architecture", "amd64"), "os": "linux"}, "annotations": created}
+        descriptor = {
+            **image,
+            "platform": {"architecture": own.get("architecture", "amd64"), "os": "linux"},
+            "annotations": created,
+        }
     else:
         manifests = []
         for os_name, architecture in platforms:
@@ -269,13 +287,17 @@ def _buildkit_layout(parts: ImageParts, root: Path, *, docker_types: bool, platf
                 manifests.append(other_platform_manifest(store, architecture))
         nested = store.put_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}, OCI_INDEX)
         descriptor = {**nested, "annotations": created}
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]}, separators=(",", ":")))
+    (root / "index.json").write_text(
+        json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]}, separators=(",", ":"))
+    )
     (root / "oci-layout").write_text(CONTAINERD_LAYOUT_FILE)
     if docker_types:
         manifest = json.loads((root / "blobs" / "sha256" / image["digest"].split(":")[1]).read_text())
         names = ["blobs/sha256/" + layer["digest"].split(":")[1] for layer in manifest["layers"]]
         config_name = "blobs/sha256/" + manifest["config"]["digest"].split(":")[1]
-        (root / "manifest.json").write_text(json.dumps([{"Config": config_name, "RepoTags": None, "Layers": names}], separators=(",", ":")))
+        (root / "manifest.json").write_text(
+            json.dumps([{"Config": config_name, "RepoTags": None, "Layers": names}], separators=(",", ":"))
+        )
     return descriptor
 
 

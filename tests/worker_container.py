@@ -75,7 +75,9 @@ def image_rootfs(image: str, docker: str = "docker") -> tuple[str, list[str], st
     copy: the emulated cgroup v2 guest would spend minutes exporting), else the exported
     filesystem, cached by image ID.
     """
-    inspected = json.loads(subprocess.run([docker, "image", "inspect", image], check=True, capture_output=True, text=True).stdout)[0]
+    inspected = json.loads(
+        subprocess.run([docker, "image", "inspect", image], check=True, capture_output=True, text=True).stdout
+    )[0]
     env = inspected["Config"].get("Env") or []
     driver = inspected.get("GraphDriver") or {}
     layers = [driver.get("Data", {}).get(key) for key in ("UpperDir", "LowerDir")]
@@ -87,9 +89,12 @@ def image_rootfs(image: str, docker: str = "docker") -> tuple[str, list[str], st
 
 
 def _overlay(lower: str, bundle: Path) -> bool:
-    """The container's root: `lower` read-only, its changes in the bundle. False (and why, on stderr) if the kernel refuses."""
+    """The container's root: `lower` read-only, its changes in the bundle. False (and why, on stderr) if the kernel
+    refuses."""
     layers = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
-    mounted = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", layers, str(bundle / "rootfs")], capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", layers, str(bundle / "rootfs")], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         print(f"harness: overlay over {lower[:80]}… refused: {mounted.stderr.strip()}", file=sys.stderr)
     return mounted.returncode == 0
@@ -105,7 +110,9 @@ def _exported_rootfs(image: str, image_id: str, docker: str) -> Path:
                 shutil.rmtree(stale, ignore_errors=True)  # one image at a time: the dev image changes often
             partial = target.with_suffix(".partial")
             partial.mkdir()
-            created = subprocess.run([docker, "create", "--entrypoint", "true", image], check=True, capture_output=True, text=True).stdout.strip()
+            created = subprocess.run(
+                [docker, "create", "--entrypoint", "true", image], check=True, capture_output=True, text=True
+            ).stdout.strip()
             try:
                 export = subprocess.Popen([docker, "export", created], stdout=subprocess.PIPE)
                 subprocess.run(["tar", "-x", "--numeric-owner", "-C", str(partial)], stdin=export.stdout, check=True)
@@ -142,7 +149,8 @@ def live_harness_ids() -> set[str]:
 
 
 def someone_elses(kind: str, item: str, other_ids: set[str]) -> bool:
-    """Whether a new cgroup, mount, netns or link is another container's: the outer engine's (other tests, image builds) or another harness run's.
+    """Whether a new cgroup, mount, netns or link is another container's: the outer engine's (other tests, image builds)
+    or another harness run's.
 
     Nothing a put does inside a worker container reaches the host's mounts or links but through
     the harness's own: mounts count below the harness's state, /run/netns and /sys/fs/cgroup
@@ -167,7 +175,12 @@ def new_on_host(before: dict[str, set[str]], docker: str) -> list[str]:
     def fresh() -> set[str]:
         after = host_state()
         others = outer_container_ids(docker) | live_harness_ids()
-        return {f"{kind} {item}" for kind, items in after.items() for item in items - before[kind] if not someone_elses(kind, item, others)}
+        return {
+            f"{kind} {item}"
+            for kind, items in after.items()
+            for item in items - before[kind]
+            if not someone_elses(kind, item, others)
+        }
 
     found = fresh()
     if found:
@@ -183,7 +196,13 @@ class WorkerContainer:
     """A resource container as a Concourse worker makes it (flavour `concourse` or `guardian`)."""
 
     def __init__(
-        self, image: str, mounts: Sequence[tuple[str, str, bool]] = (), *, flavour: str = "concourse", docker: str = "docker", strict_devices: bool = False
+        self,
+        image: str,
+        mounts: Sequence[tuple[str, str, bool]] = (),
+        *,
+        flavour: str = "concourse",
+        docker: str = "docker",
+        strict_devices: bool = False,
     ) -> None:
         self.flavour = flavour
         self.docker = docker
@@ -201,23 +220,56 @@ class WorkerContainer:
             self.remove()
             raise
 
-    def _start(self, image: str, image_id: str, lower: str, env: list[str], init: str, mounts: Sequence[tuple[str, str, bool]], cgroups_path: str) -> None:
+    def _start(
+        self,
+        image: str,
+        image_id: str,
+        lower: str,
+        env: list[str],
+        init: str,
+        mounts: Sequence[tuple[str, str, bool]],
+        cgroups_path: str,
+    ) -> None:
         """The bundle (root filesystem, files, network, spec), then `runc run`: the container's init runs."""
         for name in ("rootfs", "upper", "work", "etc", "scratch"):
             (self.bundle / name).mkdir(parents=True)
-        if not _overlay(lower, self.bundle) and not _overlay(str(_exported_rootfs(image, image_id, self.docker)), self.bundle):
+        if not _overlay(lower, self.bundle) and not _overlay(
+            str(_exported_rootfs(image, image_id, self.docker)), self.bundle
+        ):
             raise RuntimeError(f"cannot mount the image's filesystem for {image}")
         (self.bundle / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
         (self.bundle / "etc" / "hostname").write_text("worker-container\n")
         (self.bundle / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\n")
         self._make_network()
-        binds = [(str(self.bundle / "scratch"), "/scratch", False)] + [(os.path.abspath(h), t, ro) for h, t, ro in mounts]
-        spec = WorkerContainerSpec(self.flavour, str(self.bundle / "rootfs"), env, f"/run/netns/{self.id}", init, str(self.bundle / "etc"), binds, cgroups_path)
+        binds = [(str(self.bundle / "scratch"), "/scratch", False)] + [
+            (os.path.abspath(h), t, ro) for h, t, ro in mounts
+        ]
+        spec = WorkerContainerSpec(
+            self.flavour,
+            str(self.bundle / "rootfs"),
+            env,
+            f"/run/netns/{self.id}",
+            init,
+            str(self.bundle / "etc"),
+            binds,
+            cgroups_path,
+        )
         (self.bundle / "config.json").write_text(json.dumps(spec.render(bounding_set()), indent=1))
         # runc's stderr goes to a file: a pipe would be held open by the container's init.
         with open(self.bundle / "runc.log", "w+") as log:
             started = subprocess.run(
-                ["runc", "--root", RUNC_ROOT, "run", "-d", "--bundle", str(self.bundle), "--pid-file", str(self.bundle / "init.pid"), self.id],
+                [
+                    "runc",
+                    "--root",
+                    RUNC_ROOT,
+                    "run",
+                    "-d",
+                    "--bundle",
+                    str(self.bundle),
+                    "--pid-file",
+                    str(self.bundle / "init.pid"),
+                    self.id,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -237,7 +289,9 @@ class WorkerContainer:
             return
         subnet = int(hashlib.sha256(name.encode()).hexdigest()[:4], 16) % 250 + 1
         host_side = f"ve{self.id[3:]}"
-        subprocess.run(["ip", "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", name], check=True)
+        subprocess.run(
+            ["ip", "link", "add", host_side, "type", "veth", "peer", "name", "eth0", "netns", name], check=True
+        )
         subprocess.run(["ip", "addr", "add", f"10.80.{subnet}.1/30", "dev", host_side], check=True)
         subprocess.run(["ip", "link", "set", host_side, "up"], check=True)
         subprocess.run(["ip", "-n", name, "addr", "add", f"10.80.{subnet}.2/30", "dev", "eth0"], check=True)
@@ -271,7 +325,16 @@ class WorkerContainer:
     # -- scripts
 
     def exec_argv(self, argv: Sequence[str], env: Mapping[str, str], workdir: str | None, pid_file: str) -> list[str]:
-        command = ["runc", "--root", RUNC_ROOT, "exec", "--cwd", workdir or WORKDIR[self.flavour], "--pid-file", pid_file]
+        command = [
+            "runc",
+            "--root",
+            RUNC_ROOT,
+            "exec",
+            "--cwd",
+            workdir or WORKDIR[self.flavour],
+            "--pid-file",
+            pid_file,
+        ]
         for key, value in env.items():
             command += ["--env", f"{key}={value}"]
         return [*command, self.id, *argv]
@@ -313,7 +376,9 @@ class WorkerContainer:
         return [pid for pid in pids if pid != self.init_pid]
 
     def probe(self, code: str) -> list[str]:
-        result = subprocess.run(["runc", "--root", RUNC_ROOT, "exec", self.id, "python3", "-c", code], capture_output=True, text=True)
+        result = subprocess.run(
+            ["runc", "--root", RUNC_ROOT, "exec", self.id, "python3", "-c", code], capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise RuntimeError(f"probing the container failed: {result.stderr.strip()}")
         return [line for line in result.stdout.splitlines() if line.strip()]

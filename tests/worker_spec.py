@@ -80,14 +80,17 @@ class WorkerContainerSpec:
                 "args": ["/tmp/gdn-init"],
                 "env": env,
                 "cwd": "/",
-                "capabilities": {kind: capabilities for kind in ("bounding", "effective", "inheritable", "permitted", "ambient")},
+                "capabilities": {
+                    kind: capabilities for kind in ("bounding", "effective", "inheritable", "permitted", "ambient")
+                },
                 "noNewPrivileges": False,
             },
             "root": {"path": self.rootfs, "readonly": False},
             "hostname": "worker-container",
             "mounts": self._mounts(),
             "linux": {
-                "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")] + [{"type": "network", "path": self.netns_path}],
+                "namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
+                + [{"type": "network", "path": self.netns_path}],
                 "cgroupsPath": self.cgroups_path,
                 "devices": [{"path": "/dev/fuse", **FUSE, "fileMode": 0o666, "uid": 0, "gid": 0}],
                 "resources": {"devices": devices},
@@ -99,17 +102,55 @@ class WorkerContainerSpec:
         sys_options = ["nosuid", "noexec", "nodev"] + (["ro"] if self.flavour == "guardian" else [])
         mounts: list[dict[str, Any]] = [
             {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {
+                "destination": "/dev",
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+            },
+            {
+                "destination": "/dev/pts",
+                "type": "devpts",
+                "source": "devpts",
+                "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+            },
+            {
+                "destination": "/dev/shm",
+                "type": "tmpfs",
+                "source": "shm",
+                "options": ["nosuid", "noexec", "nodev", "mode=1777"],
+            },
+            {
+                "destination": "/dev/mqueue",
+                "type": "mqueue",
+                "source": "mqueue",
+                "options": ["nosuid", "noexec", "nodev"],
+            },
             {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": sys_options},
         ]
         if self.flavour == "concourse":
-            mounts.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime"]})
-        mounts.append({"destination": "/tmp/gdn-init", "type": "bind", "source": self.init_path, "options": ["bind", "ro"]})
+            mounts.append(
+                {
+                    "destination": "/sys/fs/cgroup",
+                    "type": "cgroup",
+                    "source": "cgroup",
+                    "options": ["nosuid", "noexec", "nodev", "relatime"],
+                }
+            )
+        mounts.append(
+            {"destination": "/tmp/gdn-init", "type": "bind", "source": self.init_path, "options": ["bind", "ro"]}
+        )
         for name in ("hosts", "hostname", "resolv.conf"):
-            mounts.append({"destination": f"/etc/{name}", "type": "bind", "source": f"{self.etc_dir}/{name}", "options": ["bind"]})
+            mounts.append(
+                {"destination": f"/etc/{name}", "type": "bind", "source": f"{self.etc_dir}/{name}", "options": ["bind"]}
+            )
         for source, target, read_only in self.binds:
-            mounts.append({"destination": target, "type": "bind", "source": source, "options": ["rbind", "ro" if read_only else "rw"]})
+            mounts.append(
+                {
+                    "destination": target,
+                    "type": "bind",
+                    "source": source,
+                    "options": ["rbind", "ro" if read_only else "rw"],
+                }
+            )
         return mounts

@@ -28,7 +28,14 @@ class Workers(Generic[Item]):
     the items not yet started are dropped.
     """
 
-    def __init__(self, work: Callable[[Item], None], items: Sequence[Item], count: int, name: str, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        work: Callable[[Item], None],
+        items: Sequence[Item],
+        count: int,
+        name: str,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.stop = stop or threading.Event()
         self._work = work
         self._pending = list(reversed(items))

@@ -19,7 +19,9 @@ class UserError(Exception):
 
     exit_code = EXIT_CONFIG
 
-    def __init__(self, path: str, message: str, hint: str = "", *, problems: list[tuple[str, str, str]] | None = None) -> None:
+    def __init__(
+        self, path: str, message: str, hint: str = "", *, problems: list[tuple[str, str, str]] | None = None
+    ) -> None:
         super().__init__(f"{path}: {message}" if path else message)
         self.path = path
         self.message = message

@@ -46,16 +46,30 @@ def read_request(stdin: TextIO, console: Console, schema_name: str = "request") 
     try:
         text = stdin.read()
     except UnicodeDecodeError as error:
-        raise UserError("stdin", f"is not UTF-8 text ({error.reason} at byte {error.start})", f"expected a JSON request such as {EXAMPLE_REQUEST}") from None
+        raise UserError(
+            "stdin",
+            f"is not UTF-8 text ({error.reason} at byte {error.start})",
+            f"expected a JSON request such as {EXAMPLE_REQUEST}",
+        ) from None
     if not text.strip():
         raise UserError("stdin", "is empty", f"expected a JSON request such as {EXAMPLE_REQUEST}")
     try:
         request = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as error:
-        where = f" ({error.msg} at line {error.lineno} column {error.colno})" if isinstance(error, json.JSONDecodeError) else ""
-        raise UserError("stdin", f"is not valid JSON{where}", f"expected a JSON request such as {EXAMPLE_REQUEST}") from None
+        where = (
+            f" ({error.msg} at line {error.lineno} column {error.colno})"
+            if isinstance(error, json.JSONDecodeError)
+            else ""
+        )
+        raise UserError(
+            "stdin", f"is not valid JSON{where}", f"expected a JSON request such as {EXAMPLE_REQUEST}"
+        ) from None
     if not isinstance(request, dict):
-        raise UserError("stdin", f"must be a JSON object with source and params, got {type(request).__name__}", f"for example {EXAMPLE_REQUEST}")
+        raise UserError(
+            "stdin",
+            f"must be a JSON object with source and params, got {type(request).__name__}",
+            f"for example {EXAMPLE_REQUEST}",
+        )
     console.set_redactor(Redactor(secrets_in_request(request)))
     validate(request, schema_name, "")
     return request
@@ -95,7 +109,14 @@ def get(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], en
     return EXIT_OK
 
 
-def put(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str], store_hooks: StoreHooks | None = None) -> int:
+def put(
+    stdin: TextIO,
+    stdout: TextIO,
+    console: Console,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    store_hooks: StoreHooks | None = None,
+) -> int:
     """`store_hooks`: what a test faults the image store's writer with (`compose_env/testing`); None in production."""
     if len(argv) < 2:
         raise UserError("argv", "usage: out DIR (Concourse passes the put directory)")
@@ -127,10 +148,20 @@ def why_the_put_fails(result: RunResult, timeout: float | None) -> str:
     text = f"error: the put fails: {command} exited with code {result.exit_code}{failing}\n"
     if result.diagnoses:
         return text + "\n".join(f"  diagnosis: {diagnosis}" for diagnosis in result.diagnoses)
-    return text + "  hint: its output and the failing services' logs are above; set params.fail_on_error: false to report the exit code instead of failing"
+    return (
+        text + "  hint: its output and the failing services' logs are above;"
+        " set params.fail_on_error: false to report the exit code instead of failing"
+    )
 
 
-def task(stdin: TextIO, stdout: TextIO, console: Console, argv: Sequence[str], env: Mapping[str, str], store_hooks: StoreHooks | None = None) -> int:
+def task(
+    stdin: TextIO,
+    stdout: TextIO,
+    console: Console,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    store_hooks: StoreHooks | None = None,
+) -> int:
     """Task mode: configuration from COMPOSE_ENV, outputs into the working directory (see task.py)."""
     lazy_imports.defer()
     from compose_env.run.task import run_task
@@ -169,7 +200,9 @@ def run_command(
         console.error("aborted: cleaned up, exiting 143")
         return EXIT_ABORTED
     except Exception as error:
-        console.error(f"internal error in compose-env ({type(error).__name__}): please report it with the traceback below")
+        console.error(
+            f"internal error in compose-env ({type(error).__name__}): please report it with the traceback below"
+        )
         console.line(traceback.format_exc().rstrip())
         return EXIT_FAILED
 
@@ -189,7 +222,8 @@ def guard_stdout() -> TextIO:
 
 
 def main(name: str, store_hooks: StoreHooks | None = None) -> None:
-    """The entry point of `/opt/resource/<name>`; `store_hooks`: the integration tests' faults, which only the entry point wires in."""
+    """The entry point of `/opt/resource/<name>`; `store_hooks`: the integration tests' faults, which only the entry
+    point wires in."""
     response_stream = guard_stdout()
     ABORT.install()
     commands = dict(COMMANDS)

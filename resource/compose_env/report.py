@@ -63,7 +63,12 @@ class ServiceState:
 
     @property
     def failed(self) -> bool:
-        return self.exited_by_itself_non_zero or self.health == "unhealthy" or self.state in ("dead", "restarting") or bool(self.error)
+        return (
+            self.exited_by_itself_non_zero
+            or self.health == "unhealthy"
+            or self.state in ("dead", "restarting")
+            or bool(self.error)
+        )
 
     def summary(self) -> str:
         """`name=state(exit code or health)`, e.g. `tests=exited(3)`, `redis=running(healthy)`."""
@@ -231,7 +236,9 @@ def build_response(
     return {"version": version, "metadata": metadata}
 
 
-def fit_failed_tests(base: list[dict[str, str]], version: Mapping[str, str], names: Sequence[str], budget: int) -> list[dict[str, str]]:
+def fit_failed_tests(
+    base: list[dict[str, str]], version: Mapping[str, str], names: Sequence[str], budget: int
+) -> list[dict[str, str]]:
     """A `failed_tests` entry after the summary: one name a line, as many as fit `budget`, then `+N more`.
 
     It takes its room before the log tails, which share what is left (at least

@@ -30,13 +30,19 @@ IMAGE = os.environ.get("IMAGE", "compose-env:dev")
 PUT = STAGE / "put"
 SEED_REQUEST = json.loads((PUT / "request.json").read_text())
 TESTS_IMAGE = {"path": "tests-image/image.tar", "tag": "example/tests:ci"}
-SLEEPER_REQUEST = {"source": {}, "params": {"compose_files": ["sleeper/docker-compose.yml"], "images": [TESTS_IMAGE], "command": ["up", "sleeper"]}}
+SLEEPER_REQUEST = {
+    "source": {},
+    "params": {"compose_files": ["sleeper/docker-compose.yml"], "images": [TESTS_IMAGE], "command": ["up", "sleeper"]},
+}
 SCENARIOS = (("seed put", "seed_put"), ("abort during run", "abort_during_run"))
 
 
 def expect(condition: bool, what: str, outcome: RunOutcome) -> None:
     if not condition:
-        raise AssertionError(f"{what}\n--- stderr (last 3000 characters) ---\n{outcome.stderr[-3000:]}\n--- leftovers: {outcome.leftovers}")
+        raise AssertionError(
+            f"{what}\n--- stderr (last 3000 characters) ---\n{outcome.stderr[-3000:]}\n--- leftovers: "
+            f"{outcome.leftovers}"
+        )
 
 
 def seed_put(runtime: str) -> str:
@@ -79,7 +85,11 @@ def main() -> int:
     version = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1"
     print(f"guest: cgroup {version}; image loaded in {time.monotonic() - started:.0f}s", flush=True)
     functions: dict[str, Callable[[str], str]] = {"seed_put": seed_put, "abort_during_run": abort_during_run}
-    scenarios = [(f"{name} under {runtime}", functions[key], runtime) for runtime in ("concourse", "docker") for name, key in SCENARIOS]
+    scenarios = [
+        (f"{name} under {runtime}", functions[key], runtime)
+        for runtime in ("concourse", "docker")
+        for name, key in SCENARIOS
+    ]
     failed = 0
     for name, function, runtime in scenarios:
         started = time.monotonic()

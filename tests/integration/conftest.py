@@ -32,7 +32,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def engine() -> str:
     """DOCKER_HOST of a working engine (started by scripts/dev-engine.sh when none answers)."""
-    host = subprocess.run([str(ROOT / "scripts/dev-engine.sh")], check=True, capture_output=True, text=True).stdout.strip()
+    host = subprocess.run(
+        [str(ROOT / "scripts/dev-engine.sh")], check=True, capture_output=True, text=True
+    ).stdout.strip()
     os.environ["DOCKER_HOST"] = host
     return host
 
@@ -53,14 +55,23 @@ def image(engine: str) -> str:
 
 @pytest.fixture(scope="session")
 def image_labels(image: str) -> dict[str, str]:
-    inspected = subprocess.run(["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", image], check=True, capture_output=True, text=True)
+    inspected = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{json .Config.Labels}}", image],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(inspected.stdout) or {}
 
 
 @pytest.fixture(scope="session")
 def version_line(image_labels: dict[str, str]) -> str:
     """What the image says it is, from its OCI labels: `compose-env 0.1.0 (3f2c1ab)`."""
-    return f"compose-env {image_labels['org.opencontainers.image.version']} ({image_labels['org.opencontainers.image.revision']})"
+    version, revision = (
+        image_labels["org.opencontainers.image.version"],
+        image_labels["org.opencontainers.image.revision"],
+    )
+    return f"compose-env {version} ({revision})"
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +110,11 @@ RUNNER_IMAGE = "compose-env-test/pytest:ci"
 def runner_tarball(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The pytest image, built from the base image with Debian's python3-pytest, saved as an oci-build-task would."""
     base = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
-    subprocess.run(["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", RUNNER_IMAGE, str(REPORTS_DATA)], check=True, capture_output=True)
+    subprocess.run(
+        ["docker", "build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", RUNNER_IMAGE, str(REPORTS_DATA)],
+        check=True,
+        capture_output=True,
+    )
     tarball = tmp_path_factory.mktemp("runner") / "image.tar"
     subprocess.run(["docker", "save", RUNNER_IMAGE, "-o", str(tarball)], check=True, capture_output=True)
     return tarball
@@ -122,7 +137,9 @@ def _part_of(nodeid: str) -> str:
     """Which part of the runtime matrix a test belongs to: its runtime, or the cgroup v2 guest."""
     if "test_cgroup_v2.py" in nodeid:
         return "cgroup v2 guest (concourse, docker)"
-    runtime = next((name for name in RUNTIMES if f"[{name}" in nodeid or f"-{name}]" in nodeid or f"-{name}-" in nodeid), "docker")
+    runtime = next(
+        (name for name in RUNTIMES if f"[{name}" in nodeid or f"-{name}]" in nodeid or f"-{name}-" in nodeid), "docker"
+    )
     return f"cgroup v1 host, {runtime}"
 
 

@@ -53,26 +53,97 @@ def put(params: dict[str, Any] | None = None, source: dict[str, Any] | None = No
 
 BEFORE_DAEMON_ROWS = [
     # stdin and the request itself
-    Row("stdin-not-json", "compose_files: app/docker-compose.yml", 2, ("stdin: is not valid JSON", "expected a JSON request")),
+    Row(
+        "stdin-not-json",
+        "compose_files: app/docker-compose.yml",
+        2,
+        ("stdin: is not valid JSON", "expected a JSON request"),
+    ),
     Row("stdin-a-list", "[1, 2]", 2, ("stdin: must be a JSON object",)),
     Row("stdin-empty", "", 2, ("stdin: is empty",)),
     Row("request-unknown-key", {"source": {}, "parms": APP}, 2, ("parms: unknown key", "did you mean 'params'?")),
     # source
-    Row("source-unknown-nested-key", put(APP, {"dockerd": {"storage_drvier": "vfs"}}), 2, ("source.dockerd.storage_drvier: unknown key", "'storage_driver'")),
-    Row("source-wrong-type", put(APP, {"startup_timeout": "60"}), 2, ("source.startup_timeout: must be a number, got a string",)),
-    Row("source-bad-choice", put(APP, {"dockerd": {"data_root_medium": "ram"}}), 2, ("source.dockerd.data_root_medium: must be one of auto, memory, disk",)),
-    Row("source-registry-no-password", put(APP, {"registries": [{"host": "r.example", "username": "ci"}]}), 2, ("source.registries[0].password: is required",)),
-    Row("source-docker-host-no-scheme", put(APP, {"docker_host": "localhost:2375"}), 2, ("source.docker_host: expected an engine address",)),
-    Row("source-tls-without-host", put(APP, {"tls": {"ca": "x"}}), 2, ("source.tls: is only used with source.docker_host",)),
-    Row("source-mtu-too-small", put(APP, {"dockerd": {"mtu": 100}}), 2, ("source.dockerd.mtu: must be at least 576, got 100",)),
-    Row("source-params-unknown-key", put(APP, {"params": {"compose_file": "x.yml"}}), 2, ("source.params.compose_file: unknown key", "'compose_files'")),
-    Row("source-params-not-object", put(APP, {"params": ["x.yml"]}), 2, ("source.params: expected an object of default put params",)),
-    Row("check-validates-source", {"source": {"dockerd": {"storage_drvier": "vfs"}}}, 2, ("source.dockerd.storage_drvier: unknown key",), "check"),
+    Row(
+        "source-unknown-nested-key",
+        put(APP, {"dockerd": {"storage_drvier": "vfs"}}),
+        2,
+        ("source.dockerd.storage_drvier: unknown key", "'storage_driver'"),
+    ),
+    Row(
+        "source-wrong-type",
+        put(APP, {"startup_timeout": "60"}),
+        2,
+        ("source.startup_timeout: must be a number, got a string",),
+    ),
+    Row(
+        "source-bad-choice",
+        put(APP, {"dockerd": {"data_root_medium": "ram"}}),
+        2,
+        ("source.dockerd.data_root_medium: must be one of auto, memory, disk",),
+    ),
+    Row(
+        "source-registry-no-password",
+        put(APP, {"registries": [{"host": "r.example", "username": "ci"}]}),
+        2,
+        ("source.registries[0].password: is required",),
+    ),
+    Row(
+        "source-docker-host-no-scheme",
+        put(APP, {"docker_host": "localhost:2375"}),
+        2,
+        ("source.docker_host: expected an engine address",),
+    ),
+    Row(
+        "source-tls-without-host",
+        put(APP, {"tls": {"ca": "x"}}),
+        2,
+        ("source.tls: is only used with source.docker_host",),
+    ),
+    Row(
+        "source-mtu-too-small",
+        put(APP, {"dockerd": {"mtu": 100}}),
+        2,
+        ("source.dockerd.mtu: must be at least 576, got 100",),
+    ),
+    Row(
+        "source-params-unknown-key",
+        put(APP, {"params": {"compose_file": "x.yml"}}),
+        2,
+        ("source.params.compose_file: unknown key", "'compose_files'"),
+    ),
+    Row(
+        "source-params-not-object",
+        put(APP, {"params": ["x.yml"]}),
+        2,
+        ("source.params: expected an object of default put params",),
+    ),
+    Row(
+        "check-validates-source",
+        {"source": {"dockerd": {"storage_drvier": "vfs"}}},
+        2,
+        ("source.dockerd.storage_drvier: unknown key",),
+        "check",
+    ),
     # params
     Row("params-missing", put(None), 2, ("params.compose_files: is required", "name the compose file(s)")),
-    Row("params-typo", put({"compose_file": "app/docker-compose.yml"}), 2, ("params.compose_file: unknown key", "did you mean 'compose_files'?")),
-    Row("params-image-not-path", put({**APP, "images": ["tiny.tar", "tiny.tar", 42]}), 2, ("params.images[2]: expected a path or {path, tag}, got 42",)),
-    Row("params-image-tag-typo", put({**APP, "images": [{"path": "tiny.tar", "tags": TINY}]}), 2, ("params.images[0].tags: unknown key", "'tag'")),
+    Row(
+        "params-typo",
+        put({"compose_file": "app/docker-compose.yml"}),
+        2,
+        ("params.compose_file: unknown key", "did you mean 'compose_files'?"),
+    ),
+    Row(
+        "params-image-not-path",
+        put({**APP, "images": ["tiny.tar", "tiny.tar", 42]}),
+        2,
+        ("params.images[2]: expected a path or {path, tag}, got 42",),
+    ),
+    Row(
+        "params-image-tag-typo",
+        put({**APP, "images": [{"path": "tiny.tar", "tags": TINY}]}),
+        2,
+        ("params.images[0].tags: unknown key", "'tag'"),
+    ),
     Row(
         "params-image-tag-number",
         put({**APP, "images": [{"path": "tiny.tar", "tag": 5}]}),
@@ -85,9 +156,19 @@ BEFORE_DAEMON_ROWS = [
         2,
         ("params.images[0].tag", "not a valid image reference"),
     ),
-    Row("params-timeout-words", put({**APP, "timeout": "soon"}), 2, ('params.timeout: expected a duration such as "90s"',)),
+    Row(
+        "params-timeout-words",
+        put({**APP, "timeout": "soon"}),
+        2,
+        ('params.timeout: expected a duration such as "90s"',),
+    ),
     Row("params-timeout-zero", put({**APP, "timeout": 0}), 2, ("params.timeout: must be more than 0",)),
-    Row("params-env-null", put({**APP, "env": {"PORT": None}}), 2, ("params.env.PORT: expected a string, number or boolean, got null",)),
+    Row(
+        "params-env-null",
+        put({**APP, "env": {"PORT": None}}),
+        2,
+        ("params.env.PORT: expected a string, number or boolean, got null",),
+    ),
     Row(
         "params-docker-socket-remote",
         put({**APP, "docker_socket": ["app"]}, {"docker_host": "tcp://engine:2375"}),
@@ -95,10 +176,22 @@ BEFORE_DAEMON_ROWS = [
         ("params.docker_socket: cannot hand out the engine at tcp://engine:2375 (source.docker_host)",),
     ),
     Row("params-command-empty", put({**APP, "command": ""}), 2, ("params.command: must not be empty",)),
-    Row("params-command-quotes", put({**APP, "command": "run 'app"}), 2, ("params.command: cannot split", "check the quotes")),
+    Row(
+        "params-command-quotes",
+        put({**APP, "command": "run 'app"}),
+        2,
+        ("params.command: cannot split", "check the quotes"),
+    ),
     Row("params-logs-typo", put({**APP, "logs": {"tial": 5}}), 2, ("params.logs.tial: unknown key", "'tail'")),
-    Row("params-project-name", put({**APP, "project_name": "My Project"}), 2, ("params.project_name: expected a compose project name",)),
-    Row("params-bool-as-string", put({**APP, "fail_on_error": "false"}), 2, ("params.fail_on_error: must be a boolean",)),
+    Row(
+        "params-project-name",
+        put({**APP, "project_name": "My Project"}),
+        2,
+        ("params.project_name: expected a compose project name",),
+    ),
+    Row(
+        "params-bool-as-string", put({**APP, "fail_on_error": "false"}), 2, ("params.fail_on_error: must be a boolean",)
+    ),
     Row(
         "task-compose-env-typo",
         "",
@@ -108,7 +201,13 @@ BEFORE_DAEMON_ROWS = [
         env={"COMPOSE_ENV": json.dumps({"compose_file": "app/docker-compose.yml"})},
     ),
     Row("in-without-version", {"source": {}}, 2, ("version: is required",), "in"),
-    Row("in-with-params", {"source": {}, "version": {"id": "1"}, "params": {"skip_download": True}}, 2, ("params.skip_download: unknown key",), "in"),
+    Row(
+        "in-with-params",
+        {"source": {}, "version": {"id": "1"}, "params": {"skip_download": True}},
+        2,
+        ("params.skip_download: unknown key",),
+        "in",
+    ),
     # files
     Row(
         "path-dotdot",
@@ -128,26 +227,66 @@ BEFORE_DAEMON_ROWS = [
         2,
         ("params.compose_files[0]: 'escape.yml' is a symlink that leads outside the put directory",),
     ),
-    Row("path-image-symlink-out", put({**APP, "images": ["usr-link"]}), 2, ("params.images[0]: 'usr-link' is a symlink that leads outside",)),
-    Row("path-typo", put({"compose_files": ["app/docker-compose.yaml"]}), 2, ("params.compose_files[0]: no such file", "did you mean app/docker-compose.yml?")),
+    Row(
+        "path-image-symlink-out",
+        put({**APP, "images": ["usr-link"]}),
+        2,
+        ("params.images[0]: 'usr-link' is a symlink that leads outside",),
+    ),
+    Row(
+        "path-typo",
+        put({"compose_files": ["app/docker-compose.yaml"]}),
+        2,
+        ("params.compose_files[0]: no such file", "did you mean app/docker-compose.yml?"),
+    ),
     Row(
         "path-input-missing",
         put({"compose_files": ["repo/docker-compose.yml"]}),
         2,
         ("no such file: repo/docker-compose.yml", "Is 'repo' among the put's `inputs`?"),
     ),
-    Row("path-directory-not-file", put({"compose_files": ["app"]}), 2, ("params.compose_files[0]: app is not a file but a directory",)),
-    Row("path-env-file-missing", put({**APP, "env_files": ["app/missing.env"]}), 2, ("params.env_files[0]: no such file: app/missing.env",)),
-    Row("path-project-dir-a-file", put({**APP, "project_directory": "app/good.env"}), 2, ("params.project_directory: app/good.env is not a directory",)),
+    Row(
+        "path-directory-not-file",
+        put({"compose_files": ["app"]}),
+        2,
+        ("params.compose_files[0]: app is not a file but a directory",),
+    ),
+    Row(
+        "path-env-file-missing",
+        put({**APP, "env_files": ["app/missing.env"]}),
+        2,
+        ("params.env_files[0]: no such file: app/missing.env",),
+    ),
+    Row(
+        "path-project-dir-a-file",
+        put({**APP, "project_directory": "app/good.env"}),
+        2,
+        ("params.project_directory: app/good.env is not a directory",),
+    ),
     Row(
         "path-source-params-outside",
         put(None, {"params": {"compose_files": "/etc/hostname"}}),
         2,
         ("source.params.compose_files: '/etc/hostname' is an absolute path outside",),
     ),
-    Row("image-not-a-tar", put({**APP, "images": ["not-an-image.txt"]}), 2, ("params.images[0]", "not an image: not a tar archive")),
-    Row("image-dir-without-image", put({**APP, "images": ["not-an-image-dir"]}), 2, ("params.images[0]", "is not an image: no image.tar")),
-    Row("image-rootfs-bad-metadata", put({**APP, "images": ["rootfs-bad"]}), 2, ("params.images[0]", "metadata.json is not valid JSON")),
+    Row(
+        "image-not-a-tar",
+        put({**APP, "images": ["not-an-image.txt"]}),
+        2,
+        ("params.images[0]", "not an image: not a tar archive"),
+    ),
+    Row(
+        "image-dir-without-image",
+        put({**APP, "images": ["not-an-image-dir"]}),
+        2,
+        ("params.images[0]", "is not an image: no image.tar"),
+    ),
+    Row(
+        "image-rootfs-bad-metadata",
+        put({**APP, "images": ["rootfs-bad"]}),
+        2,
+        ("params.images[0]", "metadata.json is not valid JSON"),
+    ),
     Row(
         "image-truncated",
         put({**APP, "images": ["truncated.tar"]}),
@@ -176,7 +315,10 @@ BEFORE_DAEMON_ROWS = [
         "containerd-snapshotter-with-direct-writes",
         put(APP, {"dockerd": {"args": ["--feature", "containerd-snapshotter"]}}),
         2,
-        ("error: source.dockerd.args: --feature containerd-snapshotter cannot be used with direct writes", "direct_load: false"),
+        (
+            "error: source.dockerd.args: --feature containerd-snapshotter cannot be used with direct writes",
+            "direct_load: false",
+        ),
     ),
     Row(
         "command-unknown-service",
@@ -184,7 +326,12 @@ BEFORE_DAEMON_ROWS = [
         2,
         ("params.command: unknown service 'nope'", "services in the project: app"),
     ),
-    Row("docker-socket-unknown-service", put({**APP, "docker_socket": ["apq"]}), 2, ("params.docker_socket[0]: unknown service 'apq'", "did you mean 'app'?")),
+    Row(
+        "docker-socket-unknown-service",
+        put({**APP, "docker_socket": ["apq"]}),
+        2,
+        ("params.docker_socket[0]: unknown service 'apq'", "did you mean 'app'?"),
+    ),
 ]
 
 SCRATCH_DATA_ROOT = {"data_root": f"{SMALL_TMPFS}/docker", "data_root_medium": "disk"}
@@ -193,7 +340,11 @@ DAEMON_ROWS = [
         "daemon-rejects-flag",
         put(APP, {"dockerd": {"args": ["--bogus-flag"]}}),
         1,
-        ("the inner Docker daemon did not start", "unknown flag: --bogus-flag", "dockerd rejected a flag: check source.dockerd.args"),
+        (
+            "the inner Docker daemon did not start",
+            "unknown flag: --bogus-flag",
+            "dockerd rejected a flag: check source.dockerd.args",
+        ),
     ),
     Row(
         "data-root-out-of-space",
@@ -205,13 +356,20 @@ DAEMON_ROWS = [
         "tarball-corrupt",
         put({**APP, "images": ["corrupt.tar"]}),
         1,
-        ("params.images[0] (corrupt.tar): docker load failed", "the file is damaged", "re-run the step that produced it"),
+        (
+            "params.images[0] (corrupt.tar): docker load failed",
+            "the file is damaged",
+            "re-run the step that produced it",
+        ),
     ),
     Row(
         "service-image-missing",
         put({"compose_files": ["missing-image/docker-compose.yml"], "images": ["tiny.tar"]}),
         2,
-        ("params.images: service app needs image compose-env-test/absent:1.0", "add the artifact that holds it to params.images"),
+        (
+            "params.images: service app needs image compose-env-test/absent:1.0",
+            "add the artifact that holds it to params.images",
+        ),
     ),
     Row(
         "port-conflict",
@@ -229,7 +387,10 @@ DAEMON_ROWS = [
 
 
 def _rows(rows: list[Row]) -> list[Any]:
-    return [pytest.param(row, id=row.name, marks=[pytest.mark.xfail(reason=row.needs, strict=True)] if row.needs else []) for row in rows]
+    return [
+        pytest.param(row, id=row.name, marks=[pytest.mark.xfail(reason=row.needs, strict=True)] if row.needs else [])
+        for row in rows
+    ]
 
 
 def _save(image: str, target: Path) -> None:
@@ -259,10 +420,14 @@ class _Repeating:
 
 
 def build_put_dir(put_dir: Path) -> Path:
-    """tests/data/bad_inputs/put plus what cannot live in git: image tarballs (built from the base image) and symlinks."""
+    """tests/data/bad_inputs/put plus what cannot live in git: image tarballs (built from the base image), symlinks."""
     shutil.copytree(DATA / "put", put_dir)
     for target in ("tiny", "big"):
-        subprocess.run(["docker", "build", "-q", "--target", target, "-t", f"compose-env-test/{target}:ci", str(DATA)], check=True, capture_output=True)
+        subprocess.run(
+            ["docker", "build", "-q", "--target", target, "-t", f"compose-env-test/{target}:ci", str(DATA)],
+            check=True,
+            capture_output=True,
+        )
         _save(f"compose-env-test/{target}:ci", put_dir / f"{target}.tar")
     _corrupt_layers(put_dir / "tiny.tar", put_dir / "corrupt.tar")
     whole = (put_dir / "tiny.tar").read_bytes()
@@ -278,7 +443,8 @@ def bad_put_dir(tmp_path_factory: pytest.TempPathFactory, image: str) -> Path:
 
 
 def resource_container(image: str, put_dir: Path) -> Container:
-    """A privileged resource container: the put dir read-only as Concourse mounts inputs, and a small tmpfs for the out-of-space row."""
+    """A privileged resource container: the put dir read-only as Concourse mounts inputs, and a small tmpfs for the
+    out-of-space row."""
     tmpfs = f"type=tmpfs,dst={SMALL_TMPFS},tmpfs-size={SMALL_TMPFS_BYTES}"
     return Container(image, [(str(put_dir), PUT_DIR, True)], extra_args=["--mount", tmpfs])
 
@@ -324,7 +490,9 @@ def first_error_line(log: str) -> str:
 
 
 @pytest.mark.parametrize("row", _rows(BEFORE_DAEMON_ROWS))
-def test_bad_input_is_refused_before_the_daemon_starts_naming_the_parameter(shared_resource: Container, row: Row) -> None:
+def test_bad_input_is_refused_before_the_daemon_starts_naming_the_parameter(
+    shared_resource: Container, row: Row
+) -> None:
     outcome = run_row(shared_resource, row)
 
     assert_clear_failure(outcome, row)
@@ -342,7 +510,9 @@ def test_runtime_failure_says_what_to_change_and_leaves_nothing_running(resource
 def test_not_privileged_says_to_declare_the_resource_type_privileged(image: str, bad_put_dir: Path) -> None:
     outcome = run_script(image, "out", put(APP), put_dir=str(bad_put_dir), privileged=False)
 
-    assert_clear_failure(outcome, Row("not-privileged", "", 1, ("this container is not privileged", "privileged: true")))
+    assert_clear_failure(
+        outcome, Row("not-privileged", "", 1, ("this container is not privileged", "privileged: true"))
+    )
 
 
 def test_inputs_are_left_unchanged(resource: Container, bad_put_dir: Path) -> None:
@@ -376,11 +546,20 @@ def test_secrets_never_reach_stdout_or_stderr(resource: Container) -> None:
 
 
 #: Rows that fail before, at and after the daemon's start: the same answers in a worker's container.
-WORKER_SAMPLE = ("stdin-not-json", "params-typo", "path-typo", "compose-invalid-yaml", "tarball-corrupt", "service-image-missing")
+WORKER_SAMPLE = (
+    "stdin-not-json",
+    "params-typo",
+    "path-typo",
+    "compose-invalid-yaml",
+    "tarball-corrupt",
+    "service-image-missing",
+)
 
 
 @pytest.mark.parametrize("runtime", ["concourse", "guardian"])
-def test_a_sample_of_bad_inputs_gets_the_same_answers_in_a_workers_container(image: str, bad_put_dir: Path, runtime: str) -> None:
+def test_a_sample_of_bad_inputs_gets_the_same_answers_in_a_workers_container(
+    image: str, bad_put_dir: Path, runtime: str
+) -> None:
     rows = {row.name: row for row in BEFORE_DAEMON_ROWS + DAEMON_ROWS}
     with open_container(image, [(str(bad_put_dir), PUT_DIR, True)], runtime=runtime) as container:
         for name in WORKER_SAMPLE:

@@ -20,7 +20,13 @@ from worker_container import gdn_init
 ROOT = Path(__file__).resolve().parents[2]
 VM_TOOL = Path(os.environ.get("CG2VM_TOOL", ROOT.parent / "shared" / "vm"))
 VM_CACHE = "/var/tmp/cg2vm-compose-env"
-GUEST_FILES = ("harness.py", "worker_container.py", "worker_spec.py", "runtime/gdn-init.c", "cgroup2/guest_scenarios.py")
+GUEST_FILES = (
+    "harness.py",
+    "worker_container.py",
+    "worker_spec.py",
+    "runtime/gdn-init.c",
+    "cgroup2/guest_scenarios.py",
+)
 SLEEPER = """\
 services:
   sleeper:
@@ -33,7 +39,10 @@ services:
 def vm_tool() -> Path:
     if not (VM_TOOL / "run.sh").exists():
         # A skip here; under CI=true a failure (tests/ci_skips.py).
-        pytest.skip(f"no cgroup v2 guest tool at {VM_TOOL} (shared/vm beside the repository, or CG2VM_TOOL): the cgroup v2 part did not run")
+        pytest.skip(
+            f"no cgroup v2 guest tool at {VM_TOOL} (shared/vm beside the repository, or CG2VM_TOOL): the cgroup v2 "
+            "part did not run"
+        )
     env = {**os.environ, "CG2VM_CACHE": VM_CACHE, "CG2VM_EXTRA_PACKAGES": "python3"}
     subprocess.run([str(VM_TOOL / "build.sh")], check=True, env=env, stdout=subprocess.DEVNULL)
     return VM_TOOL
@@ -57,7 +66,17 @@ def stage(tmp_path_factory: pytest.TempPathFactory, image: str, example_images: 
 
 def test_seed_put_and_abort_under_concourse_and_docker_on_cgroup_v2(vm_tool: Path, stage: Path, image: str) -> None:
     run = subprocess.run(
-        [str(vm_tool / "run.sh"), "--timeout", "2400", "-e", f"IMAGE={image}", str(stage), "--", "python3", "tests/cgroup2/guest_scenarios.py"],
+        [
+            str(vm_tool / "run.sh"),
+            "--timeout",
+            "2400",
+            "-e",
+            f"IMAGE={image}",
+            str(stage),
+            "--",
+            "python3",
+            "tests/cgroup2/guest_scenarios.py",
+        ],
         env={**os.environ, "CG2VM_CACHE": VM_CACHE},
         capture_output=True,
         text=True,

@@ -19,7 +19,9 @@ TESTS_IMAGE = {"path": "tests-image/image.tar", "tag": "example/tests:ci"}
 BUDGET = 4000
 
 
-def put(image: str, put_dir: Path, scenario: str, params: dict[str, Any], source: dict[str, Any] | None = None, **env: str) -> RunOutcome:
+def put(
+    image: str, put_dir: Path, scenario: str, params: dict[str, Any], source: dict[str, Any] | None = None, **env: str
+) -> RunOutcome:
     """One `out` with tests/data/compose/<scenario> copied into the put directory."""
     shutil.copytree(DATA / scenario, put_dir / scenario)
     request = {"source": source or {}, "params": {"compose_files": f"{scenario}/compose.yml", **params}}
@@ -81,7 +83,12 @@ def test_failing_client_shows_its_last_lines_and_ps_and_no_secret_appears_anywhe
 
 
 def test_exit_code_from_reports_the_real_code_of_a_service_stopped_by_the_cascade(image: str, put_dir: Path) -> None:
-    params = {"images": [TESTS_IMAGE], "command": ["up", "--exit-code-from", "tests"], "fail_on_error": False, "logs": {"services": ["tests"]}}
+    params = {
+        "images": [TESTS_IMAGE],
+        "command": ["up", "--exit-code-from", "tests"],
+        "fail_on_error": False,
+        "logs": {"services": ["tests"]},
+    }
 
     outcome = put(image, put_dir, "cascade", params)
 
@@ -108,12 +115,26 @@ def test_five_megabytes_of_logs_stream_whole_while_the_response_stays_small(imag
     names = [item["name"] for item in outcome.response["metadata"]]
     assert names.index("logs/noisy-b") < names.index("logs/noisy-a")
     assert metadata["logs/noisy-b"].endswith("b: giving up")
-    for line in (r"noisy-b-1 +\| b: giving up", r"noisy-a-1 +\| a: starting \(stderr\)"):  # once each: nothing printed twice
+    for line in (
+        r"noisy-b-1 +\| b: giving up",
+        r"noisy-a-1 +\| a: starting \(stderr\)",
+    ):  # once each: nothing printed twice
         assert len(re.findall(f"^{line}$", outcome.stderr, re.MULTILINE)) == 1, line
-    assert metadata["logs/noisy-a"].rstrip().endswith("a 00025000 the quick brown fox jumps over the lazy dog; the quick brown fox jumps over the lazy dog.")
+    assert (
+        metadata["logs/noisy-a"]
+        .rstrip()
+        .endswith(
+            "a 00025000 the quick brown fox jumps over the lazy dog; the quick brown fox jumps over the lazy dog."
+        )
+    )
     for prefix in ("a", "b"):
-        numbers = [int(n) for n in re.findall(rf"^noisy-{prefix}-1 +\| {prefix} (\d{{8}}) the quick", outcome.stderr, re.MULTILINE)]
-        assert numbers == list(range(1, 25001)), f"noisy-{prefix}: {len(numbers)} lines, in order: {numbers == sorted(numbers)}"
+        numbers = [
+            int(n)
+            for n in re.findall(rf"^noisy-{prefix}-1 +\| {prefix} (\d{{8}}) the quick", outcome.stderr, re.MULTILINE)
+        ]
+        assert numbers == list(range(1, 25001)), (
+            f"noisy-{prefix}: {len(numbers)} lines, in order: {numbers == sorted(numbers)}"
+        )
 
 
 def test_timeout_stops_the_run_fails_the_put_and_keeps_the_logs(image: str, put_dir: Path) -> None:
@@ -131,7 +152,9 @@ def test_timeout_stops_the_run_fails_the_put_and_keeps_the_logs(image: str, put_
     assert outcome.leftovers == []
 
 
-def test_env_env_files_profiles_and_several_compose_files_reach_compose_and_inherited_settings_do_not(image: str, put_dir: Path) -> None:
+def test_env_env_files_profiles_and_several_compose_files_reach_compose_and_inherited_settings_do_not(
+    image: str, put_dir: Path
+) -> None:
     params = {
         "images": [TESTS_IMAGE],
         "compose_files": ["inputs/compose.yml", "inputs/override.yml"],
@@ -141,13 +164,21 @@ def test_env_env_files_profiles_and_several_compose_files_reach_compose_and_inhe
         "profiles": ["extra"],
         "command": "up",
     }
-    inherited = {"COMPOSE_FILE": "/nonexistent.yml", "COMPOSE_PROFILES": "never-enabled", "COMPOSE_PROJECT_NAME": "evil", "BUILD_JOB_NAME": "Run Tests!"}
+    inherited = {
+        "COMPOSE_FILE": "/nonexistent.yml",
+        "COMPOSE_PROFILES": "never-enabled",
+        "COMPOSE_PROJECT_NAME": "evil",
+        "BUILD_JOB_NAME": "Run Tests!",
+    }
 
     outcome = put(image, put_dir, "inputs", params, **inherited)
 
     assert outcome.exit_code == 0, outcome.stderr
     metadata = outcome.metadata()
-    assert metadata["logs/tests"] == "params=from-params file=from-ci-env dotenv=not-read override=applied port=5432 debug=true key=***"
+    assert (
+        metadata["logs/tests"]
+        == "params=from-params file=from-ci-env dotenv=not-read override=applied port=5432 debug=true key=***"
+    )
     assert "31415926" not in outcome.stderr
     assert metadata["logs/extra"] == "extra: profile service ran"
     assert "hidden" not in metadata["services"]
@@ -160,7 +191,9 @@ def test_a_compose_file_compose_rejects_fails_with_exit_2_before_any_service_sta
 
     assert outcome.exit_code == 2
     assert outcome.stdout == ""
-    assert "error: params.compose_files (broken/compose.yml)" in outcome.stderr  # the file compose rejects, as params name it
+    assert (
+        "error: params.compose_files (broken/compose.yml)" in outcome.stderr
+    )  # the file compose rejects, as params name it
     assert "restart_policy" in outcome.stderr
     assert "docker compose config checks the project while the daemon starts" in outcome.stderr
     assert "Running docker compose" not in outcome.stderr and "compose down" not in outcome.stderr

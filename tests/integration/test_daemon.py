@@ -55,7 +55,12 @@ def phase_lines(stderr: str, header: str) -> str:
 
 
 def test_start_path_memory_medium_logs_every_choice_and_reports_the_daemon(image: str, daemon_put_dir: Path) -> None:
-    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"data_root_medium": "memory"}), put_dir=str(daemon_put_dir))
+    outcome = run_script(
+        image,
+        "out",
+        request(["run", "--rm", "probe"], dockerd={"data_root_medium": "memory"}),
+        put_dir=str(daemon_put_dir),
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     start = phase_lines(outcome.stderr, "Starting the Docker daemon")
@@ -66,7 +71,9 @@ def test_start_path_memory_medium_logs_every_choice_and_reports_the_daemon(image
     assert "mtu: " in start
     # dockerd starts in this phase, or after the images were written into its store (Loading)
     assert "dockerd starts once the images are in its store" in start or "answered" in start
-    assert re.search(r"dockerd 26\S* answered [0-9.]+s after it was spawned; .* more for containerd to listen", outcome.stderr)
+    assert re.search(
+        r"dockerd 26\S* answered [0-9.]+s after it was spawned; .* more for containerd to listen", outcome.stderr
+    )
     metadata = outcome.metadata()
     assert metadata["dockerd"].startswith("26.") and " overlay2, data root on memory (need " in metadata["dockerd"]
     assert set(dict(item.split("=") for item in metadata["timings"].split())) == {"daemon", "load", "run", "teardown"}
@@ -76,7 +83,12 @@ def test_start_path_memory_medium_logs_every_choice_and_reports_the_daemon(image
 
 
 def test_disk_medium_keeps_the_data_root_on_the_scratch_volume_with_overlay2(image: str, daemon_put_dir: Path) -> None:
-    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"data_root_medium": "disk"}), put_dir=str(daemon_put_dir))
+    outcome = run_script(
+        image,
+        "out",
+        request(["run", "--rm", "probe"], dockerd={"data_root_medium": "disk"}),
+        put_dir=str(daemon_put_dir),
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     start = phase_lines(outcome.stderr, "Starting the Docker daemon")
@@ -88,7 +100,9 @@ def test_disk_medium_keeps_the_data_root_on_the_scratch_volume_with_overlay2(ima
     assert outcome.leftovers == []
 
 
-def test_data_root_on_the_container_overlay_gets_fuse_overlayfs_or_vfs_never_a_silent_fallback(image: str, daemon_put_dir: Path) -> None:
+def test_data_root_on_the_container_overlay_gets_fuse_overlayfs_or_vfs_never_a_silent_fallback(
+    image: str, daemon_put_dir: Path
+) -> None:
     dockerd = {"data_root": "/var/lib/inner-docker", "data_root_medium": "disk"}
     outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd=dockerd), put_dir=str(daemon_put_dir))
 
@@ -102,9 +116,13 @@ def test_data_root_on_the_container_overlay_gets_fuse_overlayfs_or_vfs_never_a_s
     assert outcome.leftovers == []
 
 
-def test_auto_medium_reads_the_containers_memory_limit_and_stays_on_disk_when_short(image: str, daemon_put_dir: Path) -> None:
+def test_auto_medium_reads_the_containers_memory_limit_and_stays_on_disk_when_short(
+    image: str, daemon_put_dir: Path
+) -> None:
     with Container(image, [(str(daemon_put_dir), PUT_DIR, True)], extra_args=["--memory", "2g"]) as container:
-        outcome = container.exec(["/opt/resource/out", PUT_DIR], env=DEFAULT_BUILD_ENV, stdin=json.dumps(request(["run", "--rm", "probe"])))
+        outcome = container.exec(
+            ["/opt/resource/out", PUT_DIR], env=DEFAULT_BUILD_ENV, stdin=json.dumps(request(["run", "--rm", "probe"]))
+        )
 
     assert outcome.exit_code == 0, outcome.stderr
     start = phase_lines(outcome.stderr, "Starting the Docker daemon")
@@ -115,7 +133,9 @@ def test_auto_medium_reads_the_containers_memory_limit_and_stays_on_disk_when_sh
 
 
 def test_explicit_storage_driver_is_passed_and_verified(image: str, daemon_put_dir: Path) -> None:
-    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"storage_driver": "vfs"}), put_dir=str(daemon_put_dir))
+    outcome = run_script(
+        image, "out", request(["run", "--rm", "probe"], dockerd={"storage_driver": "vfs"}), put_dir=str(daemon_put_dir)
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     assert "storage driver vfs: source.dockerd.storage_driver is vfs" in outcome.stderr
@@ -133,7 +153,12 @@ def test_not_privileged_fails_at_once_with_the_fix(image: str, daemon_put_dir: P
 
 
 def test_a_daemon_that_dies_at_start_fails_with_its_log_tail_and_a_diagnosis(image: str, daemon_put_dir: Path) -> None:
-    outcome = run_script(image, "out", request(["run", "--rm", "probe"], dockerd={"args": ["--no-such-flag"]}), put_dir=str(daemon_put_dir))
+    outcome = run_script(
+        image,
+        "out",
+        request(["run", "--rm", "probe"], dockerd={"args": ["--no-such-flag"]}),
+        put_dir=str(daemon_put_dir),
+    )
 
     assert outcome.exit_code == 1
     assert "the inner Docker daemon did not start: dockerd exited with code" in outcome.stderr
@@ -145,8 +170,17 @@ def test_a_daemon_that_dies_at_start_fails_with_its_log_tail_and_a_diagnosis(ima
     assert outcome.leftovers == []
 
 
-def test_sigterm_during_a_run_exits_143_within_5_seconds_with_nothing_left(image: str, daemon_put_dir: Path, runtime: str) -> None:
-    outcome = run_script(image, "out", request(["up", "sleeper"]), put_dir=str(daemon_put_dir), sigterm_when="sleeper-up", runtime=runtime)
+def test_sigterm_during_a_run_exits_143_within_5_seconds_with_nothing_left(
+    image: str, daemon_put_dir: Path, runtime: str
+) -> None:
+    outcome = run_script(
+        image,
+        "out",
+        request(["up", "sleeper"]),
+        put_dir=str(daemon_put_dir),
+        sigterm_when="sleeper-up",
+        runtime=runtime,
+    )
 
     assert "sleeper-up" in outcome.stderr, "the signal should arrive while the service runs: " + outcome.stderr[-2000:]
     assert outcome.exit_code == 143, outcome.stderr[-3000:]
@@ -155,7 +189,9 @@ def test_sigterm_during_a_run_exits_143_within_5_seconds_with_nothing_left(image
     assert "aborted (SIGTERM): tearing down" in outcome.stderr and "inner daemon stopped:" in outcome.stderr
 
 
-def test_sigterm_while_starting_or_loading_also_cleans_up(image: str, daemon_put_dir: Path, tmp_path: Path, runtime: str) -> None:
+def test_sigterm_while_starting_or_loading_also_cleans_up(
+    image: str, daemon_put_dir: Path, tmp_path: Path, runtime: str
+) -> None:
     # 1 GiB more to load, so that loading lasts past the signal whichever way the images go in.
     put = tmp_path / "put"
     subprocess.run(["cp", "-a", str(daemon_put_dir), str(put)], check=True)
@@ -185,7 +221,9 @@ def test_services_run_inside_the_resource_containers_own_cgroup(image: str, daem
         )
 
     assert outcome.exit_code == 143, outcome.stderr[-3000:]
-    assert len(placed) == 1, f"the service's process is not below the container's cgroup {own}: {outcome.stderr[-2000:]}"
+    assert len(placed) == 1, (
+        f"the service's process is not below the container's cgroup {own}: {outcome.stderr[-2000:]}"
+    )
     (where,) = placed.values()
     assert f"/{'/'.join(where.relative_to(own).parts[:1])}" == "/compose-env", where
     print(f"{runtime}: container at {own}, its service at {where}")
@@ -199,7 +237,9 @@ def outer_engine_socket(engine: str) -> Iterator[str]:
     yield engine.removeprefix("unix://")
 
 
-def test_docker_host_mode_uses_the_outer_engine_and_starts_no_daemon(image: str, daemon_put_dir: Path, outer_engine_socket: str) -> None:
+def test_docker_host_mode_uses_the_outer_engine_and_starts_no_daemon(
+    image: str, daemon_put_dir: Path, outer_engine_socket: str
+) -> None:
     project = "compose-env-daemon-remote"
     params = request(["run", "--rm", "probe"], docker_host="unix:///run/outer/docker.sock")
     params["params"]["project_name"] = project
@@ -213,19 +253,38 @@ def test_docker_host_mode_uses_the_outer_engine_and_starts_no_daemon(image: str,
     assert "probe-ok" in outcome.stderr
     assert outcome.metadata()["dockerd"].startswith("remote ")
     assert outcome.leftovers == []
-    left = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"], capture_output=True, text=True, check=True)
+    left = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert left.stdout.strip() == ""
 
 
-def test_a_worker_whose_devices_cgroup_cannot_be_widened_gets_a_diagnosis_naming_the_worker_setting(image: str, daemon_put_dir: Path) -> None:
+def test_a_worker_whose_devices_cgroup_cannot_be_widened_gets_a_diagnosis_naming_the_worker_setting(
+    image: str, daemon_put_dir: Path
+) -> None:
     if cgroup_v2():
         not_applicable("cgroup v2 has no devices cgroup to inherit (the guest part covers v2)")
-    outcome = run_script(image, "out", request(["run", "--rm", "probe"]), put_dir=str(daemon_put_dir), runtime="concourse", strict_devices=True)
+    outcome = run_script(
+        image,
+        "out",
+        request(["run", "--rm", "probe"]),
+        put_dir=str(daemon_put_dir),
+        runtime="concourse",
+        strict_devices=True,
+    )
 
     log = outcome.stderr
     assert outcome.exit_code == 1, log[-3000:]
     assert "devices: could not be widened" in log
     last_lines = log.strip().splitlines()[-2:]
-    assert last_lines[0].startswith("\x1b[31merror: the put fails: `docker compose run --rm probe` exited with code"), last_lines
-    assert "diagnosis: the worker's devices cgroup refused `c 5:1 rwm`" in last_lines[1] and "--containerd-allowed-device" in last_lines[1], last_lines
+    assert last_lines[0].startswith("\x1b[31merror: the put fails: `docker compose run --rm probe` exited with code"), (
+        last_lines
+    )
+    assert (
+        "diagnosis: the worker's devices cgroup refused `c 5:1 rwm`" in last_lines[1]
+        and "--containerd-allowed-device" in last_lines[1]
+    ), last_lines
     assert outcome.leftovers == []

@@ -71,7 +71,10 @@ def _compose_file(put: Path, services: dict[str, dict]) -> None:
 
 
 def _request(source: dict, images: list, command: list[str] | None = None) -> dict:
-    return {"source": source, "params": {"compose_files": ["src/docker-compose.yml"], "images": images, "command": command or ["up"]}}
+    return {
+        "source": source,
+        "params": {"compose_files": ["src/docker-compose.yml"], "images": images, "command": command or ["up"]},
+    }
 
 
 def _written(index: int, path: str, layers: int) -> str:
@@ -104,12 +107,26 @@ def shapes_put(work: Path, tricky: ImageParts) -> Path:
     repository, tag = SHAPES["saved"][1].split(":")
     docker_image_resource_dir(with_marker(tricky, "saved", work / "m-saved"), put / "saved-image", repository, tag)
     repository, tag = SHAPES["registry"][1].split(":")
-    registry_image_oci_dir(with_marker(tricky, "registry", work / "m-registry"), put / "registry-image", repository, tag, f"index.docker.io/{repository}:{tag}")
+    registry_image_oci_dir(
+        with_marker(tricky, "registry", work / "m-registry"),
+        put / "registry-image",
+        repository,
+        tag,
+        f"index.docker.io/{repository}:{tag}",
+    )
     repository, tag = SHAPES["layout"][1].split(":")
     oci_layout_dir(with_marker(tricky, "layout", work / "m-layout"), put / "layout-image", repository, tag)
     repository, tag = ALL_SHAPES["rootfs"][1].split(":")
-    rootfs_from_image(build_tricky_image(), put / "rootfs-image", repository, tag, {"env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "user": "0"})
-    services = {service: {"image": name, "command": ["sh", "-c", LISTING]} for service, (_path, name) in ALL_SHAPES.items()}
+    rootfs_from_image(
+        build_tricky_image(),
+        put / "rootfs-image",
+        repository,
+        tag,
+        {"env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"], "user": "0"},
+    )
+    services = {
+        service: {"image": name, "command": ["sh", "-c", LISTING]} for service, (_path, name) in ALL_SHAPES.items()
+    }
     services["inspect"] = inspect_service(SHAPES["saved"][1], [name for _path, name in ALL_SHAPES.values()])
     _compose_file(put, services)
     return put
@@ -119,7 +136,10 @@ def shapes_put(work: Path, tricky: ImageParts) -> Path:
 def runs(image: str, shapes_put: Path) -> dict[str, RunOutcome]:
     """The same put twice: images written directly, then every image through docker load."""
     images = [path for path, _name in ALL_SHAPES.values()]
-    return {mode: run_script(image, "out", _request(source, images), put_dir=str(shapes_put)) for mode, source in MODES.items()}
+    return {
+        mode: run_script(image, "out", _request(source, images), put_dir=str(shapes_put))
+        for mode, source in MODES.items()
+    }
 
 
 def test_the_direct_put_writes_every_shape_and_the_other_loads_them(runs: dict[str, RunOutcome]) -> None:
@@ -129,14 +149,23 @@ def test_the_direct_put_writes_every_shape_and_the_other_loads_them(runs: dict[s
         loaded = outcome.metadata()["images"]
         assert all(name in loaded for _path, name in ALL_SHAPES.values()), loaded
     for index, (path, _name) in enumerate(ALL_SHAPES.values()):
-        assert re.search(_written(index, path, 1 if path == "rootfs-image" else 5), runs["direct"].stderr), runs["direct"].stderr[-5000:]
-        assert re.search(rf"params\.images\[{index}\] \({re.escape(path)}\): [0-9.]+ MiB streamed in", runs["docker-load"].stderr)
-    assert "not written into the store directly" not in runs["direct"].stderr and "direct writes given up" not in runs["direct"].stderr
+        assert re.search(_written(index, path, 1 if path == "rootfs-image" else 5), runs["direct"].stderr), runs[
+            "direct"
+        ].stderr[-5000:]
+        assert re.search(
+            rf"params\.images\[{index}\] \({re.escape(path)}\): [0-9.]+ MiB streamed in", runs["docker-load"].stderr
+        )
+    assert (
+        "not written into the store directly" not in runs["direct"].stderr
+        and "direct writes given up" not in runs["direct"].stderr
+    )
     assert WRITTEN not in runs["docker-load"].stderr
 
 
 @pytest.mark.parametrize("service", ALL_SHAPES)
-def test_the_direct_write_gives_the_image_id_and_layers_docker_load_gives(runs: dict[str, RunOutcome], service: str) -> None:
+def test_the_direct_write_gives_the_image_id_and_layers_docker_load_gives(
+    runs: dict[str, RunOutcome], service: str
+) -> None:
     name = ALL_SHAPES[service][1]
     direct, loaded = (inspected(runs[mode].stderr).get(name) for mode in MODES)
     assert loaded is not None and loaded["Layers"], runs["docker-load"].stderr[-5000:]
@@ -146,15 +175,24 @@ def test_the_direct_write_gives_the_image_id_and_layers_docker_load_gives(runs: 
 @pytest.mark.parametrize("service", ALL_SHAPES)
 def test_the_direct_write_gives_the_filesystem_docker_load_gives(runs: dict[str, RunOutcome], service: str) -> None:
     direct, loaded = (comparable(listing_of(runs[mode].stderr, service)) for mode in MODES)
-    differences = [line for line in difflib.unified_diff(loaded, direct, "docker load", "direct write", n=0, lineterm="")]
+    differences = [
+        line for line in difflib.unified_diff(loaded, direct, "docker load", "direct write", n=0, lineterm="")
+    ]
     assert direct == loaded, "\n".join(differences)
 
 
 def test_the_three_shapes_give_the_same_filesystem(runs: dict[str, RunOutcome]) -> None:
     listings = {service: comparable(listing_of(runs["direct"].stderr, service)) for service in SHAPES}
-    listings = {service: [line for line in listing if not line.startswith("F /shape-marker|")] for service, listing in listings.items()}
-    assert listings["registry"] == listings["saved"], "\n".join(difflib.unified_diff(listings["saved"], listings["registry"], n=0, lineterm=""))
-    assert listings["layout"] == listings["saved"], "\n".join(difflib.unified_diff(listings["saved"], listings["layout"], n=0, lineterm=""))
+    listings = {
+        service: [line for line in listing if not line.startswith("F /shape-marker|")]
+        for service, listing in listings.items()
+    }
+    assert listings["registry"] == listings["saved"], "\n".join(
+        difflib.unified_diff(listings["saved"], listings["registry"], n=0, lineterm="")
+    )
+    assert listings["layout"] == listings["saved"], "\n".join(
+        difflib.unified_diff(listings["saved"], listings["layout"], n=0, lineterm="")
+    )
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -173,7 +211,13 @@ def test_the_tricky_contents_come_out_as_built(runs: dict[str, RunOutcome], mode
 
     assert field("/shape-marker", "type") == "f"
     # whiteouts: a file, a file in a kept dir, whole directories, a crafted `.wh.` file and dir
-    for gone in ("/tricky/gone.txt", "/tricky/keep/gone", "/tricky/deleted-dir", "/tricky/crafted-gone", "/tricky/deep/sub"):
+    for gone in (
+        "/tricky/gone.txt",
+        "/tricky/keep/gone",
+        "/tricky/deleted-dir",
+        "/tricky/crafted-gone",
+        "/tricky/deep/sub",
+    ):
         assert gone not in found and not children(gone), gone
     assert children("/tricky/keep") == ["/tricky/keep/stays"]
     assert children("/tricky/deep") == ["/tricky/deep/keep"]
@@ -198,7 +242,15 @@ def test_the_tricky_contents_come_out_as_built(runs: dict[str, RunOutcome], mode
     assert field("/tricky/dir-link", "target") == "/usr/share"
     assert field("/tricky/long-link", "target") == "/" + LONG_FILE and field("/" + LONG_FILE, "type") == "f"
     # special bits and modes
-    expected_modes = {"suid": "4755", "sgid": "2755", "sticky": "1777", "setgid-dir": "2775", "private": "600", "private-dir": "700", "nomode": "0"}
+    expected_modes = {
+        "suid": "4755",
+        "sgid": "2755",
+        "sticky": "1777",
+        "setgid-dir": "2775",
+        "private": "600",
+        "private-dir": "700",
+        "nomode": "0",
+    }
     for name, mode_bits in expected_modes.items():
         assert field(f"/tricky/{name}", "mode") == mode_bits, name
     # owners without a passwd entry, and beyond the ustar range
@@ -226,8 +278,15 @@ def test_the_tricky_contents_come_out_as_built(runs: dict[str, RunOutcome], mode
     for path in ("/tricky/old.txt", "/tricky/old-link", "/tricky/old-dir"):
         assert float(field(path, "mtime")) == OLD_MTIME, path
     assert float(field("/tricky/fraction.txt", "mtime")) == 1000000000.5
-    expected_dir_mtimes = {"/tricky/keep": T2003, "/tricky": T2010, "/tricky/deep": T2010, "/tricky/crafted-opaque": T2010}
-    wrong = {path: field(path, "mtime") for path, when in expected_dir_mtimes.items() if float(field(path, "mtime")) != when}
+    expected_dir_mtimes = {
+        "/tricky/keep": T2003,
+        "/tricky": T2010,
+        "/tricky/deep": T2010,
+        "/tricky/crafted-opaque": T2010,
+    }
+    wrong = {
+        path: field(path, "mtime") for path, when in expected_dir_mtimes.items() if float(field(path, "mtime")) != when
+    }
     assert not wrong, f"directory mtimes not kept ({mode}, {service}): {wrong}"
 
 
@@ -237,18 +296,34 @@ def test_a_layer_that_does_not_match_its_diff_id_fails_the_put_as_docker_load_do
     bad = parts_from_docker(build_marked_image("direct-bad", "direct-bad"), work / "direct-bad")
     docker_save_tarball(good, put / "good.tar", ["example/good:ci"])
     docker_save_tarball(with_mismatched_top_layer(bad, work / "mismatch"), put / "bad.tar", ["example/bad:ci"])
-    _compose_file(put, {"good": {"image": "example/good:ci", "command": ["cat", "/shape"]}, "bad": {"image": "example/bad:ci", "command": ["cat", "/shape"]}})
+    _compose_file(
+        put,
+        {
+            "good": {"image": "example/good:ci", "command": ["cat", "/shape"]},
+            "bad": {"image": "example/bad:ci", "command": ["cat", "/shape"]},
+        },
+    )
     images = ["good.tar", "bad.tar"]
 
-    outcomes = {mode: run_script(image, "out", _request(source, images), put_dir=str(put)) for mode, source in MODES.items()}
+    outcomes = {
+        mode: run_script(image, "out", _request(source, images), put_dir=str(put)) for mode, source in MODES.items()
+    }
 
     direct = outcomes["direct"]
     assert direct.exit_code == 1, direct.stderr
     assert re.search(_written(0, "good.tar", 2), direct.stderr), direct.stderr
-    not_direct = r"params\.images\[1\] \(bad\.tar\): not written into the store directly \(layer [0-9a-f]{12}: its content does not match the diff_id"
+    not_direct = (
+        r"params\.images\[1\] \(bad\.tar\): not written into the store directly "
+        r"\(layer [0-9a-f]{12}: its content does not match the diff_id"
+    )
     assert re.search(not_direct, direct.stderr), direct.stderr
-    assert _error_line(direct.stderr).startswith("error: params.images[1] (bad.tar): docker load failed: invalid diffID for layer 1: expected "), direct.stderr
-    assert _error_line(direct.stderr) == _error_line(outcomes["docker-load"].stderr), (_error_line(direct.stderr), _error_line(outcomes["docker-load"].stderr))
+    assert _error_line(direct.stderr).startswith(
+        "error: params.images[1] (bad.tar): docker load failed: invalid diffID for layer 1: expected "
+    ), direct.stderr
+    assert _error_line(direct.stderr) == _error_line(outcomes["docker-load"].stderr), (
+        _error_line(direct.stderr),
+        _error_line(outcomes["docker-load"].stderr),
+    )
     for outcome in outcomes.values():
         assert outcome.exit_code == 1 and outcome.stdout == ""
         assert "Running docker compose" not in outcome.stderr
@@ -265,13 +340,23 @@ def test_a_corrupt_gzip_layer_fails_the_put_as_docker_load_does(image: str, work
         (put / "corrupt-image" / name).write_text((work / "intact" / name).read_text())
     _compose_file(put, {"app": {"image": "example/corrupt:ci", "command": ["cat", "/shape"]}})
 
-    outcomes = {mode: run_script(image, "out", _request(source, ["corrupt-image"]), put_dir=str(put)) for mode, source in MODES.items()}
+    outcomes = {
+        mode: run_script(image, "out", _request(source, ["corrupt-image"]), put_dir=str(put))
+        for mode, source in MODES.items()
+    }
 
     direct = outcomes["direct"]
-    assert "params.images[0] (corrupt-image): not written into the store directly (layer " in direct.stderr, direct.stderr
+    assert "params.images[0] (corrupt-image): not written into the store directly (layer " in direct.stderr, (
+        direct.stderr
+    )
     assert WRITTEN not in direct.stderr
-    assert _error_line(direct.stderr).startswith("error: params.images[0] (corrupt-image): docker load failed: "), direct.stderr
-    assert _error_line(direct.stderr) == _error_line(outcomes["docker-load"].stderr), (_error_line(direct.stderr), _error_line(outcomes["docker-load"].stderr))
+    assert _error_line(direct.stderr).startswith("error: params.images[0] (corrupt-image): docker load failed: "), (
+        direct.stderr
+    )
+    assert _error_line(direct.stderr) == _error_line(outcomes["docker-load"].stderr), (
+        _error_line(direct.stderr),
+        _error_line(outcomes["docker-load"].stderr),
+    )
     for outcome in outcomes.values():
         assert outcome.exit_code == 1 and outcome.stdout == ""
         assert "Running docker compose" not in outcome.stderr
@@ -298,5 +383,7 @@ def test_a_directly_written_image_serves_as_a_build_base(image: str, work: Path,
 
     assert re.search(_written(0, "saved-image", 5), outcome.stderr), outcome.stderr[-5000:]
     assert outcome.exit_code == 0, outcome.stderr[-5000:]
-    assert "from-build built-on-top opaque=new keep=! links=3 /tricky/capbin cap_net_raw=ep" in outcome.stderr, outcome.stderr[-5000:]
+    assert "from-build built-on-top opaque=new keep=! links=3 /tricky/capbin cap_net_raw=ep" in outcome.stderr, (
+        outcome.stderr[-5000:]
+    )
     assert outcome.leftovers == []

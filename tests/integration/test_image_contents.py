@@ -28,7 +28,10 @@ NEEDED = {
     "zstd": "zstd --version",
     "tar, mount, umount": "tar --version && mount --version && umount --version",
     "the CA bundle": "test -s /etc/ssl/certs/ca-certificates.crt",
-    "the Python libraries": "python3 -c 'import compose_env.protocol, compose_env.run.put, compose_env.run.task, docker, jsonschema, requests, defusedxml'",
+    "the Python libraries": (
+        "python3 -c 'import compose_env.protocol, compose_env.run.put, compose_env.run.task,"
+        " docker, jsonschema, requests, defusedxml'"
+    ),
 }
 #: What the image leaves out.
 DROPPED = [
@@ -42,7 +45,12 @@ DROPPED = [
 
 
 def _in_image(image: str, script: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c", script], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "sh", image, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_every_tool_a_put_runs_is_in_the_image_and_runs(image: str) -> None:

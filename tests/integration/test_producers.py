@@ -32,11 +32,23 @@ from producers import (
 )
 
 #: The fields compared, as `docker image inspect` names them.
-WHOLE_CONFIG = ("Cmd", "Entrypoint", "Env", "WorkingDir", "User", "Healthcheck", "ExposedPorts", "Volumes", "StopSignal", "Labels")
+WHOLE_CONFIG = (
+    "Cmd",
+    "Entrypoint",
+    "Env",
+    "WorkingDir",
+    "User",
+    "Healthcheck",
+    "ExposedPorts",
+    "Volumes",
+    "StopSignal",
+    "Labels",
+)
 SERVICE_DOCKERFILE = """
 FROM {base}
 WORKDIR /usr/local
-RUN printf '%s\\n' 'echo "serving $2 as $(id -u) in $(pwd) greeting=$GREETING"' ': > /tmp/ready' 'exec sleep 600' > /usr/local/serve.sh
+RUN printf '%s\\n' 'echo "serving $2 as $(id -u) in $(pwd) greeting=$GREETING"' ': > /tmp/ready' 'exec sleep 600' \\
+  > /usr/local/serve.sh
 ENV GREETING=hello-{name}
 WORKDIR /srv/{name}
 USER app
@@ -54,9 +66,11 @@ INSPECT_AND_FINISH = """
 import json, subprocess
 configs = {}
 for name in NAMES:
-    out = subprocess.run(["docker", "image", "inspect", "--format", "{{json .Config}}", name], capture_output=True, text=True)
+    inspect = ["docker", "image", "inspect", "--format", "{{json .Config}}", name]
+    out = subprocess.run(inspect, capture_output=True, text=True)
     configs[name] = json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr.strip()}
-ids = subprocess.run(["docker", "ps", "-q", "--filter", "label=com.docker.compose.service=tests"], capture_output=True, text=True).stdout.split()
+listing = ["docker", "ps", "-q", "--filter", "label=com.docker.compose.service=tests"]
+ids = subprocess.run(listing, capture_output=True, text=True).stdout.split()
 for container in ids:
     subprocess.run(["docker", "kill", "--signal", "TERM", container], capture_output=True)
 print(json.dumps(configs))
@@ -93,18 +107,32 @@ def _real_docker_save(reference: str, target: Path, *, gzipped: bool) -> None:
 
 
 INPUTS = (
-    Input("dis-save", lambda p, d, ref: docker_image_resource_dir(p, d, "example/dis-save", "ci", inspect=docker("inspect", ref) + "\n"), "dis-save"),
+    Input(
+        "dis-save",
+        lambda p, d, ref: docker_image_resource_dir(
+            p, d, "example/dis-save", "ci", inspect=docker("inspect", ref) + "\n"
+        ),
+        "dis-save",
+    ),
     Input(
         "dis-save-rootfs-tar",
-        lambda p, d, ref: docker_image_resource_dir(p, d, "example/dis-save-rootfs-tar", "ci", rootfs_tar=True, inspect=docker("inspect", ref) + "\n"),
+        lambda p, d, ref: docker_image_resource_dir(
+            p, d, "example/dis-save-rootfs-tar", "ci", rootfs_tar=True, inspect=docker("inspect", ref) + "\n"
+        ),
         "dis-save-rootfs-tar",
     ),
     Input(
         "dis-rootfs",
-        lambda p, d, ref: docker_image_resource_dir(p, d, "example/dis-rootfs", "ci", save=False, inspect=docker("inspect", ref) + "\n"),
+        lambda p, d, ref: docker_image_resource_dir(
+            p, d, "example/dis-rootfs", "ci", save=False, inspect=docker("inspect", ref) + "\n"
+        ),
         "dis-rootfs",
     ),
-    Input("ri-oci", lambda p, d, ref: registry_image_oci_dir(p, d, "example/ri-oci", "ci", "index.docker.io/example/ri-oci:ci"), "ri-oci"),
+    Input(
+        "ri-oci",
+        lambda p, d, ref: registry_image_oci_dir(p, d, "example/ri-oci", "ci", "index.docker.io/example/ri-oci:ci"),
+        "ri-oci",
+    ),
     Input("ri-layout", lambda p, d, ref: oci_layout_dir(p, d, "example/ri-layout", "ci"), "ri-layout"),
     Input(
         "ri-rootfs-1-18",
@@ -119,9 +147,19 @@ INPUTS = (
         ("Env", "User", "Labels"),
     ),
     Input("obt", lambda p, d, ref: oci_build_task_dir(p, d / "image"), {"path": "obt", "tag": "example/obt:ci"}),
-    Input("obt-unpack", lambda p, d, ref: oci_build_task_dir(p, d / "image", unpack_rootfs=True), {"path": "obt-unpack/image", "tag": "example/obt-unpack:ci"}),
-    Input("obt-oci", lambda p, d, ref: oci_build_task_dir(p, d / "image", output_oci=True), {"path": "obt-oci", "tag": "example/obt-oci:ci"}),
-    Input("obt-target", lambda p, d, ref: oci_build_task_dir(p, d), {"path": "obt-target", "tag": "example/obt-target:ci"}),
+    Input(
+        "obt-unpack",
+        lambda p, d, ref: oci_build_task_dir(p, d / "image", unpack_rootfs=True),
+        {"path": "obt-unpack/image", "tag": "example/obt-unpack:ci"},
+    ),
+    Input(
+        "obt-oci",
+        lambda p, d, ref: oci_build_task_dir(p, d / "image", output_oci=True),
+        {"path": "obt-oci", "tag": "example/obt-oci:ci"},
+    ),
+    Input(
+        "obt-target", lambda p, d, ref: oci_build_task_dir(p, d), {"path": "obt-target", "tag": "example/obt-target:ci"}
+    ),
     Input(
         "obt-multi",
         lambda p, d, ref: oci_build_task_dir(p, d / "image", platforms=[("linux", "arm64"), ("linux", "amd64")]),
@@ -146,7 +184,9 @@ def compose_project(put: Path, inputs: tuple[Input, ...], tests_image: str) -> N
     services["tests"] = {
         "image": tests_image,
         "command": ["/bin/sh", "-c", TESTS_COMMAND],
-        "depends_on": {item.name: {"condition": "service_healthy" if item.whole else "service_started"} for item in inputs},
+        "depends_on": {
+            item.name: {"condition": "service_healthy" if item.whole else "service_started"} for item in inputs
+        },
     }
     (put / "src").mkdir(parents=True, exist_ok=True)
     (put / "src" / "docker-compose.yml").write_text(json.dumps({"services": services}, indent=2))
@@ -159,7 +199,16 @@ def originals(image: str) -> dict[str, dict[str, Any]]:
     configs = {}
     for item in INPUTS:
         dockerfile = SERVICE_DOCKERFILE.format(base=base, name=item.name)
-        docker("build", "-q", "-t", item.image, "-t", f"{FIXTURE_REPOSITORY}/{item.name}:latest", "-", input=dockerfile.encode())
+        docker(
+            "build",
+            "-q",
+            "-t",
+            item.image,
+            "-t",
+            f"{FIXTURE_REPOSITORY}/{item.name}:latest",
+            "-",
+            input=dockerfile.encode(),
+        )
         configs[item.name] = json.loads(docker("image", "inspect", "--format", "{{json .Config}}", item.image))
     return configs
 
@@ -181,7 +230,9 @@ def _normalised(config: dict[str, Any], fields: tuple[str, ...]) -> dict[str, An
     return {name: config.get(name) or None for name in fields}
 
 
-def _inspect_while_running(names: list[str], configs: dict[str, Any], errors: list[str]) -> Callable[[ResourceContainer], None]:
+def _inspect_while_running(
+    names: list[str], configs: dict[str, Any], errors: list[str]
+) -> Callable[[ResourceContainer], None]:
     def inspect(container: ResourceContainer) -> None:
         try:
             lines = container.probe(INSPECT_AND_FINISH.replace("NAMES", repr(names)))
@@ -201,7 +252,12 @@ def test_every_producers_output_keeps_the_config_its_shape_can_carry(
     images = [item.entry for item in INPUTS] + [{"path": "base.tar", "tag": "example/tests:ci"}]
     request = {
         "source": {"dockerd": {"direct_load": direct_load}},
-        "params": {"compose_files": ["src/docker-compose.yml"], "images": images, "command": "run --rm tests", "timeout": "3m"},
+        "params": {
+            "compose_files": ["src/docker-compose.yml"],
+            "images": images,
+            "command": "run --rm tests",
+            "timeout": "3m",
+        },
     }
     loaded: dict[str, Any] = {}
     errors: list[str] = []
@@ -224,13 +280,25 @@ def test_every_producers_output_keeps_the_config_its_shape_can_carry(
         assert _normalised(loaded[item.image], item.kept) == _normalised(originals[item.name], item.kept), item.name
         if not item.whole:
             lost = ("HEALTHCHECK", "WORKDIR", "EXPOSE", "VOLUME", "STOPSIGNAL")
-            warning = re.search(rf"warning: params\.images\[\d+\] \({re.escape(str(item.entry))}\): loaded from rootfs/.*$", outcome.stderr, re.MULTILINE)
+            warning = re.search(
+                rf"warning: params\.images\[\d+\] \({re.escape(str(item.entry))}\): loaded from rootfs/.*$",
+                outcome.stderr,
+                re.MULTILINE,
+            )
             assert warning and all(word in warning.group(0) for word in lost), item.name
             assert "params: {format: oci}" in warning.group(0)
     # the richest form wins, and the log says which file was used
-    assert re.search(r"dis-save is a docker-save tarball \(no RepoTags\); image used, not the rootfs/, metadata.json beside it", outcome.stderr)
-    assert re.search(r"obt-unpack/image is a .*; image.tar used, not the rootfs/, metadata.json beside it", outcome.stderr)
-    assert "dis-rootfs is a rootfs directory (archived while streaming, with docker_inspect.json's whole image config)" in outcome.stderr
+    assert re.search(
+        r"dis-save is a docker-save tarball \(no RepoTags\); image used, not the rootfs/, metadata.json beside it",
+        outcome.stderr,
+    )
+    assert re.search(
+        r"obt-unpack/image is a .*; image.tar used, not the rootfs/, metadata.json beside it", outcome.stderr
+    )
+    assert (
+        "dis-rootfs is a rootfs directory (archived while streaming, with docker_inspect.json's whole image config)"
+        in outcome.stderr
+    )
     assert outcome.leftovers == []
 
 
@@ -257,7 +325,12 @@ def test_a_dependency_compose_cannot_create_is_named_as_the_failing_service(imag
     outcome = run_script(image, "out", request, put_dir=str(put))
 
     assert outcome.exit_code == 1, outcome.stderr
-    assert re.search(r"^\s+server\s+\S+-server-1\s+not-created\s+could not be created: Error response from daemon: no command specified$", outcome.stderr, re.M)
+    assert re.search(
+        r"^\s+server\s+\S+-server-1\s+not-created\s+could not be created: Error response from daemon: no command "
+        r"specified$",
+        outcome.stderr,
+        re.M,
+    )
     assert "failed: exit code 1 | server=not-created tests=not-created" in outcome.stderr
     assert "`docker compose run --rm tests` exited with code 1 (failing: server, tests)" in outcome.stderr
     assert outcome.leftovers == []

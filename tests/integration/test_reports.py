@@ -71,17 +71,30 @@ def test_task_copies_reports_and_writes_every_test_into_report_json(image: str, 
     tests = report["tests"]
     assert SUMMARY.match(tests["summary"])
     assert (tests["passed"], tests["failed"], tests["errors"], tests["skipped"]) == (2, 1, 1, 1)
-    assert tests["files"] == [{"service": "pytest", "path": "/out/junit.xml", "file": "reports/pytest/out/junit.xml", "tests": 5, "problem": ""}]
+    assert tests["files"] == [
+        {
+            "service": "pytest",
+            "path": "/out/junit.xml",
+            "file": "reports/pytest/out/junit.xml",
+            "tests": 5,
+            "problem": "",
+        }
+    ]
     cases = {case["name"]: case for case in tests["cases"]}
     assert cases["test_sample.test_passes"]["status"] == "passed"
-    assert (cases["test_sample.test_skipped"]["status"], cases["test_sample.test_skipped"]["message"]) == ("skipped", "not on this platform")
+    assert (cases["test_sample.test_skipped"]["status"], cases["test_sample.test_skipped"]["message"]) == (
+        "skipped",
+        "not on this platform",
+    )
     assert cases["test_sample.test_fails"]["message"].startswith("AssertionError: the answer drifted")
     assert cases["test_sample.test_errors"]["status"] == "error"
     assert all(isinstance(case["time"], float) for case in cases.values())
     assert {"name": "failed_tests", "value": "test_sample.test_fails\ntest_sample.test_errors"} in report["metadata"]
 
 
-def test_broken_missing_and_hostile_reports_are_warnings_and_a_profiled_run_rm_service_gives_its_files(image: str, inputs: Path, tmp_path: Path) -> None:
+def test_broken_missing_and_hostile_reports_are_warnings_and_a_profiled_run_rm_service_gives_its_files(
+    image: str, inputs: Path, tmp_path: Path
+) -> None:
     # `writer` is behind a profile that is not active; `run --rm writer` starts it all the same.
     out = tmp_path / "out"
     out.mkdir()
@@ -105,13 +118,18 @@ def test_broken_missing_and_hostile_reports_are_warnings_and_a_profiled_run_rm_s
     log = outcome.stderr
     assert "warning: COMPOSE_ENV.reports[1] (writer:/out/malformed.xml): /out/malformed.xml: not well-formed XML" in log
     assert "warning: COMPOSE_ENV.reports[2] (writer:/out/lol.xml): /out/lol.xml: it declares XML entities" in log
-    assert "warning: COMPOSE_ENV.reports[3] (writer:/out/missing.xml): no such file or directory in the container" in log
+    assert (
+        "warning: COMPOSE_ENV.reports[3] (writer:/out/missing.xml): no such file or directory in the container" in log
+    )
     assert "warning: the reports show 1 failing test but the command exited 0" in log
     assert "many.b.three: expected 3, got 4" in log
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "passed"
     assert report["tests"]["summary"] == "2 passed, 1 failed, 0 errors, 0 skipped (0.8s)"
-    assert sorted(f["file"] for f in report["tests"]["files"] if not f["problem"]) == ["reports/writer/out/many/a.xml", "reports/writer/out/many/b.xml"]
+    assert sorted(f["file"] for f in report["tests"]["files"] if not f["problem"]) == [
+        "reports/writer/out/many/a.xml",
+        "reports/writer/out/many/b.xml",
+    ]
     assert len(report["tests"]["warnings"]) == 4
     # the artifact of the profiled service is copied too (it used to be skipped, failing the task with exit 2)
     assert report["artifacts"][0]["copied"] is True

@@ -18,10 +18,14 @@ WORKDIR = "/tmp/build/task"
 BUILT = re.compile(r"built at (\d+)")
 #: Where direct writes stage layers until registered (store_format.PARTIAL_DIR), in the cache's data root.
 STAGING = "docker/overlay2/compose-env-partial"
-#: The test-only fault that holds each layer's extraction half-way, and the line it prints then (compose_env/testing/store_faults.py).
+#: The test-only fault that holds each layer's extraction half-way, and the line it prints then
+#: (compose_env/testing/store_faults.py).
 HOLD_EXTRACTING = {"COMPOSE_ENV_TEST_STORE_FAULT": "hold-extracting"}
 HELD_LINE = "COMPOSE_ENV_TEST_STORE_FAULT: a layer's extraction is held half-way"
-REMOVED = re.compile(rf"data root {WORKDIR}/compose-env-cache/docker: removed (\d+) half-written layers? an interrupted run left \([0-9.]+ MiB\)")
+REMOVED = re.compile(
+    rf"data root {WORKDIR}/compose-env-cache/docker: removed (\d+) half-written layers? an interrupted run left "
+    r"\([0-9.]+ MiB\)"
+)
 
 
 def task_mounts(put: Path, out: Path, cache: Path) -> list[tuple[str, str, bool]]:
@@ -62,7 +66,9 @@ def built_stamp(outcome: RunOutcome) -> str:
     return match.group(1)
 
 
-def test_a_warm_cache_loads_nothing_keeps_build_layers_and_an_unusable_one_is_rebuilt(image: str, inputs: Path, tmp_path: Path) -> None:
+def test_a_warm_cache_loads_nothing_keeps_build_layers_and_an_unusable_one_is_rebuilt(
+    image: str, inputs: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
 
     cold, cold_report = run_cached(image, inputs, tmp_path / "out1", cache)
@@ -104,7 +110,9 @@ def test_a_warm_cache_loads_nothing_keeps_build_layers_and_an_unusable_one_is_re
     assert "already in the cache" not in truncated.stderr
 
 
-def test_unused_images_beyond_cache_max_size_are_pruned_oldest_use_first(image: str, inputs: Path, tmp_path: Path) -> None:
+def test_unused_images_beyond_cache_max_size_are_pruned_oldest_use_first(
+    image: str, inputs: Path, tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     first, _ = run_cached(image, inputs, tmp_path / "out1", cache)
     assert first.exit_code == 0, first.stderr
@@ -191,8 +199,11 @@ def test_what_a_killed_run_left_in_the_cache_is_removed_before_the_next_run_star
     assert after.leftovers == []
 
 
-def test_layers_a_killed_direct_write_left_half_written_are_removed_before_the_next_run_writes(image: str, inputs: Path, tmp_path: Path) -> None:
-    """SIGKILL while the runner image's layers are extracted into the cache: the next run removes them first, and passes."""
+def test_layers_a_killed_direct_write_left_half_written_are_removed_before_the_next_run_writes(
+    image: str, inputs: Path, tmp_path: Path
+) -> None:
+    """SIGKILL while the runner image's layers are extracted into the cache: the next run removes them first, and
+    passes."""
     cache = tmp_path / "cache"
     cache.mkdir()
     out = tmp_path / "out-killed"

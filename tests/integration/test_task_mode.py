@@ -28,7 +28,9 @@ BASE = {
 
 def run(image: str, put_dir: Path, out: Path, compose_env: dict) -> tuple:
     out.mkdir()
-    outcome = run_task(image, {"code": str(CODE), "images": str(put_dir)}, str(out), compose_env, output_name=OUTPUT_NAME)
+    outcome = run_task(
+        image, {"code": str(CODE), "images": str(put_dir)}, str(out), compose_env, output_name=OUTPUT_NAME
+    )
     report_file = out / "report.json"
     report = json.loads(report_file.read_text()) if report_file.is_file() else None
     return outcome, report
@@ -37,7 +39,8 @@ def run(image: str, put_dir: Path, out: Path, compose_env: dict) -> tuple:
 def test_the_readme_quick_start_runs_the_bundled_example_through_the_shipped_task_file(
     image: str, put_dir: Path, tmp_path: Path, version_line: str, runtime: str
 ) -> None:
-    # fly execute -c tasks/compose-env.yml --privileged --include-ignored -i code=example/put -o compose-env-output=./out:
+    # fly execute -c tasks/compose-env.yml --privileged --include-ignored -i code=example/put -o
+    # compose-env-output=./out:
     # the example (with its image tarballs) as the input, COMPOSE_ENV from the task file's params, the output collected.
     out = tmp_path / "out"
     out.mkdir()
@@ -46,7 +49,15 @@ def test_the_readme_quick_start_runs_the_bundled_example_through_the_shipped_tas
     for host in caches.values():
         os.mkdir(host)
 
-    outcome = run_task(image, inputs, str(out), TASK_CONFIG["params"]["COMPOSE_ENV"], output_name=OUTPUT_NAME, runtime=runtime, caches=caches)
+    outcome = run_task(
+        image,
+        inputs,
+        str(out),
+        TASK_CONFIG["params"]["COMPOSE_ENV"],
+        output_name=OUTPUT_NAME,
+        runtime=runtime,
+        caches=caches,
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
     assert outcome.leftovers == []
@@ -62,11 +73,17 @@ def test_the_readme_quick_start_runs_the_bundled_example_through_the_shipped_tas
     assert {s["name"]: s["health"] for s in report["services"]}["redis"] == "healthy"
 
 
-def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_report(image: str, put_dir: Path, tmp_path: Path) -> None:
+def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_report(
+    image: str, put_dir: Path, tmp_path: Path
+) -> None:
     # tasks/compose-env.yml (run --rm tests) with reports from /reports → compose-env-output/reports/tests/reports,
     # plus the images this fixture needs, as `COMPOSE_ENV=... fly execute` would override it.
     out = tmp_path / "out"
-    compose_env = {**TASK_CONFIG["params"]["COMPOSE_ENV"], **BASE, "reports": [{"service": "tests", "path": "/reports"}]}
+    compose_env = {
+        **TASK_CONFIG["params"]["COMPOSE_ENV"],
+        **BASE,
+        "reports": [{"service": "tests", "path": "/reports"}],
+    }
     # test_task_cache.py runs the cache on a mounted directory.
     assert compose_env.pop("cache_dir") == TASK_CONFIG["caches"][0]["path"]
 
@@ -97,7 +114,9 @@ def test_shipped_task_config_keeps_the_junit_report_full_redacted_logs_and_a_rep
     assert report["tests"]["cases"][0]["name"] == "example.redis.ping_set_get"
 
 
-def test_failing_tests_still_return_the_junit_report_and_fail_the_task(image: str, put_dir: Path, tmp_path: Path) -> None:
+def test_failing_tests_still_return_the_junit_report_and_fail_the_task(
+    image: str, put_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     compose_env = {
         **BASE,
@@ -122,7 +141,9 @@ def test_failing_tests_still_return_the_junit_report_and_fail_the_task(image: st
     assert "COMPOSE_ENV.artifacts[1]: redis:/no/such/file: no such file" in outcome.stderr
 
 
-def test_fail_on_error_false_reports_the_failure_and_lets_the_task_pass(image: str, put_dir: Path, tmp_path: Path) -> None:
+def test_fail_on_error_false_reports_the_failure_and_lets_the_task_pass(
+    image: str, put_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     compose_env = {
         **BASE,
@@ -142,10 +163,14 @@ def test_fail_on_error_false_reports_the_failure_and_lets_the_task_pass(image: s
 
 
 def test_configuration_mistakes_exit_2_naming_the_compose_env_path_without_a_traceback(image: str) -> None:
-    bad_artifact = json.dumps({"compose_files": ["code/docker-compose.yml"], "artifacts": [{"service": "tests", "path": "reports"}]})
+    bad_artifact = json.dumps(
+        {"compose_files": ["code/docker-compose.yml"], "artifacts": [{"service": "tests", "path": "reports"}]}
+    )
     with Container(image, [(str(CODE), "/tmp/build/task/code", True)]) as container:
         missing = container.exec(["/opt/resource/task"], workdir="/tmp/build/task")
-        invalid = container.exec(["/opt/resource/task"], env={"COMPOSE_ENV": "{compose_files: x}"}, workdir="/tmp/build/task")
+        invalid = container.exec(
+            ["/opt/resource/task"], env={"COMPOSE_ENV": "{compose_files: x}"}, workdir="/tmp/build/task"
+        )
         bad_path = container.exec(["/opt/resource/task"], env={"COMPOSE_ENV": bad_artifact}, workdir="/tmp/build/task")
 
     for outcome in (missing, invalid, bad_path):

@@ -38,13 +38,33 @@ def tarballs(image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     context = work / "context"
     shutil.copytree(DATA, context)
     subprocess.run(
-        ["python3", "-m", "pip", "download", "-q", f"testcontainers=={TESTCONTAINERS_VERSION}", "--no-deps", "-d", str(context / "wheels")],
+        [
+            "python3",
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            f"testcontainers=={TESTCONTAINERS_VERSION}",
+            "--no-deps",
+            "-d",
+            str(context / "wheels"),
+        ],
         check=True,
         capture_output=True,
     )
     base = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
     _docker("build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-t", RUNNER, str(context))
-    _docker("build", "-q", "--build-arg", f"BASE_IMAGE={base}", "--target", "redis", "-t", "redis:7", str(ROOT / "example" / "images"))
+    _docker(
+        "build",
+        "-q",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "--target",
+        "redis",
+        "-t",
+        "redis:7",
+        str(ROOT / "example" / "images"),
+    )
     _docker("save", "-o", str(work / "runner.tar"), RUNNER)
     _docker("save", "-o", str(work / "redis.tar"), "redis:7")
     return work
@@ -55,10 +75,29 @@ def node_tarball(image: str, tarballs: Path) -> Path:
     """node-runner.tar: Debian's nodejs with the testcontainers npm package, installed here (npm, on the host)."""
     context = tarballs / "node-context"
     shutil.copytree(DATA, context)
-    install = ["npm", "install", "--silent", "--no-audit", "--no-fund", "--omit=dev", "--ignore-scripts", f"testcontainers@{TESTCONTAINERS_NODE_VERSION}"]
+    install = [
+        "npm",
+        "install",
+        "--silent",
+        "--no-audit",
+        "--no-fund",
+        "--omit=dev",
+        "--ignore-scripts",
+        f"testcontainers@{TESTCONTAINERS_NODE_VERSION}",
+    ]
     subprocess.run(install, cwd=context, check=True, capture_output=True)
     base = os.environ.get("BASE_IMAGE", "debian:trixie-slim")
-    _docker("build", "-q", "--build-arg", f"BASE_IMAGE={base}", "-f", str(context / "node.Dockerfile"), "-t", NODE_RUNNER, str(context))
+    _docker(
+        "build",
+        "-q",
+        "--build-arg",
+        f"BASE_IMAGE={base}",
+        "-f",
+        str(context / "node.Dockerfile"),
+        "-t",
+        NODE_RUNNER,
+        str(context),
+    )
     _docker("save", "-o", str(tarballs / "node-runner.tar"), NODE_RUNNER)
     return tarballs / "node-runner.tar"
 
@@ -76,15 +115,27 @@ def suite(tmp_path: Path, tarballs: Path) -> Path:
 
 
 def _params(**extra: object) -> dict[str, object]:
-    return {"compose_files": ["docker-compose.yml"], "images": ["runner.tar", "redis.tar"], "command": "run --rm tests", "timeout": "3m", **extra}
+    return {
+        "compose_files": ["docker-compose.yml"],
+        "images": ["runner.tar", "redis.tar"],
+        "command": "run --rm tests",
+        "timeout": "3m",
+        **extra,
+    }
 
 
 @pytest.mark.parametrize("runtime", ["docker", "concourse"])
-def test_a_testcontainers_suite_starts_redis_from_a_passed_image_and_leaves_nothing(image: str, suite: Path, runtime: str) -> None:
-    outcome = run_script(image, "out", {"source": {}, "params": _params(docker_socket=["tests"])}, put_dir=str(suite), runtime=runtime)
+def test_a_testcontainers_suite_starts_redis_from_a_passed_image_and_leaves_nothing(
+    image: str, suite: Path, runtime: str
+) -> None:
+    outcome = run_script(
+        image, "out", {"source": {}, "params": _params(docker_socket=["tests"])}, put_dir=str(suite), runtime=runtime
+    )
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert re.search(rf"^testcontainers: redis:7 at [0-9.]+:\d+ {re.escape(SAYS)}$", outcome.stderr, re.MULTILINE), outcome.stderr
+    assert re.search(rf"^testcontainers: redis:7 at [0-9.]+:\d+ {re.escape(SAYS)}$", outcome.stderr, re.MULTILINE), (
+        outcome.stderr
+    )
     assert "params.docker_socket: tests get the engine: its socket at /var/run/docker.sock" in outcome.stderr
     assert "-f /run/compose-env/docker-socket.compose.yml run --rm tests" in outcome.stderr
     assert "did not arrive" not in outcome.stderr  # nothing pulled: redis:7 was loaded
@@ -93,12 +144,16 @@ def test_a_testcontainers_suite_starts_redis_from_a_passed_image_and_leaves_noth
 
 def test_the_node_binding_reaches_the_container_it_started_too(image: str, suite: Path, node_tarball: Path) -> None:
     os.link(node_tarball, suite / "node-runner.tar")
-    params = _params(images=["node-runner.tar", "redis.tar"], command="run --rm tests-node", docker_socket=["tests-node"])
+    params = _params(
+        images=["node-runner.tar", "redis.tar"], command="run --rm tests-node", docker_socket=["tests-node"]
+    )
 
     outcome = run_script(image, "out", {"source": {}, "params": params}, put_dir=str(suite))
 
     assert outcome.exit_code == 0, outcome.stderr
-    assert re.search(r"^testcontainers \(node\): redis:7 at [0-9.]+:\d+ says \+PONG$", outcome.stderr, re.MULTILINE), outcome.stderr
+    assert re.search(r"^testcontainers \(node\): redis:7 at [0-9.]+:\d+ says \+PONG$", outcome.stderr, re.MULTILINE), (
+        outcome.stderr
+    )
     assert outcome.leftovers == []
 
 
@@ -118,25 +173,38 @@ def test_an_image_the_suite_asks_for_that_was_not_passed_is_named_with_the_fix(i
     outcome = run_script(image, "out", {"source": {}, "params": params}, put_dir=str(suite))
 
     assert outcome.exit_code == 1
-    assert "error: a params.docker_socket service asked the engine to pull redis:6, which did not arrive" in outcome.stderr
+    assert (
+        "error: a params.docker_socket service asked the engine to pull redis:6, which did not arrive" in outcome.stderr
+    )
     assert "hint: pass redis:6 in params.images" in outcome.stderr
-    assert "  diagnosis: the tests asked for redis:6, which could not be pulled: pass redis:6 in params.images" in outcome.stderr
+    assert (
+        "  diagnosis: the tests asked for redis:6, which could not be pulled: pass redis:6 in params.images"
+        in outcome.stderr
+    )
     assert outcome.leftovers == []
 
 
 def test_an_abort_while_a_started_container_runs_leaves_nothing_on_the_worker(image: str, suite: Path) -> None:
     params = _params(docker_socket=["tests"], env={"TC_MODE": "hold"})
 
-    outcome = run_script(image, "out", {"source": {}, "params": params}, put_dir=str(suite), runtime="guardian", sigterm_when=SAYS)
+    outcome = run_script(
+        image, "out", {"source": {}, "params": params}, put_dir=str(suite), runtime="guardian", sigterm_when=SAYS
+    )
 
     assert outcome.exit_code == 143, outcome.stderr
     assert outcome.signal_to_exit is not None and outcome.signal_to_exit < 10
     assert outcome.leftovers == []
 
 
-def test_what_a_suite_leaves_on_a_task_cache_is_gone_before_the_next_run(image: str, suite: Path, tmp_path: Path) -> None:
-    """A container, a network and a volume the suite started and did not stop: teardown removes them from the kept data root."""
-    compose_env = {**_params(compose_files=["code/docker-compose.yml"], docker_socket=["tests"], env={"TC_MODE": "leave"}), "cache_dir": "cache"}
+def test_what_a_suite_leaves_on_a_task_cache_is_gone_before_the_next_run(
+    image: str, suite: Path, tmp_path: Path
+) -> None:
+    """A container, a network and a volume the suite started and did not stop: teardown removes them from the kept data
+    root."""
+    compose_env = {
+        **_params(compose_files=["code/docker-compose.yml"], docker_socket=["tests"], env={"TC_MODE": "leave"}),
+        "cache_dir": "cache",
+    }
     compose_env["images"] = ["code/runner.tar", "code/redis.tar"]
     cache = tmp_path / "cache"
     cache.mkdir()

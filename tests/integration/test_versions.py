@@ -24,7 +24,12 @@ def test_the_image_carries_the_oci_labels_of_its_version_and_revision(image_labe
     version = image_labels["org.opencontainers.image.version"]
     revision = image_labels["org.opencontainers.image.revision"]
 
-    assert version == subprocess.run([str(ROOT / "scripts/version.sh"), str(ROOT)], capture_output=True, text=True, check=True).stdout.strip()
+    assert (
+        version
+        == subprocess.run(
+            [str(ROOT / "scripts/version.sh"), str(ROOT)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
     assert version.startswith((ROOT / "VERSION").read_text().strip())
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     if head:  # a clone: the image was built from it (make image, or the pipeline's build of this commit)
@@ -34,7 +39,9 @@ def test_the_image_carries_the_oci_labels_of_its_version_and_revision(image_labe
     assert image_labels["org.opencontainers.image.description"]
 
 
-def test_a_put_log_opens_with_the_version_and_its_metadata_names_it(image: str, put_dir: Path, version_line: str) -> None:
+def test_a_put_log_opens_with_the_version_and_its_metadata_names_it(
+    image: str, put_dir: Path, version_line: str
+) -> None:
     outcome = run_script(image, "out", EXAMPLE_REQUEST, put_dir=str(put_dir))
 
     assert outcome.exit_code == 0, outcome.stderr

@@ -24,7 +24,10 @@ def make_cache(tmp_path: Path, max_size: int = 10 * 2**30) -> tuple[TaskCache, i
     return TaskCache(CacheConfig(tmp_path / "cache", max_size), Console(log), version=VERSION), log
 
 
-@pytest.mark.parametrize(("given", "size"), [("10GiB", 10 * 2**30), ("500MiB", 500 * 2**20), ("2G", 2 * 10**9), ("1.5 GB", 1_500_000_000), (4096, 4096)])
+@pytest.mark.parametrize(
+    ("given", "size"),
+    [("10GiB", 10 * 2**30), ("500MiB", 500 * 2**20), ("2G", 2 * 10**9), ("1.5 GB", 1_500_000_000), (4096, 4096)],
+)
 def test_sizes_read_binary_and_decimal_units(given: str | int, size: int) -> None:
     assert parse_size(given, "x") == size
 
@@ -39,13 +42,19 @@ def test_an_empty_cache_is_filled_and_marked(tmp_path: Path) -> None:
     cache, log = make_cache(tmp_path)
     cache.check()
     assert "is empty: this run fills it" in log.getvalue()
-    assert json.loads((tmp_path / "cache" / "compose-env-cache.json").read_text()) == {"format": 1, "engine": VERSION, "last_used": {}}
+    assert json.loads((tmp_path / "cache" / "compose-env-cache.json").read_text()) == {
+        "format": 1,
+        "engine": VERSION,
+        "last_used": {},
+    }
 
 
 def test_a_cache_from_this_engine_is_kept_with_its_record(tmp_path: Path) -> None:
     cache, _ = make_cache(tmp_path)
     (cache.config.data_root / "image").mkdir(parents=True)
-    (tmp_path / "cache" / "compose-env-cache.json").write_text(json.dumps({"format": 1, "engine": VERSION, "last_used": {"sha256:a": 5}}))
+    (tmp_path / "cache" / "compose-env-cache.json").write_text(
+        json.dumps({"format": 1, "engine": VERSION, "last_used": {"sha256:a": 5}})
+    )
     cache.check()
     assert (cache.config.data_root / "image").is_dir()
     assert cache.last_used == {"sha256:a": 5.0}
@@ -54,12 +63,17 @@ def test_a_cache_from_this_engine_is_kept_with_its_record(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("marker", "why"),
     [
-        (json.dumps({"format": 1, "engine": "Docker version 20.10.0", "last_used": {}}), "it was written by Docker version 20.10.0"),
+        (
+            json.dumps({"format": 1, "engine": "Docker version 20.10.0", "last_used": {}}),
+            "it was written by Docker version 20.10.0",
+        ),
         ("{trunc", "it has no readable compose-env marker"),
         (None, "it has no readable compose-env marker"),
     ],
 )
-def test_a_cache_of_another_engine_or_without_a_marker_is_wiped_with_a_warning(tmp_path: Path, marker: str | None, why: str) -> None:
+def test_a_cache_of_another_engine_or_without_a_marker_is_wiped_with_a_warning(
+    tmp_path: Path, marker: str | None, why: str
+) -> None:
     cache, log = make_cache(tmp_path)
     (cache.config.data_root / "image").mkdir(parents=True)
     if marker is not None:
@@ -97,11 +111,21 @@ def test_a_second_run_waits_for_the_lock_with_a_log_line(tmp_path: Path, monkeyp
 
 
 class FakeEngine:
-    """Images of 1 GiB each (no layer shared), `sha256:c` used by a container; remove_image and prune_builds recorded."""
+    """Images of 1 GiB each (no layer shared), `sha256:c` used by a container.
+
+    remove_image and prune_builds are recorded.
+    """
 
     def __init__(self, build_cache: int = 0) -> None:
         self.images = [
-            {"Id": f"sha256:{name}", "Size": 2**30, "SharedSize": 0, "Containers": 1 if name == "c" else 0, "Created": created, "RepoTags": [f"{name}:ci"]}
+            {
+                "Id": f"sha256:{name}",
+                "Size": 2**30,
+                "SharedSize": 0,
+                "Containers": 1 if name == "c" else 0,
+                "Created": created,
+                "RepoTags": [f"{name}:ci"],
+            }
             for name, created in (("a", 300), ("b", 100), ("c", 200), ("d", 400))
         ]
         self.build_cache = build_cache
@@ -115,7 +139,11 @@ class FakeEngine:
         return {"Id": "sha256:d"} if name == "d:ci" else {"Id": "sha256:missing"}
 
     def df(self) -> dict:
-        return {"Images": self.images, "LayersSize": sum(i["Size"] for i in self.images), "BuildCache": [{"Size": self.build_cache}]}
+        return {
+            "Images": self.images,
+            "LayersSize": sum(i["Size"] for i in self.images),
+            "BuildCache": [{"Size": self.build_cache}],
+        }
 
     def remove_image(self, image: str, force: bool) -> None:
         self.removed.append(image)
@@ -166,7 +194,11 @@ def work_dir(tmp_path: Path) -> Path:
 
 
 def test_cache_dir_puts_the_data_root_in_the_cache_on_disk(work_dir: Path) -> None:
-    task = parse_task_config({"compose_files": ["code/docker-compose.yml"], "cache_dir": "cache", "cache_max_size": "2GiB"}, work_dir, BuildMetadata())
+    task = parse_task_config(
+        {"compose_files": ["code/docker-compose.yml"], "cache_dir": "cache", "cache_max_size": "2GiB"},
+        work_dir,
+        BuildMetadata(),
+    )
     assert task.cache == CacheConfig(work_dir / "cache", 2 * 2**30)
     assert task.put.source.dockerd.data_root == str(work_dir / "cache" / "docker")
     assert task.put.source.dockerd.data_root_medium == "disk"
@@ -178,12 +210,18 @@ def test_cache_dir_puts_the_data_root_in_the_cache_on_disk(work_dir: Path) -> No
         ({"cache_max_size": "1GiB"}, "COMPOSE_ENV.cache_max_size", "only used with cache_dir"),
         ({"cache_dir": "../elsewhere"}, "COMPOSE_ENV.cache_dir", "leads outside"),
         ({"cache_dir": "compose-env-output"}, "COMPOSE_ENV.cache_dir", "directory of its own"),
-        ({"cache_dir": "c", "source": {"dockerd": {"data_root": "/scratch/d"}}}, "COMPOSE_ENV.cache_dir", "source.dockerd.data_root"),
+        (
+            {"cache_dir": "c", "source": {"dockerd": {"data_root": "/scratch/d"}}},
+            "COMPOSE_ENV.cache_dir",
+            "source.dockerd.data_root",
+        ),
         ({"cache_dir": "c", "source": {"docker_host": "tcp://h:2375"}}, "COMPOSE_ENV.cache_dir", "source.docker_host"),
         ({"cache_dir": "c", "cache_max_size": "lots"}, "COMPOSE_ENV.cache_max_size", "a size such as"),
     ],
 )
-def test_cache_settings_that_cannot_work_are_refused_naming_their_path(work_dir: Path, extra: dict, path: str, message: str) -> None:
+def test_cache_settings_that_cannot_work_are_refused_naming_their_path(
+    work_dir: Path, extra: dict, path: str, message: str
+) -> None:
     with pytest.raises(UserError) as error:
         parse_task_config({"compose_files": ["code/docker-compose.yml"], **extra}, work_dir, BuildMetadata())
     assert path in [problem[0] for problem in error.value.problems]

@@ -26,7 +26,9 @@ def fake_file(tmp_path: Path, name: str, text: str) -> str:
 
 
 def fake_mountinfo(tmp_path: Path, root: Path, options: str) -> str:
-    return fake_file(tmp_path, "mountinfo", f"35 30 0:30 / {root} {options},nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n")
+    return fake_file(
+        tmp_path, "mountinfo", f"35 30 0:30 / {root} {options},nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n"
+    )
 
 
 def test_v2_in_our_own_namespace_moves_processes_to_init_and_enables_every_controller(tmp_path: Path) -> None:
@@ -89,7 +91,9 @@ def test_own_namespace_root_means_every_path_is_slash(tmp_path: Path, content: s
     assert cgroups.at_namespace_root(cgroups.read_own_cgroups(fake_file(tmp_path, "c", content))) is own
 
 
-def test_version_is_2_when_the_root_has_cgroup_controllers_or_the_host_has_only_the_unified_hierarchy(tmp_path: Path) -> None:
+def test_version_is_2_when_the_root_has_cgroup_controllers_or_the_host_has_only_the_unified_hierarchy(
+    tmp_path: Path,
+) -> None:
     assert cgroups.cgroup_version(str(fake_v2_root(tmp_path)), {}) == 2
     assert cgroups.cgroup_version(str(tmp_path / "none"), {"": "/"}) == 2
     assert cgroups.cgroup_version(str(tmp_path / "none"), {"memory": "/", "": "/"}) == 1
@@ -108,9 +112,17 @@ def test_v1_groupings_keep_co_mounted_controllers_together_and_skip_unmounted_on
         "#subsys_name\thierarchy\tnum_cgroups\tenabled\n"
         "cpuset\t3\t1\t1\ncpu\t4\t1\t1\ncpuacct\t4\t1\t1\nmemory\t5\t1\t1\nnet_cls\t6\t1\t1\nnet_prio\t6\t1\t1\nrdma\t0\t1\t0\nmisc\t0\t1\t1\n",
     )
-    self_cgroup = fake_file(tmp_path, "self", "6:net_cls,net_prio:/\n5:memory:/\n4:cpu,cpuacct:/\n3:cpuset:/\n1:name=systemd:/\n0::/\n")
+    self_cgroup = fake_file(
+        tmp_path, "self", "6:net_cls,net_prio:/\n5:memory:/\n4:cpu,cpuacct:/\n3:cpuset:/\n1:name=systemd:/\n0::/\n"
+    )
 
-    assert cgroups.v1_groupings(proc_cgroups, self_cgroup) == ["cpuset", "cpu,cpuacct", "memory", "net_cls,net_prio", "name=systemd"]
+    assert cgroups.v1_groupings(proc_cgroups, self_cgroup) == [
+        "cpuset",
+        "cpu,cpuacct",
+        "memory",
+        "net_cls,net_prio",
+        "name=systemd",
+    ]
 
 
 def fake_devices(tmp_path: Path, listed: str) -> Path:
@@ -150,7 +162,10 @@ def test_devices_fall_back_to_wildcard_rules_then_say_what_stays(tmp_path: Path)
 
 def test_devices_that_allow_everything_are_left_alone(tmp_path: Path) -> None:
     devices = fake_devices(tmp_path, "a *:* rwm\n")
-    assert cgroups.widen_devices(str(devices), write=lambda *_: pytest.fail("wrote")) == "devices: every device allowed already"
+    assert (
+        cgroups.widen_devices(str(devices), write=lambda *_: pytest.fail("wrote"))
+        == "devices: every device allowed already"
+    )
 
 
 def test_sweep_removes_the_parents_subtree_in_every_hierarchy_deepest_first_and_nothing_else(tmp_path: Path) -> None:

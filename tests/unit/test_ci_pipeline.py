@@ -1,4 +1,5 @@
-"""ci/pipeline.yml: the lint every pipeline passes (tests/pipeline_lint.py) catching each kind of mistake here, and the release flow."""
+"""ci/pipeline.yml: the lint every pipeline passes (tests/pipeline_lint.py) catching each kind of mistake here, and the
+release flow."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def the_step(job_name: str, kind: str, name: str) -> dict[str, Any]:
 
 
 def fly_validate(pipeline: dict[str, Any]) -> list[str]:
-    """The problems tests/pipeline_lint.py finds (`fly validate-pipeline`'s, and the artifact flow's), without the file's label."""
+    """The problems tests/pipeline_lint.py finds (`fly validate-pipeline`'s, and the artifact flow's), without the
+    file's label."""
     document = Document("ci/pipeline.yml", PIPELINE_FILE.read_text(), "", REPOSITORY_INPUT)
     return [problem.removeprefix("ci/pipeline.yml: ") for problem in Pipeline(pipeline, document, ROOT).problems()]
 
@@ -63,7 +65,9 @@ def fly_validate(pipeline: dict[str, Any]) -> list[str]:
 
 def test_the_pipeline_passes_the_validate_pipeline_rules_and_names_only_existing_files() -> None:
     assert fly_validate(PIPELINE) == []
-    assert [s["file"] for j in PIPELINE["jobs"] for s in job_steps(j["name"]) if "file" in s], "the pipeline names no files"
+    assert [s["file"] for j in PIPELINE["jobs"] for s in job_steps(j["name"]) if "file" in s], (
+        "the pipeline names no files"
+    )
 
 
 def _break(change: str) -> dict[str, Any]:
@@ -88,7 +92,11 @@ def _break(change: str) -> dict[str, Any]:
         ("unknown-passed-job", "jobs.smoke-test.get(code).passed: unknown job 'biuld-and-test'"),
         ("unknown-resource", "jobs.smoke-test.put(compose-env-typo): unknown resource 'compose-env-typo'"),
         ("unknown-type", "resource 'compose-env': unknown type 'compose-env-release'"),
-        ("missing-task-file", "jobs.smoke-test.task(build-example-redis): file code/ci/tasks/no-such-task.yml does not exist in the repository"),
+        (
+            "missing-task-file",
+            "jobs.smoke-test.task(build-example-redis): file code/ci/tasks/no-such-task.yml does not exist in the "
+            "repository",
+        ),
         ("top-level-typo", "unknown top-level key 'resource_type'"),
     ],
 )
@@ -102,7 +110,9 @@ def test_a_passed_job_must_use_the_resource() -> None:
     broken["jobs"].append({"name": "lint", "plan": [{"get": "code"}]})
     job("publish", broken)["plan"][0]["in_parallel"][1]["passed"] = ["lint"]
 
-    assert fly_validate(broken) == ["jobs.publish.get(image-rc).passed: job 'lint' does not interact with resource 'image-rc'"]
+    assert fly_validate(broken) == [
+        "jobs.publish.get(image-rc).passed: job 'lint' does not interact with resource 'image-rc'"
+    ]
 
 
 def test_local_vars_are_loaded_before_they_are_used() -> None:
@@ -135,7 +145,9 @@ def test_task_files_are_runnable_configs_whose_scripts_exist() -> None:
         script = run["args"][0] if run["path"] == "sh" else run["path"]
         if script.startswith(f"{REPOSITORY_INPUT}/"):
             assert repository_path(script).is_file(), f"{path.name}: {script} is missing"
-            assert run["path"] == "sh" or repository_path(script).stat().st_mode & 0o111, f"{path.name}: {script} is not executable"
+            assert run["path"] == "sh" or repository_path(script).stat().st_mode & 0o111, (
+                f"{path.name}: {script} is not executable"
+            )
         elif "image_resource" in config:
             assert config["image_resource"]["source"]["repository"] == OCI_BUILD_TASK and run["path"] == "build"
 
@@ -151,7 +163,9 @@ def test_the_image_is_built_by_oci_build_task_with_the_version_and_revision_as_b
     assert the_step("build-and-test", "task", "version")["file"] == "code/ci/tasks/version.yml"
     assert the_step("build-and-test", "load_var", "revision")["file"] == "code/.git/short_ref"
     dockerfile_args = set(re.findall(r"^ARG (\w+)", (ROOT / "Dockerfile").read_text(), re.MULTILINE))
-    build_args = {key.removeprefix("BUILD_ARG_") for key in {**config["params"], **step["params"]} if key.startswith("BUILD_ARG_")}
+    build_args = {
+        key.removeprefix("BUILD_ARG_") for key in {**config["params"], **step["params"]} if key.startswith("BUILD_ARG_")
+    }
     assert build_args == {"VERSION", "REVISION", "SOURCE"} and build_args <= dockerfile_args
     assert config["params"]["CONTEXT"] == REPOSITORY_INPUT and config["params"]["UNPACK_ROOTFS"] == "true"
 
@@ -174,7 +188,9 @@ def test_the_smoke_test_puts_the_bundled_example_through_the_freshly_built_resou
     rc = resource("image-rc")["source"]
     kind = resource_type(resource("compose-env")["type"])
     assert kind["type"] == "registry-image" and kind["privileged"] is True
-    assert (kind["source"]["repository"], kind["source"]["tag"]) == (rc["repository"], rc["tag"]), "the type is the test tag"
+    assert (kind["source"]["repository"], kind["source"]["tag"]) == (rc["repository"], rc["tag"]), (
+        "the type is the test tag"
+    )
     put = the_step("smoke-test", "put", "compose-env")
     source = resource("compose-env")["source"]
     parse_source(source)
@@ -189,7 +205,9 @@ def test_the_smoke_test_puts_the_bundled_example_through_the_freshly_built_resou
         assert build["privileged"] is True
         assert image["tag"] == f"example/{build['params']['TARGET']}:ci"
     compose = yaml.safe_load(repository_path(put["params"]["compose_files"][0]).read_text())
-    assert {service["image"] for service in compose["services"].values()} == {image["tag"] for image in put["params"]["images"]}
+    assert {service["image"] for service in compose["services"].values()} == {
+        image["tag"] for image in put["params"]["images"]
+    }
     assert set(put["inputs"]) == {REPOSITORY_INPUT, *builds}
 
 
@@ -213,10 +231,14 @@ def release_check(tmp_path: Path, version: str, changelog: str | None) -> subpro
     (tmp_path / "VERSION").write_text(version + "\n")
     if changelog is not None:
         (tmp_path / "CHANGELOG.md").write_text(changelog)
-    return subprocess.run(["sh", str(ROOT / "ci/scripts/check-release.sh"), str(tmp_path)], capture_output=True, text=True)
+    return subprocess.run(
+        ["sh", str(ROOT / "ci/scripts/check-release.sh"), str(tmp_path)], capture_output=True, text=True
+    )
 
 
-RELEASED = "# Changelog\n\n## [Unreleased]\n\n## [0.2.0] - 2026-12-01\n\n### Added\n\n- a thing\n\n## [0.1.0] - 2026-11-01\n"
+RELEASED = (
+    "# Changelog\n\n## [Unreleased]\n\n## [0.2.0] - 2026-12-01\n\n### Added\n\n- a thing\n\n## [0.1.0] - 2026-11-01\n"
+)
 
 
 def test_the_changelog_keeps_a_changelog_and_its_newest_release_is_the_version_file() -> None:
@@ -227,7 +249,14 @@ def test_the_changelog_keeps_a_changelog_and_its_newest_release_is_the_version_f
     assert sections[0] == "[Unreleased]"
     assert re.fullmatch(r"\[(\d+\.\d+\.\d+)\] - \d{4}-\d{2}-\d{2}", sections[1])
     assert sections[1].startswith(f"[{(ROOT / 'VERSION').read_text().strip()}]")
-    assert set(re.findall(r"^### (.+)$", changelog, re.MULTILINE)) <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}
+    assert set(re.findall(r"^### (.+)$", changelog, re.MULTILINE)) <= {
+        "Added",
+        "Changed",
+        "Deprecated",
+        "Removed",
+        "Fixed",
+        "Security",
+    }
 
 
 @pytest.mark.parametrize(
@@ -236,13 +265,19 @@ def test_the_changelog_keeps_a_changelog_and_its_newest_release_is_the_version_f
         ("0.2.0", RELEASED, ""),
         ("0.1.0", RELEASED, "the newest release is '## [0.2.0] - 2026-12-01', not '## [0.1.0]"),
         ("0.2", RELEASED, "VERSION: '0.2' is not MAJOR.MINOR.PATCH"),
-        ("0.2.0", RELEASED.replace("## [Unreleased]\n", "## [Unreleased]\n\n- pending fix\n"), "1 entries under [Unreleased]"),
+        (
+            "0.2.0",
+            RELEASED.replace("## [Unreleased]\n", "## [Unreleased]\n\n- pending fix\n"),
+            "1 entries under [Unreleased]",
+        ),
         ("0.2.0", RELEASED.replace("## [0.2.0] - 2026-12-01", "## [0.2.0]"), "not '## [0.2.0] - YYYY-MM-DD'"),
         ("0.3.0", "# Changelog\n\n## [Unreleased]\n", "no released section"),
         ("0.3.0", None, "CHANGELOG.md is missing"),
     ],
 )
-def test_check_release_refuses_what_is_not_a_release(tmp_path: Path, version: str, changelog: str | None, message: str) -> None:
+def test_check_release_refuses_what_is_not_a_release(
+    tmp_path: Path, version: str, changelog: str | None, message: str
+) -> None:
     checked = release_check(tmp_path, version, changelog)
 
     assert (checked.returncode == 0) == (not message), checked.stderr
@@ -256,9 +291,19 @@ def test_check_release_refuses_a_commit_after_the_release(tmp_path: Path) -> Non
     (tmp_path / "VERSION").write_text("0.2.0\n")
     (tmp_path / "CHANGELOG.md").write_text(RELEASED)
 
-    checked = subprocess.run(["sh", str(ROOT / "ci/scripts/check-release.sh"), str(tmp_path), str(built)], capture_output=True, text=True)
+    checked = subprocess.run(
+        ["sh", str(ROOT / "ci/scripts/check-release.sh"), str(tmp_path), str(built)], capture_output=True, text=True
+    )
 
     assert checked.returncode == 1
-    assert "this commit's image is 0.2.0-dev+3f2c1ab, not a release: publish the commit that changed VERSION" in checked.stderr
+    assert (
+        "this commit's image is 0.2.0-dev+3f2c1ab, not a release: publish the commit that changed VERSION"
+        in checked.stderr
+    )
     built.write_text("0.2.0\n")
-    assert subprocess.run(["sh", str(ROOT / "ci/scripts/check-release.sh"), str(tmp_path), str(built)], capture_output=True).returncode == 0
+    assert (
+        subprocess.run(
+            ["sh", str(ROOT / "ci/scripts/check-release.sh"), str(tmp_path), str(built)], capture_output=True
+        ).returncode
+        == 0
+    )

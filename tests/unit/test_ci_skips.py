@@ -1,4 +1,7 @@
-"""tests/ci_skips.py: under CI=true a skip fails unless it is `not_applicable`; run on a small suite in a child pytest."""
+"""tests/ci_skips.py: under CI=true a skip fails unless it is `not_applicable`.
+
+Run on a small suite in a child pytest.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ def test_known_bug():
 def test_runs():
     pass
 """
-SKIPPED_AT_COLLECTION = "import pytest\npytest.importorskip('no_such_module_anywhere')\n\ndef test_never_collected():\n    pass\n"
+SKIPPED_AT_COLLECTION = (
+    "import pytest\npytest.importorskip('no_such_module_anywhere')\n\ndef test_never_collected():\n    pass\n"
+)
 
 
 def outcomes(tmp_path: Path, ci: str | None) -> dict[str, str]:
@@ -47,7 +52,17 @@ def outcomes(tmp_path: Path, ci: str | None) -> dict[str, str]:
     env |= {"PYTHONPATH": str(TESTS), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **({"CI": ci} if ci is not None else {})}
     report = tmp_path / "report.xml"
     # --continue-on-collection-errors: under CI the module skipped at collection is an error, which would stop the run.
-    argv = [sys.executable, "-m", "pytest", "-p", "ci_skips", "-p", "no:cacheprovider", "--continue-on-collection-errors", f"--junitxml={report}"]
+    argv = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-p",
+        "ci_skips",
+        "-p",
+        "no:cacheprovider",
+        "--continue-on-collection-errors",
+        f"--junitxml={report}",
+    ]
     subprocess.run([*argv, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, check=False)
     found = {}
     for case in ElementTree.parse(report).iter("testcase"):

@@ -1,7 +1,9 @@
-"""The compose command without an engine (run/command, outcome, logs, project): argv, environment, command analysis, ps/events parsing, exit codes."""
+"""The compose command without an engine (run/command, outcome, logs, project): argv, environment, command analysis,
+ps/events parsing, exit codes."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import time
 from pathlib import Path
@@ -15,9 +17,24 @@ from compose_env.errors import UserError
 from compose_env.redaction import Redactor
 from compose_env.report import ServiceState
 from compose_env.run.command import analyse_command, services_started
-from compose_env.run.logs import COMPOSE_OWN_LINE, PrefixedLine, ServiceLogs, engine_log_lines, output_source, split_prefixed
-from compose_env.run.outcome import decide_exit_code, failing_services, ps_row, ps_table, service_states, stopped_by_compose
+from compose_env.run.logs import (
+    COMPOSE_OWN_LINE,
+    PrefixedLine,
+    ServiceLogs,
+    engine_log_lines,
+    output_source,
+    split_prefixed,
+)
+from compose_env.run.outcome import (
+    decide_exit_code,
+    failing_services,
+    ps_row,
+    ps_table,
+    service_states,
+    stopped_by_compose,
+)
 from compose_env.run.project import ComposeProject, compose_environment, compose_settings_in
+from compose_env.run.states import ps_rows
 
 
 def make_project(tmp_path: Path, inherited: dict[str, str] | None = None, **overrides: object) -> ComposeProject:
@@ -28,7 +45,9 @@ def make_project(tmp_path: Path, inherited: dict[str, str] | None = None, **over
         "project_name": "pipe-job-7",
     }
     values.update(overrides)
-    return ComposeProject(PutParams(**values), Console(), ServiceLogs(tmp_path / "logs"), inherited or {"PATH": "/usr/bin:/bin"})  # type: ignore[arg-type]
+    return ComposeProject(
+        PutParams(**values), Console(), ServiceLogs(tmp_path / "logs"), inherited or {"PATH": "/usr/bin:/bin"}
+    )  # type: ignore[arg-type]
 
 
 # -- argv and environment
@@ -44,8 +63,14 @@ def test_argv_names_project_every_file_env_file_and_profile_and_turns_off_ansi_a
     assert ("--ansi", "never") in pairs and ("--progress", "plain") in pairs
     assert ("-p", "pipe-job-7") in pairs
     assert ("--project-directory", str(tmp_path / "src")) in pairs
-    assert [argv[i + 1] for i, word in enumerate(argv) if word == "-f"] == [str(tmp_path / "src/a.yml"), str(tmp_path / "src/b.yml")]
-    assert [argv[i + 1] for i, word in enumerate(argv) if word == "--env-file"] == [str(tmp_path / "one.env"), str(tmp_path / "two.env")]
+    assert [argv[i + 1] for i, word in enumerate(argv) if word == "-f"] == [
+        str(tmp_path / "src/a.yml"),
+        str(tmp_path / "src/b.yml"),
+    ]
+    assert [argv[i + 1] for i, word in enumerate(argv) if word == "--env-file"] == [
+        str(tmp_path / "one.env"),
+        str(tmp_path / "two.env"),
+    ]
     assert [argv[i + 1] for i, word in enumerate(argv) if word == "--profile"] == ["db", "extra"]
 
 
@@ -59,17 +84,33 @@ def test_the_projects_dotenv_is_passed_explicitly_only_when_no_env_files_are_giv
     assert chosen.env_files() == [tmp_path / "ci.env"]
 
 
-def test_the_project_inherits_the_environment_it_is_given_not_the_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_project_inherits_the_environment_it_is_given_not_the_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FROM_OS_ENVIRON", "1")
-    project = make_project(tmp_path, inherited={"PATH": "/bin", "GIVEN": "yes", "COMPOSE_FILE": "evil.yml"}, env={"APP": "ci"})
+    project = make_project(
+        tmp_path, inherited={"PATH": "/bin", "GIVEN": "yes", "COMPOSE_FILE": "evil.yml"}, env={"APP": "ci"}
+    )
 
     assert project.env == {"PATH": "/bin", "GIVEN": "yes", "APP": "ci", "BUILDKIT_PROGRESS": "plain"}
     project.use_engine({"DOCKER_HOST": "unix:///run/inner.sock"})
-    assert project.env == {"PATH": "/bin", "GIVEN": "yes", "APP": "ci", "DOCKER_HOST": "unix:///run/inner.sock", "BUILDKIT_PROGRESS": "plain"}
+    assert project.env == {
+        "PATH": "/bin",
+        "GIVEN": "yes",
+        "APP": "ci",
+        "DOCKER_HOST": "unix:///run/inner.sock",
+        "BUILDKIT_PROGRESS": "plain",
+    }
 
 
 def test_inherited_compose_docker_and_buildkit_variables_are_dropped_and_the_engine_wins_over_params_env() -> None:
-    inherited = {"PATH": "/bin", "COMPOSE_FILE": "evil.yml", "COMPOSE_PROFILES": "x", "DOCKER_HOST": "tcp://elsewhere", "BUILDKIT_PROGRESS": "tty"}
+    inherited = {
+        "PATH": "/bin",
+        "COMPOSE_FILE": "evil.yml",
+        "COMPOSE_PROFILES": "x",
+        "DOCKER_HOST": "tcp://elsewhere",
+        "BUILDKIT_PROGRESS": "tty",
+    }
     params_env = {"APP_MODE": "ci", "COMPOSE_PARALLEL_LIMIT": "2", "DOCKER_HOST": "tcp://user"}
 
     env = compose_environment(inherited, params_env, {"DOCKER_HOST": "unix:///run/inner.sock"})
@@ -109,7 +150,12 @@ def test_analyse_command_finds_the_services_it_names(
 ) -> None:
     shape = analyse_command(command)
 
-    assert (shape.subcommand, shape.services, shape.exit_code_from, shape.run_service) == (subcommand, services, exit_code_from, run_service)
+    assert (shape.subcommand, shape.services, shape.exit_code_from, shape.run_service) == (
+        subcommand,
+        services,
+        exit_code_from,
+        run_service,
+    )
 
 
 def test_only_an_attached_up_follows_the_output_of_its_services() -> None:
@@ -131,7 +177,13 @@ def test_exit_code_from_is_a_named_service_but_does_not_limit_what_up_starts() -
 
 
 def test_run_starts_its_service_and_the_dependencies_unless_no_deps() -> None:
-    services = {"db": {}, "cache": {}, "api": {"depends_on": {"db": {}}}, "tests": {"depends_on": {"api": {}, "cache": {}}}, "docs": {}}
+    services = {
+        "db": {},
+        "cache": {},
+        "api": {"depends_on": {"db": {}}},
+        "tests": {"depends_on": {"api": {}, "cache": {}}},
+        "docs": {},
+    }
 
     assert sorted(services_started(analyse_command(["run", "tests"]), services)) == ["api", "cache", "db", "tests"]
     assert services_started(analyse_command(["run", "--no-deps", "tests"]), services) == ["tests"]
@@ -168,11 +220,22 @@ def test_ps_rows_are_read_from_the_engine_as_compose_ps_shows_them() -> None:
     # as compose shows them: no health once a container stopped, no exit code while it runs
     assert ps_row(inspected("p-redis-1", "redis", "exited", 0, "unhealthy"))["Health"] == ""
     assert ps_row(inspected("p-db-1", "db", "running", 137))["ExitCode"] == 0
-    assert ps_row({"Name": "/x", "State": {}, "Config": {"Labels": None}}) == {"Name": "x", "Service": "", "State": "", "ExitCode": 0, "Health": ""}
+    assert ps_row({"Name": "/x", "State": {}, "Config": {"Labels": None}}) == {
+        "Name": "x",
+        "Service": "",
+        "State": "",
+        "ExitCode": 0,
+        "Health": "",
+    }
 
 
 def event(action: str, name: str, at: int, **attributes: str) -> dict[str, object]:
-    return {"Type": "container", "Action": action, "Actor": {"Attributes": {"name": name, **attributes}}, "timeNano": at}
+    return {
+        "Type": "container",
+        "Action": action,
+        "Actor": {"Attributes": {"name": name, **attributes}},
+        "timeNano": at,
+    }
 
 
 def test_a_container_signalled_before_it_died_was_stopped_by_compose_the_others_exited_by_themselves() -> None:
@@ -207,7 +270,9 @@ def test_service_states_mark_stopped_containers_from_events_or_else_from_signal_
 
 
 def states(*items: tuple[str, int, bool]) -> list[ServiceState]:
-    return [ServiceState(name, "exited", code, container=f"p-{name}-1", stopped=stopped) for name, code, stopped in items]
+    return [
+        ServiceState(name, "exited", code, container=f"p-{name}-1", stopped=stopped) for name, code, stopped in items
+    ]
 
 
 def test_run_reports_the_containers_exit_code_which_compose_returns() -> None:
@@ -233,7 +298,10 @@ def test_plain_up_fails_when_a_container_exited_non_zero_by_itself_but_not_for_o
 
 def test_failing_services_put_the_command_target_first_then_own_failures_then_on_timeout_the_running_ones() -> None:
     shape = analyse_command(["up", "--exit-code-from", "tests"])
-    result_states = [*states(("tests", 143, True), ("worker", 5, False)), ServiceState("redis", "running", 0, "unhealthy")]
+    result_states = [
+        *states(("tests", 143, True), ("worker", 5, False)),
+        ServiceState("redis", "running", 0, "unhealthy"),
+    ]
 
     assert failing_services(shape, 143, result_states, False) == ["tests", "worker", "redis"]
     assert failing_services(analyse_command(["up"]), 124, [ServiceState("slow", "running", 0)], True) == ["slow"]
@@ -268,7 +336,12 @@ def test_service_logs_are_redacted_and_tailed_from_the_end(tmp_path: Path) -> No
 
 
 def test_ps_table_aligns_columns_and_says_which_containers_compose_stopped() -> None:
-    rows = ps_table([ServiceState("redis", "exited", 0, "", "project-redis-1", True), ServiceState("tests", "exited", 3, "", "project-tests-1")])
+    rows = ps_table(
+        [
+            ServiceState("redis", "exited", 0, "", "project-redis-1", True),
+            ServiceState("tests", "exited", 3, "", "project-tests-1"),
+        ]
+    )
 
     assert rows[0].split() == ["SERVICE", "CONTAINER", "STATE", "EXIT", "HEALTH", "NOTE"]
     assert rows[1].split() == ["redis", "project-redis-1", "exited", "0", "stopped", "by", "compose"]
@@ -298,7 +371,11 @@ def test_engine_log_lines_skip_what_compose_printed_of_each_stream_and_merge_the
 
 
 def test_the_source_of_a_container_is_service_and_number_unless_it_has_its_own_name() -> None:
-    labels = {"com.docker.compose.project": "p", "com.docker.compose.service": "web", "com.docker.compose.container-number": "2"}
+    labels = {
+        "com.docker.compose.project": "p",
+        "com.docker.compose.service": "web",
+        "com.docker.compose.container-number": "2",
+    }
 
     assert output_source({"Labels": labels, "Names": ["/p-web-2"]}) == "web-2"
     assert output_source({"Labels": labels, "Names": ["/my-web"]}) == "my-web"
@@ -323,21 +400,29 @@ def fake_docker(tmp_path: Path, script: str) -> dict[str, str]:
 
 
 def test_compose_config_started_early_gives_its_answer_later(tmp_path: Path) -> None:
-    project = make_project(tmp_path, inherited=fake_docker(tmp_path, """echo '{"name": "p", "services": {"api": {}}}'"""))
+    project = make_project(
+        tmp_path, inherited=fake_docker(tmp_path, """echo '{"name": "p", "services": {"api": {}}}'""")
+    )
     project.start_config()
     assert project.load_config() == {"name": "p", "services": {"api": {}}}
     assert project.services() == {"api": {}} and not project.started
 
 
 def test_a_project_compose_rejects_is_a_user_error_naming_the_files(tmp_path: Path) -> None:
-    project = make_project(tmp_path, inherited=fake_docker(tmp_path, "echo 'services.api Additional property nope is not allowed' >&2; exit 15"))
+    project = make_project(
+        tmp_path,
+        inherited=fake_docker(tmp_path, "echo 'services.api Additional property nope is not allowed' >&2; exit 15"),
+    )
     project.start_config()
     with pytest.raises(UserError, match="nope is not allowed"):
         project.load_config()
 
 
 def test_kill_ends_a_pending_compose_config_and_its_children_at_once(tmp_path: Path) -> None:
-    """The docker CLI runs compose as a child that holds the pipes: the whole group goes, and kill does not wait for it."""
+    """The docker CLI runs compose as a child that holds the pipes: the whole group goes.
+
+    And kill does not wait for it.
+    """
     pids = tmp_path / "pids"
     project = make_project(tmp_path, inherited=fake_docker(tmp_path, f"sleep 30 & echo $$ $! > {pids}; wait"))
     project.start_config()
@@ -352,7 +437,8 @@ def test_kill_ends_a_pending_compose_config_and_its_children_at_once(tmp_path: P
 
 
 class Inspector:
-    """The engine after a run: one container inspected, one removed since it was listed, one the engine cannot answer for."""
+    """The engine after a run: one container inspected, one removed since it was listed, one the engine cannot answer
+    for."""
 
     def inspect_container(self, container_id: str) -> dict[str, object]:
         if container_id == "gone":
@@ -362,15 +448,15 @@ class Inspector:
         return inspected("p-tests-1", "tests", "exited", 3)
 
 
-def test_ps_rows_skip_a_removed_container_and_keep_the_listed_state_of_one_that_cannot_be_inspected(tmp_path: Path) -> None:
+def test_ps_rows_skip_a_removed_container_and_keep_the_listed_state_of_one_that_cannot_be_inspected(
+    tmp_path: Path,
+) -> None:
     listed = [
         {"Id": "ok", "Names": ["/p-tests-1"], "State": "exited", "Labels": {"com.docker.compose.service": "tests"}},
         {"Id": "gone", "Names": ["/p-old-1"], "State": "exited", "Labels": {"com.docker.compose.service": "old"}},
         {"Id": "stuck", "Names": ["/p-db-1"], "State": "running", "Labels": {"com.docker.compose.service": "db"}},
     ]
-    project = make_project(tmp_path)
-
-    rows = project._ps_rows(Inspector(), listed)  # type: ignore[arg-type]
+    rows = ps_rows(Inspector(), listed, Console(io.StringIO()))  # type: ignore[arg-type]
 
     assert rows == [
         {"Name": "p-tests-1", "Service": "tests", "State": "exited", "ExitCode": 3, "Health": ""},

@@ -29,7 +29,12 @@ DUPLICATE = 'mapping key "b" already defined at line 2'
             "params.env_files[0] (code/ci/.env), line 2",
             'unexpected character "\\"" in variable name',
         ),
-        (f"validating {BASE}: services.a Additional property bogus is not allowed", BASE, LABELS[BASE], "services.a Additional property bogus is not allowed"),
+        (
+            f"validating {BASE}: services.a Additional property bogus is not allowed",
+            BASE,
+            LABELS[BASE],
+            "services.a Additional property bogus is not allowed",
+        ),
         (f"yaml: unmarshal errors:\n  line 4: {DUPLICATE}", TEST, f"{LABELS[TEST]}, line 4", DUPLICATE),
         ("services.c must be a mapping", BASE, LABELS[BASE], "services.c must be a mapping"),
     ],

@@ -16,7 +16,6 @@ from compose_env.config.model import (
     BuildMetadata,
     DockerdOptions,
     LogOptions,
-    PathResolver,
     PutParams,
     Source,
     deep_merge,
@@ -24,6 +23,7 @@ from compose_env.config.model import (
     parse_put_request,
     parse_source,
 )
+from compose_env.config.paths import PathResolver
 from compose_env.config.schema import SCHEMA_NAMES, load_schema, subschema
 from compose_env.engine.cache import parse_size
 from compose_env.errors import UserError
@@ -58,7 +58,9 @@ def rendered(request: dict[str, object], put_dir: Path) -> str:
 
 
 def test_paths_inside_resolve_to_real_paths(put_dir: Path) -> None:
-    config = parse_put_request({"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["image"]}}, put_dir, BUILD)
+    config = parse_put_request(
+        {"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["image"]}}, put_dir, BUILD
+    )
 
     assert config.params.compose_files == (put_dir / "repo/ci/docker-compose.yml",)
     assert config.params.project_directory == put_dir / "repo/ci"
@@ -73,21 +75,29 @@ def test_an_absolute_path_inside_the_put_directory_is_fine(put_dir: Path) -> Non
 
 def test_dotdot_escape_is_refused_with_the_param_path(put_dir: Path) -> None:
     text = rendered({"params": {"compose_files": ["repo/../../outside.yml"]}}, put_dir)
-    assert text.startswith("error: params.compose_files[0]: 'repo/../../outside.yml' is a path that leads outside the put directory")
+    assert text.startswith(
+        "error: params.compose_files[0]: 'repo/../../outside.yml' is a path that leads outside the put directory"
+    )
     assert "<input>/<file>" in text
 
 
 def test_absolute_path_outside_is_refused(put_dir: Path, tmp_path: Path) -> None:
     outside = str(tmp_path / "outside.yml")
-    assert f"'{outside}' is an absolute path outside the put directory" in rendered({"params": {"compose_files": outside}}, put_dir)
+    assert f"'{outside}' is an absolute path outside the put directory" in rendered(
+        {"params": {"compose_files": outside}}, put_dir
+    )
 
 
 def test_a_symlink_leading_outside_is_refused(put_dir: Path, tmp_path: Path) -> None:
     os.symlink(tmp_path / "outside.yml", put_dir / "link.yml")
     os.symlink(tmp_path, put_dir / "dir-link")
 
-    assert "'link.yml' is a symlink that leads outside the put directory" in rendered({"params": {"compose_files": "link.yml"}}, put_dir)
-    text = rendered({"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["dir-link/outside.yml"]}}, put_dir)
+    assert "'link.yml' is a symlink that leads outside the put directory" in rendered(
+        {"params": {"compose_files": "link.yml"}}, put_dir
+    )
+    text = rendered(
+        {"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["dir-link/outside.yml"]}}, put_dir
+    )
     assert text.startswith("error: params.images[0]: 'dir-link/outside.yml' is a symlink that leads outside")
 
 
@@ -118,7 +128,9 @@ def test_a_missing_path_says_where_it_stops_and_what_is_there(put_dir: Path, giv
 
 def test_kinds_are_checked(put_dir: Path) -> None:
     assert "repo is not a file but a directory" in rendered({"params": {"compose_files": "repo"}}, put_dir)
-    text = rendered({"params": {"compose_files": "repo/ci/docker-compose.yml", "project_directory": "image/image.tar"}}, put_dir)
+    text = rendered(
+        {"params": {"compose_files": "repo/ci/docker-compose.yml", "project_directory": "image/image.tar"}}, put_dir
+    )
     assert "params.project_directory: image/image.tar is not a directory" in text
     assert "params.env_files[1]: no such file: nope.env" in rendered(
         {"params": {"compose_files": "repo/ci/docker-compose.yml", "env_files": ["repo/ci/.env", "nope.env"]}}, put_dir
@@ -127,7 +139,11 @@ def test_kinds_are_checked(put_dir: Path) -> None:
 
 def test_parsing_never_writes_into_the_put_directory(put_dir: Path) -> None:
     before = {p: (p.lstat().st_mtime_ns, p.lstat().st_size) for p in put_dir.rglob("*")}
-    parse_put_request({"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["image"], "env_files": ["repo/ci/.env"]}}, put_dir, BUILD)
+    parse_put_request(
+        {"params": {"compose_files": "repo/ci/docker-compose.yml", "images": ["image"], "env_files": ["repo/ci/.env"]}},
+        put_dir,
+        BUILD,
+    )
     assert {p: (p.lstat().st_mtime_ns, p.lstat().st_size) for p in put_dir.rglob("*")} == before
 
 
@@ -139,7 +155,12 @@ def test_source_params_are_deep_merged_under_params() -> None:
         {"params": {"compose_files": ["a.yml"], "env": {"A": "1", "B": "1"}, "logs": {"tail": 5}, "profiles": ["x"]}},
         {"env": {"B": "2"}, "profiles": ["y"]},
     )
-    assert merged.values == {"compose_files": ["a.yml"], "env": {"A": "1", "B": "2"}, "logs": {"tail": 5}, "profiles": ["y"]}
+    assert merged.values == {
+        "compose_files": ["a.yml"],
+        "env": {"A": "1", "B": "2"},
+        "logs": {"tail": 5},
+        "profiles": ["y"],
+    }
 
 
 def test_deep_merge_copies_so_inputs_stay_untouched() -> None:
@@ -149,8 +170,18 @@ def test_deep_merge_copies_so_inputs_stay_untouched() -> None:
 
 
 def test_a_problem_in_a_default_is_named_under_source_params(put_dir: Path) -> None:
-    error = error_of({"source": {"params": {"timeout": "soon", "logs": {"tial": 1}}}, "params": {"compose_files": 3, "logs": {"tail": 2}}}, put_dir)
-    assert [path for path, _message, _hint in error.problems] == ["params.compose_files", "source.params.logs.tial", "source.params.timeout"]
+    error = error_of(
+        {
+            "source": {"params": {"timeout": "soon", "logs": {"tial": 1}}},
+            "params": {"compose_files": 3, "logs": {"tail": 2}},
+        },
+        put_dir,
+    )
+    assert [path for path, _message, _hint in error.problems] == [
+        "params.compose_files",
+        "source.params.logs.tial",
+        "source.params.timeout",
+    ]
 
 
 def test_a_path_from_source_params_is_named_there(put_dir: Path) -> None:
@@ -165,7 +196,11 @@ def test_compose_files_may_come_from_source_params_alone(put_dir: Path) -> None:
 
 def test_source_and_params_problems_are_reported_together(put_dir: Path) -> None:
     error = error_of({"source": {"dockerd": {"debug": "yes"}}, "params": {"compose_file": "x"}}, put_dir)
-    assert [path for path, _m, _h in error.problems] == ["source.dockerd.debug", "params.compose_file", "params.compose_files"]
+    assert [path for path, _m, _h in error.problems] == [
+        "source.dockerd.debug",
+        "params.compose_file",
+        "params.compose_files",
+    ]
 
 
 def test_parse_source_checks_the_defaults_without_requiring_compose_files() -> None:
@@ -180,7 +215,9 @@ def test_tls_needs_a_docker_host() -> None:
 
 
 def test_a_duration_in_minutes_is_read_as_seconds(put_dir: Path) -> None:
-    config = parse_put_request({"params": {"compose_files": "repo/ci/docker-compose.yml", "timeout": "1.5m"}}, put_dir, BUILD)
+    config = parse_put_request(
+        {"params": {"compose_files": "repo/ci/docker-compose.yml", "timeout": "1.5m"}}, put_dir, BUILD
+    )
     assert config.params.timeout == 90
 
 
@@ -231,7 +268,9 @@ def observed(schema_name: str, keys: tuple[str, ...], put_dir: Path) -> tuple[An
         case "source", _:
             return attribute(parse_source({}), keys), default
         case "put_params", _:
-            return attribute(parse_put_request({"params": {"compose_files": COMPOSE_FILE}}, put_dir, NO_BUILD).params, keys), default
+            return attribute(
+                parse_put_request({"params": {"compose_files": COMPOSE_FILE}}, put_dir, NO_BUILD).params, keys
+            ), default
         case "task_config", ("output_dir",):
             return parse_task_config(task, put_dir, NO_BUILD).output_dir, put_dir / default
         case "task_config", ("cache_max_size",):
@@ -249,7 +288,10 @@ def test_every_default_in_the_schemas_is_found_by_the_walk() -> None:
         assert len(list(defaults_in(load_schema(name)))) == count_defaults(load_schema(name)), name
 
 
-@pytest.mark.parametrize(("schema_name", "keys"), [(name, keys) for name in SCHEMA_NAMES for keys, _default in defaults_in(load_schema(name))])
+@pytest.mark.parametrize(
+    ("schema_name", "keys"),
+    [(name, keys) for name in SCHEMA_NAMES for keys, _default in defaults_in(load_schema(name))],
+)
 def test_a_minimal_request_gets_every_schema_default(schema_name: str, keys: tuple[str, ...], put_dir: Path) -> None:
     if "properties" in subschema(schema_name, *keys):
         # An object's `{}` default only lets its properties' defaults apply; each of them is a case of its own.
@@ -261,13 +303,20 @@ def test_a_minimal_request_gets_every_schema_default(schema_name: str, keys: tup
 
 def test_an_artifact_without_to_goes_to_the_schemas_folder_for_its_service(put_dir: Path) -> None:
     folder = subschema("task_config", "artifacts", "to")["x-default-folder"]
-    task = parse_task_config({"compose_files": COMPOSE_FILE, "artifacts": [{"service": "tests", "path": "/reports"}]}, put_dir, NO_BUILD)
+    task = parse_task_config(
+        {"compose_files": COMPOSE_FILE, "artifacts": [{"service": "tests", "path": "/reports"}]}, put_dir, NO_BUILD
+    )
     assert [artifact.to for artifact in task.artifacts] == [f"{folder}/tests"]
 
 
 @pytest.mark.parametrize(
     ("dataclass", "schema_name", "keys"),
-    [(Source, "source", ()), (DockerdOptions, "source", ("dockerd",)), (PutParams, "put_params", ()), (LogOptions, "put_params", ("logs",))],
+    [
+        (Source, "source", ()),
+        (DockerdOptions, "source", ("dockerd",)),
+        (PutParams, "put_params", ()),
+        (LogOptions, "put_params", ("logs",)),
+    ],
 )
 def test_a_dataclass_default_is_the_schemas_or_none(dataclass: type, schema_name: str, keys: tuple[str, ...]) -> None:
     properties = subschema(schema_name, *keys)["properties"]
@@ -290,7 +339,10 @@ def test_the_parsers_take_no_fallback_for_a_schema_key() -> None:
     fallbacks = [
         node.args[0].value
         for node in ast.walk(ast.parse(inspect.getsource(model)))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" and len(node.args) == 2
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "get"
+        and len(node.args) == 2
         if isinstance(node.args[0], ast.Constant) and node.args[0].value in schema_keys
     ]
     assert fallbacks == []
@@ -318,7 +370,9 @@ def test_task_env_takes_numbers_and_booleans_too(tmp_path: Path) -> None:
     (tmp_path / "code").mkdir()
     (tmp_path / "code" / "docker-compose.yml").write_text("services: {}\n")
 
-    task = parse_task_config({"compose_files": ["code/docker-compose.yml"], "env": {"PORT": 5432, "DEBUG": True}}, tmp_path, BUILD)
+    task = parse_task_config(
+        {"compose_files": ["code/docker-compose.yml"], "env": {"PORT": 5432, "DEBUG": True}}, tmp_path, BUILD
+    )
 
     assert task.put.params.env == {"PORT": "5432", "DEBUG": "true"}
 
@@ -326,7 +380,14 @@ def test_task_env_takes_numbers_and_booleans_too(tmp_path: Path) -> None:
 def test_metadata_bytes_is_bounded_and_named(put_dir: Path) -> None:
     base = {"compose_files": "repo/ci/docker-compose.yml"}
     assert parse_put_request({"params": base}, put_dir, BUILD).params.logs.metadata_bytes == 4000
-    assert parse_put_request({"params": {**base, "logs": {"metadata_bytes": 16384}}}, put_dir, BUILD).params.logs.metadata_bytes == 16384
+    assert (
+        parse_put_request(
+            {"params": {**base, "logs": {"metadata_bytes": 16384}}}, put_dir, BUILD
+        ).params.logs.metadata_bytes
+        == 16384
+    )
 
-    assert "params.logs.metadata_bytes: " in rendered({"params": {**base, "logs": {"metadata_bytes": 100_000}}}, put_dir)
+    assert "params.logs.metadata_bytes: " in rendered(
+        {"params": {**base, "logs": {"metadata_bytes": 100_000}}}, put_dir
+    )
     assert "params.logs.metadata_bytes: " in rendered({"params": {**base, "logs": {"metadata_bytes": 1000}}}, put_dir)

@@ -34,7 +34,9 @@ def works_for(*binaries: str):
 
     def works(binary: str) -> tuple[bool, str]:
         calls.append(binary)
-        return (True, "") if binary in binaries else (False, f"{binary}: Failed to initialize nft: Protocol not supported")
+        return (
+            (True, "") if binary in binaries else (False, f"{binary}: Failed to initialize nft: Protocol not supported")
+        )
 
     return works, calls
 
@@ -112,7 +114,11 @@ def test_mtu_unknown_without_a_default_route(tmp_path: Path) -> None:
 
 def test_dockerd_argv_passes_every_choice_explicitly_and_user_args_last() -> None:
     options = DockerdOptions(
-        data_root="/scratch/d", registry_mirrors=("https://mirror.example",), insecure_registries=("reg.local:5000",), debug=True, args=("--log-level=warn",)
+        data_root="/scratch/d",
+        registry_mirrors=("https://mirror.example",),
+        insecure_registries=("reg.local:5000",),
+        debug=True,
+        args=("--log-level=warn",),
     )
     argv = daemon_argv.dockerd_argv(options, "overlay2", "nft", 1450)
 
@@ -153,9 +159,15 @@ def test_not_privileged_is_reported_with_the_fix(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("log", "hint"),
     [
-        ('level=fatal msg="failed to start daemon: error initializing graphdriver: driver not supported: overlay2"', "storage"),
+        (
+            'level=fatal msg="failed to start daemon: error initializing graphdriver: driver not supported: overlay2"',
+            "storage",
+        ),
         ("unknown flag: --no-such-flag", "check source.dockerd.args"),
-        ('level=error msg="failed to create NAT chain DOCKER: iptables failed: iptables -t nat -N DOCKER: iptables v1.8.9 (nf_tables)"', "iptables"),
+        (
+            'level=error msg="failed to create NAT chain DOCKER: iptables failed: iptables -t nat -N DOCKER: iptables v1.8.9 (nf_tables)"',
+            "iptables",
+        ),
         ('level=fatal msg="mkdir /sys/fs/cgroup/cpuset/docker: read-only file system"', "privileged: true"),
     ],
 )
@@ -314,7 +326,9 @@ class StopRecorder:
         return {"NetworksDeleted": ["app_default"]}
 
 
-def stopping_inner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client: StopRecorder, data_root: str) -> tuple[daemon.InnerDaemon, list[float]]:
+def stopping_inner(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, client: StopRecorder, data_root: str
+) -> tuple[daemon.InnerDaemon, list[float]]:
     """An inner daemon whose dockerd answers through `client`, and the graces its daemons get (recorded, not given).
 
     Its socket and pid file are in tmp_path: the stop removes them, and a host's must stay.
@@ -353,7 +367,13 @@ PRUNES = [("prune volumes", "true"), ("prune networks",)]
     ],
 )
 def test_the_daemon_stop_leaves_a_kept_data_root_as_compose_down_would_and_kills_the_rest(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, data_root: str, grace: int, down_done: bool, left: int, expected: list[tuple[object, ...]]
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    data_root: str,
+    grace: int,
+    down_done: bool,
+    left: int,
+    expected: list[tuple[object, ...]],
 ) -> None:
     client = StopRecorder(left)
     inner, terminated = stopping_inner(monkeypatch, tmp_path, client, data_root)
@@ -364,7 +384,9 @@ def test_the_daemon_stop_leaves_a_kept_data_root_as_compose_down_would_and_kills
     assert len(terminated) == 1  # dockerd, whatever happened to the containers
 
 
-def test_the_containers_of_an_abort_are_removed_at_once_and_the_prunes_come_after_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_the_containers_of_an_abort_are_removed_at_once_and_the_prunes_come_after_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     client = StopRecorder(left=2)
     inner, _ = stopping_inner(monkeypatch, tmp_path, client, "/cache/docker")
 
@@ -375,7 +397,9 @@ def test_the_containers_of_an_abort_are_removed_at_once_and_the_prunes_come_afte
     assert client.calls[3:] == PRUNES  # once no container holds them
 
 
-def test_a_prune_that_fails_in_any_way_still_lets_the_daemons_stop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_prune_that_fails_in_any_way_still_lets_the_daemons_stop(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     client = StopRecorder()
     client.prune_failure = ValueError("unexpected answer")
     inner, terminated = stopping_inner(monkeypatch, tmp_path, client, "/cache/docker")

@@ -9,7 +9,11 @@ from compose_env.config.model import BuildMetadata, parse_put_request
 from compose_env.errors import UserError
 from compose_env.run.docker_socket import check_services, describe, override, write_override
 
-SERVICES = {"tests": {"environment": {"A": "1"}}, "redis": {}, "own-ryuk": {"environment": {"TESTCONTAINERS_RYUK_DISABLED": "false"}}}
+SERVICES = {
+    "tests": {"environment": {"A": "1"}},
+    "redis": {},
+    "own-ryuk": {"environment": {"TESTCONTAINERS_RYUK_DISABLED": "false"}},
+}
 
 
 def test_each_service_gets_the_socket_docker_host_and_ryuk_off() -> None:
@@ -18,7 +22,9 @@ def test_each_service_gets_the_socket_docker_host_and_ryuk_off() -> None:
     assert document == {
         "services": {
             "tests": {
-                "volumes": [{"type": "bind", "source": "/run/compose-env/watch.sock", "target": "/var/run/docker.sock"}],
+                "volumes": [
+                    {"type": "bind", "source": "/run/compose-env/watch.sock", "target": "/var/run/docker.sock"}
+                ],
                 "environment": {"DOCKER_HOST": "unix:///var/run/docker.sock", "TESTCONTAINERS_RYUK_DISABLED": "true"},
             }
         }
@@ -48,14 +54,18 @@ def test_the_override_is_a_compose_file_named_in_one_line(tmp_path: Path) -> Non
 
     assert path.read_text().startswith("{")
     assert describe(document, path) == (
-        "params.docker_socket: tests get the engine: its socket at /var/run/docker.sock, DOCKER_HOST=unix:///var/run/docker.sock, "
+        "params.docker_socket: tests get the engine: its socket at /var/run/docker.sock, "
+        "DOCKER_HOST=unix:///var/run/docker.sock, "
         f"TESTCONTAINERS_RYUK_DISABLED=true ({path}, after the compose files)"
     )
 
 
 def test_a_remote_engine_cannot_be_handed_out(tmp_path: Path) -> None:
     (tmp_path / "compose.yml").write_text("services: {}\n")
-    request = {"source": {"docker_host": "tcp://engine:2375"}, "params": {"compose_files": "compose.yml", "docker_socket": ["tests"]}}
+    request = {
+        "source": {"docker_host": "tcp://engine:2375"},
+        "params": {"compose_files": "compose.yml", "docker_socket": ["tests"]},
+    }
 
     with pytest.raises(UserError) as raised:
         parse_put_request(request, tmp_path, BuildMetadata())
@@ -68,6 +78,8 @@ def test_docker_socket_is_a_list_of_distinct_names(tmp_path: Path) -> None:
     (tmp_path / "compose.yml").write_text("services: {}\n")
 
     with pytest.raises(UserError) as raised:
-        parse_put_request({"params": {"compose_files": "compose.yml", "docker_socket": "tests"}}, tmp_path, BuildMetadata())
+        parse_put_request(
+            {"params": {"compose_files": "compose.yml", "docker_socket": "tests"}}, tmp_path, BuildMetadata()
+        )
 
     assert raised.value.path == "params.docker_socket"

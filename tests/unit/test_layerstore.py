@@ -1,4 +1,5 @@
-"""layerstore: images written into an overlay2 store directory, checked file by file (root needed: devices, trusted xattrs)."""
+"""layerstore: images written into an overlay2 store directory, checked file by file (root needed: devices, trusted
+xattrs)."""
 
 from __future__ import annotations
 
@@ -42,7 +43,12 @@ def layer_tar(files: dict[str, bytes | None]) -> bytes:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
             else:
-                info.size, info.mode, info.uid, info.gid = len(data), 0o4755 if name.endswith("suid") else 0o644, 1234, 5678
+                info.size, info.mode, info.uid, info.gid = (
+                    len(data),
+                    0o4755 if name.endswith("suid") else 0o644,
+                    1234,
+                    5678,
+                )
                 tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
@@ -58,18 +64,36 @@ def image(tmp_path: Path, name: str, layers: list[bytes], stored: list[bytes] | 
         path = tmp_path / f"{name}-{number}.blob"
         path.write_bytes(content)
         blobs.append(Blob(path, 0, len(content)))
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [diff_id(layer) for layer in layers]}})
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id(layer) for layer in layers]},
+        }
+    )
     made = image_from_config(config.encode(), blobs)
     assert made is not None
     return made
 
 
-BASE = layer_tar({"etc/": None, "etc/keep": b"keep", "etc/gone": b"gone", "dir/": None, "dir/old": b"old", "bin/suid": b"#!/bin/sh\n"})
+BASE = layer_tar(
+    {
+        "etc/": None,
+        "etc/keep": b"keep",
+        "etc/gone": b"gone",
+        "dir/": None,
+        "dir/old": b"old",
+        "bin/suid": b"#!/bin/sh\n",
+    }
+)
 TOP = layer_tar({"etc/.wh.gone": b"", "dir/": None, "dir/.wh..wh..opq": b"", "dir/new": b"new"})
 
 
 def test_chain_ids_follow_the_layer_store_rule() -> None:
-    made = image_from_config(json.dumps({"rootfs": {"diff_ids": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]}}).encode(), [Blob(Path("x"), 0, 1)] * 2)
+    made = image_from_config(
+        json.dumps({"rootfs": {"diff_ids": ["sha256:" + "a" * 64, "sha256:" + "b" * 64]}}).encode(),
+        [Blob(Path("x"), 0, 1)] * 2,
+    )
     assert made is not None
     expected = "sha256:" + hashlib.sha256(f"sha256:{'a' * 64} sha256:{'b' * 64}".encode()).hexdigest()
     assert made.chain_ids == ["sha256:" + "a" * 64, expected]
@@ -87,8 +111,14 @@ def test_configs_that_do_not_describe_the_blobs_are_left_to_docker_load(rootfs: 
 
 def test_images_deeper_than_dockerd_takes_are_left_to_docker_load() -> None:
     diff_ids = [f"sha256:{n:064x}" for n in range(126)]
-    assert image_from_config(json.dumps({"rootfs": {"diff_ids": diff_ids}}).encode(), [Blob(Path("x"), 0, 1)] * 126) is None
-    assert image_from_config(json.dumps({"rootfs": {"diff_ids": diff_ids[:125]}}).encode(), [Blob(Path("x"), 0, 1)] * 125) is not None
+    assert (
+        image_from_config(json.dumps({"rootfs": {"diff_ids": diff_ids}}).encode(), [Blob(Path("x"), 0, 1)] * 126)
+        is None
+    )
+    assert (
+        image_from_config(json.dumps({"rootfs": {"diff_ids": diff_ids[:125]}}).encode(), [Blob(Path("x"), 0, 1)] * 125)
+        is not None
+    )
 
 
 def test_an_image_is_written_as_dockerd_keeps_it(tmp_path: Path) -> None:
@@ -121,14 +151,19 @@ def test_an_image_is_written_as_dockerd_keeps_it(tmp_path: Path) -> None:
     assert not (top_home / "diff/etc/.wh.gone").exists()
     assert os.getxattr(top_home / "diff/dir", "trusted.overlay.opaque") == b"y"
     assert sorted(os.listdir(top_home / "diff/dir")) == ["new"]
-    assert (root / "image/overlay2/imagedb/content/sha256" / made.image_id.removeprefix("sha256:")).read_bytes() == made.config
+    assert (
+        root / "image/overlay2/imagedb/content/sha256" / made.image_id.removeprefix("sha256:")
+    ).read_bytes() == made.config
 
 
 def test_a_layer_two_images_share_is_extracted_once_from_its_plain_copy(tmp_path: Path) -> None:
     root = tmp_path / "docker"
     first = image(tmp_path, "first", [BASE], stored=[gzip.compress(BASE)])
     second = image(tmp_path, "second", [BASE, TOP])
-    assert [w.problem for w in StoreWriter(str(root)).write({"first": first, "second": second}).values()] == [None, None]
+    assert [w.problem for w in StoreWriter(str(root)).write({"first": first, "second": second}).values()] == [
+        None,
+        None,
+    ]
     assert len(list((root / "overlay2").glob("*/diff"))) == 2
     # Written again into the same store: nothing new is extracted.
     assert StoreWriter(str(root)).write({"second": second})["second"].problem is None
@@ -163,7 +198,9 @@ def test_whiteouts_and_size_of_an_extracted_tree(tmp_path: Path) -> None:
     os.symlink("c", tmp_path / "link")
     os.utime(tmp_path / "a", ns=(1_000_000_000 * 10**9, 1_000_000_000 * 10**9))
     assert convert_whiteouts(tmp_path) == 5 + len("c")
-    assert (tmp_path / "a").stat().st_mtime_ns == 1_000_000_000 * 10**9, "tar restored the directory's mtime: converting keeps it"
+    assert (tmp_path / "a").stat().st_mtime_ns == 1_000_000_000 * 10**9, (
+        "tar restored the directory's mtime: converting keeps it"
+    )
     assert stat.S_ISCHR((tmp_path / "a/b").lstat().st_mode)
     assert sorted(os.listdir(tmp_path / "a")) == ["b"]
     assert os.getxattr(tmp_path / "a", "trusted.overlay.opaque") == b"y"
@@ -183,7 +220,9 @@ def test_a_blob_shorter_than_its_listing_fails_only_its_image(tmp_path: Path) ->
     assert outcome["good"].problem is None and outcome["short"].problem
 
 
-def test_a_compressed_blob_that_cannot_be_read_to_its_end_is_reported_by_the_put_not_by_a_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_compressed_blob_that_cannot_be_read_to_its_end_is_reported_by_the_put_not_by_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     thread_errors: list[object] = []
     monkeypatch.setattr(threading, "excepthook", thread_errors.append)
     short = image(tmp_path, "short", [TOP], stored=[gzip.compress(TOP)])
@@ -192,7 +231,9 @@ def test_a_compressed_blob_that_cannot_be_read_to_its_end_is_reported_by_the_put
     outcome = layerstore.write_images({"short": short}, str(tmp_path / "docker"))
 
     assert thread_errors == []
-    assert "reading it: " in (outcome.images["short"].problem or "") and "ended 4096 bytes early" in (outcome.images["short"].problem or "")
+    assert "reading it: " in (outcome.images["short"].problem or "") and "ended 4096 bytes early" in (
+        outcome.images["short"].problem or ""
+    )
     assert outcome.damaged == ""
     assert list((tmp_path / "docker/overlay2").glob("*/diff")) == []
 
@@ -218,9 +259,14 @@ def test_an_image_that_fails_part_way_through_registering_marks_the_store_damage
 def test_a_store_that_cannot_be_made_fails_every_image_and_is_damaged(tmp_path: Path) -> None:
     (tmp_path / "docker").write_text("a file where the data root should be")
 
-    outcome = layerstore.write_images({"a": image(tmp_path, "a", [BASE]), "b": image(tmp_path, "b", [TOP])}, str(tmp_path / "docker"))
+    outcome = layerstore.write_images(
+        {"a": image(tmp_path, "a", [BASE]), "b": image(tmp_path, "b", [TOP])}, str(tmp_path / "docker")
+    )
 
-    assert all(result.problem and result.problem.startswith(f"writing into {tmp_path / 'docker'}: ") for result in outcome.images.values())
+    assert all(
+        result.problem and result.problem.startswith(f"writing into {tmp_path / 'docker'}: ")
+        for result in outcome.images.values()
+    )
     assert outcome.damaged
 
 
@@ -235,7 +281,12 @@ def test_directories_a_layer_implies_get_0755_whatever_our_umask(tmp_path: Path)
     layer = layer_tar({"deep/down/file": b"x"})
     previous = os.umask(0o077)
     try:
-        assert StoreWriter(str(tmp_path / "docker")).write({"implied": image(tmp_path, "implied", [layer])})["implied"].problem is None
+        assert (
+            StoreWriter(str(tmp_path / "docker"))
+            .write({"implied": image(tmp_path, "implied", [layer])})["implied"]
+            .problem
+            is None
+        )
     finally:
         os.umask(previous)
     (diff,) = (tmp_path / "docker/overlay2").glob("*/diff")
@@ -283,7 +334,9 @@ def test_the_same_rootfs_twice_is_one_layer(tmp_path: Path) -> None:
         return json.dumps({"rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
 
     root = tmp_path / "docker"
-    outcome = StoreWriter(str(root)).write({"one": RootfsImage(rootfs, config_for), "two": RootfsImage(rootfs, config_for)})
+    outcome = StoreWriter(str(root)).write(
+        {"one": RootfsImage(rootfs, config_for), "two": RootfsImage(rootfs, config_for)}
+    )
 
     assert outcome["one"].problem is None and outcome["two"].problem is None
     assert outcome["one"].image_id == outcome["two"].image_id, "GNU tar's archive of the same tree is the same"
@@ -293,14 +346,19 @@ def test_the_same_rootfs_twice_is_one_layer(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- cancel: a SIGTERM while layers are extracted
 
 
-def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_and_registers_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_and_registers_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The put's SIGTERM handler raises Aborted in the main thread while the workers' tars are mid-layer.
 
     Each layer's input stalls half-way (a slow disk) until its tar is gone; more layers than workers,
     so some are still queued. The half-written layer directories stay staged (no time is spent on them):
     a kept data root's next run removes them, a default one goes with the container.
     """
-    layers = [layer_tar({"a": bytes([n]) * (64 << 10), "b": bytes([n]) * (64 << 10)}) for n in range(layerstore.MAX_PARALLEL + 2)]
+    layers = [
+        layer_tar({"a": bytes([n]) * (64 << 10), "b": bytes([n]) * (64 << 10)})
+        for n in range(layerstore.MAX_PARALLEL + 2)
+    ]
     made = image(tmp_path, "big", layers)
     workers = min(layerstore.MAX_PARALLEL, os.cpu_count() or 1, len(layers))
     root = tmp_path / "docker"
@@ -341,7 +399,9 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
                     problems.append("the workers' tars never all got their input")
                     return
             deadline = time.monotonic() + 30
-            while len(list(root.glob(f"overlay2/{PARTIAL_DIR}/*/diff/a"))) < workers:  # tar has started writing each layer
+            while (
+                len(list(root.glob(f"overlay2/{PARTIAL_DIR}/*/diff/a"))) < workers
+            ):  # tar has started writing each layer
                 if time.monotonic() > deadline:
                     problems.append("the tars never started writing")
                     return
@@ -377,7 +437,9 @@ def test_a_sigterm_while_layers_are_extracted_kills_every_tar_starts_no_other_an
     assert os.listdir(root / "overlay2") == ["l"]
     monkeypatch.undo()
     assert StoreWriter(str(root)).write({"big": made})["big"].problem is None
-    assert sorted(os.listdir(root / "overlay2")) == sorted(["l", *(p.parent.name for p in root.glob("overlay2/*/diff"))])
+    assert sorted(os.listdir(root / "overlay2")) == sorted(
+        ["l", *(p.parent.name for p in root.glob("overlay2/*/diff"))]
+    )
 
 
 # ---------------------------------------------------------------- the sweep of a kept data root
@@ -393,7 +455,9 @@ def test_only_the_half_written_layers_of_a_kept_data_root_are_removed(tmp_path: 
     (half_written / "diff/usr").mkdir(parents=True)
     (half_written / "diff/usr/big").write_bytes(b"x" * (3 << 20))
     os.link(half_written / "diff/usr/big", half_written / "diff/usr/big-again")
-    buildkit_snapshot = root / "overlay2" / "k3v9x2m1q8w7e6r5t4y3u2i1o"  # BuildKit's: in buildkit/snapshots.db, not in the layer store
+    buildkit_snapshot = (
+        root / "overlay2" / "k3v9x2m1q8w7e6r5t4y3u2i1o"
+    )  # BuildKit's: in buildkit/snapshots.db, not in the layer store
     (buildkit_snapshot / "diff").mkdir(parents=True)
     (root / "buildkit").mkdir()
     (root / "buildkit/snapshots.db").write_bytes(b"bolt")
@@ -407,8 +471,12 @@ def test_only_the_half_written_layers_of_a_kept_data_root_are_removed(tmp_path: 
 
     StoreLayout(root).remove_partial_layers(Console(log))
 
-    assert sorted(os.listdir(root / "overlay2")) == sorted(["l", registered, buildkit_snapshot.name, container, f"{container}-init"])
-    assert f"warning: data root {root}: removed 1 half-written layer an interrupted run left (3.0 MiB)" in log.getvalue()
+    assert sorted(os.listdir(root / "overlay2")) == sorted(
+        ["l", registered, buildkit_snapshot.name, container, f"{container}-init"]
+    )
+    assert (
+        f"warning: data root {root}: removed 1 half-written layer an interrupted run left (3.0 MiB)" in log.getvalue()
+    )
     assert log.getvalue().count("\n") == 1
 
 
@@ -423,7 +491,9 @@ def test_a_data_root_without_half_written_layers_is_left_as_it_is_and_says_nothi
     assert log.getvalue() == ""
 
 
-def test_half_written_layers_that_cannot_be_removed_are_named_and_the_run_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_half_written_layers_that_cannot_be_removed_are_named_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     staging = tmp_path / "docker/overlay2" / PARTIAL_DIR
     (staging / "abc/diff").mkdir(parents=True)
 
@@ -433,4 +503,7 @@ def test_half_written_layers_that_cannot_be_removed_are_named_and_the_run_goes_o
     monkeypatch.setattr(store_format.shutil, "rmtree", refuse)
     log = io.StringIO()
     StoreLayout(tmp_path / "docker").remove_partial_layers(Console(log))
-    assert f"could not remove the half-written layers an interrupted run left in {staging}: [Errno 13] Permission denied" in log.getvalue()
+    assert (
+        f"could not remove the half-written layers an interrupted run left in {staging}: [Errno 13] Permission denied"
+        in log.getvalue()
+    )

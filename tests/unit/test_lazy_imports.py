@@ -27,7 +27,8 @@ def test_the_flows_import_without_loading_docker_py_until_load_runs_it() -> None
         "import compose_env.run.put, compose_env.run.task\n"
         "print('docker.api' in sys.modules, 'urllib3' in sys.modules, type(docker).__name__)\n"
         "lazy_imports.load()\n"
-        "print('docker.api' in sys.modules, type(docker).__name__, docker.APIClient.__name__, issubclass(docker.errors.APIError, requests.HTTPError))\n"
+        "print('docker.api' in sys.modules, type(docker).__name__, docker.APIClient.__name__, "
+        "issubclass(docker.errors.APIError, requests.HTTPError))\n"
     )
 
     assert printed.splitlines() == ["False False", "False False DeferredModule", "True module APIClient True"]

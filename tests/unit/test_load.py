@@ -1,4 +1,5 @@
-"""Loading against a fake engine: the load protocol, names from the response, failures named for their entry, the build log."""
+"""Loading against a fake engine: the load protocol, names from the response, failures named for their entry, the build
+log."""
 
 from __future__ import annotations
 
@@ -74,7 +75,9 @@ def test_an_image_loaded_by_id_is_tagged_with_the_planned_names(tmp_path: Path, 
 
 
 def test_an_error_inside_a_successful_response_fails_the_load(tmp_path: Path, parts: ImageParts) -> None:
-    engine = FakeEngine([{"stream": "Loading layer"}, {"errorDetail": {"message": "unexpected EOF"}, "error": "unexpected EOF"}])
+    engine = FakeEngine(
+        [{"stream": "Loading layer"}, {"errorDetail": {"message": "unexpected EOF"}, "error": "unexpected EOF"}]
+    )
     plan = _plan(tmp_path, parts, ["a:1"])
 
     with pytest.raises(RuntimeFailure, match=r"params.images\[0\] \(app.tar\): docker load failed: unexpected EOF"):

@@ -1,4 +1,7 @@
-"""OCI layouts: the manifest for a platform through nested indexes, and the docker-save stream made of it (no Docker)."""
+"""OCI layouts: the manifest for a platform through nested indexes, and the docker-save stream made of it.
+
+No Docker.
+"""
 
 from __future__ import annotations
 
@@ -41,7 +44,10 @@ def test_select_manifest_walks_a_nested_index(tmp_path: Path, parts: ImageParts)
 def test_select_manifest_names_the_platforms_offered_when_none_matches(tmp_path: Path, parts: ImageParts) -> None:
     layout = oci_layout_dir(parts, tmp_path / "image", "example/app", "1", platform=("linux", "s390x")) / "oci"
 
-    with pytest.raises(NoMatchingPlatform, match=r"no image for the daemon's platform linux/amd64; it offers: linux/arm64/v8, linux/s390x$"):
+    with pytest.raises(
+        NoMatchingPlatform,
+        match=r"no image for the daemon's platform linux/amd64; it offers: linux/arm64/v8, linux/s390x$",
+    ):
         select_manifest(LayoutReader.directory(layout), AMD64)
 
 
@@ -54,7 +60,9 @@ def test_a_single_manifest_without_platform_is_checked_against_its_config(tmp_pa
     assert select_manifest(LayoutReader.directory(layout), ("linux", "arm64", ""))
 
 
-def test_oci_layout_becomes_a_docker_save_archive_with_only_the_chosen_platform(tmp_path: Path, parts: ImageParts) -> None:
+def test_oci_layout_becomes_a_docker_save_archive_with_only_the_chosen_platform(
+    tmp_path: Path, parts: ImageParts
+) -> None:
     layout = oci_layout_dir(parts, tmp_path / "image", "example/app", "1") / "oci"
 
     data = b"".join(oci_stream(LayoutReader.directory(layout), AMD64, ["example/app:1"]))

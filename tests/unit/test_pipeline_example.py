@@ -41,11 +41,17 @@ def compose_env_type() -> dict[str, Any]:
 
 def compose_env_puts() -> list[dict[str, Any]]:
     kind = compose_env_type()["name"]
-    return [step for step in all_steps() if "put" in step and resource_types()[step.get("resource", step["put"])] == kind]
+    return [
+        step for step in all_steps() if "put" in step and resource_types()[step.get("resource", step["put"])] == kind
+    ]
 
 
 def compose_env_tasks() -> list[dict[str, Any]]:
-    return [step["config"] for step in all_steps() if "task" in step and step.get("config", {}).get("run", {}).get("path") == TASK_PATH]
+    return [
+        step["config"]
+        for step in all_steps()
+        if "task" in step and step.get("config", {}).get("run", {}).get("path") == TASK_PATH
+    ]
 
 
 def validate_put(resource_name: str, params: dict[str, Any]) -> None:
@@ -63,7 +69,11 @@ def image_paths(params: dict[str, Any]) -> list[str]:
 def first_components(params: dict[str, Any], defaults: dict[str, Any]) -> set[str]:
     merged = {**defaults, **params}
     compose_files = merged["compose_files"]
-    paths = [*([compose_files] if isinstance(compose_files, str) else compose_files), *image_paths(merged), *merged.get("env_files", [])]
+    paths = [
+        *([compose_files] if isinstance(compose_files, str) else compose_files),
+        *image_paths(merged),
+        *merged.get("env_files", []),
+    ]
     return {Path(path).parts[0] for path in paths}
 
 
@@ -83,7 +93,9 @@ def test_every_compose_env_put_passes_validation_and_streams_only_what_it_reads(
         validate_put(resource, step["params"])
         assert step["no_get"] is True
         defaults = next(r for r in PIPELINE["resources"] if r["name"] == resource)["source"].get("params", {})
-        assert first_components(step["params"], defaults) <= set(step["inputs"]), f"put {resource}: a path outside its inputs"
+        assert first_components(step["params"], defaults) <= set(step["inputs"]), (
+            f"put {resource}: a path outside its inputs"
+        )
 
 
 def test_every_compose_env_task_passes_validation_and_has_its_inputs_and_output() -> None:
@@ -101,7 +113,9 @@ def test_compose_env_tasks_run_privileged_from_the_published_image() -> None:
     for step in all_steps():
         if step.get("config", {}).get("run", {}).get("path") == TASK_PATH:
             assert step["privileged"] is True
-            assert step["config"]["image_resource"]["source"]["repository"] == compose_env_type()["source"]["repository"]
+            assert (
+                step["config"]["image_resource"]["source"]["repository"] == compose_env_type()["source"]["repository"]
+            )
 
 
 def test_the_pipeline_shows_every_image_producer_shape() -> None:
@@ -109,11 +123,17 @@ def test_the_pipeline_shows_every_image_producer_shape() -> None:
     gets = [step for step in all_steps() if "get" in step]
     assert any(types[s["get"]] == "registry-image" and s.get("params", {}).get("format") == "oci" for s in gets)
     assert any(types[s["get"]] == "docker-image" and s.get("params", {}).get("save") is True for s in gets)
-    builds = [s for s in all_steps() if "task" in s and "oci-build-task" in str(s.get("config", {}).get("image_resource"))]
+    builds = [
+        s for s in all_steps() if "task" in s and "oci-build-task" in str(s.get("config", {}).get("image_resource"))
+    ]
     assert builds and all(s["privileged"] for s in builds)
     built = {s.get("output_mapping", {}).get("image", "image") for s in builds}
-    for params in [step["params"] for step in compose_env_puts()] + [c["params"]["COMPOSE_ENV"] for c in compose_env_tasks()]:
-        explicit = [item for item in params["images"] if isinstance(item, dict) and Path(item["path"]).parts[0] in built]
+    for params in [step["params"] for step in compose_env_puts()] + [
+        c["params"]["COMPOSE_ENV"] for c in compose_env_tasks()
+    ]:
+        explicit = [
+            item for item in params["images"] if isinstance(item, dict) and Path(item["path"]).parts[0] in built
+        ]
         assert explicit and all(item.get("tag") for item in explicit), "oci-build-task output needs an explicit tag"
 
 
@@ -186,11 +206,17 @@ def test_both_files_name_the_image_only_through_the_one_variable() -> None:
 
 
 def test_the_readme_quick_start_runs_the_shipped_task_file_on_the_example() -> None:
-    """The README's quick start sits in its Task mode section (Concourse's convention puts Source Configuration first)."""
+    """The README's quick start sits in its Task mode section.
+
+    (Concourse's convention puts Source Configuration first.)
+    """
     readme = (ROOT / "README.md").read_text()
     task_mode = readme.index("\n## Task mode")
     start = readme.index("### Quick start", task_mode)
     quick_start = readme[start : readme.index("\n## ", start)]
     command = " ".join(quick_start.replace("\\\n", " ").split())
-    assert "fly -t ci execute -c tasks/compose-env.yml --privileged --include-ignored -i code=example/put -o compose-env-output=./out" in command
+    assert (
+        "fly -t ci execute -c tasks/compose-env.yml --privileged --include-ignored -i code=example/put -o "
+        "compose-env-output=./out" in command
+    )
     assert f"-v {IMAGE_VARIABLE[2:-2]}=" in command

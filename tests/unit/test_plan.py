@@ -88,7 +88,9 @@ def _is_docker_save(data: bytes) -> bool:
         return "manifest.json" in tar.getnames()
 
 
-@pytest.mark.parametrize("bad", ["Bad Name!", "UPPER/app:1", "app@sha256:" + "a" * 64, "app:", "-app", "app:" + "x" * 200])
+@pytest.mark.parametrize(
+    "bad", ["Bad Name!", "UPPER/app:1", "app@sha256:" + "a" * 64, "app:", "-app", "app:" + "x" * 200]
+)
 def test_an_invalid_tag_names_the_parameter(tmp_path: Path, parts: ImageParts, bad: str) -> None:
     tarball = docker_save_tarball(parts, tmp_path / "app.tar", [])
 
@@ -119,7 +121,9 @@ def test_registry_image_oci_dir_is_named_from_repo_tags_and_files(tmp_path: Path
     assert _streamed(plan) == (directory / "image.tar").read_bytes()
 
 
-def test_a_missing_tag_file_adds_no_guessed_latest_to_a_tarball_that_carries_repo_tags(tmp_path: Path, parts: ImageParts) -> None:
+def test_a_missing_tag_file_adds_no_guessed_latest_to_a_tarball_that_carries_repo_tags(
+    tmp_path: Path, parts: ImageParts
+) -> None:
     directory = registry_image_oci_dir(parts, tmp_path / "redis-image", "redis", "7", "index.docker.io/library/redis:7")
     (directory / "tag").unlink()
 
@@ -140,7 +144,9 @@ def test_docker_image_save_dir_is_named_from_its_repository_and_tag_files(tmp_pa
     plan = plan_image(entry(directory))
 
     assert plan.source_path == directory / "image"
-    assert plan.shape.startswith("docker-save tarball (no RepoTags); image used, not the rootfs/, metadata.json beside it")
+    assert plan.shape.startswith(
+        "docker-save tarball (no RepoTags); image used, not the rootfs/, metadata.json beside it"
+    )
     assert plan.names == ("example/saved:ci",)
 
 
@@ -173,7 +179,11 @@ def test_oci_layout_without_a_match_for_this_platform_is_a_user_error(tmp_path: 
     directory = oci_layout_dir(parts, tmp_path / "layout", "example/layout", "ci", platform=("linux", "ppc64le"))
 
     with pytest.raises(
-        UserError, match=r"params.images\[0\]: layout: oci/ has no image for the daemon's platform linux/amd64; it offers: linux/arm64/v8, linux/ppc64le"
+        UserError,
+        match=(
+            r"params.images\[0\]: layout: oci/ has no image for the daemon's platform linux/amd64;"
+            r" it offers: linux/arm64/v8, linux/ppc64le"
+        ),
     ):
         plan_image(entry(directory))
 
@@ -205,9 +215,11 @@ def test_a_registry_image_rootfs_keeps_env_user_and_labels_and_warns_of_the_rest
     assert plan.names == ("example/rootfs:ci",)
     assert _stream_config(plan) == {key: SERVICE_CONFIG[key] for key in ("Env", "User", "Labels")}
     assert plan.warning == (
-        "params.images[0] (rootfs-image): loaded from rootfs/, with ENV, USER, LABEL from metadata.json and labels.json: "
+        "params.images[0] (rootfs-image): loaded from rootfs/, with ENV, USER, LABEL from metadata.json and "
+        "labels.json: "
         "the image's CMD, ENTRYPOINT, WORKDIR, HEALTHCHECK, EXPOSE, VOLUME, STOPSIGNAL are lost; "
-        "for the whole config, give the get `params: {format: oci}` (registry-image) or `params: {save: true}` (docker-image)"
+        "for the whole config, give the get `params: {format: oci}` (registry-image) or `params: {save: true}` "
+        "(docker-image)"
     )
 
 
@@ -224,7 +236,12 @@ def test_a_registry_image_rootfs_from_v1_15_keeps_the_command_too(tmp_path: Path
 def test_a_null_command_in_metadata_means_none_not_lost(tmp_path: Path) -> None:
     parts = synthetic_image(tmp_path / "parts", {"f": b"x"}, {"Env": ["A=1"]})
     directory = registry_image_rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci", release="v1.18.0")
-    assert json.loads((directory / "metadata.json").read_text()) == {"cmd": None, "entrypoint": None, "env": ["A=1"], "user": ""}
+    assert json.loads((directory / "metadata.json").read_text()) == {
+        "cmd": None,
+        "entrypoint": None,
+        "env": ["A=1"],
+        "user": "",
+    }
 
     plan = plan_image(entry(directory))
 
@@ -240,7 +257,9 @@ def test_oci_build_task_unpacked_rootfs_keeps_env_and_user_only(tmp_path: Path) 
     plan = plan_image(entry(directory, ("example/built:ci",)))
 
     assert _stream_config(plan) == {key: SERVICE_CONFIG[key] for key in ("Env", "User")}
-    assert "the image's CMD, ENTRYPOINT, WORKDIR, HEALTHCHECK, EXPOSE, VOLUME, STOPSIGNAL, LABEL are lost" in plan.warning
+    assert (
+        "the image's CMD, ENTRYPOINT, WORKDIR, HEALTHCHECK, EXPOSE, VOLUME, STOPSIGNAL, LABEL are lost" in plan.warning
+    )
 
 
 def test_a_docker_image_get_without_save_keeps_the_whole_config_from_docker_inspect_json(tmp_path: Path) -> None:
@@ -255,7 +274,9 @@ def test_a_docker_image_get_without_save_keeps_the_whole_config_from_docker_insp
 
 
 @pytest.mark.parametrize("rootfs_tar", [False, True])
-def test_a_docker_image_get_with_save_loads_the_saved_image_not_the_rootfs_beside_it(tmp_path: Path, rootfs_tar: bool) -> None:
+def test_a_docker_image_get_with_save_loads_the_saved_image_not_the_rootfs_beside_it(
+    tmp_path: Path, rootfs_tar: bool
+) -> None:
     parts = synthetic_image(tmp_path / "parts", {"f": b"x"}, SERVICE_CONFIG)
     directory = docker_image_resource_dir(parts, tmp_path / "redis", "example/redis", "7", rootfs_tar=rootfs_tar)
 
@@ -264,14 +285,17 @@ def test_a_docker_image_get_with_save_loads_the_saved_image_not_the_rootfs_besid
     assert plan.source_path == directory / "image"
     ignored = "rootfs/, rootfs.tar, metadata.json" if rootfs_tar else "rootfs/, metadata.json"
     assert plan.shape == (
-        f"docker-save tarball (no RepoTags); image used, not the {ignored} beside it: it keeps the whole image config (CMD, ENTRYPOINT, HEALTHCHECK, …)"
+        f"docker-save tarball (no RepoTags); image used, not the {ignored} beside it: it keeps the whole image config "
+        "(CMD, ENTRYPOINT, HEALTHCHECK, …)"
     )
     assert plan.names == ("example/redis:7",)
     assert plan.warning == ""
 
 
 @pytest.mark.parametrize("given", ["built", "built/image"])
-def test_oci_build_task_with_unpack_rootfs_loads_image_tar_given_as_the_output_or_its_parent(tmp_path: Path, parts: ImageParts, given: str) -> None:
+def test_oci_build_task_with_unpack_rootfs_loads_image_tar_given_as_the_output_or_its_parent(
+    tmp_path: Path, parts: ImageParts, given: str
+) -> None:
     oci_build_task_dir(parts, tmp_path / "built" / "image", unpack_rootfs=True)
 
     plan = plan_image(ImageEntry(index=0, path=tmp_path / given, given=given, tags=("example/built:ci",)))
@@ -280,12 +304,15 @@ def test_oci_build_task_with_unpack_rootfs_loads_image_tar_given_as_the_output_o
     assert plan.warning == ""
     if given == "built/image":
         assert plan.shape.endswith(
-            "image.tar used, not the rootfs/, metadata.json beside it: it keeps the whole image config (CMD, ENTRYPOINT, HEALTHCHECK, …)"
+            "image.tar used, not the rootfs/, metadata.json beside it: it keeps the whole image config (CMD, "
+            "ENTRYPOINT, HEALTHCHECK, …)"
         )
 
 
 @pytest.mark.parametrize("given", ["built", "built/image", "built/image/image"])
-def test_oci_build_task_oci_output_loads_as_an_oci_archive_or_layout(tmp_path: Path, parts: ImageParts, given: str) -> None:
+def test_oci_build_task_oci_output_loads_as_an_oci_archive_or_layout(
+    tmp_path: Path, parts: ImageParts, given: str
+) -> None:
     oci_build_task_dir(parts, tmp_path / "built" / "image", output_oci=True)
 
     plan = plan_image(ImageEntry(index=0, path=tmp_path / given, given=given, tags=("example/built:ci",)))
@@ -307,7 +334,9 @@ def test_rootfs_metadata_of_the_wrong_shape_is_a_user_error(tmp_path: Path, part
     directory = registry_image_rootfs_dir(parts, tmp_path / "rootfs-image", "example/rootfs", "ci")
     (directory / "metadata.json").write_text('{"env": "A=1"}')
 
-    with pytest.raises(UserError, match=r"params.images\[0\]: rootfs-image/metadata.json: env should be a list of strings, got \"A=1\""):
+    with pytest.raises(
+        UserError, match=r"params.images\[0\]: rootfs-image/metadata.json: env should be a list of strings, got \"A=1\""
+    ):
         plan_image(entry(directory))
     (directory / "metadata.json").write_text("{not json")
     with pytest.raises(UserError, match=r"rootfs-image/metadata.json is not valid JSON"):
@@ -339,7 +368,10 @@ def test_a_truncated_tarball_fails_at_planning_naming_the_entry(tmp_path: Path, 
     tarball = docker_save_tarball(parts, tmp_path / "app.tar", ["example/app:1"])
     cut = truncated_copy(tarball, tmp_path / "cut.tar")
 
-    with pytest.raises(RuntimeFailure, match=r"params.images\[2\] \(cut.tar\): cut.tar is truncated inside \S+ \(\d+ of \d+ bytes present\)"):
+    with pytest.raises(
+        RuntimeFailure,
+        match=r"params.images\[2\] \(cut.tar\): cut.tar is truncated inside \S+ \(\d+ of \d+ bytes present\)",
+    ):
         plan_image(entry(cut, index=2))
 
 

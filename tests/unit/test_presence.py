@@ -1,4 +1,5 @@
-"""Image presence against a fake engine: what is loaded or built passes, the rest is pulled, and what stays missing is named with how to provide it."""
+"""Image presence against a fake engine: what is loaded or built passes, the rest is pulled, and what stays missing is
+named with how to provide it."""
 
 from __future__ import annotations
 
@@ -43,7 +44,15 @@ def _ensure(engine: FakeEngine, services: dict[str, Any], log: io.StringIO | Non
 def test_loaded_and_built_images_need_nothing_and_one_image_is_checked_once() -> None:
     engine = FakeEngine(["app:ci"])
 
-    _ensure(engine, {"app": {"image": "app:ci"}, "worker": {"image": "app:ci"}, "built": {"image": "mine:1", "build": "."}, "bare": {}})
+    _ensure(
+        engine,
+        {
+            "app": {"image": "app:ci"},
+            "worker": {"image": "app:ci"},
+            "built": {"image": "mine:1", "build": "."},
+            "bare": {},
+        },
+    )
 
     assert engine.inspected == ["app:ci"]
     assert engine.pulled == []
@@ -80,4 +89,7 @@ def test_pull_policy_always_is_warned_about() -> None:
 
     _ensure(FakeEngine(["app:ci"]), {"app": {"image": "app:ci", "pull_policy": "always"}}, log)
 
-    assert "service app has pull_policy: always: compose will pull app:ci even if params.images loaded it" in log.getvalue()
+    assert (
+        "service app has pull_policy: always: compose will pull app:ci even if params.images loaded it"
+        in log.getvalue()
+    )

@@ -28,20 +28,33 @@ def _progress(lines: list[str]) -> ContainerProgress:
 def test_a_container_left_creating_failed_with_the_error_that_followed() -> None:
     failures = _progress(NO_COMMAND).failures()
 
-    assert failures == [ContainerFailure("p-server-1", "could not be created", "Error response from daemon: no command specified")]
+    assert failures == [
+        ContainerFailure("p-server-1", "could not be created", "Error response from daemon: no command specified")
+    ]
     assert failures[0].service("p") == "server"
 
 
 def test_finished_steps_are_no_failure() -> None:
-    lines = [" Container p-db-1  Starting", " Container p-db-1  Started", " Container p-db-1  Waiting", " Container p-db-1  Healthy"]
+    lines = [
+        " Container p-db-1  Starting",
+        " Container p-db-1  Started",
+        " Container p-db-1  Waiting",
+        " Container p-db-1  Healthy",
+    ]
 
     assert _progress(lines).failures() == []
 
 
 def test_an_unhealthy_dependency_is_named_with_composes_reason() -> None:
-    lines = [" Container p-db-1  Waiting", " Container p-db-1  Error", "dependency failed to start: container p-db-1 is unhealthy"]
+    lines = [
+        " Container p-db-1  Waiting",
+        " Container p-db-1  Error",
+        "dependency failed to start: container p-db-1 is unhealthy",
+    ]
 
-    assert _progress(lines).failures() == [ContainerFailure("p-db-1", "failed", "dependency failed to start: container p-db-1 is unhealthy")]
+    assert _progress(lines).failures() == [
+        ContainerFailure("p-db-1", "failed", "dependency failed to start: container p-db-1 is unhealthy")
+    ]
 
 
 def test_a_service_name_with_dashes_survives_the_project_prefix() -> None:
@@ -50,17 +63,33 @@ def test_a_service_name_with_dashes_survives_the_project_prefix() -> None:
 
 def test_a_dependency_that_was_never_created_fails_first_and_shows_in_the_table() -> None:
     failures = _progress(NO_COMMAND).failures()
-    states = with_compose_failures([ServiceState("db", "running", container="p-db-1"), ServiceState("tests", NOT_CREATED)], failures, "p")
+    states = with_compose_failures(
+        [ServiceState("db", "running", container="p-db-1"), ServiceState("tests", NOT_CREATED)], failures, "p"
+    )
 
     assert [s.summary() for s in states] == ["db=running", "server=not-created", "tests=not-created"]
-    assert failing_services(analyse_command(["run", "--rm", "tests"]), 1, states, timed_out=False) == ["server", "tests"]
-    assert ps_table(states)[2].endswith("not-created                could not be created: Error response from daemon: no command specified")
+    assert failing_services(analyse_command(["run", "--rm", "tests"]), 1, states, timed_out=False) == [
+        "server",
+        "tests",
+    ]
+    assert ps_table(states)[2].endswith(
+        "not-created                could not be created: Error response from daemon: no command specified"
+    )
 
 
 def test_a_container_that_could_not_start_keeps_its_engine_state_and_gets_the_reason() -> None:
-    failures = _progress([" Container p-db-1  Starting", "Error response from daemon: failed to create task"]).failures()
+    failures = _progress(
+        [" Container p-db-1  Starting", "Error response from daemon: failed to create task"]
+    ).failures()
 
     states = with_compose_failures([ServiceState("db", "created", container="p-db-1")], failures, "p")
 
-    assert states == [ServiceState("db", "created", container="p-db-1", error="could not start: Error response from daemon: failed to create task")]
+    assert states == [
+        ServiceState(
+            "db",
+            "created",
+            container="p-db-1",
+            error="could not start: Error response from daemon: failed to create task",
+        )
+    ]
     assert states[0].failed

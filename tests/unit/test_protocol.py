@@ -40,7 +40,10 @@ def run(name: str, stdin: Any, argv: list[str] | None = None, env: dict[str, str
     ("stdin", "message"),
     [
         ("", "error: stdin: is empty"),
-        ("{not json", "error: stdin: is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+        (
+            "{not json",
+            "error: stdin: is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)",
+        ),
         ("[]", "error: stdin: must be a JSON object with source and params, got list"),
         ('"source"', "error: stdin: must be a JSON object with source and params, got str"),
         ("[" * 100000, "error: stdin: is not valid JSON"),
@@ -80,7 +83,10 @@ def test_stdin_that_is_not_utf8_is_a_configuration_error() -> None:
 
 
 def test_out_reports_every_problem_one_line_each_before_any_daemon() -> None:
-    result = run("out", {"source": {"dockerd": {"storage_drvier": "vfs"}}, "params": {"compose_file": "x.yml", "images": ["a", 42]}})
+    result = run(
+        "out",
+        {"source": {"dockerd": {"storage_drvier": "vfs"}}, "params": {"compose_file": "x.yml", "images": ["a", 42]}},
+    )
 
     assert result.code == EXIT_CONFIG
     assert result.stdout == ""
@@ -97,12 +103,17 @@ def test_out_refuses_paths_outside_the_put_directory(tmp_path: Path) -> None:
     result = run("out", {"params": {"compose_files": "../x.yml"}}, ["out", str(tmp_path)])
 
     assert result.code == EXIT_CONFIG
-    assert result.errors == [f"error: params.compose_files: '../x.yml' is a path that leads outside the put directory {tmp_path}"]
+    assert result.errors == [
+        f"error: params.compose_files: '../x.yml' is a path that leads outside the put directory {tmp_path}"
+    ]
 
 
 def test_out_without_a_directory_says_how_it_is_called() -> None:
     result = run("out", {"params": {}}, ["out"])
-    assert (result.code, result.errors) == (EXIT_CONFIG, ["error: argv: usage: out DIR (Concourse passes the put directory)"])
+    assert (result.code, result.errors) == (
+        EXIT_CONFIG,
+        ["error: argv: usage: out DIR (Concourse passes the put directory)"],
+    )
 
 
 def test_check_echoes_the_version_and_validates_the_source() -> None:
@@ -147,7 +158,10 @@ def test_secrets_are_masked_in_error_messages() -> None:
     result = run(
         "out",
         {
-            "source": {"registries": [{"host": "r", "username": "u", "password": "s3cr3t-pw"}], "params": {"env": {"API_TOKEN": 987654321}}},
+            "source": {
+                "registries": [{"host": "r", "username": "u", "password": "s3cr3t-pw"}],
+                "params": {"env": {"API_TOKEN": 987654321}},
+            },
             "params": {"compose_files": "a", "env": {"DB_PASSWORD": ["hunter22"]}, "images": [{"path": "s3cr3t-pw"}]},
         },
     )
@@ -160,7 +174,9 @@ def test_secrets_are_masked_in_error_messages() -> None:
 
 def test_a_runtime_failure_exits_1_with_its_diagnosis(monkeypatch: pytest.MonkeyPatch) -> None:
     def failing(*_args: Any) -> int:
-        raise RuntimeFailure("the inner Docker daemon did not start: dockerd exited with code 1", "diagnosis: check source.dockerd.args")
+        raise RuntimeFailure(
+            "the inner Docker daemon did not start: dockerd exited with code 1", "diagnosis: check source.dockerd.args"
+        )
 
     monkeypatch.setitem(protocol.COMMANDS, "out", failing)
     result = run("out", {})
@@ -189,7 +205,9 @@ def test_an_internal_bug_asks_for_a_report_then_shows_the_traceback_masked(monke
         raise KeyError("the-registry-password")
 
     monkeypatch.setitem(protocol.COMMANDS, "out", buggy)
-    result = run("out", {"source": {"registries": [{"host": "r", "username": "u", "password": "the-registry-password"}]}})
+    result = run(
+        "out", {"source": {"registries": [{"host": "r", "username": "u", "password": "the-registry-password"}]}}
+    )
 
     lines = result.stderr.splitlines()[1:]  # after the version line
     assert (result.code, result.stdout) == (EXIT_FAILED, "")
@@ -207,7 +225,13 @@ def test_the_fd1_guard_sends_child_output_to_stderr_and_keeps_stdout_for_the_res
         "os.system('echo from a child')\n"
         "write_json(response, {'version': {'id': '1'}})\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "resource")}, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT / "resource")},
+        check=True,
+    )
 
     assert result.stdout == '{"version": {"id": "1"}}\n'
     assert "from print" in result.stderr and "from a child" in result.stderr
@@ -219,7 +243,11 @@ def test_a_failed_put_ends_with_what_happened_and_what_to_change() -> None:
 
     assert protocol.why_the_put_fails(failed, None).splitlines() == [
         "error: the put fails: `docker compose run --rm tests` exited with code 3 (failing: tests)",
-        "  hint: its output and the failing services' logs are above; set params.fail_on_error: false to report the exit code instead of failing",
+        "  hint: its output and the failing services' logs are above; set params.fail_on_error: false to report the "
+        "exit code instead of failing",
     ]
-    assert protocol.why_the_put_fails(timed_out, 90).splitlines()[0] == "error: the put fails: `docker compose up` timed out after 1m30.0s (params.timeout)"
+    assert (
+        protocol.why_the_put_fails(timed_out, 90).splitlines()[0]
+        == "error: the put fails: `docker compose up` timed out after 1m30.0s (params.timeout)"
+    )
     assert "raise params.timeout" in protocol.why_the_put_fails(timed_out, 90)

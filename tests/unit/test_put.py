@@ -1,4 +1,5 @@
-"""put.py's flow with a faked engine, images and compose project: the order of phases, the direct-write fallbacks, teardown.
+"""put.py's flow with a faked engine, images and compose project: the order of phases, the direct-write fallbacks,
+teardown.
 
 No Docker, no sleeps, no module patched: the fakes come in through `PutWorld` and `ImageOps`, the
 doors the real collaborators use; they record what the flow asks of them, and whatever must happen
@@ -52,7 +53,9 @@ class World:
         self.damaged = ""
         #: Image IDs dockerd does not take as written, with why.
         self.refused: dict[str, str] = {}
-        self.run: Callable[[], RunResult] = lambda: RunResult(("up",), 0, "passed", [ServiceState("tests", "exited", 0)])
+        self.run: Callable[[], RunResult] = lambda: RunResult(
+            ("up",), 0, "passed", [ServiceState("tests", "exited", 0)]
+        )
         self.down: Callable[[int], str] = lambda grace: ""
         self.console_stream = io.StringIO()
         self.console = Console(self.console_stream)
@@ -100,12 +103,23 @@ class World:
 
         def load_images(plans: list[ImagePlan], *_args: object, **_kwargs: object) -> list[images_module.LoadedImage]:
             self.events.append("docker load " + " ".join(str(plan.entry.index) for plan in plans))
-            return [images_module.LoadedImage(plan.entry, f"sha256:loaded{plan.entry.index}", plan.names, 0.1, plan.size) for plan in plans]
+            return [
+                images_module.LoadedImage(plan.entry, f"sha256:loaded{plan.entry.index}", plan.names, 0.1, plan.size)
+                for plan in plans
+            ]
 
         def write_images(images: dict[str, Any], _data_root: str, _hooks: object) -> StoreWrite:
             self.events.append("write " + " ".join(images))
             results = {
-                key: ImageWrite(self.write_problems.get(key), 1, 2**20, 0.1, f"sha256:written{key}", image.diff_ids, key in self.left_entries)
+                key: ImageWrite(
+                    self.write_problems.get(key),
+                    1,
+                    2**20,
+                    0.1,
+                    f"sha256:written{key}",
+                    image.diff_ids,
+                    key in self.left_entries,
+                )
                 for key, image in images.items()
             }
             return StoreWrite(results, 0.2, self.damaged)
@@ -290,7 +304,14 @@ def config(tmp_path: Path, source: dict[str, Any] | None = None, **params: Any) 
 
 def run_put(world: World, **params: Any) -> put.PutOutcome:
     source = params.pop("source", None)
-    return put.run_put(config(world.tmp_path, source, **params), world.console, Redactor([]), {"PATH": "/bin"}, world.abort, world=world.put_world())
+    return put.run_put(
+        config(world.tmp_path, source, **params),
+        world.console,
+        Redactor([]),
+        {"PATH": "/bin"},
+        world.abort,
+        world=world.put_world(),
+    )
 
 
 def headers(log: str) -> list[str]:
@@ -300,7 +321,9 @@ def headers(log: str) -> list[str]:
 # ---------------------------------------------------------------- the order of phases
 
 
-def test_a_put_on_an_inner_daemon_writes_images_then_starts_dockerd_then_loads_the_rest_runs_and_tears_down(world: World) -> None:
+def test_a_put_on_an_inner_daemon_writes_images_then_starts_dockerd_then_loads_the_rest_runs_and_tears_down(
+    world: World,
+) -> None:
     world.plan()  # docker load only
     world.plan(direct=True)
 
@@ -334,7 +357,9 @@ def test_a_put_on_an_inner_daemon_writes_images_then_starts_dockerd_then_loads_t
     assert set(outcome.timings) >= {"validate", "daemon", "load", "run", "teardown"}
 
 
-def test_without_writable_images_dockerd_starts_in_the_daemon_phase_and_everything_goes_through_docker_load(world: World) -> None:
+def test_without_writable_images_dockerd_starts_in_the_daemon_phase_and_everything_goes_through_docker_load(
+    world: World,
+) -> None:
     world.plan(direct=True)
     world.plan()
     world.store_writable = False
@@ -352,7 +377,9 @@ def test_without_writable_images_dockerd_starts_in_the_daemon_phase_and_everythi
     ]
 
 
-def test_a_put_on_a_remote_engine_prepares_the_loads_connects_and_takes_the_project_down_before_letting_go(world: World) -> None:
+def test_a_put_on_a_remote_engine_prepares_the_loads_connects_and_takes_the_project_down_before_letting_go(
+    world: World,
+) -> None:
     world.plan()
 
     run_put(world, source={"docker_host": "tcp://engine:2375"}, stop_grace=3)
@@ -418,7 +445,12 @@ def test_an_error_during_the_run_still_tears_everything_down_and_removes_the_log
     with pytest.raises(RuntimeFailure):
         run_put(world, stop_grace=2)
 
-    assert world.events[-4:] == ["compose run", "kill compose", "compose down (grace 2)", "stop dockerd (grace 2, project down)"]
+    assert world.events[-4:] == [
+        "compose run",
+        "kill compose",
+        "compose down (grace 2)",
+        "stop dockerd (grace 2, project down)",
+    ]
     assert "Tearing down" in headers(world.log)
     assert not logins.exists()
 
@@ -467,7 +499,9 @@ def test_on_a_kept_data_root_a_compose_down_that_fails_leaves_the_removal_to_the
     assert "compose down: exit status 1: network busy" in world.log
 
 
-def test_on_a_kept_data_root_a_compose_down_past_its_deadline_leaves_the_removal_to_the_daemon_stop(world: World) -> None:
+def test_on_a_kept_data_root_a_compose_down_past_its_deadline_leaves_the_removal_to_the_daemon_stop(
+    world: World,
+) -> None:
     world.keeps_data_root = True
     world.budget = TeardownBudget(down_normal=0.05)
     world.down = lambda _grace: (time.sleep(0.5), "")[1]
@@ -489,7 +523,9 @@ def test_an_abort_on_a_kept_data_root_leaves_the_removal_to_the_daemon_stop_with
 
 
 def test_a_daemon_that_fails_to_start_is_stopped_and_the_failure_raised(world: World) -> None:
-    world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
+    world.launch_failure = DaemonStartFailure(
+        "the inner Docker daemon did not start: dockerd exited with code 1 while starting"
+    )
 
     with pytest.raises(DaemonStartFailure):
         run_put(world)
@@ -522,10 +558,15 @@ def test_an_image_that_could_not_be_written_goes_to_docker_load_alone(world: Wor
 
     assert list(written) == ["1"]
     assert world.events == ["write 0 1", "prepare 0", "launch dockerd"]
-    assert "params.images[0] (image0.tar): not written into the store directly (a hard link to a missing file): loading it with docker load" in world.log
+    assert (
+        "params.images[0] (image0.tar): not written into the store directly (a hard link to a missing file): loading "
+        "it with docker load" in world.log
+    )
 
 
-def test_a_store_left_with_half_registered_entries_is_emptied_and_every_input_goes_through_docker_load(world: World) -> None:
+def test_a_store_left_with_half_registered_entries_is_emptied_and_every_input_goes_through_docker_load(
+    world: World,
+) -> None:
     world.plan(direct=True)
     world.plan(direct=True)
     world.write_problems["1"] = "registering failed"
@@ -538,26 +579,34 @@ def test_a_store_left_with_half_registered_entries_is_emptied_and_every_input_go
     assert world.events == ["write 0 1", "empty the data root", "prepare 0", "prepare 1", "launch dockerd"]
     assert (
         "direct writes given up: params.images[1] (image1.tar): the store may hold half-registered entries "
-        "(registering params.images[1] failed part way); emptying the data root, then docker load for params.images[0], params.images[1]"
+        "(registering params.images[1] failed part way); emptying the data root, then docker load for "
+        "params.images[0], params.images[1]"
     ) in world.log
     assert "not written into the store directly" not in world.log  # one warning, not one per image
 
 
 def test_a_dockerd_that_does_not_start_on_the_written_store_is_restarted_on_an_emptied_one(world: World) -> None:
     world.plan(direct=True)
-    world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
+    world.launch_failure = DaemonStartFailure(
+        "the inner Docker daemon did not start: dockerd exited with code 1 while starting"
+    )
 
     engine, written, _launch = world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
 
     assert written == {} and engine.handle.description == "dockerd"
     assert world.events == ["write 0", "launch dockerd", "prepare 0", "relaunch dockerd on an emptied data root"]
-    assert "params.images[0] (image0.tar): dockerd did not start on the written store (dockerd exited with code 1 while starting)" in world.log
+    assert (
+        "params.images[0] (image0.tar): dockerd did not start on the written store (dockerd exited with code 1 while "
+        "starting)" in world.log
+    )
 
 
 def test_a_dockerd_that_does_not_start_with_nothing_written_is_a_failure_of_its_own(world: World) -> None:
     world.plan(direct=True)
     world.write_problems["0"] = "unsupported layer"
-    world.launch_failure = DaemonStartFailure("the inner Docker daemon did not start: dockerd exited with code 1 while starting")
+    world.launch_failure = DaemonStartFailure(
+        "the inner Docker daemon did not start: dockerd exited with code 1 while starting"
+    )
 
     with pytest.raises(DaemonStartFailure):
         world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
@@ -573,8 +622,17 @@ def test_an_image_dockerd_does_not_take_as_written_sends_every_written_image_to_
     _handle, written, _launch = world.intake()._write_then_launch(FakePrepared(world))  # type: ignore[arg-type]
 
     assert written == {}
-    assert world.events == ["write 0 1", "launch dockerd", "prepare 0", "prepare 1", "relaunch dockerd on an emptied data root"]
-    assert "direct writes given up: params.images[1] (image1.tar): dockerd lists other layers; restarting dockerd on an emptied data root" in world.log
+    assert world.events == [
+        "write 0 1",
+        "launch dockerd",
+        "prepare 0",
+        "prepare 1",
+        "relaunch dockerd on an emptied data root",
+    ]
+    assert (
+        "direct writes given up: params.images[1] (image1.tar): dockerd lists other layers; restarting dockerd on an "
+        "emptied data root" in world.log
+    )
 
 
 # ---------------------------------------------------------------- within

@@ -22,7 +22,10 @@ def test_names_are_the_ones_a_compose_file_uses(reference: str, expected: str) -
 
 @pytest.mark.parametrize(
     ("reference", "expected"),
-    [("registry.local:5000/team/app:ci", ("registry.local:5000/team/app", "ci")), ("registry.local:5000/app", ("registry.local:5000/app", "latest"))],
+    [
+        ("registry.local:5000/team/app:ci", ("registry.local:5000/team/app", "ci")),
+        ("registry.local:5000/app", ("registry.local:5000/app", "latest")),
+    ],
 )
 def test_a_registry_port_is_not_a_tag(reference: str, expected: tuple[str, str]) -> None:
     assert split_reference(reference) == expected

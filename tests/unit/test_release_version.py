@@ -15,7 +15,9 @@ def _git(repo: Path, *args: str) -> str:
 
 
 def _version(repo: Path) -> str:
-    return subprocess.run(["sh", str(ROOT / "scripts/version.sh"), str(repo)], check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["sh", str(ROOT / "scripts/version.sh"), str(repo)], check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def test_the_release_commit_is_the_version_and_every_later_one_a_dev_build(tmp_path: Path) -> None:

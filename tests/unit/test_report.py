@@ -44,12 +44,29 @@ def flood(prefix: str, count: int, width: int = 100) -> list[str]:
 
 
 def test_summary_entries_come_first_with_the_contract_names() -> None:
-    result = RunResult(("run", "tests"), 0, "passed", [ServiceState("tests", "exited", 0), ServiceState("redis", "running", 0, "healthy")], {"tests": ["ok"]})
+    result = RunResult(
+        ("run", "tests"),
+        0,
+        "passed",
+        [ServiceState("tests", "exited", 0), ServiceState("redis", "running", 0, "healthy")],
+        {"tests": ["ok"]},
+    )
 
     response = response_for(result)
 
     names = [item["name"] for item in response["metadata"]]  # type: ignore[index]
-    assert names == ["status", "exit_code", "command", "duration", "timings", "images", "services", "dockerd", "resource", "logs/tests"]
+    assert names == [
+        "status",
+        "exit_code",
+        "command",
+        "duration",
+        "timings",
+        "images",
+        "services",
+        "dockerd",
+        "resource",
+        "logs/tests",
+    ]
     assert response["version"] == {"id": "42-20261128T000000Z-abcdef", "exit_code": "0"}
     assert metadata(response)["services"] == "tests=exited(0) redis=running(healthy)"
     assert metadata(response)["logs/tests"] == "ok"
@@ -59,7 +76,14 @@ def test_the_resource_entry_names_the_version_and_revision_that_ran_the_put() ->
     result = RunResult(("run", "tests"), 0, "passed", [ServiceState("tests", "exited", 0)], {"tests": ["ok"]})
 
     shipped = build_response(
-        run_id="42", result=result, duration=1.0, timings={}, images=[], dockerd="", redact=Redactor(), resource="compose-env 1.2.3 (3f2c1ab)"
+        run_id="42",
+        result=result,
+        duration=1.0,
+        timings={},
+        images=[],
+        dockerd="",
+        redact=Redactor(),
+        resource="compose-env 1.2.3 (3f2c1ab)",
     )
 
     assert metadata(response_for(result))["resource"] == "compose-env dev (unknown)"  # a source tree has no build.json
@@ -120,7 +144,10 @@ def test_random_logs_never_break_the_budget() -> None:
     alphabet = 'abc "\\\n\té€😀\x00'
     for _ in range(15):
         logs = {
-            f"svc{n}": ["".join(generator.choice(alphabet) for _ in range(generator.randint(0, 400))) for _ in range(generator.randint(0, 200))]
+            f"svc{n}": [
+                "".join(generator.choice(alphabet) for _ in range(generator.randint(0, 400)))
+                for _ in range(generator.randint(0, 200))
+            ]
             for n in range(generator.randint(1, 12))
         }
         result = RunResult(("up",), 1, "failed", [], logs, [generator.choice(list(logs))])
@@ -138,7 +165,9 @@ def test_a_huge_summary_is_cut_but_the_response_still_fits() -> None:
 
 
 def test_secrets_are_masked_in_every_metadata_value() -> None:
-    result = RunResult(("run", "tests", "--token=s3cr3t-value"), 1, "failed", [], {"tests": ["using s3cr3t-value"]}, ["tests"])
+    result = RunResult(
+        ("run", "tests", "--token=s3cr3t-value"), 1, "failed", [], {"tests": ["using s3cr3t-value"]}, ["tests"]
+    )
 
     text = json.dumps(response_for(result, Redactor(["s3cr3t-value"])))
 
@@ -169,7 +198,9 @@ def test_a_larger_metadata_budget_keeps_more_of_each_log_and_still_holds() -> No
     result = RunResult(("up",), 1, "failed", [], logs, ["api"])
 
     default = metadata(response_for(result))
-    larger = build_response(run_id="42", result=result, duration=1.0, timings={}, images=[], dockerd="", redact=Redactor(), budget=20_000)
+    larger = build_response(
+        run_id="42", result=result, duration=1.0, timings={}, images=[], dockerd="", redact=Redactor(), budget=20_000
+    )
 
     assert 15_000 < stdout_bytes(larger) < 20_000
     assert len(metadata(larger)["logs/api"]) > 4 * len(default["logs/api"])

@@ -102,12 +102,20 @@ def test_pytest_report_gives_each_outcome_its_status_and_message(tmp_path: Path)
     ],
     ids=["go-junit-report", "surefire-flaky-is-passed", "jest-junit-message-in-text", "nested-suites"],
 )
-def test_other_dialects_are_read(tmp_path: Path, text: str, passed: int, failed: int, skipped: int, time: float, message: str) -> None:
+def test_other_dialects_are_read(
+    tmp_path: Path, text: str, passed: int, failed: int, skipped: int, time: float, message: str
+) -> None:
     results = ReportResults()
     results.add(parse_report(write(tmp_path, text)))
 
     totals = results.totals()
-    assert (totals.passed, totals.failed, totals.errors, totals.skipped, totals.time) == (passed, failed, 0, skipped, time)
+    assert (totals.passed, totals.failed, totals.errors, totals.skipped, totals.time) == (
+        passed,
+        failed,
+        0,
+        skipped,
+        time,
+    )
     assert [case.first_line for case in results.failing] == ([message] if failed else [])
 
 
@@ -141,7 +149,10 @@ def test_unsafe_broken_or_foreign_files_are_refused_with_a_reason(tmp_path: Path
 
 def test_failing_block_names_each_failing_test_with_its_first_line_then_how_many_more(tmp_path: Path) -> None:
     cases = parse_report(write(tmp_path, PYTEST)).cases
-    assert failing_block(cases, 10) == ["test_sample.test_fails: assert 1 == 2", 'test_sample.test_errors: failed on setup with "RuntimeError: no db"']
+    assert failing_block(cases, 10) == [
+        "test_sample.test_fails: assert 1 == 2",
+        'test_sample.test_errors: failed on setup with "RuntimeError: no db"',
+    ]
     assert failing_block(cases, 1) == ["test_sample.test_fails: assert 1 == 2", "+1 more"]
 
 
@@ -163,7 +174,9 @@ def test_failing_block_names_each_failing_test_with_its_first_line_then_how_many
         ("/out/[ab]*/r.xml", "/out", ["/out/a1/r.xml", "/out/b/r.xml"], ["/out/c/r.xml", "/out/a/x/r.xml"]),
     ],
 )
-def test_report_paths_ask_for_the_deepest_plain_directory_and_match_the_rest(path: str, base: str, wanted: list[str], unwanted: list[str]) -> None:
+def test_report_paths_ask_for_the_deepest_plain_directory_and_match_the_rest(
+    path: str, base: str, wanted: list[str], unwanted: list[str]
+) -> None:
     asked, matches = path_matcher(path)
     assert asked == base
     assert all(matches(p) for p in wanted)
@@ -196,7 +209,9 @@ class FakeEngine:
     """A `tests` container holding /reports (two reports and a note) and nothing else."""
 
     def __init__(self) -> None:
-        self.archive = tar_of({"reports/a.xml": PYTEST.encode(), "reports/sub/b.xml": b"<testsuite><oops>", "reports/notes.txt": b"hi"})
+        self.archive = tar_of(
+            {"reports/a.xml": PYTEST.encode(), "reports/sub/b.xml": b"<testsuite><oops>", "reports/notes.txt": b"hi"}
+        )
 
     def containers(self, all: bool, filters: dict) -> list[dict]:
         return [] if any("service=db" in label for label in filters["label"]) else [{"Id": "c1", "Created": 1}]
@@ -207,7 +222,9 @@ class FakeEngine:
         return iter([self.archive[:700], self.archive[700:]]), {}
 
 
-def test_collected_reports_land_under_the_service_and_their_container_path_with_a_warning_per_problem(tmp_path: Path) -> None:
+def test_collected_reports_land_under_the_service_and_their_container_path_with_a_warning_per_problem(
+    tmp_path: Path,
+) -> None:
     entries = [
         ReportEntry("params.reports[0]", "tests", "/reports"),
         ReportEntry("params.reports[1]", "tests", "/missing/junit.xml"),
@@ -221,8 +238,10 @@ def test_collected_reports_land_under_the_service_and_their_container_path_with_
     assert [(r.container_path, r.tests) for r in outcome.read] == [("/reports/a.xml", 4)]
     assert outcome.results.totals().failed == 1
     assert outcome.warnings == [
-        "params.reports[0] (tests:/reports): /reports/sub/b.xml: not well-formed XML (no element found: line 1, column 17)",
-        "params.reports[1] (tests:/missing/junit.xml): no such file or directory in the container (did the tests get far enough to write it?)",
+        "params.reports[0] (tests:/reports): /reports/sub/b.xml: not well-formed XML (no element found: line 1, "
+        "column 17)",
+        "params.reports[1] (tests:/missing/junit.xml): no such file or directory in the container (did the tests get "
+        "far enough to write it?)",
         "params.reports[2] (db:/reports): no container of service db (it did not run)",
         "params.reports[3] (tests:/reports/*.json): no file matches",
     ]
@@ -276,7 +295,9 @@ def test_no_failed_tests_entry_when_nothing_failed() -> None:
 def test_run_rm_is_dropped_only_when_files_come_from_the_run_service(tmp_path: Path) -> None:
     console = Console(io.StringIO())
     command = ("run", "--rm", "-e", "X=1", "tests", "pytest", "--rm")
-    params = PutParams(compose_files=(tmp_path / "c.yml",), project_directory=tmp_path, project_name="p", command=command)
+    params = PutParams(
+        compose_files=(tmp_path / "c.yml",), project_directory=tmp_path, project_name="p", command=command
+    )
 
     kept, service = keep_run_container(params, {"tests"}, console)
     assert kept.command == ("run", "-e", "X=1", "tests", "pytest", "--rm") and service == "tests"

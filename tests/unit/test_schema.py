@@ -6,14 +6,25 @@ import json
 from importlib import resources
 
 import pytest
-from compose_env.config.schema import SCHEMA_NAMES, default_at, did_you_mean, problems_in, subschema, validate, with_defaults
+from compose_env.config.schema import (
+    SCHEMA_NAMES,
+    default_at,
+    did_you_mean,
+    problems_in,
+    subschema,
+    validate,
+    with_defaults,
+)
 from compose_env.errors import UserError
 
 
 def lines(instance: object, schema: str = "put_params", root: str = "params") -> list[str]:
     with pytest.raises(UserError) as caught:
         validate(instance, schema, root)
-    return [(f"{path}: {message}" if path else message) + (f" ({hint})" if hint else "") for path, message, hint in caught.value.problems]
+    return [
+        (f"{path}: {message}" if path else message) + (f" ({hint})" if hint else "")
+        for path, message, hint in caught.value.problems
+    ]
 
 
 def test_every_schema_ships_as_json_in_the_package() -> None:
@@ -23,12 +34,18 @@ def test_every_schema_ships_as_json_in_the_package() -> None:
 
 
 def test_a_value_of_the_wrong_kind_in_a_list_names_its_index() -> None:
-    assert lines({"compose_files": "a.yml", "images": ["a", "b", 42]}) == ["params.images[2]: expected a path or {path, tag}, got 42"]
+    assert lines({"compose_files": "a.yml", "images": ["a", "b", 42]}) == [
+        "params.images[2]: expected a path or {path, tag}, got 42"
+    ]
 
 
 def test_an_object_that_fits_one_branch_reports_its_precise_problem() -> None:
-    assert lines({"compose_files": "a.yml", "images": [{"path": 3}]}) == ["params.images[0].path: must be a string, got a number (3)"]
-    assert lines({"compose_files": "a.yml", "images": [{"path": "a", "tag": 5}]}) == ["params.images[0].tag: expected a string or a list of strings, got 5"]
+    assert lines({"compose_files": "a.yml", "images": [{"path": 3}]}) == [
+        "params.images[0].path: must be a string, got a number (3)"
+    ]
+    assert lines({"compose_files": "a.yml", "images": [{"path": "a", "tag": 5}]}) == [
+        "params.images[0].tag: expected a string or a list of strings, got 5"
+    ]
 
 
 def test_a_list_that_fits_the_list_branch_names_the_bad_item() -> None:
@@ -41,7 +58,10 @@ def test_a_list_that_fits_the_list_branch_names_the_bad_item() -> None:
         ({"compose_file": "a.yml"}, "params.compose_file: unknown key (did you mean 'compose_files'?)"),
         ({"composeFiles": "a.yml"}, "params.composeFiles: unknown key (did you mean 'compose_files'?)"),
         ({"compose_files": "a.yml", "logs": {"tial": 3}}, "params.logs.tial: unknown key (did you mean 'tail'?)"),
-        ({"compose_files": "a.yml", "images": [{"path": "a", "tags": "x"}]}, "params.images[0].tags: unknown key (did you mean 'tag'?)"),
+        (
+            {"compose_files": "a.yml", "images": [{"path": "a", "tags": "x"}]},
+            "params.images[0].tags: unknown key (did you mean 'tag'?)",
+        ),
     ],
 )
 def test_unknown_keys_get_a_did_you_mean_at_any_depth(params: dict[str, object], expected: str) -> None:
@@ -54,12 +74,19 @@ def test_an_unknown_key_far_from_any_lists_the_known_ones() -> None:
 
 
 def test_unknown_source_keys_are_errors_too() -> None:
-    assert lines({"dockerd": {"storage_drvier": "vfs"}}, "source", "source") == ["source.dockerd.storage_drvier: unknown key (did you mean 'storage_driver'?)"]
+    assert lines({"dockerd": {"storage_drvier": "vfs"}}, "source", "source") == [
+        "source.dockerd.storage_drvier: unknown key (did you mean 'storage_driver'?)"
+    ]
 
 
 def test_every_problem_is_reported_at_once_sorted_by_path() -> None:
     found = lines({"compose_file": "a", "timeout": "soon", "env": {"A": [1]}})
-    assert [line.split(":")[0] for line in found] == ["params.compose_file", "params.compose_files", "params.env.A", "params.timeout"]
+    assert [line.split(":")[0] for line in found] == [
+        "params.compose_file",
+        "params.compose_files",
+        "params.env.A",
+        "params.timeout",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -85,7 +112,8 @@ def test_messages_say_what_the_value_must_be(params: dict[str, object], expected
 
 def test_an_enum_typo_gets_a_did_you_mean() -> None:
     assert lines({"dockerd": {"storage_driver": "overlay"}}, "source", "source") == [
-        "source.dockerd.storage_driver: must be one of auto, overlay2, fuse-overlayfs, vfs, got \"overlay\" (did you mean 'overlay2'?)"
+        'source.dockerd.storage_driver: must be one of auto, overlay2, fuse-overlayfs, vfs, got "overlay" (did you '
+        "mean 'overlay2'?)"
     ]
 
 
@@ -95,7 +123,18 @@ def test_a_long_value_is_shortened_in_the_message() -> None:
 
 
 def test_the_task_config_accepts_put_params_and_task_keys_and_names_unknown_ones() -> None:
-    assert problems_in({"compose_files": "a.yml", "output_dir": "out", "artifacts": [{"service": "s", "path": "/x"}], "source": {}}, "task_config") == []
+    assert (
+        problems_in(
+            {
+                "compose_files": "a.yml",
+                "output_dir": "out",
+                "artifacts": [{"service": "s", "path": "/x"}],
+                "source": {},
+            },
+            "task_config",
+        )
+        == []
+    )
     assert lines({"compose_file": "a.yml", "source": {"dockerd": {"debug": "yes"}}}, "task_config", "COMPOSE_ENV") == [
         "COMPOSE_ENV.compose_file: unknown key (did you mean 'compose_files'?)",
         'COMPOSE_ENV.source.dockerd.debug: must be a boolean, got a string ("yes")',
@@ -110,8 +149,12 @@ def test_the_in_request_refuses_params_and_needs_a_version() -> None:
 
 
 def test_version_values_must_be_strings() -> None:
-    assert lines({"version": {"exit_code": 0}}, "request", "") == ["version.exit_code: must be a string, got a number (0)"]
-    assert lines({"version": ["x"]}, "request", "") == ['version: expected a version object of strings, or null, got ["x"]']
+    assert lines({"version": {"exit_code": 0}}, "request", "") == [
+        "version.exit_code: must be a string, got a number (0)"
+    ]
+    assert lines({"version": ["x"]}, "request", "") == [
+        'version: expected a version object of strings, or null, got ["x"]'
+    ]
 
 
 def test_ignoring_required_checks_defaults_alone() -> None:
@@ -125,7 +168,9 @@ def test_did_you_mean_needs_a_close_match() -> None:
 
 
 def test_null_is_named_once() -> None:
-    assert lines({"compose_files": "a", "env": {"A": None}}) == ["params.env.A: expected a string, number or boolean, got null"]
+    assert lines({"compose_files": "a", "env": {"A": None}}) == [
+        "params.env.A: expected a string, number or boolean, got null"
+    ]
 
 
 def test_a_flood_of_problems_is_cut_short() -> None:
@@ -138,7 +183,9 @@ def test_a_flood_of_problems_is_cut_short() -> None:
 
 
 def test_defaults_fill_absent_keys_at_any_depth_and_leave_given_ones() -> None:
-    filled = with_defaults({"dockerd": {"debug": True}, "registries": [{"host": "h", "username": "u", "password": "p"}]}, "source")
+    filled = with_defaults(
+        {"dockerd": {"debug": True}, "registries": [{"host": "h", "username": "u", "password": "p"}]}, "source"
+    )
     assert filled["startup_timeout"] == 60
     assert filled["dockerd"]["debug"] is True
     assert filled["dockerd"]["storage_driver"] == "auto"

@@ -1,4 +1,5 @@
-"""The socket docker_socket services get: bytes forwarded both ways (half-closes too), pulls noted (a fake engine, no Docker)."""
+"""The socket docker_socket services get: bytes forwarded both ways (half-closes too), pulls noted (a fake engine, no
+Docker)."""
 
 from __future__ import annotations
 

@@ -6,8 +6,10 @@ import pytest
 from compose_env.engine.start_failures import diagnose_start_failure
 
 DEVICES = (
-    "Error response from daemon: failed to create task for container: failed to create shim task: OCI runtime create failed:"
-    " runc create failed: unable to start container process: error during container init: error setting cgroup config for procHooks process:"
+    "Error response from daemon: failed to create task for container: failed to create shim task: OCI runtime create "
+    "failed:"
+    " runc create failed: unable to start container process: error during container init: error setting cgroup config "
+    "for procHooks process:"
     ' failed to write "c 5:1 rwm": write /sys/fs/cgroup/devices/docker/f14/devices.allow: operation not permitted: unknown'
 )
 
@@ -28,8 +30,15 @@ def test_a_refused_device_rule_is_named_with_the_worker_setting() -> None:
             " controllers -- it is in threaded mode: unknown",
             "cgroup could not be made below this container's own",
         ),
-        ('Error response from daemon: error gathering device information while adding custom device "/dev/kvm": no such file or directory', "device"),
-        ("Error response from daemon: OCI runtime create failed: unable to apply caps: operation not permitted: unknown", "CAP_PERFMON"),
+        (
+            'Error response from daemon: error gathering device information while adding custom device "/dev/kvm": no such file or directory',
+            "device",
+        ),
+        (
+            "Error response from daemon: OCI runtime create failed: unable to apply caps: operation not permitted: "
+            "unknown",
+            "CAP_PERFMON",
+        ),
     ],
 )
 def test_placement_device_and_capability_failures_are_recognised(line: str, words: str) -> None:

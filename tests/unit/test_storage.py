@@ -15,7 +15,10 @@ MIB = 1024**2
 def fake_proc(tmp_path: Path, mem_available: int, self_cgroup: str) -> Path:
     proc = tmp_path / "proc"
     (proc / "self").mkdir(parents=True)
-    (proc / "meminfo").write_text(f"MemTotal:       {64 * GIB // 1024} kB\nMemFree:        {GIB // 1024} kB\nMemAvailable:   {mem_available // 1024} kB\n")
+    (proc / "meminfo").write_text(
+        f"MemTotal:       {64 * GIB // 1024} kB\nMemFree:        {GIB // 1024} kB\nMemAvailable:   "
+        f"{mem_available // 1024} kB\n"
+    )
     (proc / "self" / "cgroup").write_text(self_cgroup)
     return proc
 
@@ -37,7 +40,8 @@ def fake_v1(tmp_path: Path, limit: int, usage: int, hierarchical: int | None = N
     (memory / "memory.limit_in_bytes").write_text(f"{limit}\n")
     (memory / "memory.usage_in_bytes").write_text(f"{usage}\n")
     (memory / "memory.stat").write_text(
-        f"cache 0\nhierarchical_memory_limit {hierarchical if hierarchical is not None else limit}\ntotal_inactive_file {inactive_file}\n"
+        "cache 0\nhierarchical_memory_limit "
+        f"{hierarchical if hierarchical is not None else limit}\ntotal_inactive_file {inactive_file}\n"
     )
     return root
 
@@ -176,7 +180,9 @@ def test_auto_driver_falls_back_to_vfs_with_a_warning_reason(tmp_path: Path, mon
     assert "slow" in choice.reason
 
 
-def test_auto_driver_prefers_fuse_overlayfs_when_its_test_mount_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_driver_prefers_fuse_overlayfs_when_its_test_mount_works(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(storage, "overlay_works", lambda directory: False)
     monkeypatch.setattr(storage, "ensure_fuse_device", lambda: "/dev/fuse is there")
     monkeypatch.setattr(storage, "fuse_overlay_works", lambda directory: True)

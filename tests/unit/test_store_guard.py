@@ -38,7 +38,9 @@ def test_a_flag_that_turns_the_containerd_snapshotter_on_is_refused(args: list[s
     assert "containerd-snapshotter" in refused.value.message and "direct_load: false" in refused.value.hint
 
 
-@pytest.mark.parametrize("args", [[], ["--feature=containerd-snapshotter=false"], ["--feature", "other"], ["--log-level=warn"]])
+@pytest.mark.parametrize(
+    "args", [[], ["--feature=containerd-snapshotter=false"], ["--feature", "other"], ["--log-level=warn"]]
+)
 def test_flags_that_leave_the_graphdriver_store_are_not_refused(args: list[str]) -> None:
     store_guard.refuse_snapshotter(args, {"features": {"containerd-snapshotter": False}, "log-level": "warn"})
 
@@ -76,7 +78,9 @@ def test_daemon_json_is_read_when_present_and_valid(tmp_path: Path) -> None:
         (["--log-level=warn"], {"log-level": "warn"}, ""),
     ],
 )
-def test_what_moves_or_reshapes_the_store_turns_direct_writes_off(args: list[str], daemon_json: dict | None, changed: str) -> None:
+def test_what_moves_or_reshapes_the_store_turns_direct_writes_off(
+    args: list[str], daemon_json: dict | None, changed: str
+) -> None:
     assert store_guard.store_changed_by(args, daemon_json) == changed
 
 
@@ -87,11 +91,13 @@ def test_what_moves_or_reshapes_the_store_turns_direct_writes_off(args: list[str
         ({"Driver": "vfs", "DriverStatus": []}, "dockerd runs with storage driver vfs, not the overlay2 it was given"),
         (
             {"Driver": "overlayfs", "DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]]},
-            "dockerd runs on the containerd image store (overlayfs, io.containerd.snapshotter.v1), not the overlay2 graphdriver",
+            "dockerd runs on the containerd image store (overlayfs, io.containerd.snapshotter.v1), not the overlay2 "
+            "graphdriver",
         ),
         (
             {"Driver": "overlay2", "DriverStatus": [["driver-type", "io.containerd.snapshotter.v1"]]},
-            "dockerd runs on the containerd image store (overlay2, io.containerd.snapshotter.v1), not the overlay2 graphdriver",
+            "dockerd runs on the containerd image store (overlay2, io.containerd.snapshotter.v1), not the overlay2 "
+            "graphdriver",
         ),
     ],
     ids=["graphdriver", "other driver", "snapshotter", "snapshotter named like the driver"],
@@ -136,7 +142,8 @@ def test_the_image_build_check_fails_loudly_for_an_untested_engine(
         assert f"ERROR: dockerd {installed} is not among the versions" in capsys.readouterr().err
 
 
-# ---------------------------------------------------------------- store_writable: may layerstore write before dockerd starts
+# ---------------------------------------------------------------- store_writable: may layerstore write before dockerd
+# starts
 
 TESTED = tested_engines.TESTED_DOCKERD_VERSIONS[0]
 READ_DAEMON_JSON = store_guard.read_daemon_json
@@ -159,11 +166,17 @@ def prepared_daemon(
         path.write_text(daemon_json)
     monkeypatch.setattr(store_guard, "read_daemon_json", lambda: READ_DAEMON_JSON(str(path)))
     inner = daemon.InnerDaemon(Source(dockerd=DockerdOptions(direct_load=direct_load, args=args)), Console())
-    probe = subprocess.Popen(["printf", "%s", version_output], stdout=subprocess.PIPE, text=True) if version_output is not None else None
+    probe = (
+        subprocess.Popen(["printf", "%s", version_output], stdout=subprocess.PIPE, text=True)
+        if version_output is not None
+        else None
+    )
     return lambda driver: inner._store_writable(driver, probe)
 
 
-def test_a_tested_engine_on_overlay2_with_an_untouched_store_is_written_directly(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_tested_engine_on_overlay2_with_an_untouched_store_is_written_directly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for daemon_json in (None, '{"log-level": "warn"}'):
         store_writable = prepared_daemon(monkeypatch, tmp_path, daemon_json=daemon_json, args=("--log-level=warn",))
 
@@ -171,7 +184,9 @@ def test_a_tested_engine_on_overlay2_with_an_untouched_store_is_written_directly
 
 
 @pytest.mark.parametrize("driver", ["vfs", "fuse-overlayfs"])
-def test_a_driver_other_than_overlay2_is_never_written_and_needs_no_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, driver: str) -> None:
+def test_a_driver_other_than_overlay2_is_never_written_and_needs_no_note(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, driver: str
+) -> None:
     assert prepared_daemon(monkeypatch, tmp_path)(driver) == (False, "")
 
 
@@ -181,7 +196,9 @@ def test_direct_load_false_writes_nothing_and_needs_no_note(monkeypatch: pytest.
     assert store_writable("overlay2") == (False, "")
 
 
-def test_an_unreadable_daemon_json_sends_every_image_through_docker_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_an_unreadable_daemon_json_sends_every_image_through_docker_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     writable, note = prepared_daemon(monkeypatch, tmp_path, daemon_json="{nope")("overlay2")
 
     assert not writable

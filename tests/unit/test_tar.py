@@ -32,7 +32,9 @@ def test_list_tar_names_the_member_a_truncated_tarball_ends_in(tmp_path: Path, p
     tarball = docker_save_tarball(parts, tmp_path / "app.tar")
     truncated_copy(tarball, tmp_path / "cut.tar", keep_fraction=0.5)
 
-    with pytest.raises(ArchiveError, match=r"cut\.tar is truncated inside [0-9a-f]{64}/layer\.tar \(\d+ of \d+ bytes present\)"):
+    with pytest.raises(
+        ArchiveError, match=r"cut\.tar is truncated inside [0-9a-f]{64}/layer\.tar \(\d+ of \d+ bytes present\)"
+    ):
         list_tar(tmp_path / "cut.tar")
 
 
@@ -64,12 +66,16 @@ def test_stream_checker_passes_a_sound_archive_through_unchanged(tmp_path: Path,
 def test_stream_checker_names_the_member_a_stream_ends_in(tmp_path: Path, parts: ImageParts) -> None:
     data = docker_save_tarball(parts, tmp_path / "app.tar").read_bytes()
 
-    with pytest.raises(ArchiveError, match=r"app\.tar\.gz is truncated inside [0-9a-f]{64}/layer\.tar \(\d+ of \d+ bytes present\)"):
+    with pytest.raises(
+        ArchiveError, match=r"app\.tar\.gz is truncated inside [0-9a-f]{64}/layer\.tar \(\d+ of \d+ bytes present\)"
+    ):
         b"".join(TarStreamChecker("app.tar.gz").feed(iter([data[:600_000]])))
 
 
 def test_stream_checker_reports_a_damaged_header(tmp_path: Path, parts: ImageParts) -> None:
-    corrupt = corrupt_copy(docker_save_tarball(parts, tmp_path / "app.tar"), tmp_path / "bad.tar", member_suffix=".json")
+    corrupt = corrupt_copy(
+        docker_save_tarball(parts, tmp_path / "app.tar"), tmp_path / "bad.tar", member_suffix=".json"
+    )
 
     with pytest.raises(ArchiveError, match=r"is corrupt: the tar header after .*layer\.tar is damaged"):
         b"".join(TarStreamChecker("bad.tar").feed(file_chunks(corrupt)))

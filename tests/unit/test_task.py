@@ -1,4 +1,6 @@
-"""Task mode without Docker: COMPOSE_ENV decoding and validation, `run --rm`, streamed artifact extraction, report.json."""
+"""Task mode without Docker: COMPOSE_ENV decoding and validation, `run --rm`, streamed artifact extraction,
+report.json.
+"""
 
 from __future__ import annotations
 
@@ -289,8 +291,18 @@ class FakeEngine:
 
     def inspect_container(self, container: str) -> dict:
         labels = {"com.docker.compose.service": "tests", "com.docker.compose.oneoff": "True"}
-        state = {"Status": "exited", "ExitCode": 3, "StartedAt": "2026-11-28T01:00:00.5Z", "FinishedAt": "2026-11-28T01:00:02Z"}
-        return {"Name": "/p-tests-run-1", "Config": {"Labels": labels, "Image": "example/tests:ci"}, "State": state, "RestartCount": 0}
+        state = {
+            "Status": "exited",
+            "ExitCode": 3,
+            "StartedAt": "2026-11-28T01:00:00.5Z",
+            "FinishedAt": "2026-11-28T01:00:02Z",
+        }
+        return {
+            "Name": "/p-tests-run-1",
+            "Config": {"Labels": labels, "Image": "example/tests:ci"},
+            "State": state,
+            "RestartCount": 0,
+        }
 
     def get_archive(self, container: str, path: str) -> tuple[Iterator[bytes], dict]:
         if path != "/reports":
@@ -318,7 +330,11 @@ def test_after_run_copies_what_exists_and_reports_what_does_not(work_dir: Path) 
     ]
     task = parse({**PARAMS, "artifacts": artifacts}, work_dir)
     collector = AfterRunCollector(task, Console(io.StringIO()))
-    engine = FakeEngine(tar_bytes([member("reports", tarfile.DIRTYPE), member("reports/junit.xml")], {"reports/junit.xml": b"<testsuite/>"}))
+    engine = FakeEngine(
+        tar_bytes(
+            [member("reports", tarfile.DIRTYPE), member("reports/junit.xml")], {"reports/junit.xml": b"<testsuite/>"}
+        )
+    )
 
     collector(FakeProject(), SimpleNamespace(client=engine), RunResult(("run", "tests"), 3, "failed"))
 
@@ -333,10 +349,16 @@ def test_after_run_copies_what_exists_and_reports_what_does_not(work_dir: Path) 
 
 def test_an_artifact_of_a_service_behind_an_inactive_profile_is_copied(work_dir: Path) -> None:
     # `run extra` starts a service whose profile is off: the check accepted it, so must the copy.
-    task = parse({**PARAMS, "command": ["run", "extra"], "artifacts": [{"service": "extra", "path": "/reports"}]}, work_dir)
+    task = parse(
+        {**PARAMS, "command": ["run", "extra"], "artifacts": [{"service": "extra", "path": "/reports"}]}, work_dir
+    )
     collector = AfterRunCollector(task, Console(io.StringIO()))
     collector.check_services(FakeProject())  # type: ignore[arg-type]
-    engine = FakeEngine(tar_bytes([member("reports", tarfile.DIRTYPE), member("reports/junit.xml")], {"reports/junit.xml": b"<testsuite/>"}))
+    engine = FakeEngine(
+        tar_bytes(
+            [member("reports", tarfile.DIRTYPE), member("reports/junit.xml")], {"reports/junit.xml": b"<testsuite/>"}
+        )
+    )
 
     collector(FakeProject(), SimpleNamespace(client=engine), RunResult(("run", "extra"), 0, "passed"))
 
@@ -346,7 +368,9 @@ def test_an_artifact_of_a_service_behind_an_inactive_profile_is_copied(work_dir:
 
 
 def test_an_artifact_of_an_unknown_service_is_refused_before_anything_starts(work_dir: Path) -> None:
-    task = parse({**PARAMS, "artifacts": [{"service": "tests", "path": "/r"}, {"service": "tset", "path": "/r"}]}, work_dir)
+    task = parse(
+        {**PARAMS, "artifacts": [{"service": "tests", "path": "/r"}, {"service": "tset", "path": "/r"}]}, work_dir
+    )
     collector = AfterRunCollector(task, Console(io.StringIO()))
     project = SimpleNamespace(all_services=lambda: {"tests": {}, "db": {}})
 
@@ -368,8 +392,12 @@ def test_docker_times_with_nanoseconds_give_durations() -> None:
 
 def test_report_holds_the_response_plus_states_containers_timings_logs_and_artifacts(work_dir: Path) -> None:
     response = {"version": {"id": "1", "exit_code": "3"}, "metadata": [{"name": "status", "value": "failed"}]}
-    result = RunResult(("run", "tests", "--token=s3cr3t"), 3, "failed", [ServiceState("tests", "exited", 3)], {}, ["tests"])
-    outcome = PutOutcome(response, result, 1, ServiceLogs(work_dir / "logs"), {"daemon": 1.23456, "run": 2.5}, ["example/tests:ci"])
+    result = RunResult(
+        ("run", "tests", "--token=s3cr3t"), 3, "failed", [ServiceState("tests", "exited", 3)], {}, ["tests"]
+    )
+    outcome = PutOutcome(
+        response, result, 1, ServiceLogs(work_dir / "logs"), {"daemon": 1.23456, "run": 2.5}, ["example/tests:ci"]
+    )
     collector = AfterRunCollector(parse(PARAMS, work_dir), Console(io.StringIO()))
     collector.containers = {"tests": [{"container": "p-tests-run-1", "exit_code": 3, "duration_seconds": 2.1}]}
     collector.copies = [ArtifactCopy("tests", "/reports", "reports", copied=True, files=1, bytes=10)]

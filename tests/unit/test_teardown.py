@@ -1,4 +1,5 @@
-"""Teardown: `compose down` runs where it does something the engine's stop does not, and the budget fits Concourse's grace."""
+"""Teardown: `compose down` runs where it does something the engine's stop does not, and the budget fits Concourse's
+grace."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def test_a_remote_engine_keeps_everything_so_compose_down_is_always_the_cleanup(
         (True, 5, True, False),
     ],
 )
-def test_on_an_inner_daemon_compose_down_runs_when_it_matters(keeps_data_root: bool, grace: int, aborted: bool, down: bool) -> None:
+def test_on_an_inner_daemon_compose_down_runs_when_it_matters(
+    keeps_data_root: bool, grace: int, aborted: bool, down: bool
+) -> None:
     engine = RunningDaemon(SimpleNamespace(keeps_data_root=keeps_data_root), handle=None)  # type: ignore[arg-type]
 
     assert engine.compose_down_matters(grace, aborted) is down

@@ -9,7 +9,9 @@ WITHOUT_SYS_RESOURCE = ALL & ~(1 << 24)
 
 
 def spec(flavour: str) -> WorkerContainerSpec:
-    return WorkerContainerSpec(flavour, "/b/rootfs", ["PATH=/usr/bin"], "/run/netns/x", "/init", "/b/etc", [("/b/scratch", "/scratch", False)])
+    return WorkerContainerSpec(
+        flavour, "/b/rootfs", ["PATH=/usr/bin"], "/run/netns/x", "/init", "/b/etc", [("/b/scratch", "/scratch", False)]
+    )
 
 
 def test_concourse_gives_38_capabilities_and_never_perfmon_bpf_or_checkpoint_restore() -> None:

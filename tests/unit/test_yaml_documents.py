@@ -1,4 +1,5 @@
-"""Every pipeline and task config the repository shows a user passes tests/pipeline_lint.py, and the lint is not vacuous."""
+"""Every pipeline and task config the repository shows a user passes tests/pipeline_lint.py, and the lint is not
+vacuous."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ DOCUMENTS = documents()
 
 def test_the_documents_are_found() -> None:
     labels = {document.label for document in DOCUMENTS}
-    assert {"README.md yaml block 1", "pipeline-example.yml", "ci/pipeline.yml", "tasks/compose-env.yml", "ci/tasks/build-image.yml"} <= labels
+    assert {
+        "README.md yaml block 1",
+        "pipeline-example.yml",
+        "ci/pipeline.yml",
+        "tasks/compose-env.yml",
+        "ci/tasks/build-image.yml",
+    } <= labels
 
 
 @pytest.mark.parametrize("document", DOCUMENTS, ids=[document.label for document in DOCUMENTS])
@@ -41,7 +48,11 @@ def test_the_readme_pipeline_is_whole_with_its_app_image_built_by_oci_build_task
     [
         ("- name: redis\n", "- name: redis-typo\n", "unknown resource 'redis'"),
         ("    - get: code\n", "    - get: app-image\n", "unknown resource 'app-image'"),
-        ("inputs: [code, redis, app-image]", "inputs: [code, redis, app-image, nothing]", "reads 'nothing', which no earlier step made"),
+        (
+            "inputs: [code, redis, app-image]",
+            "inputs: [code, redis, app-image, nothing]",
+            "reads 'nothing', which no earlier step made",
+        ),
         ("  type: compose-env\n", "  type: compose-env-typo\n", "unknown type 'compose-env-typo'"),
         ("command: run --rm tests", "comand: run --rm tests", "params.comand: unknown key"),
     ],
@@ -59,7 +70,10 @@ def test_a_task_input_no_step_made_and_a_missing_task_file_are_caught() -> None:
 
     problems = lint(broken)
 
-    assert "ci/pipeline.yml: jobs.publish.task(check-release): file code/ci/tasks/no-such-task.yml does not exist in the repository" in problems
+    assert (
+        "ci/pipeline.yml: jobs.publish.task(check-release): file code/ci/tasks/no-such-task.yml does not exist in the "
+        "repository" in problems
+    )
     assert "ci/pipeline.yml: jobs.build-and-test.test-suite: reads 'imgae', which no earlier step made" in problems
 
 
@@ -68,12 +82,15 @@ def test_a_variable_nobody_says_how_to_set_is_caught() -> None:
 
     problems = lint(Document(example.label, example.text, re.sub(r"-v compose_env_image=\S+", "", example.explanation)))
 
-    assert problems == ["pipeline-example.yml: ((compose_env_image)) is not listed where the document says how to set it"]
+    assert problems == [
+        "pipeline-example.yml: ((compose_env_image)) is not listed where the document says how to set it"
+    ]
 
 
 def test_a_fragment_is_refused() -> None:
     assert lint(Document("README.md yaml block 9", "caches: [{path: x}]\n", "")) == [
-        "README.md yaml block 9: neither a pipeline (jobs:), a task config (platform:, run:) nor a put step: a fragment a reader cannot use"
+        "README.md yaml block 9: neither a pipeline (jobs:), a task config (platform:, run:) nor a put step: a "
+        "fragment a reader cannot use"
     ]
 
 
@@ -105,4 +122,7 @@ def test_a_put_step_shown_alone_is_checked_too() -> None:
     assert lint(_broken(step, "inputs: [code, redis, app-image]", "inputs: [code, redis]")) == [
         "README.md yaml block 2: app-image/image.tar is not in the put's inputs ['code', 'redis']"
     ]
-    assert any("params.docker_sockets: unknown key" in problem for problem in lint(_broken(step, "docker_socket:", "docker_sockets:")))
+    assert any(
+        "params.docker_sockets: unknown key" in problem
+        for problem in lint(_broken(step, "docker_socket:", "docker_sockets:"))
+    )

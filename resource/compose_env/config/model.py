@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import difflib
-import os
 import re
 import shlex
 from collections.abc import Mapping
@@ -13,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from compose_env.config.paths import PathResolver
 from compose_env.config.schema import PathPart, default_at, describe, format_path, validate, with_defaults
 from compose_env.errors import UserError
 
@@ -200,71 +199,6 @@ def parse_duration(value: float | int | str, path: str) -> float:
     return seconds
 
 
-class PathResolver:
-    """Resolves user paths inside the put directory and refuses anything that leads out of it.
-
-    `..` escapes, absolute paths elsewhere and symlinks pointing out are all caught
-    by comparing the real path (symlinks followed) with the real put directory.
-    Nothing is ever written: Concourse may mount the inputs read-only.
-    """
-
-    def __init__(self, put_dir: Path) -> None:
-        self.put_dir = Path(os.path.realpath(put_dir))
-
-    def resolve(self, given: str, path: str, *, kind: str = "file", base: Path | None = None) -> Path:
-        if "\0" in given:
-            raise UserError(path, f"{given!r} contains a NUL character")
-        candidate = Path(given) if os.path.isabs(given) else (base or self.put_dir) / given
-        real = Path(os.path.realpath(candidate))
-        if not self._inside(real):
-            raise self._outside(given, path, candidate, real)
-        if not real.exists():
-            raise UserError(path, f"no such {kind}: {given}", self._hint(candidate))
-        if kind == "file" and not real.is_file():
-            raise UserError(path, f"{given} is not a file" + (" but a directory" if real.is_dir() else ""))
-        if kind == "directory" and not real.is_dir():
-            raise UserError(path, f"{given} is not a directory")
-        return real
-
-    def _inside(self, real: Path) -> bool:
-        return real == self.put_dir or real.is_relative_to(self.put_dir)
-
-    def _outside(self, given: str, path: str, candidate: Path, real: Path) -> UserError:
-        lexical = Path(os.path.normpath(os.path.abspath(candidate)))
-        if self._inside(lexical):
-            return UserError(
-                path,
-                f"{given!r} is a symlink that leads outside the put directory (to {real})",
-                "an input must hold the file itself: copy it into the artifact instead of linking to it",
-            )
-        how = "an absolute path" if os.path.isabs(given) else "a path that leads"
-        return UserError(
-            path,
-            f"{given!r} is {how} outside the put directory {self.put_dir}",
-            "paths are relative to the put directory, where each of the put's `inputs` is a folder: write <input>/<file>",
-        )
-
-    def _hint(self, candidate: Path) -> str:
-        """Name the first missing component, what its folder holds, and the closest match."""
-        relative = Path(os.path.normpath(candidate)).relative_to(self.put_dir).parts
-        folder = self.put_dir
-        for depth, part in enumerate(relative):
-            if (folder / part).exists():
-                folder = folder / part
-                continue
-            present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-            close = difflib.get_close_matches(part, present, n=1, cutoff=0.6)
-            if close:
-                return f"did you mean {Path(*relative[:depth], close[0])}?"
-            shown = ", ".join(present[:12]) or "nothing"
-            where = "the put directory" if folder == self.put_dir else f"{Path(*relative[:depth])}/"
-            hint = f"{where} holds: {shown}"
-            if depth == 0:
-                hint += f". Is '{part}' among the put's `inputs`?"
-            return hint
-        return ""
-
-
 def _as_tuple(value: str | list[str] | None) -> tuple[str, ...]:
     if value is None:
         return ()
@@ -364,6 +298,17 @@ def parse_command(value: str | list[str]) -> tuple[str, ...]:
     return tuple(words)
 
 
+def _image_entries(items: list[Any], merged: MergedParams, resolver: PathResolver) -> tuple[ImageEntry, ...]:
+    entries = []
+    for index, item in enumerate(items):
+        given = item if isinstance(item, str) else item["path"]
+        where = merged.path("images", index) if isinstance(item, str) else merged.path("images", index, "path")
+        resolved = resolver.resolve(given, where, kind="path")
+        tags = () if isinstance(item, str) else _as_tuple(item.get("tag"))
+        entries.append(ImageEntry(index=index, path=resolved, given=given, tags=tags))
+    return tuple(entries)
+
+
 def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) -> PutParams:
     """Typed params from merged values that parse_put_request has already validated.
 
@@ -382,18 +327,13 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         labels.setdefault(resolved_files[-1], f"{where} ({given})")
     compose_files = tuple(resolved_files)
     if "project_directory" in raw:
-        project_directory = resolver.resolve(raw["project_directory"], merged.path("project_directory"), kind="directory")
+        project_directory = resolver.resolve(
+            raw["project_directory"], merged.path("project_directory"), kind="directory"
+        )
     else:
         project_directory = compose_files[0].parent
 
-    images = []
-    for index, item in enumerate(raw["images"]):
-        given = item if isinstance(item, str) else item["path"]
-        where = merged.path("images", index) if isinstance(item, str) else merged.path("images", index, "path")
-        resolved = resolver.resolve(given, where, kind="path")
-        tags = () if isinstance(item, str) else _as_tuple(item.get("tag"))
-        images.append(ImageEntry(index=index, path=resolved, given=given, tags=tags))
-
+    images = _image_entries(raw["images"], merged, resolver)
     env_files = tuple(resolver.resolve(g, merged.path("env_files", i)) for i, g in enumerate(raw["env_files"]))
     for index, (given, env_file) in enumerate(zip(raw["env_files"], env_files, strict=True)):
         labels.setdefault(env_file, f"{merged.path('env_files', index)} ({given})")
@@ -403,7 +343,7 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         project_directory=project_directory,
         # The schema's default name is the last choice: the one Concourse's BUILD_* variables give comes first.
         project_name=merged.values.get("project_name") or build.project_name(),
-        images=tuple(images),
+        images=images,
         command=parse_command(raw["command"]),
         env={name: env_value(value) for name, value in raw["env"].items()},
         env_files=env_files,
@@ -417,7 +357,10 @@ def parse_put_params(merged: MergedParams, put_dir: Path, build: BuildMetadata) 
         ),
         stop_grace=raw["stop_grace"],
         docker_socket=tuple(raw["docker_socket"]),
-        reports=tuple(ReportEntry(merged.path("reports", i), item["service"], item["path"]) for i, item in enumerate(raw["reports"])),
+        reports=tuple(
+            ReportEntry(merged.path("reports", i), item["service"], item["path"])
+            for i, item in enumerate(raw["reports"])
+        ),
         file_labels=labels,
     )
 
@@ -430,7 +373,11 @@ def parse_put_request(request: Mapping[str, Any], put_dir: Path, build: BuildMet
         validate(source_raw, "source", "source")
     except UserError as error:
         problems += error.problems
-    merged = merged_params(source_raw, request.get("params")) if isinstance(source_raw.get("params") or {}, Mapping) else None
+    merged = (
+        merged_params(source_raw, request.get("params"))
+        if isinstance(source_raw.get("params") or {}, Mapping)
+        else None
+    )
     if merged is not None:
         try:
             validate(merged.values, "put_params", merged.root_for)
@@ -442,8 +389,10 @@ def parse_put_request(request: Mapping[str, Any], put_dir: Path, build: BuildMet
     if source.docker_host and merged.values.get("docker_socket"):
         raise UserError(
             merged.path("docker_socket"),
-            f"cannot hand out the engine at {source.docker_host} (source.docker_host): its socket is not in this container",
-            "remove params.docker_socket, or source.docker_host so that the put starts its own engine, whose socket it binds",
+            f"cannot hand out the engine at {source.docker_host} (source.docker_host): its socket is not in this "
+            "container",
+            "remove params.docker_socket, or source.docker_host so that the put starts its own engine, whose socket "
+            "it binds",
         )
     params = parse_put_params(merged, put_dir, build)
     return PutConfig(source=source, params=params, build=build, put_dir=Path(put_dir))

@@ -60,7 +60,8 @@ def _registry() -> Registry:
 
 
 def _resolved(schema: Mapping[str, Any], base: str) -> tuple[dict[str, Any], str]:
-    """`schema` with its `$ref` followed (keywords beside the `$ref`, such as a `default`, kept), and the `$id` it is in."""
+    """`schema` with its `$ref` followed (keywords beside the `$ref`, such as a `default`, kept), and the `$id` it is
+    in."""
     if "$ref" not in schema:
         return dict(schema), base
     target = _registry().resolver(base_uri=base).lookup(schema["$ref"])
@@ -160,7 +161,11 @@ def _branch_for_value(error: jsonschema.ValidationError) -> list[jsonschema.Vali
     for inner in error.context or []:
         by_branch.setdefault(inner.relative_schema_path[0], []).append(inner)
     depth = len(error.absolute_path)
-    fitting = [errors for errors in by_branch.values() if not any(e.validator == "type" and len(e.absolute_path) == depth for e in errors)]
+    fitting = [
+        errors
+        for errors in by_branch.values()
+        if not any(e.validator == "type" and len(e.absolute_path) == depth for e in errors)
+    ]
     return fitting[0] if len(fitting) == 1 else None
 
 
@@ -178,7 +183,11 @@ def _problems(error: jsonschema.ValidationError) -> list[Problem]:
             if key in allowed:
                 continue
             close = did_you_mean(key, allowed)
-            hint = f"did you mean '{close}'?" if close else schema.get("x-unknown-hint") or f"known keys: {', '.join(allowed)}"
+            hint = (
+                f"did you mean '{close}'?"
+                if close
+                else schema.get("x-unknown-hint") or f"known keys: {', '.join(allowed)}"
+            )
             problems.append(Problem((*parts, key), "unknown key", hint))
         return problems
     if error.validator == "required":
@@ -193,13 +202,19 @@ def _problems(error: jsonschema.ValidationError) -> list[Problem]:
         return [Problem(parts, f"expected {schema['x-expected']}, got {got}")]
     if error.validator == "type":
         wanted = schema.get("type")
-        wanted_text = " or ".join(_with_article(w) for w in wanted) if isinstance(wanted, list) else _with_article(str(wanted))
+        wanted_text = (
+            " or ".join(_with_article(w) for w in wanted) if isinstance(wanted, list) else _with_article(str(wanted))
+        )
         shown = "" if instance is None else f" ({got})"
         return [Problem(parts, f"must be {wanted_text}, got {_type_name(instance)}{shown}")]
     if error.validator == "enum":
         choices = [str(choice) for choice in schema.get("enum", [])]
         close = did_you_mean(instance, choices) if isinstance(instance, str) else None
-        return [Problem(parts, f"must be one of {', '.join(choices)}, got {got}", f"did you mean '{close}'?" if close else "")]
+        return [
+            Problem(
+                parts, f"must be one of {', '.join(choices)}, got {got}", f"did you mean '{close}'?" if close else ""
+            )
+        ]
     if error.validator == "minLength":
         return [Problem(parts, "must not be empty")]
     if error.validator == "minItems":

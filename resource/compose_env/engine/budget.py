@@ -23,7 +23,8 @@ class TeardownBudget:
     down_normal: float = 20.0
     #: The container calls of the daemon's stop (list, stop, remove, prune), on top of stop_grace.
     containers: float = 2.0
-    #: What dockerd gets after SIGTERM before SIGKILL: on a normal ending, and after an abort (containers already killed).
+    #: What dockerd gets after SIGTERM before SIGKILL: on a normal ending, and after an abort (containers already
+    #: killed).
     dockerd: float = 1.5
     dockerd_after_abort: float = 1.0
     #: What a SIGKILLed daemon (dockerd, then containerd) gets to disappear before the sweep goes on without it.

@@ -41,7 +41,18 @@ DATA_ROOT_DIR = "docker"
 #: How often a run waiting for the lock tries again (a SIGTERM meanwhile aborts the wait).
 LOCK_POLL_SECONDS = 0.5
 SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "m": 10**6,
+    "g": 10**9,
+    "t": 10**12,
+    "ki": 2**10,
+    "mi": 2**20,
+    "gi": 2**30,
+    "ti": 2**40,
+}
 
 
 def parse_size(value: int | str, path: str) -> int:
@@ -119,10 +130,17 @@ class TaskCache:
         elif marker is None:
             self.wipe("it has no readable compose-env marker")
         elif marker.get("format") != CACHE_FORMAT or marker.get("engine") != self.version:
-            self.wipe(f"it was written by {marker.get('engine') or 'another engine'} (format {marker.get('format')}), this is {self.version}")
+            self.wipe(
+                f"it was written by {marker.get('engine') or 'another engine'} (format {marker.get('format')}), this "
+                f"is {self.version}"
+            )
         else:
-            self.last_used = {str(k): float(v) for k, v in (marker.get("last_used") or {}).items() if isinstance(v, (int, float))}
-            self.console.info(f"cache {self.config.path}: kept from an earlier run ({len(self.last_used)} images recorded)")
+            self.last_used = {
+                str(k): float(v) for k, v in (marker.get("last_used") or {}).items() if isinstance(v, (int, float))
+            }
+            self.console.info(
+                f"cache {self.config.path}: kept from an earlier run ({len(self.last_used)} images recorded)"
+            )
         self.write_marker()
 
     def wipe(self, why: str) -> None:
@@ -130,13 +148,18 @@ class TaskCache:
         self._unmount_data_root()
         shutil.rmtree(self.config.data_root, ignore_errors=True)
         if self.config.data_root.exists():
-            raise RuntimeFailure(f"cannot wipe the cache {self.config.path}", "remove the task's cache (fly clear-task-cache) and run it again")
+            raise RuntimeFailure(
+                f"cannot wipe the cache {self.config.path}",
+                "remove the task's cache (fly clear-task-cache) and run it again",
+            )
         self.last_used = {}
 
     def _unmount_data_root(self) -> None:
         """A dockerd that failed to start leaves the data root bind-mounted on itself (and maybe more below it)."""
         root = str(self.config.data_root)
-        points = [m.mount_point for m in read_mountinfo() if m.mount_point == root or m.mount_point.startswith(root + "/")]
+        points = [
+            m.mount_point for m in read_mountinfo() if m.mount_point == root or m.mount_point.startswith(root + "/")
+        ]
         for point in sorted(set(points), key=len, reverse=True):
             try:
                 umount(point, lazy=True)
@@ -169,11 +192,17 @@ class TaskCache:
         try:
             self._prune(client, used)
         except docker.errors.APIError as error:
-            self.console.warn(f"cache {self.config.path}: pruning failed ({error.explanation or error}); it is kept as it is")
+            self.console.warn(
+                f"cache {self.config.path}: pruning failed ({error.explanation or error}); it is kept as it is"
+            )
         self.write_marker()
 
     def _used_images(self, client: docker.APIClient, project: str, service_images: Iterable[str]) -> set[str]:
-        used = {str(c.get("ImageID")) for c in client.containers(all=True, filters={"label": f"com.docker.compose.project={project}"}) if c.get("ImageID")}
+        used = {
+            str(c.get("ImageID"))
+            for c in client.containers(all=True, filters={"label": f"com.docker.compose.project={project}"})
+            if c.get("ImageID")
+        }
         for name in service_images:
             try:
                 used.add(client.inspect_image(name)["Id"])
@@ -187,9 +216,14 @@ class TaskCache:
         build_cache = sum(int(entry.get("Size") or 0) for entry in usage.get("BuildCache") or [])
         layers = int(usage.get("LayersSize") or 0)
         limit = self.config.max_size
-        self.last_used = {image_id: when for image_id, when in self.last_used.items() if any(i["Id"] == image_id for i in images)}
+        self.last_used = {
+            image_id: when for image_id, when in self.last_used.items() if any(i["Id"] == image_id for i in images)
+        }
         if layers + build_cache <= limit:
-            self.console.info(f"cache: {_gib(layers)} of images, {_gib(build_cache)} of build cache: within cache_max_size ({_gib(limit)})")
+            self.console.info(
+                f"cache: {_gib(layers)} of images, {_gib(build_cache)} of build cache: within cache_max_size "
+                f"({_gib(limit)})"
+            )
             return
         candidates = [image for image in images if image["Id"] not in used and int(image.get("Containers") or 0) <= 0]
         candidates.sort(key=lambda image: self.last_used.get(image["Id"], float(image.get("Created") or 0)))
@@ -202,9 +236,14 @@ class TaskCache:
             self.last_used.pop(image["Id"], None)
             removed.append(next(iter(image.get("RepoTags") or []), image["Id"][:19]))
         if removed:
-            self.console.info(f"cache: pruned {len(removed)} unused image{'s' if len(removed) > 1 else ''}, oldest use first: {', '.join(removed)}")
+            self.console.info(
+                f"cache: pruned {len(removed)} unused image{'s' if len(removed) > 1 else ''}, oldest use first: "
+                f"{', '.join(removed)}"
+            )
         if layers + build_cache > limit and build_cache:
             client.prune_builds(keep_storage=max(limit - layers, 0))
             self.console.info(f"cache: build cache cut to at most {_gib(max(limit - layers, 0))}")
         after = client.df()
-        self.console.info(f"cache: {_gib(int(after.get('LayersSize') or 0))} of images after pruning (cache_max_size {_gib(limit)})")
+        self.console.info(
+            f"cache: {_gib(int(after.get('LayersSize') or 0))} of images after pruning (cache_max_size {_gib(limit)})"
+        )

@@ -19,7 +19,8 @@ SWEEP_SECONDS = 2.0
 
 
 def sweep_cgroups(groups: list[Path], seconds: float = SWEEP_SECONDS) -> tuple[int, list[str]]:
-    """Kill every process left in `groups`, then remove them in that order (deepest first); (processes killed, problems)."""
+    """Kill every process left in `groups`, then remove them in that order (deepest first); (processes killed,
+    problems)."""
     if not groups:
         return 0, []
     killed: set[str] = set()

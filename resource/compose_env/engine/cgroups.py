@@ -49,11 +49,13 @@ _left_out_on_entry: frozenset[str] = frozenset()
 
 WORKER_HINT = (
     "a Concourse worker gives a privileged container its own cgroup: use the containerd runtime"
-    " (CONCOURSE_RUNTIME=containerd; cgroup v2 works there) or Guardian on cgroup v1, and do not restrict the worker's own cgroup"
+    " (CONCOURSE_RUNTIME=containerd; cgroup v2 works there) or Guardian on cgroup v1, and do not restrict the "
+    "worker's own cgroup"
 )
 DEVICES_HINT = (
     "the worker's devices cgroup does not let this container widen its own: allow the devices on the worker"
-    " (containerd runtime: --containerd-allowed-device / CONCOURSE_CONTAINERD_ALLOWED_DEVICE, e.g. `c 5:1 rwm` for /dev/console),"
+    " (containerd runtime: --containerd-allowed-device / CONCOURSE_CONTAINERD_ALLOWED_DEVICE, e.g. `c 5:1 rwm` for "
+    "/dev/console),"
     " or run the worker on cgroup v2, which has no devices cgroup to inherit"
 )
 
@@ -161,7 +163,10 @@ def place(tracker: MountTracker, root: str = CGROUP_ROOT, parent: str = CGROUP_P
             else:
                 _mount_v1(root, tracker, placement.actions, left_out)
         elif in_initial_namespace():
-            raise PlacementError("this process is in the host's root cgroup, not in a container's: nothing to nest the inner containers in")
+            raise PlacementError(
+                "this process is in the host's root cgroup, not in a container's: nothing to nest the inner "
+                "containers in"
+            )
         else:
             placement.actions.append("already at the root of our own cgroup namespace")
             _ensure_mounted(root, version, tracker, placement.actions)
@@ -173,7 +178,9 @@ def place(tracker: MountTracker, root: str = CGROUP_ROOT, parent: str = CGROUP_P
             placement.roots = _v1_hierarchy_dirs(root)
     except OSError as error:  # MountError included
         detail = f"{error.filename}: {error.strerror}" if error.filename else error.strerror or str(error)
-        raise PlacementError(f"cannot place the inner containers below this container's cgroup {placement.own}: {detail}") from error
+        raise PlacementError(
+            f"cannot place the inner containers below this container's cgroup {placement.own}: {detail}"
+        ) from error
     placement.actions.append(f"inner containers go to {parent} below it")
     return placement
 
@@ -216,7 +223,9 @@ def _ensure_mounted(root: str, version: int, tracker: MountTracker, actions: lis
             remount_read_write(root)
             actions.append(f"remounted {root} read-write")
         return
-    mounted = {m.mount_point: m for m in read_mountinfo() if m.mount_point == root or m.mount_point.startswith(root + "/")}
+    mounted = {
+        m.mount_point: m for m in read_mountinfo() if m.mount_point == root or m.mount_point.startswith(root + "/")
+    }
     if root not in mounted or any(m.fstype == "cgroup" and "ro" in m.options for m in mounted.values()):
         _mount_v1(root, tracker, actions, _left_out_on_entry)
 
@@ -264,7 +273,9 @@ def v1_groupings(proc_cgroups: str = "/proc/cgroups", proc_self_cgroup: str = "/
 
 
 def _v1_hierarchy_dirs(root: str) -> list[str]:
-    return sorted({m.mount_point for m in read_mountinfo() if m.fstype == "cgroup" and m.mount_point.startswith(root + "/")})
+    return sorted(
+        {m.mount_point for m in read_mountinfo() if m.fstype == "cgroup" and m.mount_point.startswith(root + "/")}
+    )
 
 
 def _write(path: Path, text: str) -> None:
@@ -285,11 +296,15 @@ def widen_devices(devices: str, write: Callable[[Path, str], None] | None = None
         try:
             for rule in attempt:
                 write(base / "devices.allow", rule)
-            return f"devices: widened to every device (the worker allowed {rules} rule{'s' if rules != 1 else ''}; its parent allows all)"
+            allowed = f"{rules} rule{'s' if rules != 1 else ''}"
+            return f"devices: widened to every device (the worker allowed {allowed}; its parent allows all)"
         except OSError:
             continue
     kept = f"{rules} rule{'s' if rules != 1 else ''}"
-    return f"devices: could not be widened, the worker's {kept} stay (containers needing other devices, e.g. /dev/console, will fail)"
+    return (
+        f"devices: could not be widened, the worker's {kept} stay"
+        " (containers needing other devices, e.g. /dev/console, will fail)"
+    )
 
 
 def enable_v2_controllers(root: str, attempts: int = 50, write: Callable[[Path, str], None] | None = None) -> list[str]:
@@ -316,7 +331,10 @@ def enable_v2_controllers(root: str, attempts: int = 50, write: Callable[[Path, 
         try:
             if wanted:
                 write(base / "cgroup.subtree_control", wanted)
-            return [f"moved {moved} process{'es' if moved != 1 else ''} to {init}", f"enabled controllers: {' '.join(controllers) or 'none'}"]
+            return [
+                f"moved {moved} process{'es' if moved != 1 else ''} to {init}",
+                f"enabled controllers: {' '.join(controllers) or 'none'}",
+            ]
         except OSError as error:
             if error.errno != errno.EBUSY:
                 raise

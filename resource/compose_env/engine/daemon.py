@@ -33,15 +33,21 @@ from compose_env.config.model import DEFAULT_DATA_ROOT, Source
 from compose_env.console import Console
 from compose_env.engine import cgroups, storage, store_guard, tested_engines
 from compose_env.engine.budget import BUDGET
-from compose_env.engine.daemon_argv import CONTAINERD_SOCKET, DOCKER_SOCKET, DOCKERD_PIDFILE, cgroup_parent, containerd_argv, dockerd_argv
+from compose_env.engine.daemon_argv import (
+    CONTAINERD_SOCKET,
+    DOCKER_SOCKET,
+    DOCKERD_PIDFILE,
+    cgroup_parent,
+    containerd_argv,
+    dockerd_argv,
+)
 from compose_env.engine.daemon_stop import clear_left_behind, kill_strays, stop_containers, terminate
-from compose_env.engine.diagnosis import diagnose, error_lines
-from compose_env.engine.handle import RUN_DIR, DaemonHandle, make_clients, ping, write_docker_config
+from compose_env.engine.handle import RUN_DIR, DaemonHandle, make_clients, write_docker_config
 from compose_env.engine.mounts import MountError, MountTracker, read_mountinfo, umount
 from compose_env.engine.network import choose_iptables, default_route_mtu, iptables_path_dir
 from compose_env.engine.preflight import check_privileged, prepare_kernel_interfaces
-from compose_env.errors import DaemonStartFailure, RuntimeFailure
-from compose_env.logtail import last_lines
+from compose_env.engine.readiness import Readiness
+from compose_env.errors import RuntimeFailure
 from compose_env.process import dying_with_parent
 
 
@@ -205,20 +211,27 @@ class InnerDaemon:
 
     def _prepare_data_root(self, images_bytes: int) -> tuple[storage.Placement, str]:
         placement = storage.choose_placement(self.options.data_root_medium, self.data_root, images_bytes)
-        (self.console.warn if placement.short_of_memory else self.console.info)(f"data root {placement.data_root} on {placement.medium}: {placement.reason}")
+        (self.console.warn if placement.short_of_memory else self.console.info)(
+            f"data root {placement.data_root} on {placement.medium}: {placement.reason}"
+        )
         try:
             storage.mount_placement(placement, self.mounts)
         except MountError as error:
-            raise RuntimeFailure(f"cannot mount a tmpfs for the data root: {error}", "set source.dockerd.data_root_medium: disk") from None
+            raise RuntimeFailure(
+                f"cannot mount a tmpfs for the data root: {error}", "set source.dockerd.data_root_medium: disk"
+            ) from None
         try:
             driver = storage.choose_driver(self.options.storage_driver, placement.data_root)
         except OSError as error:
             raise RuntimeFailure(f"cannot use the data root {placement.data_root}: {error}") from None
-        (self.console.warn if driver.driver == "vfs" else self.console.info)(f"storage driver {driver.driver}: {driver.reason}")
+        (self.console.warn if driver.driver == "vfs" else self.console.info)(
+            f"storage driver {driver.driver}: {driver.reason}"
+        )
         return placement, driver.driver
 
     def _store_writable(self, driver: str, probe: subprocess.Popen[str] | None) -> tuple[bool, str]:
-        """Whether layerstore may write images into the data root before dockerd starts, and if not, a note on why ("" if obvious)."""
+        """Whether layerstore may write images into the data root before dockerd starts, and if not, a note on why (""
+        if obvious)."""
         version = tested_engines.probed_version(probe) if probe is not None else ""
         if not self.options.direct_load or driver != "overlay2":
             return False, ""
@@ -243,8 +256,16 @@ class InnerDaemon:
         except (OSError, ValueError):
             alive = False
         if alive:
-            raise RuntimeFailure(f"a dockerd (pid {pid}) is already running in this container", f"stop it, or remove {DOCKERD_PIDFILE}")
-        for path in (DOCKER_SOCKET, DOCKERD_PIDFILE, CONTAINERD_SOCKET, f"{CONTAINERD_SOCKET}.ttrpc", f"{self.data_root}/docker.pid"):
+            raise RuntimeFailure(
+                f"a dockerd (pid {pid}) is already running in this container", f"stop it, or remove {DOCKERD_PIDFILE}"
+            )
+        for path in (
+            DOCKER_SOCKET,
+            DOCKERD_PIDFILE,
+            CONTAINERD_SOCKET,
+            f"{CONTAINERD_SOCKET}.ttrpc",
+            f"{self.data_root}/docker.pid",
+        ):
             if os.path.lexists(path):
                 os.unlink(path)
 
@@ -267,14 +288,25 @@ class InnerDaemon:
     def spawn_dockerd(self, plan: LaunchPlan) -> subprocess.Popen[bytes]:
         env = dict(plan.base_env)
         if plan.iptables != "off":
-            env["PATH"] = iptables_path_dir(plan.iptables, f"{RUN_DIR}/bin") + ":" + plan.base_env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            env["PATH"] = (
+                iptables_path_dir(plan.iptables, f"{RUN_DIR}/bin")
+                + ":"
+                + plan.base_env.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            )
         return self._spawn("dockerd", dockerd_argv(self.options, plan.driver, plan.iptables, plan.mtu), env)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         """A child with its log in a file (never fd 1), its own session, and PDEATHSIG."""
         log = open(f"{self.log_dir}/{name}.log", "ab")  # noqa: SIM115 - the child owns it
         with log:
-            process = subprocess.Popen(dying_with_parent(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, start_new_session=True)
+            process = subprocess.Popen(
+                dying_with_parent(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
         self.processes.append((name, process))
         return process
 
@@ -287,41 +319,6 @@ class InnerDaemon:
         for path in (DOCKER_SOCKET, DOCKERD_PIDFILE):
             if os.path.lexists(path):
                 os.unlink(path)
-
-    def wait_for(self, condition: Callable[[], bool], what: str, process: subprocess.Popen[bytes]) -> None:
-        """Poll `condition` every 2 ms while `process` lives, within source.startup_timeout."""
-        deadline = time.monotonic() + self.source.startup_timeout
-        while not condition():
-            if process.poll() is not None:
-                self.fail_start(f"containerd exited with code {process.returncode} while starting", "containerd")
-            if time.monotonic() > deadline:
-                self.fail_start(f"{what} within source.startup_timeout ({self.source.startup_timeout:g}s)", "containerd")
-            time.sleep(0.002)
-
-    def wait_ready(self, containerd: subprocess.Popen[bytes], dockerd: subprocess.Popen[bytes]) -> str:
-        """dockerd's API version once it answers; a daemon that exits or does not answer in time fails the start."""
-        deadline = time.monotonic() + self.source.startup_timeout
-        while True:
-            for name, process in (("containerd", containerd), ("dockerd", dockerd)):
-                if process.poll() is not None:
-                    self.fail_start(f"{name} exited with code {process.returncode} while starting", name)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.fail_start(f"dockerd did not answer within source.startup_timeout ({self.source.startup_timeout:g}s)", "dockerd")
-            attempt = time.monotonic()
-            version = ping(DOCKER_SOCKET, min(0.25, remaining)) if os.path.exists(DOCKER_SOCKET) else None
-            if version:
-                return version
-            if time.monotonic() - attempt < 0.004:
-                time.sleep(0.004)
-
-    def fail_start(self, message: str, name: str) -> None:
-        logs = {n: "\n".join(last_lines(f"{self.log_dir}/{n}.log", 25, window=16 * 1024)) for n in ("containerd", "dockerd")}
-        other = "containerd" if name == "dockerd" else "dockerd"
-        shown = f"last lines of the {name} log ({self.log_dir}/{name}.log):\n{logs[name]}"
-        if error_lines(logs[other]):
-            shown += f"\n\nerrors in the {other} log:\n" + "\n".join(error_lines(logs[other])[-5:])
-        raise DaemonStartFailure(f"the inner Docker daemon did not start: {message}", f"{shown}\n\ndiagnosis: {diagnose(logs['dockerd'] + logs['containerd'])}")
 
 
 class PreparedDaemon:
@@ -343,27 +340,37 @@ class PreparedDaemon:
         """dockerd on the prepared data root, then readiness: the running engine everything else uses."""
         daemon, plan = self.daemon, self._plan
         probed = time.monotonic()
-        daemon.wait_for(lambda: os.path.exists(CONTAINERD_SOCKET), "containerd did not listen", plan.containerd)
+        readiness = Readiness(daemon.log_dir, daemon.source.startup_timeout)
+        readiness.wait_for(lambda: os.path.exists(CONTAINERD_SOCKET), "containerd did not listen", plan.containerd)
         spawned = time.monotonic()
         dockerd = daemon.spawn_dockerd(plan)
         lazy_imports.load()  # while dockerd starts: docker-py is needed once it answers
-        daemon.api_version = daemon.wait_ready(plan.containerd, dockerd)
+        daemon.api_version = readiness.wait_ready(plan.containerd, dockerd)
         ready = time.monotonic()
         client, load_client = make_clients(f"unix://{DOCKER_SOCKET}", version=daemon.api_version)
         info = client.info()
         problem = store_guard.info_problem(info, plan.driver)
         if problem:
-            raise RuntimeFailure(problem, "set source.dockerd.storage_driver explicitly, and leave the containerd-snapshotter feature off")
+            raise RuntimeFailure(
+                problem,
+                "set source.dockerd.storage_driver explicitly, and leave the containerd-snapshotter feature off",
+            )
         if daemon.keeps_data_root:
             clear_left_behind(client, daemon.data_root, daemon.console)
-        between = f", {probed - plan.prepared:.2f}s writing images into its store" if probed - plan.prepared > 0.05 else ""
+        between = (
+            f", {probed - plan.prepared:.2f}s writing images into its store" if probed - plan.prepared > 0.05 else ""
+        )
         daemon.console.info(
             f"dockerd {info.get('ServerVersion', '?')} answered {ready - spawned:.2f}s after it was spawned;"
-            f" before it: {plan.prepared - plan.started:.2f}s of checks and probes{between}, {spawned - probed:.2f}s more for containerd to listen"
+            f" before it: {plan.prepared - plan.started:.2f}s of checks and probes{between}, {spawned - probed:.2f}s "
+            "more for containerd to listen"
         )
         description = f"{info.get('ServerVersion', '?')} {plan.driver}, data root on {plan.placement.summary()}"
         description += f", iptables {plan.iptables}, mtu {plan.mtu or 1500}"
-        env = {"DOCKER_HOST": f"unix://{DOCKER_SOCKET}", "DOCKER_CONFIG": write_docker_config(daemon.source.registries, config_dir)}
+        env = {
+            "DOCKER_HOST": f"unix://{DOCKER_SOCKET}",
+            "DOCKER_CONFIG": write_docker_config(daemon.source.registries, config_dir),
+        }
         return RunningDaemon(self, DaemonHandle(f"unix://{DOCKER_SOCKET}", env, client, load_client, description))
 
     def restart_clean(self, config_dir: str) -> RunningDaemon:
@@ -375,7 +382,9 @@ class PreparedDaemon:
         self.daemon.stop_dockerd()
         self.daemon.empty_data_root()
         now = time.monotonic()
-        return PreparedDaemon(self.daemon, self.store, replace(self._plan, started=now, prepared=now)).launch(config_dir)
+        return PreparedDaemon(self.daemon, self.store, replace(self._plan, started=now, prepared=now)).launch(
+            config_dir
+        )
 
 
 class RunningDaemon:

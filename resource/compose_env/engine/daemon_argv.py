@@ -23,8 +23,9 @@ def containerd_argv(debug: bool) -> list[str]:
     Path(config_path).write_text(
         "version = 2\n"
         # dockerd (graphdriver mode) uses containerd for tasks only: skip what it never calls.
-        'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",'
-        ' "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.blockfile",'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.btrfs",'
+        ' "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",'
+        ' "io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.blockfile",'
         ' "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]\n'
         f'root = "{RUN_DIR}/containerd/root"\nstate = "{RUN_DIR}/containerd/state"\n'
         f'[grpc]\n  address = "{CONTAINERD_SOCKET}"\n'

@@ -31,7 +31,9 @@ def stop_containers(api_version: str, grace: float, problems: list[str], *, remo
     """
     deadline = time.monotonic() + BUDGET.containers + grace
     try:
-        client = docker.APIClient(base_url=f"unix://{DOCKER_SOCKET}", version=api_version or "auto", timeout=BUDGET.containers + grace)
+        client = docker.APIClient(
+            base_url=f"unix://{DOCKER_SOCKET}", version=api_version or "auto", timeout=BUDGET.containers + grace
+        )
         running = client.containers(quiet=True, all=remove)
     except Exception as error:
         problems.append(f"listing containers: {error}")
@@ -46,7 +48,9 @@ def stop_containers(api_version: str, grace: float, problems: list[str], *, remo
         except Exception:
             pass  # the shim sweep after the daemons are down catches what survives
 
-    Workers(stop_one, [container["Id"] for container in running], len(running), "stop").wait(max(0.0, deadline - time.monotonic()))
+    Workers(stop_one, [container["Id"] for container in running], len(running), "stop").wait(
+        max(0.0, deadline - time.monotonic())
+    )
     if remove and (prune or running):
         try:
             problems += prune_volumes_and_networks(client, deadline)[1]

@@ -70,7 +70,9 @@ def write_docker_config(registries: tuple[RegistryLogin, ...], directory: str) -
     return directory
 
 
-def make_clients(base_url: str, tls: docker.tls.TLSConfig | bool = False, version: str = "auto") -> tuple[docker.APIClient, docker.APIClient]:
+def make_clients(
+    base_url: str, tls: docker.tls.TLSConfig | bool = False, version: str = "auto"
+) -> tuple[docker.APIClient, docker.APIClient]:
     """A client for short calls, and one without a read timeout for image loads."""
     client = docker.APIClient(base_url=base_url, version=version, timeout=API_TIMEOUT, tls=tls)
     load_client = docker.APIClient(base_url=base_url, version=client.api_version, timeout=None, tls=tls)

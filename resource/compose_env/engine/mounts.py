@@ -20,7 +20,13 @@ class MountError(OSError):
 
 
 def mount(source: str, target: str, fstype: str, flags: int = 0, options: str = "") -> None:
-    result = libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None, flags, options.encode() if options else None)
+    result = libc.mount(
+        source.encode(),
+        target.encode(),
+        fstype.encode() if fstype else None,
+        flags,
+        options.encode() if options else None,
+    )
     if result != 0:
         errno = ctypes.get_errno()
         raise MountError(errno, f"mount {fstype or source} on {target}: {os.strerror(errno)}")
@@ -71,7 +77,11 @@ def read_mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
 def mount_of(path: str, mounts: list[MountInfo] | None = None) -> MountInfo:
     """The mount that holds `path` (the longest mount point that is a prefix of it)."""
     real = os.path.realpath(path)
-    candidates = [m for m in (mounts or read_mountinfo()) if real == m.mount_point or real.startswith(m.mount_point.rstrip("/") + "/")]
+    candidates = [
+        m
+        for m in (mounts or read_mountinfo())
+        if real == m.mount_point or real.startswith(m.mount_point.rstrip("/") + "/")
+    ]
     return max(candidates, key=lambda m: len(m.mount_point))
 
 
@@ -97,7 +107,11 @@ class MountTracker:
         problems = []
         roots = tuple(p.rstrip("/") for p in also_below)
         prefixes = tuple(root + "/" for root in roots)
-        leftovers = [m.mount_point for m in read_mountinfo() if m.mount_point in roots or m.mount_point.startswith(prefixes)] if roots else []
+        leftovers = (
+            [m.mount_point for m in read_mountinfo() if m.mount_point in roots or m.mount_point.startswith(prefixes)]
+            if roots
+            else []
+        )
         for target in sorted(set(leftovers), key=len, reverse=True) + list(reversed(self.made)):
             if not is_mount_point(target):
                 continue

@@ -52,7 +52,9 @@ def legacy_tables_in_use(proc_net: str = "/proc/net") -> str:
     return ""
 
 
-def choose_iptables(requested: str, proc_net: str = "/proc/net", works: Callable[[str], tuple[bool, str]] = iptables_lists) -> tuple[str, str]:
+def choose_iptables(
+    requested: str, proc_net: str = "/proc/net", works: Callable[[str], tuple[bool, str]] = iptables_lists
+) -> tuple[str, str]:
     """nft or legacy, decided like docker:dind's entrypoint, or what source.dockerd.iptables says.
 
     Legacy when legacy tables already exist in this network namespace (mixing both breaks
@@ -69,11 +71,15 @@ def choose_iptables(requested: str, proc_net: str = "/proc/net", works: Callable
     legacy_ok, legacy_error = works("iptables-legacy")
     if legacy_ok:
         return "legacy", f"iptables-nft fails here ({nft_error or 'no message'}); iptables-legacy works"
-    return "off", f"neither iptables-nft ({nft_error}) nor iptables-legacy ({legacy_error}) works: containers get no NAT"
+    return (
+        "off",
+        f"neither iptables-nft ({nft_error}) nor iptables-legacy ({legacy_error}) works: containers get no NAT",
+    )
 
 
 def iptables_path_dir(variant: str, directory: str) -> str:
-    """`directory`, made a PATH entry whose `iptables`/`ip6tables` are the chosen variant, without touching /usr/sbin."""
+    """`directory`, made a PATH entry whose `iptables`/`ip6tables` are the chosen variant, without touching
+    /usr/sbin."""
     os.makedirs(directory, exist_ok=True)
     for name in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save", "ip6tables-restore"):
         base, _, suffix = name.partition("-")

@@ -11,11 +11,22 @@ import os
 import tempfile
 
 from compose_env.engine.handle import RUN_DIR
-from compose_env.engine.mounts import MountError, MountTracker, is_mount_point, mount, read_mountinfo, remount_read_write, umount
+from compose_env.engine.mounts import (
+    MountError,
+    MountTracker,
+    is_mount_point,
+    mount,
+    read_mountinfo,
+    remount_read_write,
+    umount,
+)
 from compose_env.errors import RuntimeFailure
 
 CAP_SYS_ADMIN = 21
-NOT_PRIVILEGED_HINT = "the resource type must be declared `privileged: true` (in resource_types; for a task, `privileged: true` on the task step)"
+NOT_PRIVILEGED_HINT = (
+    "the resource type must be declared `privileged: true`"
+    " (in resource_types; for a task, `privileged: true` on the task step)"
+)
 
 
 def effective_capabilities(status: str = "/proc/self/status") -> int:

@@ -1,4 +1,7 @@
-"""`source.docker_host`: an existing engine, used as it is; nothing is started, and compose down is the whole cleanup."""
+"""`source.docker_host`: an existing engine, used as it is.
+
+Nothing is started, and compose down is the whole cleanup.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +53,11 @@ def connect_remote(source: Source, console: Console, config_dir: str) -> RemoteE
     assert source.docker_host
     cert_dir = TLS_DIR
     tls, tls_env = remote_tls(source, cert_dir)
-    env = {"DOCKER_HOST": source.docker_host, "DOCKER_CONFIG": write_docker_config(source.registries, config_dir), **tls_env}
+    env = {
+        "DOCKER_HOST": source.docker_host,
+        "DOCKER_CONFIG": write_docker_config(source.registries, config_dir),
+        **tls_env,
+    }
     base_url = source.docker_host.replace("tcp://", "https://", 1) if source.tls else source.docker_host
     deadline = time.monotonic() + source.startup_timeout
     while True:
@@ -66,7 +73,10 @@ def connect_remote(source: Source, console: Console, config_dir: str) -> RemoteE
                 ) from None
             time.sleep(0.5)
     description = f"remote {info.get('ServerVersion', '?')} {info.get('Driver', '?')} at {source.docker_host}"
-    console.info(f"using the engine at {source.docker_host} (source.docker_host): Docker {info.get('ServerVersion')}, storage driver {info.get('Driver')}")
+    console.info(
+        f"using the engine at {source.docker_host} (source.docker_host): Docker {info.get('ServerVersion')}, storage "
+        f"driver {info.get('Driver')}"
+    )
     console.info("no inner daemon: nothing started, compose down is the whole cleanup")
 
     return RemoteEngine(DaemonHandle(source.docker_host, env, client, load_client, description))

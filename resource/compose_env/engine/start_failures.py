@@ -13,7 +13,10 @@ import re
 from compose_env.engine.cgroups import DEVICES_HINT, WORKER_HINT
 
 #: A line that reports a container the runtime could not create or start.
-RUNTIME_FAILURE = re.compile(r"oci runtime|runc create failed|failed to create (task|shim)|error response from daemon|cannot start service", re.IGNORECASE)
+RUNTIME_FAILURE = re.compile(
+    r"oci runtime|runc create failed|failed to create (task|shim)|error response from daemon|cannot start service",
+    re.IGNORECASE,
+)
 DEVICE_RULE = re.compile(r'failed to write "(?P<rule>[cb] [0-9*]+:[0-9*]+ [rwm]+)"')
 #: (pattern, diagnosis); the first that matches wins.
 CAUSES: tuple[tuple[re.Pattern[str], str], ...] = (

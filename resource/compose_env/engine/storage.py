@@ -135,18 +135,26 @@ def cgroup_memory_room(cgroup_root: Path, proc_self_cgroup: Path) -> MemoryBudge
             limit = _read_int(directory / "memory.max")
             if limit is None or limit >= UNLIMITED:
                 continue
-            usage = (_read_int(directory / "memory.current") or 0) - _stat_values(directory / "memory.stat").get("inactive_file", 0)
+            usage = (_read_int(directory / "memory.current") or 0) - _stat_values(directory / "memory.stat").get(
+                "inactive_file", 0
+            )
             budgets.append(MemoryBudget(max(limit - max(usage, 0), 0), f"cgroup v2 memory.max ({limit / GIB:.1f} GiB)"))
     else:
         memory_root = cgroup_root / "memory"
         for directory in _candidate_dirs(memory_root, _own_cgroup_path(proc_self_cgroup, "memory")):
             stats = _stat_values(directory / "memory.stat")
-            limits = [v for v in (_read_int(directory / "memory.limit_in_bytes"), stats.get("hierarchical_memory_limit")) if v is not None]
+            limits = [
+                v
+                for v in (_read_int(directory / "memory.limit_in_bytes"), stats.get("hierarchical_memory_limit"))
+                if v is not None
+            ]
             limit = min(limits, default=UNLIMITED)
             if limit >= UNLIMITED:
                 continue
             usage = (_read_int(directory / "memory.usage_in_bytes") or 0) - stats.get("total_inactive_file", 0)
-            budgets.append(MemoryBudget(max(limit - max(usage, 0), 0), f"cgroup v1 memory limit ({limit / GIB:.1f} GiB)"))
+            budgets.append(
+                MemoryBudget(max(limit - max(usage, 0), 0), f"cgroup v1 memory limit ({limit / GIB:.1f} GiB)")
+            )
     return min(budgets, key=lambda b: b.available, default=None)
 
 
@@ -181,15 +189,27 @@ def choose_placement(medium: str, data_root: str, images_bytes: int, memory: Mem
     if os.path.realpath(data_root) in ("/", "/tmp") or hidden:
         what = f"it already holds {', '.join(hidden[:3])}" if hidden else "it holds the put's inputs"
         if medium == "memory":
-            raise UserError("source.dockerd.data_root", f"{data_root} cannot be a tmpfs: {what}", "choose an empty or new directory, e.g. /scratch/docker")
+            raise UserError(
+                "source.dockerd.data_root",
+                f"{data_root} cannot be a tmpfs: {what}",
+                "choose an empty or new directory, e.g. /scratch/docker",
+            )
         return Placement(data_root, "disk", f"auto: a tmpfs would hide what is in {data_root} ({what})")
     need = IMAGE_FACTOR * images_bytes + CONTAINER_HEADROOM
     memory = memory or memory_available()
     room = memory.available - MEMORY_RESERVE
-    numbers = f"need {need / GIB:.1f} GiB (3 × {images_bytes / GIB:.2f} GiB of images + 1 GiB), {memory.source} leaves {room / GIB:.1f} GiB"
+    numbers = f"need {need / GIB:.1f} GiB (3 × {images_bytes / GIB:.2f} GiB of images + 1 GiB)"
+    numbers += f", {memory.source} leaves {room / GIB:.1f} GiB"
     if medium == "memory":
         shortfall = "; memory is short, the put may run out of it" if room < need else ""
-        return Placement(data_root, "memory", f"source.dockerd.data_root_medium is memory; {numbers}{shortfall}", max(room, need), need, room)
+        return Placement(
+            data_root,
+            "memory",
+            f"source.dockerd.data_root_medium is memory; {numbers}{shortfall}",
+            max(room, need),
+            need,
+            room,
+        )
     if room >= need:
         return Placement(data_root, "memory", f"auto: {numbers}", room, need, room)
     return Placement(data_root, "disk", f"auto: not enough memory for a tmpfs, {numbers}", 0, need, room)
@@ -267,9 +287,13 @@ def choose_driver(requested: str, data_root: str) -> DriverChoice:
         return DriverChoice("overlay2", f"a test overlay mount on the data root ({filesystem}) worked")
     device = ensure_fuse_device()
     if device and fuse_overlay_works(data_root):
-        return DriverChoice("fuse-overlayfs", f"overlay cannot mount on the data root ({filesystem}); a fuse-overlayfs test mount worked ({device})")
+        return DriverChoice(
+            "fuse-overlayfs",
+            f"overlay cannot mount on the data root ({filesystem}); a fuse-overlayfs test mount worked ({device})",
+        )
     return DriverChoice(
         "vfs",
-        f"overlay cannot mount on the data root ({filesystem}) and fuse-overlayfs does not work here: vfs copies every layer and is slow;"
+        f"overlay cannot mount on the data root ({filesystem}) and fuse-overlayfs does not work here: vfs copies "
+        "every layer and is slow;"
         " put source.dockerd.data_root on /scratch or use data_root_medium: memory",
     )

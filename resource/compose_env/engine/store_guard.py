@@ -23,11 +23,24 @@ DAEMON_JSON = "/etc/docker/daemon.json"
 SNAPSHOTTER_FEATURE = "containerd-snapshotter"
 SNAPSHOTTER_STORE = "io.containerd.snapshotter"
 #: dockerd flags in source.dockerd.args after which the store layerstore would write is not the one dockerd reads.
-STORE_CHANGING_FLAGS = frozenset({"--userns-remap", "--data-root", "-g", "--graph", "--storage-driver", "-s", "--storage-opt", "--config-file", "--feature"})
+STORE_CHANGING_FLAGS = frozenset(
+    {
+        "--userns-remap",
+        "--data-root",
+        "-g",
+        "--graph",
+        "--storage-driver",
+        "-s",
+        "--storage-opt",
+        "--config-file",
+        "--feature",
+    }
+)
 #: The same as daemon.json keys.
 STORE_CHANGING_KEYS = frozenset({"userns-remap", "data-root", "graph", "storage-driver", "storage-opts"})
 REFUSAL_HINT = (
-    "compose-env writes images into dockerd's graphdriver store (overlay2): remove the containerd-snapshotter feature, or set source.dockerd.direct_load: false"
+    "compose-env writes images into dockerd's graphdriver store (overlay2):"
+    " remove the containerd-snapshotter feature, or set source.dockerd.direct_load: false"
 )
 
 
@@ -73,20 +86,29 @@ def read_daemon_json(path: str = DAEMON_JSON) -> tuple[dict[str, Any] | None, st
     return settings, ""
 
 
-def refuse_snapshotter(args: Sequence[str], daemon_json: dict[str, Any] | None, daemon_json_path: str = DAEMON_JSON) -> None:
+def refuse_snapshotter(
+    args: Sequence[str], daemon_json: dict[str, Any] | None, daemon_json_path: str = DAEMON_JSON
+) -> None:
     """Raise when direct writes are on and the args or daemon.json turn the containerd snapshotter on."""
     if snapshotter_in_args(args):
-        raise UserError("source.dockerd.args", "--feature containerd-snapshotter cannot be used with direct writes (source.dockerd.direct_load)", REFUSAL_HINT)
+        raise UserError(
+            "source.dockerd.args",
+            "--feature containerd-snapshotter cannot be used with direct writes (source.dockerd.direct_load)",
+            REFUSAL_HINT,
+        )
     features = (daemon_json or {}).get("features")
     if isinstance(features, dict) and SNAPSHOTTER_FEATURE in features and _turned_on(features[SNAPSHOTTER_FEATURE]):
         raise UserError(
             "source.dockerd.direct_load",
-            f"{daemon_json_path} in the image turns on the containerd snapshotter (features.{SNAPSHOTTER_FEATURE}), which direct writes cannot write into",
+            f"{daemon_json_path} in the image turns on the containerd snapshotter (features.{SNAPSHOTTER_FEATURE}), "
+            "which direct writes cannot write into",
             REFUSAL_HINT,
         )
 
 
-def store_changed_by(args: Sequence[str], daemon_json: dict[str, Any] | None, daemon_json_path: str = DAEMON_JSON) -> str:
+def store_changed_by(
+    args: Sequence[str], daemon_json: dict[str, Any] | None, daemon_json_path: str = DAEMON_JSON
+) -> str:
     """What moves or reshapes the store dockerd reads ("" when nothing does): direct writes are then off."""
     flags = sorted({arg.split("=", 1)[0] for arg in args if arg.split("=", 1)[0] in STORE_CHANGING_FLAGS})
     if flags:
@@ -99,10 +121,16 @@ def store_changed_by(args: Sequence[str], daemon_json: dict[str, Any] | None, da
 
 def info_problem(info: dict[str, Any], driver: str) -> str:
     """What is wrong with a started dockerd's store ("" when it is the graphdriver `driver` asked for)."""
-    status = {str(pair[0]).lower(): str(pair[1]) for pair in info.get("DriverStatus") or [] if isinstance(pair, list | tuple) and len(pair) == 2}
+    status = {
+        str(pair[0]).lower(): str(pair[1])
+        for pair in info.get("DriverStatus") or []
+        if isinstance(pair, list | tuple) and len(pair) == 2
+    }
     if SNAPSHOTTER_STORE in json.dumps(info.get("DriverStatus") or []):
         store = status.get("driver-type", SNAPSHOTTER_STORE)
-        return f"dockerd runs on the containerd image store ({info.get('Driver')}, {store}), not the {driver} graphdriver"
+        return (
+            f"dockerd runs on the containerd image store ({info.get('Driver')}, {store}), not the {driver} graphdriver"
+        )
     if info.get("Driver") != driver:
         return f"dockerd runs with storage driver {info.get('Driver')}, not the {driver} it was given"
     return ""

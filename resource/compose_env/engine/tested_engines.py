@@ -35,7 +35,9 @@ def parse_version(output: str) -> str:
 
 def start_version_probe() -> subprocess.Popen[str]:
     """`dockerd --version`, started now and read later (it takes tens of milliseconds)."""
-    return subprocess.Popen(["dockerd", "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        ["dockerd", "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def probed_version(probe: subprocess.Popen[str]) -> str:
@@ -48,7 +50,11 @@ def untested_note(version: str) -> str:
     if version in TESTED_DOCKERD_VERSIONS:
         return ""
     shown = f"dockerd {version}" if version else "this dockerd (its version is unreadable)"
-    return f"{shown} is not among the versions direct writes were tested with ({', '.join(TESTED_DOCKERD_VERSIONS)}): every image goes through docker load"
+    tested = ", ".join(TESTED_DOCKERD_VERSIONS)
+    return (
+        f"{shown} is not among the versions direct writes were tested with ({tested}):"
+        " every image goes through docker load"
+    )
 
 
 def main() -> int:
@@ -58,7 +64,8 @@ def main() -> int:
         print(f"dockerd {version}: tested with layerstore's direct writes", file=sys.stderr)
         return 0
     print(
-        f"ERROR: dockerd {version or '(unreadable version)'} is not among the versions layerstore's direct writes were tested with"
+        f"ERROR: dockerd {version or '(unreadable version)'} is not among the versions layerstore's direct writes "
+        "were tested with"
         f" ({', '.join(TESTED_DOCKERD_VERSIONS)}).\n"
         "Run tests/integration/test_direct_load.py against an image with this engine, then add the version to"
         " TESTED_DOCKERD_VERSIONS in resource/compose_env/engine/tested_engines.py.",

@@ -94,7 +94,9 @@ class Extraction:
         chunks = self._layer_chunks(chunks, self.cancelled)
         with tempfile.TemporaryFile() as tar_errors:
             # umask 022 as dockerd has: directories the layer implies but does not list get 0755.
-            tar = self._spawn([*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, umask=DOCKERD_UMASK)
+            tar = self._spawn(
+                [*TAR_ARGS, f"--directory={target}"], stdin=subprocess.PIPE, stderr=tar_errors, umask=DOCKERD_UMASK
+            )
             try:
                 assert tar.stdin is not None
                 _feed_tar(tar, chunks, digest)
@@ -109,7 +111,8 @@ class Extraction:
         return "sha256:" + digest.hexdigest()
 
     def _archived(self, rootfs: Path) -> Iterator[bytes]:
-        """The tar GNU tar makes of `rootfs`, as for docker load (rootfs.ROOTFS_TAR_ARGS), under this extraction's cancellation."""
+        """The tar GNU tar makes of `rootfs`, as for docker load (rootfs.ROOTFS_TAR_ARGS), under this extraction's
+        cancellation."""
         with tempfile.TemporaryFile() as errors:
             process = self._spawn(rootfs_tar_argv(rootfs), stdout=subprocess.PIPE, stderr=errors)
             try:
@@ -161,7 +164,13 @@ class Extraction:
                 process.stdin.close()
 
     def _spawn(
-        self, argv: list[str], *, stdin: int | None = None, stdout: int | None = None, stderr: int | IO[bytes] | None = None, umask: int = -1
+        self,
+        argv: list[str],
+        *,
+        stdin: int | None = None,
+        stdout: int | None = None,
+        stderr: int | IO[bytes] | None = None,
+        umask: int = -1,
     ) -> subprocess.Popen[bytes]:
         with self._lock:
             if self.cancelled.is_set():

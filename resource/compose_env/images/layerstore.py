@@ -206,7 +206,9 @@ class StoreWriter:
         jobs: list[Job] = []
         for key, image in images.items():
             if isinstance(image, RootfsImage):
-                jobs.append(Job(f"rootfs:{key}", "", ROOTFS_SIZE_HINT, functools.partial(self.extraction.rootfs, image.rootfs)))
+                jobs.append(
+                    Job(f"rootfs:{key}", "", ROOTFS_SIZE_HINT, functools.partial(self.extraction.rootfs, image.rootfs))
+                )
                 continue
             for chain_id, diff_id, blob in zip(image.chain_ids, image.diff_ids, image.blobs, strict=True):
                 if self.layout.layer_known(chain_id):
@@ -217,7 +219,9 @@ class StoreWriter:
                     if chain_id not in layers or not compression:
                         layers[chain_id] = (diff_id, blob, compression)
         for chain_id, (diff_id, blob, compression) in layers.items():
-            jobs.append(Job(chain_id, chain_id, blob.size, functools.partial(self._extract_layer, blob, diff_id, compression)))
+            jobs.append(
+                Job(chain_id, chain_id, blob.size, functools.partial(self._extract_layer, blob, diff_id, compression))
+            )
         return jobs
 
     def _extract_layer(self, blob: Blob, diff_id: str, compression: str, target: Path) -> tuple[int, str]:
@@ -243,11 +247,15 @@ class StoreWriter:
                     failed[job.key] = f"layer {job.chain_id[7:19]}: {error}" if job.chain_id else str(error)
                 return
             with lock:
-                written[job.key] = WrittenLayer(job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic())
+                written[job.key] = WrittenLayer(
+                    job.chain_id or diff_id, diff_id, cache_id, size, started, time.monotonic()
+                )
 
         workers: Workers[Job] | None = None
         try:
-            workers = Workers(extract, queue, min(MAX_PARALLEL, os.cpu_count() or 1), "layer", stop=self.extraction.cancelled)
+            workers = Workers(
+                extract, queue, min(MAX_PARALLEL, os.cpu_count() or 1), "layer", stop=self.extraction.cancelled
+            )
             workers.wait()
         except BaseException:
             # SIGTERM: children killed, workers given one shared second; what they wrote stays staged.
@@ -257,7 +265,9 @@ class StoreWriter:
             raise
         return written, failed
 
-    def _finish(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
+    def _finish(
+        self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]
+    ) -> ImageWrite:
         """Register one image's layers and config once they are all extracted; any failure sends it to docker load."""
         try:
             return self._register_image(key, image, written, failed)
@@ -265,7 +275,9 @@ class StoreWriter:
             self.damaged = self.damaged or f"registering an image failed part way ({error})"
             return ImageWrite(f"registering it: {error}", left_entries=True)
 
-    def _register_image(self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]) -> ImageWrite:
+    def _register_image(
+        self, key: str, image: DirectImage | RootfsImage, written: dict[str, WrittenLayer], failed: dict[str, str]
+    ) -> ImageWrite:
         diff_ids: tuple[str, ...]
         if isinstance(image, RootfsImage):
             rootfs_layer = written.get(f"rootfs:{key}")
@@ -280,7 +292,9 @@ class StoreWriter:
             config, chain, diff_ids = image.config, image.chain_ids, image.diff_ids
             mine = [written[link] for link in chain if link in written]
         self._register(chain, config, {layer.chain_id: layer for layer in mine})
-        seconds = max((layer.finished for layer in mine), default=0.0) - min((layer.started for layer in mine), default=0.0)
+        seconds = max((layer.finished for layer in mine), default=0.0) - min(
+            (layer.started for layer in mine), default=0.0
+        )
         image_id = "sha256:" + hashlib.sha256(config).hexdigest()
         return ImageWrite(None, len(chain), sum(layer.size for layer in mine), seconds, image_id, diff_ids)
 
@@ -296,8 +310,13 @@ class StoreWriter:
         self.layout.register_config(config)
 
 
-def write_images(images: dict[str, DirectImage | RootfsImage], data_root: str, hooks: StoreHooks = NO_HOOKS) -> StoreWrite:
-    """StoreWriter.write with its duration; every error comes back in the result, a SIGTERM (Aborted) stops it cleanly."""
+def write_images(
+    images: dict[str, DirectImage | RootfsImage], data_root: str, hooks: StoreHooks = NO_HOOKS
+) -> StoreWrite:
+    """StoreWriter.write with its duration.
+
+    Every error comes back in the result; a SIGTERM (Aborted) stops it cleanly.
+    """
     started = time.monotonic()
     writer = StoreWriter(data_root, hooks)
     try:

@@ -1,4 +1,5 @@
-"""`params.images` loaded: each plan streamed into `docker load` (several at once) and named; images `layerstore` wrote verified and named."""
+"""`params.images` loaded: each plan streamed into `docker load` (several at once) and named; images `layerstore` wrote
+verified and named."""
 
 from __future__ import annotations
 
@@ -99,7 +100,13 @@ def _read_load_response(plan: ImagePlan, messages: Iterator[dict[str, Any]]) -> 
     return names, ids
 
 
-def load_one(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIClient, platform: Platform, spool_dir: str | None = None) -> LoadedImage:
+def load_one(
+    plan: ImagePlan,
+    client: docker.APIClient,
+    load_client: docker.APIClient,
+    platform: Platform,
+    spool_dir: str | None = None,
+) -> LoadedImage:
     """Load one plan; a compressed OCI-only archive that the daemon refuses is converted and loaded again."""
     try:
         return _load_plan(plan, client, load_client, platform)
@@ -129,10 +136,19 @@ def _spooled_oci_plan(plan: ImagePlan, spooled: Path) -> ImagePlan | None:
         raise unnamed_error(plan.entry, f"{shown_path(plan.entry, plan.source_path)} (an OCI archive)")
     layout = LayoutReader.tar(listing)
     names = list(plan.names)
-    return ImagePlan(plan.entry, "OCI archive, inflated and converted", spooled, spooled.stat().st_size, plan.names, lambda p: oci_stream(layout, p, names))
+    return ImagePlan(
+        plan.entry,
+        "OCI archive, inflated and converted",
+        spooled,
+        spooled.stat().st_size,
+        plan.names,
+        lambda p: oci_stream(layout, p, names),
+    )
 
 
-def _load_plan(plan: ImagePlan, client: docker.APIClient, load_client: docker.APIClient, platform: Platform) -> LoadedImage:
+def _load_plan(
+    plan: ImagePlan, client: docker.APIClient, load_client: docker.APIClient, platform: Platform
+) -> LoadedImage:
     started = time.monotonic()
     try:
         loaded_names, loaded_ids, sent = _upload(plan, load_client, platform)
@@ -175,7 +191,9 @@ def verify_written_image(client: docker.APIClient, image_id: str, diff_ids: tupl
         return f"dockerd lists {len(layers)} layers for it, not the {len(diff_ids)} diff_ids of its config"
     host_config = client.create_host_config(network_mode="none")
     try:
-        container = client.create_container(image_id, command=VERIFY_COMMAND, network_disabled=True, host_config=host_config)["Id"]
+        container = client.create_container(
+            image_id, command=VERIFY_COMMAND, network_disabled=True, host_config=host_config
+        )["Id"]
     except (docker.errors.DockerException, requests.exceptions.RequestException) as error:
         return f"creating a container from it failed: {_explained(error)}"
     try:
@@ -189,7 +207,9 @@ def _explained(error: Exception) -> str:
     return str(getattr(error, "explanation", None) or error)
 
 
-def name_written_image(plan: ImagePlan, written_id: str, repo_tags: tuple[str, ...], client: docker.APIClient, seconds: float, size: int) -> LoadedImage:
+def name_written_image(
+    plan: ImagePlan, written_id: str, repo_tags: tuple[str, ...], client: docker.APIClient, seconds: float, size: int
+) -> LoadedImage:
     """Tag an image that layerstore wrote before dockerd started (and verify_written_image accepted)."""
     image_id = client.inspect_image(written_id)["Id"]
     names = tuple(dict.fromkeys([*repo_tags, *plan.names]))
@@ -219,7 +239,10 @@ def load_images(
     def load(plan: ImagePlan) -> LoadedImage:
         image = load_one(plan, client, load_client, platform, spool_dir)
         rate = image.size / 2**20 / max(image.seconds, 0.001)
-        console.info(f"{plan.where}: {image.size / 2**20:.1f} MiB streamed in {image.seconds:.2f}s ({rate:.0f} MiB/s) → {', '.join(image.names)}")
+        console.info(
+            f"{plan.where}: {image.size / 2**20:.1f} MiB streamed in {image.seconds:.2f}s ({rate:.0f} MiB/s) → "
+            f"{', '.join(image.names)}"
+        )
         return image
 
     return _run_all(plans, load, concurrency)

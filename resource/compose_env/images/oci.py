@@ -1,4 +1,5 @@
-"""OCI image layouts, a directory or the members of a tar: their blobs, the image for a platform, and that image as docker load takes it."""
+"""OCI image layouts, a directory or the members of a tar: their blobs, the image for a platform, and that image as
+docker load takes it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from compose_env.images.errors import ArchiveError, NoMatchingPlatform
-from compose_env.images.tar import MAX_JSON_BLOB, Blob, TarListing, bytes_entry, docker_save_manifest, end_of_archive, file_entry
+from compose_env.images.tar import (
+    MAX_JSON_BLOB,
+    Blob,
+    TarListing,
+    bytes_entry,
+    docker_save_manifest,
+    end_of_archive,
+    file_entry,
+)
 
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"}
 MANIFEST_TYPES = {"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"}
@@ -119,7 +128,11 @@ def select_manifest(layout: LayoutReader, platform: Platform) -> dict[str, Any]:
             if kind in INDEX_TYPES or "manifests" in document:
                 found = walk(document, depth + 1)
             elif kind in MANIFEST_TYPES or "layers" in document:
-                found = document if descriptor.get("platform") or _config_matches(layout, document, platform, offered) else None
+                found = (
+                    document
+                    if descriptor.get("platform") or _config_matches(layout, document, platform, offered)
+                    else None
+                )
             else:
                 found = None
             if found:
@@ -129,14 +142,20 @@ def select_manifest(layout: LayoutReader, platform: Platform) -> dict[str, Any]:
     manifest = walk(layout.index(), 0)
     if manifest is None:
         choices = ", ".join(sorted(set(offered))) or "no image manifest at all"
-        raise NoMatchingPlatform(f"{layout.label} has no image for the daemon's platform {platform_text(platform)}; it offers: {choices}")
+        raise NoMatchingPlatform(
+            f"{layout.label} has no image for the daemon's platform {platform_text(platform)}; it offers: {choices}"
+        )
     return manifest
 
 
 def _config_matches(layout: LayoutReader, manifest: dict[str, Any], platform: Platform, offered: list[str]) -> bool:
     """A manifest without a platform label (single-image layout): its config says what it is."""
     config = layout.json_blob(manifest["config"]["digest"])
-    described = {"os": config.get("os", ""), "architecture": config.get("architecture", ""), "variant": config.get("variant", "")}
+    described = {
+        "os": config.get("os", ""),
+        "architecture": config.get("architecture", ""),
+        "variant": config.get("variant", ""),
+    }
     if not described["os"] and not described["architecture"]:
         return True
     if _platform_matches(described, platform):
@@ -165,7 +184,9 @@ def oci_stream(layout: LayoutReader, platform: Platform, repo_tags: list[str]) -
     def name(digest: str) -> str:
         return "blobs/" + digest.replace(":", "/", 1)
 
-    yield from bytes_entry("manifest.json", docker_save_manifest(name(config_digest), [name(d) for d in layer_digests], repo_tags))
+    yield from bytes_entry(
+        "manifest.json", docker_save_manifest(name(config_digest), [name(d) for d in layer_digests], repo_tags)
+    )
     for digest, blob in blobs.items():
         yield from file_entry(name(digest), blob.path, blob.offset, blob.size)
     yield end_of_archive()

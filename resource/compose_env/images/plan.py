@@ -41,9 +41,21 @@ from compose_env.images.rootfs_metadata import read_rootfs_metadata
 from compose_env.images.tar import Blob, FileBody, TarListing, TarStreamChecker, is_tar, list_tar
 
 #: Go's names for `uname -m`, as Docker reports a daemon's architecture.
-GO_ARCHITECTURES = {"x86_64": ("amd64", ""), "aarch64": ("arm64", ""), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "i686": ("386", "")}
-LOAD_HINT = "the file is damaged (an interrupted download or copy?): re-run the step that produced it. Nothing from it was loaded."
-PLATFORM_HINT = "fetch the image for this worker's platform (registry-image's `platform` source option), or use a multi-platform image"
+GO_ARCHITECTURES = {
+    "x86_64": ("amd64", ""),
+    "aarch64": ("arm64", ""),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i686": ("386", ""),
+}
+LOAD_HINT = (
+    "the file is damaged (an interrupted download or copy?): re-run the step that produced it."
+    " Nothing from it was loaded."
+)
+PLATFORM_HINT = (
+    "fetch the image for this worker's platform (registry-image's `platform` source option),"
+    " or use a multi-platform image"
+)
 NAME_HINT = "say which name the compose file uses, e.g. images: [{{path: {given}, tag: myorg/app:latest}}]"
 
 
@@ -76,7 +88,8 @@ class ImagePlan:
 
     @property
     def estimated_bytes(self) -> int:
-        """Space the load needs on the data root: docker load unpacks the archive, then the layers (compressed inputs grow about 3×)."""
+        """Space the load needs on the data root: docker load unpacks the archive, then the layers (compressed inputs
+        grow about 3×)."""
         return self.size * (3 if self.compressed else 2)
 
     @property
@@ -135,7 +148,9 @@ def _damaged(entry: ImageEntry, error: ArchiveError) -> RuntimeFailure:
 def unnamed_error(entry: ImageEntry, what: str) -> UserError:
     """An image nothing names (`what` is the file, as shown): the entry needs a `tag`."""
     return UserError(
-        entry.param_path, f"{what} carries no image name (no RepoTags, no repository file) and the entry has no tag", NAME_HINT.format(given=entry.given)
+        entry.param_path,
+        f"{what} carries no image name (no RepoTags, no repository file) and the entry has no tag",
+        NAME_HINT.format(given=entry.given),
     )
 
 
@@ -149,7 +164,15 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...], guessed
         def decompressed(_platform: Platform) -> Iterator[bytes]:
             return TarStreamChecker(shown).feed(decompressed_chunks(path))
 
-        return ImagePlan(entry, f"tarball, {compression}-compressed (decompressed while streaming)", path, size, names, decompressed, compressed=True)
+        return ImagePlan(
+            entry,
+            f"tarball, {compression}-compressed (decompressed while streaming)",
+            path,
+            size,
+            names,
+            decompressed,
+            compressed=True,
+        )
     if not is_tar(path):
         raise UserError(
             entry.param_path,
@@ -159,30 +182,53 @@ def _tarball_plan(entry: ImageEntry, path: Path, names: tuple[str, ...], guessed
     try:
         listing = list_tar(path)
         if listing.has("manifest.json"):
-            manifest = listing.read_json("manifest.json")
-            embedded = [familiar(tag) for image in manifest if isinstance(image, dict) for tag in image.get("RepoTags") or []]
-            if embedded:
-                names = tuple(name for name in names if name not in guessed)
-            if not names and not embedded:
-                raise unnamed_error(entry, shown)
-            shape = "docker-save tarball" + (f" (RepoTags: {', '.join(embedded)})" if embedded else " (no RepoTags)")
-            direct = _docker_save_direct(listing, manifest, tuple(embedded))
-            return ImagePlan(entry, shape, path, size, names, lambda _platform: FileBody(path), direct=direct)
+            return _docker_save_plan(entry, path, listing, names, guessed)
         if listing.has("index.json"):
-            if not names:
-                raise unnamed_error(entry, f"{shown} (an OCI archive)")
-            layout = LayoutReader.tar(listing)
-            size = image_bytes(layout, select_manifest(layout, local_platform()))
-            shape = f"tarball with an OCI layout (the {platform_text(local_platform())} image, converted while streaming)"
-            return ImagePlan(entry, shape, path, size, names, lambda p: oci_stream(layout, p, list(names)), direct=_layout_direct(layout))
+            return _oci_archive_plan(entry, path, listing, names)
     except NoMatchingPlatform as error:
         raise UserError(entry.param_path, f"{shown}: {error}", PLATFORM_HINT) from None
     except ArchiveError as error:
         raise _damaged(entry, error) from None
-    raise UserError(entry.param_path, f"{shown} is not an image: a tar without manifest.json or index.json", "is it a docker save or OCI archive?")
+    raise UserError(
+        entry.param_path,
+        f"{shown} is not an image: a tar without manifest.json or index.json",
+        "is it a docker save or OCI archive?",
+    )
 
 
-def _docker_save_direct(listing: TarListing, manifest: Any, repo_tags: tuple[str, ...]) -> Callable[[Platform], DirectImage | None] | None:
+def _docker_save_plan(
+    entry: ImageEntry, path: Path, listing: TarListing, names: tuple[str, ...], guessed: tuple[str, ...]
+) -> ImagePlan:
+    """A docker-save archive: named by its RepoTags (then a guessed `latest` gives way) and the entry's names."""
+    shown = shown_path(entry, path)
+    manifest = listing.read_json("manifest.json")
+    embedded = [familiar(tag) for image in manifest if isinstance(image, dict) for tag in image.get("RepoTags") or []]
+    if embedded:
+        names = tuple(name for name in names if name not in guessed)
+    if not names and not embedded:
+        raise unnamed_error(entry, shown)
+    shape = "docker-save tarball" + (f" (RepoTags: {', '.join(embedded)})" if embedded else " (no RepoTags)")
+    direct = _docker_save_direct(listing, manifest, tuple(embedded))
+    return ImagePlan(entry, shape, path, path.stat().st_size, names, lambda _platform: FileBody(path), direct=direct)
+
+
+def _oci_archive_plan(entry: ImageEntry, path: Path, listing: TarListing, names: tuple[str, ...]) -> ImagePlan:
+    """An OCI layout as one tar: the daemon's platform, converted while streaming; only the entry's names."""
+    if not names:
+        raise unnamed_error(entry, f"{shown_path(entry, path)} (an OCI archive)")
+    layout = LayoutReader.tar(listing)
+    size = image_bytes(layout, select_manifest(layout, local_platform()))
+    shape = f"tarball with an OCI layout (the {platform_text(local_platform())} image, converted while streaming)"
+
+    def stream(platform: Platform) -> Iterator[bytes]:
+        return oci_stream(layout, platform, list(names))
+
+    return ImagePlan(entry, shape, path, size, names, stream, direct=_layout_direct(layout))
+
+
+def _docker_save_direct(
+    listing: TarListing, manifest: Any, repo_tags: tuple[str, ...]
+) -> Callable[[Platform], DirectImage | None] | None:
     """A single-image docker save whose config and layers are plain members (no symlinked duplicates)."""
     if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
         return None
@@ -248,7 +294,11 @@ def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> Ima
 
 def _rootfs_plan(entry: ImageEntry, directory: Path, names: tuple[str, ...]) -> ImagePlan:
     if not names:
-        raise UserError(entry.param_path, f"{entry.given} is a rootfs without a name (no repository file)", NAME_HINT.format(given=entry.given))
+        raise UserError(
+            entry.param_path,
+            f"{entry.given} is a rootfs without a name (no repository file)",
+            NAME_HINT.format(given=entry.given),
+        )
     metadata = read_rootfs_metadata(entry, directory)
     rootfs = directory / "rootfs"
     layer = RootfsLayer(rootfs)
@@ -275,10 +325,12 @@ TARBALL_CANDIDATES = ("image.tar", "image/image.tar", "image")
 
 
 def _beside_rootfs(plan: ImagePlan, directory: Path) -> ImagePlan:
-    """The richest form wins: a tarball or layout keeps the whole image config, a `rootfs/` beside it only metadata.json's."""
+    """The richest form wins: a tarball or layout keeps the whole image config, a `rootfs/` beside it only
+    metadata.json's."""
     used = shown_path(plan.entry, plan.source_path).removeprefix(f"{plan.entry.given}/")
     ignored = [name for name in ("rootfs/", "rootfs.tar", "metadata.json") if (directory / name.rstrip("/")).exists()]
-    why = f"{used} used, not the {', '.join(ignored)} beside it: it keeps the whole image config (CMD, ENTRYPOINT, HEALTHCHECK, …)"
+    why = f"{used} used, not the {', '.join(ignored)} beside it: it keeps the whole image config"
+    why += " (CMD, ENTRYPOINT, HEALTHCHECK, …)"
     return replace(plan, shape=f"{plan.shape}; {why}")
 
 
@@ -329,7 +381,8 @@ def check_free_space(plans: list[ImagePlan], data_root: str) -> None:
         raise RuntimeFailure(
             f"params.images: the data root {data_root} is out of space: {_amount(free)} free, "
             f"about {_amount(needed)} needed to load {_amount(images)} of images",
-            "free space on the worker, or move the data root: source.dockerd.data_root (another volume) or source.dockerd.data_root_medium (memory or disk)",
+            "free space on the worker, or move the data root: source.dockerd.data_root (another volume) or "
+            "source.dockerd.data_root_medium (memory or disk)",
         )
 
 

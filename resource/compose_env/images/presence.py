@@ -15,8 +15,15 @@ from compose_env.console import Console
 from compose_env.errors import UserError
 
 
-def ensure_images(client: docker.APIClient, services: Mapping[str, Any], needed: Sequence[str], console: Console, docker_config: str | None) -> None:
-    """Every image the `needed` services use is loaded, buildable or pullable: otherwise say which and how to provide it.
+def ensure_images(
+    client: docker.APIClient,
+    services: Mapping[str, Any],
+    needed: Sequence[str],
+    console: Console,
+    docker_config: str | None,
+) -> None:
+    """Every image the `needed` services use is loaded, buildable or pullable: otherwise say which and how to provide
+    it.
 
     `services` is the compose configuration's services; `docker_config` holds the logins source.registries gave.
     """
@@ -29,7 +36,9 @@ def ensure_images(client: docker.APIClient, services: Mapping[str, Any], needed:
         if not image or service.get("build") or policy == "build":
             continue  # compose builds it
         if policy == "always":
-            console.warn(f"service {name} has pull_policy: always: compose will pull {image} even if params.images loaded it")
+            console.warn(
+                f"service {name} has pull_policy: always: compose will pull {image} even if params.images loaded it"
+            )
         if image not in checked:
             checked[image] = _provide(client, console, name, image, policy, docker_config)
         if checked[image]:
@@ -38,7 +47,9 @@ def ensure_images(client: docker.APIClient, services: Mapping[str, Any], needed:
         raise UserError("params.images", _missing_message(missing), _missing_hint(missing, _tags_in(client)))
 
 
-def _provide(client: docker.APIClient, console: Console, service: str, image: str, policy: str, docker_config: str | None) -> str:
+def _provide(
+    client: docker.APIClient, console: Console, service: str, image: str, policy: str, docker_config: str | None
+) -> str:
     """'' when `image` is there or could be pulled; else why not."""
     try:
         client.inspect_image(image)
@@ -52,13 +63,16 @@ def _provide(client: docker.APIClient, console: Console, service: str, image: st
 
 
 def _missing_message(missing: Sequence[tuple[str, str, str]]) -> str:
-    return "; ".join(f"service {service} needs image {image}, which is not loaded ({why})" for service, image, why in missing)
+    return "; ".join(
+        f"service {service} needs image {image}, which is not loaded ({why})" for service, image, why in missing
+    )
 
 
 def _missing_hint(missing: Sequence[tuple[str, str, str]], present: Sequence[str]) -> str:
     image = missing[0][1]
     hint = (
-        f"add the artifact that holds it to params.images, e.g. {{path: <input>/image.tar, tag: {image}}} (tag is needed when the tarball "
+        f"add the artifact that holds it to params.images, e.g. {{path: <input>/image.tar, tag: {image}}} (tag is "
+        "needed when the tarball "
         "carries no name, as oci-build-task's do); or, for a private registry, add a login to source.registries"
     )
     return hint + (f". Images in the daemon: {', '.join(present)}" if present else ". No image is loaded")
@@ -76,7 +90,9 @@ def _pull(client: docker.APIClient, image: str, docker_config: str | None) -> st
     auth = None
     if docker_config:
         registry, _ = docker.auth.resolve_repository_name(image.split("@")[0])
-        auth = docker.auth.resolve_authconfig(docker.auth.load_config(os.path.join(docker_config, "config.json")), registry)
+        auth = docker.auth.resolve_authconfig(
+            docker.auth.load_config(os.path.join(docker_config, "config.json")), registry
+        )
     try:
         for message in client.pull(image, stream=True, decode=True, auth_config=auth):
             if "error" in message:

@@ -1,4 +1,5 @@
-"""Image references: the grammar a name must follow, and the familiar form a compose file uses (`redis:7`, not `docker.io/library/redis:7`)."""
+"""Image references: the grammar a name must follow, and the familiar form a compose file uses (`redis:7`, not
+`docker.io/library/redis:7`)."""
 
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ def check_reference(reference: str, path: str) -> str:
         raise UserError(
             path,
             f"{reference!r} is not a valid image reference",
-            "use name[:tag] with a lowercase name, e.g. myorg/app:1.2 or registry.local:5000/app:ci (no digest, no spaces)",
+            "use name[:tag] with a lowercase name, e.g. myorg/app:1.2 or registry.local:5000/app:ci (no digest, no "
+            "spaces)",
         )
     return familiar(reference)

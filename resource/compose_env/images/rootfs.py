@@ -1,4 +1,5 @@
-"""A `rootfs/` directory as an image: its layer made by GNU tar, its config from the files beside it (rootfs_metadata.py)."""
+"""A `rootfs/` directory as an image: its layer made by GNU tar, its config from the files beside it
+(rootfs_metadata.py)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,9 @@ def rootfs_tar_argv(rootfs: Path) -> list[str]:
 def _rootfs_tar(rootfs: Path) -> Iterator[bytes]:
     """The layer tar of `rootfs` as GNU tar makes it, in chunks as they come (nothing on disk, bounded memory)."""
     with tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(rootfs_tar_argv(rootfs), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+        process = subprocess.Popen(
+            rootfs_tar_argv(rootfs), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
+        )
         assert process.stdout is not None
         try:
             while chunk := os.read(process.stdout.fileno(), CHUNK):
@@ -121,8 +124,11 @@ def rootfs_config(config: dict[str, Any], diff_id: str, architecture: str) -> di
     }
 
 
-def rootfs_stream(layer: RootfsLayer, image_config: dict[str, Any], architecture: str, repo_tags: list[str]) -> Iterator[bytes]:
-    """A one-layer docker-save archive of `rootfs/` with `image_config` (Env, User, Cmd, … as docker inspect names them)."""
+def rootfs_stream(
+    layer: RootfsLayer, image_config: dict[str, Any], architecture: str, repo_tags: list[str]
+) -> Iterator[bytes]:
+    """A one-layer docker-save archive of `rootfs/` with `image_config` (Env, User, Cmd, … as docker inspect names
+    them)."""
     size, diff_id = layer.measured()
     config = json.dumps(rootfs_config(image_config, diff_id, architecture)).encode()
     config_name = "blobs/sha256/" + hashlib.sha256(config).hexdigest()

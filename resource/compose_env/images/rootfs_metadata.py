@@ -43,7 +43,10 @@ CONFIG_FIELDS = {
 METADATA_KEYS = {"env": ("Env", list), "user": ("User", str), "cmd": ("Cmd", list), "entrypoint": ("Entrypoint", list)}
 #: What a lost field is worth a warning for (SHELL and ONBUILD matter only to builds FROM the image).
 WARNED_FIELDS = ("Cmd", "Entrypoint", "WorkingDir", "Healthcheck", "ExposedPorts", "Volumes", "StopSignal", "Labels")
-FORMAT_HINT = "for the whole config, give the get `params: {format: oci}` (registry-image) or `params: {save: true}` (docker-image)"
+FORMAT_HINT = (
+    "for the whole config, give the get `params: {format: oci}` (registry-image)"
+    " or `params: {save: true}` (docker-image)"
+)
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,10 @@ class RootfsMetadata:
             return ""
         kept = ", ".join(CONFIG_FIELDS[name] for name in CONFIG_FIELDS if name in self.config) or "nothing"
         files = " and ".join(self.read_from) or "no metadata.json"
-        return f"{where}: loaded from rootfs/, with {kept} from {files}: the image's {', '.join(lost)} are lost; {FORMAT_HINT}"
+        lost_words = ", ".join(lost)
+        return (
+            f"{where}: loaded from rootfs/, with {kept} from {files}: the image's {lost_words} are lost; {FORMAT_HINT}"
+        )
 
 
 def read_rootfs_metadata(entry: ImageEntry, directory: Path) -> RootfsMetadata:
@@ -78,8 +84,16 @@ def read_rootfs_metadata(entry: ImageEntry, directory: Path) -> RootfsMetadata:
         image = inspected[0] if isinstance(inspected, list) and inspected else inspected
         inspected_config = image.get("Config") if isinstance(image, dict) else None
         if not isinstance(inspected_config, dict):
-            raise UserError(entry.param_path, f"{entry.given}/docker_inspect.json should be `docker inspect` output: a list holding an image with a Config")
-        kept = {name: inspected_config[name] for name in CONFIG_FIELDS if inspected_config.get(name) not in (None, "", [], {})}
+            raise UserError(
+                entry.param_path,
+                f"{entry.given}/docker_inspect.json should be `docker inspect` output: a list holding an image with a "
+                "Config",
+            )
+        kept = {
+            name: inspected_config[name]
+            for name in CONFIG_FIELDS
+            if inspected_config.get(name) not in (None, "", [], {})
+        }
         return RootfsMetadata(kept, ("docker_inspect.json",), ())
     config: dict[str, Any] = {}
     known: set[str] = set()
@@ -88,14 +102,22 @@ def read_rootfs_metadata(entry: ImageEntry, directory: Path) -> RootfsMetadata:
     if metadata_file.is_file():
         metadata = _json_file(entry, metadata_file)
         if not isinstance(metadata, dict):
-            raise UserError(entry.param_path, f"{entry.given}/metadata.json should be an object with env (a list) and user (a string)")
+            raise UserError(
+                entry.param_path,
+                f"{entry.given}/metadata.json should be an object with env (a list) and user (a string)",
+            )
         for key, (name, kind) in METADATA_KEYS.items():
             if key not in metadata:
                 continue
             value = metadata[key]
-            if value is not None and not (isinstance(value, kind) and (kind is str or all(isinstance(item, str) for item in value))):
+            if value is not None and not (
+                isinstance(value, kind) and (kind is str or all(isinstance(item, str) for item in value))
+            ):
                 expected = "a list of strings" if kind is list else "a string"
-                raise UserError(entry.param_path, f"{entry.given}/metadata.json: {key} should be {expected}, got {json.dumps(value)[:60]}")
+                raise UserError(
+                    entry.param_path,
+                    f"{entry.given}/metadata.json: {key} should be {expected}, got {json.dumps(value)[:60]}",
+                )
             known.add(name)
             if value:
                 config[name] = value

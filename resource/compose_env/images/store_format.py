@@ -47,7 +47,9 @@ def chain_ids(diff_ids: tuple[str, ...]) -> list[str]:
     """The layer store's keys: each layer's identity includes everything below it."""
     chain: list[str] = []
     for diff_id in diff_ids:
-        chain.append(diff_id if not chain else "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
+        chain.append(
+            diff_id if not chain else "sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest()
+        )
     return chain
 
 
@@ -99,7 +101,8 @@ class StoreLayout:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def register_layer(self, layer: NewLayer, parent_chain: str) -> None:
-        """The layer's overlay2 files while it is staged; then it moves into the overlay2 home, and its entry gets its cache-id."""
+        """The layer's overlay2 files while it is staged; then it moves into the overlay2 home, and its entry gets its
+        cache-id."""
         staged = self.staging / layer.cache_id
         link = _new_link_id()
         write_file(staged / "link", link.encode(), 0o644)
@@ -142,11 +145,17 @@ class StoreLayout:
             size = _disk_usage(self.staging)
             shutil.rmtree(self.staging)
         except OSError as error:
-            console.warn(f"data root {self.root}: could not remove the half-written layers an interrupted run left in {self.staging}: {error}")
+            console.warn(
+                f"data root {self.root}: could not remove the half-written layers an interrupted run left in "
+                f"{self.staging}: {error}"
+            )
             return
         if layers:
             s = "s" if layers > 1 else ""
-            console.warn(f"data root {self.root}: removed {layers} half-written layer{s} an interrupted run left ({size / 2**20:.1f} MiB)")
+            console.warn(
+                f"data root {self.root}: removed {layers} half-written layer{s} an interrupted run left "
+                f"({size / 2**20:.1f} MiB)"
+            )
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:

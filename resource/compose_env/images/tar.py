@@ -130,7 +130,10 @@ def list_tar(path: Path) -> TarListing:
             for member in archive:
                 end = member.offset_data + (member.size if member.isreg() else 0)
                 if end > size:
-                    raise ArchiveError(f"{path.name} is truncated inside {member.name} ({size - member.offset_data} of {member.size} bytes present)")
+                    raise ArchiveError(
+                        f"{path.name} is truncated inside {member.name} ({size - member.offset_data} of {member.size} "
+                        "bytes present)"
+                    )
                 if member.isreg():
                     listing.members[_member_name(member.name)] = (member.offset_data, member.size)
                 last = member.name

@@ -16,7 +16,16 @@ RUN_VALUE_OPTIONS = {
     "-e", "--env", "--entrypoint", "-l", "--label", "--name", "-p", "--publish", "-u", "--user",
     "-v", "--volume", "-w", "--workdir", "--cap-add", "--cap-drop", "--pull", "--env-from-file",
 }  # fmt: skip
-UP_VALUE_OPTIONS = {"--exit-code-from", "-t", "--timeout", "--scale", "--attach", "--no-attach", "--pull", "--wait-timeout"}
+UP_VALUE_OPTIONS = {
+    "--exit-code-from",
+    "-t",
+    "--timeout",
+    "--scale",
+    "--attach",
+    "--no-attach",
+    "--pull",
+    "--wait-timeout",
+}
 #: Subcommands that create containers, so their images must exist first.
 CREATING_SUBCOMMANDS = {"up", "run", "create"}
 #: Subcommands whose positional arguments are service names.

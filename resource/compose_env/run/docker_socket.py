@@ -41,7 +41,8 @@ WATCHED_SOCKET = Path(RUN_DIR) / "docker-socket-watch.sock"
 
 
 def check_services(wanted: Sequence[str], known: Mapping[str, Any], root: str) -> None:
-    """Every name is a service of the project (a typo would cost a whole run): unknown ones all named, with a did-you-mean."""
+    """Every name is a service of the project (a typo would cost a whole run): unknown ones all named, with a
+    did-you-mean."""
     problems = []
     for index, name in enumerate(wanted):
         if name not in known:
@@ -52,8 +53,11 @@ def check_services(wanted: Sequence[str], known: Mapping[str, Any], root: str) -
         raise UserError.many(problems)
 
 
-def override(wanted: Sequence[str], services: Mapping[str, Any], env: Mapping[str, str], socket_path: str) -> dict[str, Any]:
-    """The compose override for the `wanted` services (`services`: compose config's view of them); `socket_path`: what they get."""
+def override(
+    wanted: Sequence[str], services: Mapping[str, Any], env: Mapping[str, str], socket_path: str
+) -> dict[str, Any]:
+    """The compose override for the `wanted` services (`services`: compose config's view of them); `socket_path`: what
+    they get."""
     document: dict[str, Any] = {"services": {}}
     for name in wanted:
         environment: dict[str, str] = {"DOCKER_HOST": f"unix://{SERVICE_SOCKET}"}
@@ -73,10 +77,11 @@ def write_override(document: Mapping[str, Any], path: Path) -> Path:
 
 def describe(document: Mapping[str, Any], path: Path) -> str:
     services = document["services"]
-    settings = sorted({f"{key}={value}" for service in services.values() for key, value in service["environment"].items()})
-    return (
-        f"params.docker_socket: {', '.join(services)} get the engine: its socket at {SERVICE_SOCKET}, {', '.join(settings)} ({path}, after the compose files)"
+    settings = sorted(
+        {f"{key}={value}" for service in services.values() for key, value in service["environment"].items()}
     )
+    given = f"its socket at {SERVICE_SOCKET}, {', '.join(settings)}"
+    return f"params.docker_socket: {', '.join(services)} get the engine: {given} ({path}, after the compose files)"
 
 
 def give_engine(project: ComposeProject, console: Console) -> SocketWatch:
@@ -110,11 +115,16 @@ def report_failed_pulls(watch: SocketWatch, client: docker.APIClient, console: C
     say = console.error if failed else console.warn
     for reference in missing:
         say(
-            f"{'error' if failed else 'warning'}: a params.docker_socket service asked the engine to pull {reference}, which did not arrive"
+            f"{'error' if failed else 'warning'}: a params.docker_socket service asked the engine to pull "
+            f"{reference}, which did not arrive"
             " (no registry answers here, or it has no such image)"
         )
     if not missing:
         return []
-    fix = f"pass {', '.join(missing)} in params.images (e.g. a registry-image get with params: {{format: oci}}): nothing is pulled then"
+    names = ", ".join(missing)
+    fix = (
+        f"pass {names} in params.images (e.g. a registry-image get with params: {{format: oci}}):"
+        " nothing is pulled then"
+    )
     console.info(f"hint: {fix}")
     return [f"the tests asked for {', '.join(missing)}, which could not be pulled: {fix}"] if failed else []

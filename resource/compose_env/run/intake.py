@@ -31,7 +31,8 @@ HOW_WRITTEN = {
     False: "inflated, checked against the config's diff_ids, extracted",
     True: "archived and extracted by GNU tar, its config from the files beside it",
 }
-#: Inputs by their plan's key (its index in params.images, as a string: layerstore's keys too), with the image layerstore writes.
+#: Inputs by their plan's key (its index in params.images, as a string: layerstore's keys too), with the image
+#: layerstore writes.
 Written = dict[str, tuple[ImagePlan, DirectImage | RootfsImage]]
 
 
@@ -39,7 +40,9 @@ Written = dict[str, tuple[ImagePlan, DirectImage | RootfsImage]]
 class ImageOps:
     """How the intake reaches the inputs, the store and the engine: the real functions; tests hand in fakes."""
 
-    write_images: Callable[[dict[str, DirectImage | RootfsImage], str, StoreHooks], layerstore.StoreWrite] = layerstore.write_images
+    write_images: Callable[[dict[str, DirectImage | RootfsImage], str, StoreHooks], layerstore.StoreWrite] = (
+        layerstore.write_images
+    )
     load_images: Callable[..., list[images_module.LoadedImage]] = images_module.load_images
     name_written_image: Callable[..., images_module.LoadedImage | None] = images_module.name_written_image
     verify_written_image: Callable[[docker.APIClient, str, tuple[str, ...]], str] = images_module.verify_written_image
@@ -65,7 +68,13 @@ class ImageIntake:
     """The planned images into the engine: the split between cached, direct writes and `docker load`, and
     the order direct writes need (written before dockerd starts, checked after)."""
 
-    def __init__(self, plans: list[ImagePlan], console: Console, store_hooks: StoreHooks = NO_HOOKS, ops: ImageOps = REAL_IMAGE_OPS) -> None:
+    def __init__(
+        self,
+        plans: list[ImagePlan],
+        console: Console,
+        store_hooks: StoreHooks = NO_HOOKS,
+        ops: ImageOps = REAL_IMAGE_OPS,
+    ) -> None:
         self.plans = by_key(plans)
         self.console = console
         self.store_hooks = store_hooks
@@ -89,7 +98,11 @@ class ImageIntake:
             layout.remove_partial_layers(self.console)
         if self.plans and store.note:
             self.console.info(store.note)
-        candidates = writable_images(list(self.plans.values()), self.ops.platform()) if store.writable or layout.has_images() else {}
+        candidates = (
+            writable_images(list(self.plans.values()), self.ops.platform())
+            if store.writable or layout.has_images()
+            else {}
+        )
         self._cached = {key: planned for key, planned in candidates.items() if in_store(planned[1], layout)}
         if store.writable:
             self._direct = {key: planned for key, planned in candidates.items() if key not in self._cached}
@@ -102,38 +115,57 @@ class ImageIntake:
 
     def into_prepared(self, prepared: PreparedDaemon) -> Intake:
         """The direct writes, then dockerd's launch on them; the cached images named, docker load for the rest."""
-        self.ops.check_free_space([plan for key, plan in self.plans.items() if key not in self._cached], prepared.store.data_root)
+        self.ops.check_free_space(
+            [plan for key, plan in self.plans.items() if key not in self._cached], prepared.store.data_root
+        )
         engine, written, launch_seconds = self._write_then_launch(prepared)
         return self._rest(engine, written, launch_seconds, os.path.dirname(prepared.store.data_root))
 
-    def _rest(self, engine: RunningEngine, loaded: dict[str, images_module.LoadedImage], launch_seconds: float, spool_dir: str | None) -> Intake:
+    def _rest(
+        self,
+        engine: RunningEngine,
+        loaded: dict[str, images_module.LoadedImage],
+        launch_seconds: float,
+        spool_dir: str | None,
+    ) -> Intake:
         loaded.update(self._name_cached(engine.handle))
         rest = {key: plan for key, plan in self.plans.items() if key not in loaded}
         handle = engine.handle
-        for image in self.ops.load_images(list(rest.values()), handle.client, handle.load_client, self.console, spool_dir=spool_dir):
+        for image in self.ops.load_images(
+            list(rest.values()), handle.client, handle.load_client, self.console, spool_dir=spool_dir
+        ):
             loaded[next(key for key, plan in rest.items() if plan.entry is image.entry)] = image
         return Intake(engine, [loaded[key] for key in self.plans], launch_seconds)
 
     # -- the images a kept data root holds
 
     def _name_cached(self, handle: DaemonHandle) -> dict[str, images_module.LoadedImage]:
-        """Name the images the kept data root (a task cache) holds: nothing to load. One dockerd does not list goes to docker load."""
+        """Name the images the kept data root (a task cache) holds: nothing to load. One dockerd does not list goes to
+        docker load."""
         named: dict[str, images_module.LoadedImage] = {}
         for key, (plan, image) in self._cached.items():
             assert isinstance(image, DirectImage)
             loaded = self.ops.name_written_image(plan, image.image_id, image.repo_tags, handle.client, 0.0, 0)
             if loaded is None:
-                self.console.warn(f"{plan.where}: its files are in the cache but dockerd does not list {image.image_id[:19]}: loading it")
+                self.console.warn(
+                    f"{plan.where}: its files are in the cache but dockerd does not list {image.image_id[:19]}: "
+                    "loading it"
+                )
                 prepare_loads([plan])
                 continue
-            self.console.info(f"{plan.where}: {image.image_id[:19]} already in the cache → {', '.join(loaded.names) or 'no name'}")
+            self.console.info(
+                f"{plan.where}: {image.image_id[:19]} already in the cache → {', '.join(loaded.names) or 'no name'}"
+            )
             named[key] = loaded
         return named
 
     # -- direct writes
 
-    def _write_then_launch(self, prepared: PreparedDaemon) -> tuple[RunningEngine, dict[str, images_module.LoadedImage], float]:
-        """Write the images into the store, start dockerd on it, check and name them; returns dockerd, the images by plan, and its start time.
+    def _write_then_launch(
+        self, prepared: PreparedDaemon
+    ) -> tuple[RunningEngine, dict[str, images_module.LoadedImage], float]:
+        """Write the images into the store, start dockerd on it, check and name them; returns dockerd, the images by
+        plan, and its start time.
 
         Never worse than docker load: an image that could not be written goes to docker load (it left
         nothing in the store). A store that may hold half-registered entries, a dockerd that does not
@@ -141,7 +173,9 @@ class ImageIntake:
         data root and every input goes through docker load.
         """
         direct = self._direct
-        write = self.ops.write_images({key: image for key, (_plan, image) in direct.items()}, prepared.store.data_root, self.store_hooks)
+        write = self.ops.write_images(
+            {key: image for key, (_plan, image) in direct.items()}, prepared.store.data_root, self.store_hooks
+        )
         accepted = self._accepted(prepared, write)
         prepare_loads([plan for key, (plan, _image) in direct.items() if key not in accepted])
         launched = time.monotonic()
@@ -173,15 +207,27 @@ class ImageIntake:
         direct = self._direct
         for key, (plan, _image) in direct.items():
             if write.images[key].problem is not None and not write.damaged:
-                self.console.warn(f"{plan.where}: not written into the store directly ({write.images[key].problem}): loading it with docker load")
+                self.console.warn(
+                    f"{plan.where}: not written into the store directly ({write.images[key].problem}): loading it "
+                    "with docker load"
+                )
         if write.damaged:
-            culprits = [plan.where for key, (plan, _image) in direct.items() if write.images[key].left_entries] or [plan.where for plan, _ in direct.values()]
-            _fall_back(self.console, direct, f"{', '.join(culprits)}: the store may hold half-registered entries ({write.damaged})", "emptying the data root")
+            culprits = [plan.where for key, (plan, _image) in direct.items() if write.images[key].left_entries] or [
+                plan.where for plan, _ in direct.values()
+            ]
+            _fall_back(
+                self.console,
+                direct,
+                f"{', '.join(culprits)}: the store may hold half-registered entries ({write.damaged})",
+                "emptying the data root",
+            )
             prepared.empty_data_root()
             return {}
         return {key: (plan, image) for key, (plan, image) in direct.items() if write.images[key].problem is None}
 
-    def _refused_image(self, handle: DaemonHandle, accepted: Written, write: layerstore.StoreWrite) -> tuple[str, str] | None:
+    def _refused_image(
+        self, handle: DaemonHandle, accepted: Written, write: layerstore.StoreWrite
+    ) -> tuple[str, str] | None:
         """The first written image dockerd does not take as written, with why; None when it takes them all."""
         for key in accepted:
             result = write.images[key]
@@ -190,22 +236,28 @@ class ImageIntake:
                 return key, problem
         return None
 
-    def _name_written(self, engine: RunningEngine, accepted: Written, write: layerstore.StoreWrite, checked: float) -> dict[str, images_module.LoadedImage]:
+    def _name_written(
+        self, engine: RunningEngine, accepted: Written, write: layerstore.StoreWrite, checked: float
+    ) -> dict[str, images_module.LoadedImage]:
         written: dict[str, images_module.LoadedImage] = {}
         for key, (plan, image) in accepted.items():
             result = write.images[key]
-            loaded = self.ops.name_written_image(plan, result.image_id, image.repo_tags, engine.handle.client, result.seconds, result.size)
+            loaded = self.ops.name_written_image(
+                plan, result.image_id, image.repo_tags, engine.handle.client, result.seconds, result.size
+            )
             assert loaded is not None  # dockerd was just checked to list it
             layers = f"{result.layers} layer{'s' if result.layers > 1 else ''}"
             self.console.info(
-                f"{plan.where}: {layers}, {result.size / 2**20:.1f} MiB, written into the overlay2 store in {result.seconds:.2f}s"
+                f"{plan.where}: {layers}, {result.size / 2**20:.1f} MiB, written into the overlay2 store in "
+                f"{result.seconds:.2f}s"
                 f" ({HOW_WRITTEN[isinstance(image, RootfsImage)]}) → {', '.join(loaded.names) or loaded.image_id[:19]}"
             )
             written[key] = loaded
         if written:
             count = f"{len(written)} image{'s' if len(written) > 1 else ''}"
             self.console.info(
-                f"{count} written in {write.seconds:.2f}s in all (layers several at once) before dockerd started, checked in {checked:.2f}s after"
+                f"{count} written in {write.seconds:.2f}s in all (layers several at once) before dockerd started, "
+                f"checked in {checked:.2f}s after"
             )
         return written
 
@@ -246,6 +298,7 @@ def _start_failure(failure: RuntimeFailure) -> str:
 
 
 def _fall_back(console: Console, inputs: Written, reason: str, action: str) -> None:
-    """The one warning line of a complete fallback: its reason, what happens, and the inputs that now go through docker load."""
+    """The one warning line of a complete fallback: its reason, what happens, and the inputs that now go through docker
+    load."""
     loaded = ", ".join(plan.entry.param_path for plan, _image in inputs.values())
     console.warn(f"direct writes given up: {reason}; {action}, then docker load for {loaded}")

@@ -73,7 +73,8 @@ class Totals:
     def summary(self) -> str:
         """`212 passed, 1 failed, 0 errors, 3 skipped (41.2s)`; `1 error`."""
         errors = f"{self.errors} error" + ("" if self.errors == 1 else "s")
-        return f"{self.passed} passed, {self.failed} failed, {errors}, {self.skipped} skipped ({format_seconds(self.time)})"
+        seconds = format_seconds(self.time)
+        return f"{self.passed} passed, {self.failed} failed, {errors}, {self.skipped} skipped ({seconds})"
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,9 @@ def too_big(size: int) -> str:
 
 def read_root(root: ElementTree.Element) -> ParsedReport:
     if _local(root.tag) not in ("testsuites", "testsuite"):
-        raise ReportError(f"the root element is <{_local(root.tag)}>, not <testsuites> or <testsuite>: not a JUnit report")
+        raise ReportError(
+            f"the root element is <{_local(root.tag)}>, not <testsuites> or <testsuite>: not a JUnit report"
+        )
     cases = tuple(_case(element) for element in root.iter() if _local(element.tag) == "testcase")
     return ParsedReport(cases, _suite_time(root, cases))
 
@@ -143,11 +146,14 @@ def _case(element: ElementTree.Element) -> CaseResult:
         if tag in children:
             status, message = outcome, _message(children[tag])
             break
-    return CaseResult(f"{classname}.{name}" if classname else name, status, _number(element.get("time")) or 0.0, message)
+    return CaseResult(
+        f"{classname}.{name}" if classname else name, status, _number(element.get("time")) or 0.0, message
+    )
 
 
 def _message(element: ElementTree.Element) -> str:
-    """The `message` attribute, else the element's text (jest-junit writes no attribute, go-junit-report a mere "Failed")."""
+    """The `message` attribute, else the element's text (jest-junit writes no attribute, go-junit-report a mere
+    "Failed")."""
     attribute = (element.get("message") or "").strip()
     text = attribute if attribute.lower() not in PLACEHOLDER_MESSAGES else (element.text or "").strip() or attribute
     return text[:MAX_MESSAGE_CHARS]

@@ -24,7 +24,9 @@ ERASE_AT_START = re.compile(r"^(?:\x1b\[[0-9;]*K|\r)+")
 PREFIXED_LINE = re.compile(r"^(?P<prefix>\S+?)\s*\|(?: (?P<text>.*))?$")
 REPLICA_SUFFIX = re.compile(r"-\d+$")
 #: Compose's own lines on stderr (plain progress, warnings), as opposed to a `run` container's stderr.
-COMPOSE_OWN_LINE = re.compile(r"^(?: (?:Container|Network|Volume|Image|Service|Secret|Config) \S|WARN\[\d+\]|time=\S+ level=)")
+COMPOSE_OWN_LINE = re.compile(
+    r"^(?: (?:Container|Network|Volume|Image|Service|Secret|Config) \S|WARN\[\d+\]|time=\S+ level=)"
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,9 @@ def split_prefixed(line: str, services: Iterable[str]) -> PrefixedLine | None:
     known = set(services)
     for candidate in (source, REPLICA_SUFFIX.sub("", source)):
         if candidate in known or not known:
-            return PrefixedLine(candidate if known else REPLICA_SUFFIX.sub("", source), source, match.group("text") or "")
+            return PrefixedLine(
+                candidate if known else REPLICA_SUFFIX.sub("", source), source, match.group("text") or ""
+            )
     return None
 
 
@@ -117,10 +121,19 @@ def engine_log_lines(client: docker.APIClient, container_id: str, skip_stdout: i
         yield text
 
 
-def _timestamped_lines(client: docker.APIClient, container_id: str, stream: str, skip: int) -> Iterator[tuple[str, str]]:
+def _timestamped_lines(
+    client: docker.APIClient, container_id: str, stream: str, skip: int
+) -> Iterator[tuple[str, str]]:
     """(sortable timestamp, text) for one stream's lines after the first `skip`."""
     try:
-        chunks = client.logs(container_id, stdout=stream == "stdout", stderr=stream == "stderr", stream=True, follow=False, timestamps=True)
+        chunks = client.logs(
+            container_id,
+            stdout=stream == "stdout",
+            stderr=stream == "stderr",
+            stream=True,
+            follow=False,
+            timestamps=True,
+        )
         pending = b""
         seen = 0
         for chunk in chunks:
@@ -137,7 +150,8 @@ def _timestamped_lines(client: docker.APIClient, container_id: str, stream: str,
 
 
 def _split_timestamp(line: str) -> tuple[str, str]:
-    """`2026-11-28T01:35:39.7021Z text` → ("2026-11-28T01:35:39.702100000Z", "text"): RFC 3339 with the nanoseconds padded, so it sorts."""
+    """`2026-11-28T01:35:39.7021Z text` → ("2026-11-28T01:35:39.702100000Z", "text"): RFC 3339 with the nanoseconds
+    padded, so it sorts."""
     stamp, _, text = line.partition(" ")
     seconds, _, fraction = stamp.rstrip("Z").partition(".")
     return f"{seconds}.{fraction:0<9}Z", text

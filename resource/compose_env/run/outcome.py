@@ -1,4 +1,5 @@
-"""What a run came to: service states (`compose ps -a`'s rows, read from the engine), stops from its events, the exit code, who failed.
+"""What a run came to: service states (`compose ps -a`'s rows, read from the engine), stops from its events, the exit
+code, who failed.
 
 Compose's own exit code is not always the answer (`up` returns 0 whatever the containers did, and
 `--exit-code-from` is wrong after the abort cascade): `decide_exit_code` says which to trust.
@@ -80,7 +81,11 @@ def service_states(rows: Sequence[Mapping[str, Any]], stopped: set[str] | None) 
         container = str(row.get("Name", ""))
         was_stopped = container in stopped if stopped is not None else exit_code in STOPPED_BY_SIGNAL
         name = str(row.get("Service") or container or "?")
-        states.append(ServiceState(name, state, exit_code, str(row.get("Health") or ""), container, was_stopped and state == "exited"))
+        states.append(
+            ServiceState(
+                name, state, exit_code, str(row.get("Health") or ""), container, was_stopped and state == "exited"
+            )
+        )
     return sorted(states, key=lambda s: (s.name, s.container))
 
 
@@ -96,7 +101,9 @@ def decide_exit_code(shape: CommandShape, returncode: int, states: Sequence[Serv
     if shape.subcommand != "up":
         return returncode
     if shape.exit_code_from:
-        exited = [s for s in states if s.name == shape.exit_code_from and s.state == "exited" and s.exit_code is not None]
+        exited = [
+            s for s in states if s.name == shape.exit_code_from and s.state == "exited" and s.exit_code is not None
+        ]
         if exited:
             return next((s.exit_code for s in exited if s.exit_code), 0) or 0
         return returncode
@@ -109,10 +116,15 @@ def decide_exit_code(shape: CommandShape, returncode: int, states: Sequence[Serv
 NOT_CREATED = "not-created"
 
 
-def with_compose_failures(states: Sequence[ServiceState], failures: Sequence[ContainerFailure], project: str) -> list[ServiceState]:
+def with_compose_failures(
+    states: Sequence[ServiceState], failures: Sequence[ContainerFailure], project: str
+) -> list[ServiceState]:
     """The states with the containers compose could not create or start: marked, or added when no container exists."""
     by_container = {failure.container: failure for failure in failures}
-    marked = [replace(state, error=by_container[state.container].note) if state.container in by_container else state for state in states]
+    marked = [
+        replace(state, error=by_container[state.container].note) if state.container in by_container else state
+        for state in states
+    ]
     present = {state.container for state in states}
     marked += [
         ServiceState(failure.service(project), NOT_CREATED, container=failure.container, error=failure.note)

@@ -12,13 +12,24 @@ import docker
 from compose_env.console import Console
 from compose_env.engine.start_failures import diagnose_start_failure
 from compose_env.run.command import CommandShape
-from compose_env.run.logs import COMPOSE_OWN_LINE, ERASE_AT_START, ServiceLogs, compose_label, engine_log_lines, output_source, split_prefixed
+from compose_env.run.logs import (
+    COMPOSE_OWN_LINE,
+    ERASE_AT_START,
+    ServiceLogs,
+    compose_label,
+    engine_log_lines,
+    output_source,
+    split_prefixed,
+)
 from compose_env.run.progress import ContainerProgress
 
 #: Compose has ended but its output still arrives: wait as long as lines keep coming this often.
 STREAM_STALL_SECONDS = 5
 #: A port compose could not publish, in its own error lines.
-PORT_TAKEN = re.compile(r"(?:Bind for \S*?:(?P<bind>\d+) failed: port is already allocated|listen tcp\S*?:(?P<listen>\d+): bind: address already in use)")
+PORT_TAKEN = re.compile(
+    r"(?:Bind for \S*?:(?P<bind>\d+) failed: port is already allocated|listen tcp\S*?:(?P<listen>\d+): bind: address "
+    r"already in use)"
+)
 
 
 class CommandOutput:
@@ -64,7 +75,9 @@ class CommandOutput:
             before = self._lines
             alive[0].join(STREAM_STALL_SECONDS)
             if alive[0].is_alive() and self._lines == before:
-                self.console.warn(f"compose's output stalled for {STREAM_STALL_SECONDS}s after it ended: not waiting for the rest")
+                self.console.warn(
+                    f"compose's output stalled for {STREAM_STALL_SECONDS}s after it ended: not waiting for the rest"
+                )
                 return
 
     def _pump(self, stream: IO[bytes], is_stdout: bool) -> None:
@@ -122,6 +135,9 @@ class CommandOutput:
             printed_out, printed_err = self._streamed.get((source, True), 0), self._streamed.get((source, False), 0)
             for count, line in enumerate(engine_log_lines(client, container["Id"], printed_out, printed_err)):
                 if count == 0:
-                    self.console.info(f"(compose stopped following {source} after {printed_out + printed_err} lines: the rest from the engine's log)")
+                    self.console.info(
+                        f"(compose stopped following {source} after {printed_out + printed_err} lines: the rest from "
+                        "the engine's log)"
+                    )
                 self.console.line(f"{source} | {line}")
                 self.logs.append(service, line)

@@ -77,7 +77,9 @@ def tests_report(reports: ReportsOutcome, output_dir: Path, redact: Redactor) ->
             {
                 "service": report.service,
                 "path": report.container_path,
-                "file": str(report.local_path.relative_to(output_dir)) if report.local_path.is_relative_to(output_dir) else None,
+                "file": str(report.local_path.relative_to(output_dir))
+                if report.local_path.is_relative_to(output_dir)
+                else None,
                 "tests": report.tests,
                 "problem": report.problem,
             }
@@ -85,12 +87,20 @@ def tests_report(reports: ReportsOutcome, output_dir: Path, redact: Redactor) ->
         ],
         "warnings": [redact(warning) for warning in reports.warnings],
         "cases": [
-            {"name": redact(case.name), "status": case.status, "time": round(case.time, 3), "message": redact(case.message)} for case in reports.results.cases
+            {
+                "name": redact(case.name),
+                "status": case.status,
+                "time": round(case.time, 3),
+                "message": redact(case.message),
+            }
+            for case in reports.results.cases
         ],
     }
 
 
-def build_report(outcome: PutOutcome, collector: AfterRunRecord, log_files: Mapping[str, str], redact: Redactor) -> dict[str, Any]:
+def build_report(
+    outcome: PutOutcome, collector: AfterRunRecord, log_files: Mapping[str, str], redact: Redactor
+) -> dict[str, Any]:
     result = outcome.result
     services = []
     for state in result.services:

@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 
 PROGRESS_LINE = re.compile(r"^\s*Container (?P<container>\S+)\s+(?P<step>[A-Z][A-Za-z]*)\s*$")
 #: Steps begun and not yet finished: a container left at one of them did not get past it.
-UNFINISHED = {"Creating": "could not be created", "Recreate": "could not be created", "Starting": "could not start", "Waiting": "never became ready"}
+UNFINISHED = {
+    "Creating": "could not be created",
+    "Recreate": "could not be created",
+    "Starting": "could not start",
+    "Waiting": "never became ready",
+}
 FAILED_STEP = "Error"
 
 
@@ -57,4 +62,9 @@ class ContainerProgress:
 
     def failures(self) -> list[ContainerFailure]:
         """The containers compose left unfinished or in error, in the order it first reported them."""
-        return [ContainerFailure(container, UNFINISHED.get(self.steps[container], "failed"), self.reasons.get(container, "")) for container in self._stuck()]
+        return [
+            ContainerFailure(
+                container, UNFINISHED.get(self.steps[container], "failed"), self.reasons.get(container, "")
+            )
+            for container in self._stuck()
+        ]

@@ -1,4 +1,5 @@
-"""Run the compose command like a test runner: validated first, streamed live, exit codes you can trust, always torn down.
+"""Run the compose command like a test runner: validated first, streamed live, exit codes you can trust, always torn
+down.
 
 What compose sees is decided here and only here:
 - the argv names everything: `-p`, every `-f`, `--project-directory`, each `--env-file`,
@@ -25,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import requests
 
 from compose_env.config.model import PutParams
 from compose_env.console import Console
@@ -41,14 +41,12 @@ from compose_env.run.outcome import (
     TIMED_OUT_EXIT_CODE,
     decide_exit_code,
     failing_services,
-    listed_ps_row,
-    ps_row,
     ps_table,
     service_states,
-    stopped_by_compose,
     with_compose_failures,
 )
 from compose_env.run.output import CommandOutput
+from compose_env.run.states import listed_containers, project_containers, ps_rows, stopped_containers
 
 #: How long a quick compose call (config) may take.
 QUIET_TIMEOUT_SECONDS = 60
@@ -59,7 +57,9 @@ STRIPPED_PREFIXES = ("COMPOSE_", "DOCKER_", "BUILDKIT_")
 COMPOSE_SETTING = re.compile(r"^\s*(?:export\s+)?(COMPOSE_[A-Za-z0-9_]+)\s*=")
 
 
-def compose_environment(inherited: Mapping[str, str], params_env: Mapping[str, str], engine_env: Mapping[str, str]) -> dict[str, str]:
+def compose_environment(
+    inherited: Mapping[str, str], params_env: Mapping[str, str], engine_env: Mapping[str, str]
+) -> dict[str, str]:
     """Inherited variables minus COMPOSE_*/DOCKER_*/BUILDKIT_*, then params.env, then the engine (which wins)."""
     env = {key: value for key, value in inherited.items() if not key.startswith(STRIPPED_PREFIXES)}
     env.update(params_env)
@@ -111,10 +111,14 @@ class ComposeProject:
         dotenv = self.params.project_directory / ".env"
         return [dotenv] if dotenv.is_file() else []
 
-    def base_argv(self, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None) -> list[str]:
+    def base_argv(
+        self, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None
+    ) -> list[str]:
         argv = ["docker", "compose", "--ansi", "never", "--progress", "plain", "-p", self.params.project_name]
         argv += ["--project-directory", str(self.params.project_directory)]
-        for compose_file in [*self.params.compose_files, *self._added_files] if compose_files is None else compose_files:
+        for compose_file in (
+            [*self.params.compose_files, *self._added_files] if compose_files is None else compose_files
+        ):
             argv += ["-f", str(compose_file)]
         for env_file in self.env_files():
             argv += ["--env-file", str(env_file)]
@@ -123,7 +127,11 @@ class ComposeProject:
         return argv
 
     def _run_quiet(
-        self, args: Sequence[str], timeout: float = QUIET_TIMEOUT_SECONDS, profiles: Sequence[str] | None = None, compose_files: Sequence[Path] | None = None
+        self,
+        args: Sequence[str],
+        timeout: float = QUIET_TIMEOUT_SECONDS,
+        profiles: Sequence[str] | None = None,
+        compose_files: Sequence[Path] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             dying_with_parent([*self.base_argv(profiles, compose_files), *args]),
@@ -137,7 +145,8 @@ class ComposeProject:
     # -- before the run
 
     def start_config(self) -> None:
-        """Start `compose config` (it needs no engine), so that it runs while the daemon starts; `load_config` takes its answer."""
+        """Start `compose config` (it needs no engine), so that it runs while the daemon starts; `load_config` takes its
+        answer."""
         self._pending_config = subprocess.Popen(
             dying_with_parent([*self.base_argv(self.params.profiles), "config", "--format", "json"]),
             env=self.env,
@@ -170,16 +179,22 @@ class ComposeProject:
 
     def _announce_inputs(self) -> None:
         if self.env_files() and not self.params.env_files:
-            self.console.info(f"env file: {self.env_files()[0]} (compose's default .env; list params.env_files to use others instead)")
+            self.console.info(
+                f"env file: {self.env_files()[0]} (compose's default .env; list params.env_files to use others instead)"
+            )
         for env_file in self.env_files():
             settings = compose_settings_in(env_file)
             if settings:
-                self.console.info(f"{env_file.name} sets compose settings: {', '.join(settings)} (-p and -f from params still win)")
+                self.console.info(
+                    f"{env_file.name} sets compose settings: {', '.join(settings)} (-p and -f from params still win)"
+                )
         from_params = [key for key in self.params.env if key.startswith(STRIPPED_PREFIXES)]
         if from_params:
             self.console.info(f"params.env sets {', '.join(sorted(from_params))} for compose (engine address excepted)")
 
-    def _config(self, profiles: Sequence[str], result: subprocess.CompletedProcess[str] | None = None) -> dict[str, Any]:
+    def _config(
+        self, profiles: Sequence[str], result: subprocess.CompletedProcess[str] | None = None
+    ) -> dict[str, Any]:
         if result is None:
             result = self._run_quiet(["config", "--format", "json"], profiles=profiles)
         if result.returncode != 0:
@@ -187,8 +202,12 @@ class ComposeProject:
             named = self._rejected_file(result.stderr, profiles)
             if named is not None:
                 raise UserError(named.path, self.redact(named.message), hint)
-            lines = [self.redact(line.strip()) for line in result.stderr.splitlines() if line.strip()] or ["(no message)"]
-            raise UserError("params.compose_files", "docker compose rejects the project:\n    " + "\n    ".join(lines), hint)
+            lines = [self.redact(line.strip()) for line in result.stderr.splitlines() if line.strip()] or [
+                "(no message)"
+            ]
+            raise UserError(
+                "params.compose_files", "docker compose rejects the project:\n    " + "\n    ".join(lines), hint
+            )
         for line in result.stderr.splitlines():
             if line.strip():
                 self.console.warn(line.strip())
@@ -209,7 +228,9 @@ class ComposeProject:
         elif culprit is None and error.strip():
             wanted = compose_errors.first_line(error, labels)
             for compose_file in compose_files:
-                alone = self._run_quiet(["config", "--quiet", "--no-consistency"], profiles=profiles, compose_files=[compose_file])
+                alone = self._run_quiet(
+                    ["config", "--quiet", "--no-consistency"], profiles=profiles, compose_files=[compose_file]
+                )
                 if alone.returncode != 0 and compose_errors.first_line(alone.stderr, labels) == wanted:
                     culprit = compose_file
                     break
@@ -245,11 +266,15 @@ class ComposeProject:
                     f"services in the project: {', '.join(sorted(every)) or 'none'}",
                 )
             profiles = ", ".join(every[service].get("profiles") or [])
-            self.console.info(f"{service} belongs to profile {profiles}: compose starts it because the command names it")
+            self.console.info(
+                f"{service} belongs to profile {profiles}: compose starts it because the command names it"
+            )
         for index, service in enumerate(self.params.logs.services or ()):
             if service not in active and service not in self.all_services():
                 raise UserError(
-                    f"params.logs.services[{index}]", f"unknown service {service!r}", f"services in the project: {', '.join(sorted(self.all_services()))}"
+                    f"params.logs.services[{index}]",
+                    f"unknown service {service!r}",
+                    f"services in the project: {', '.join(sorted(self.all_services()))}",
                 )
         return shape
 
@@ -260,21 +285,31 @@ class ComposeProject:
     def ensure_images(self, client: docker.APIClient) -> None:
         """Every image the command needs is loaded, buildable or pullable: otherwise say which and how to provide it."""
         services = self._services_for(self.shape.named_services)
-        presence.ensure_images(client, services, services_started(self.shape, services), self.console, self.env.get("DOCKER_CONFIG"))
+        presence.ensure_images(
+            client, services, services_started(self.shape, services), self.console, self.env.get("DOCKER_CONFIG")
+        )
 
     # -- the run
 
     def run(self, shape: CommandShape, client: docker.APIClient) -> RunResult:
+        """The command, its output streamed and filed, within params.timeout; then what it came to."""
         argv = [*self.base_argv(), *self.params.command]
         self.console.info("$ " + " ".join(shlex.quote(word) for word in argv))
         since = time.time()
         self._started = True
         process = subprocess.Popen(
-            dying_with_parent(argv), env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+            dying_with_parent(argv),
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
         )
         self._process = process
         assert process.stdout is not None and process.stderr is not None
-        output = self._output = CommandOutput(self.console, self.logs, shape, set(self._services_for(shape.named_services)))
+        output = self._output = CommandOutput(
+            self.console, self.logs, shape, set(self._services_for(shape.named_services))
+        )
         readers = output.follow(process.stdout, process.stderr)
         timed_out = False
         try:
@@ -290,30 +325,48 @@ class ComposeProject:
         finally:
             output.drain(readers)
             self._process = None
-        try:
-            containers = self._containers(client)
-        except (docker.errors.DockerException, requests.RequestException) as error:
-            self.console.warn(f"cannot list the project's containers ({error}): no service states")
-            containers = []
-        output.complete_from_engine_log([c for c in containers if shape.follows_output_of(compose_label(c, "service"))], client)
-        states = service_states(self._ps_rows(client, containers), self._stopped_containers(client, since))
-        failures = output.progress.failures() if process.returncode and not timed_out else []
-        states = with_compose_failures(states, failures, self.params.project_name)
-        exit_code = TIMED_OUT_EXIT_CODE if timed_out else decide_exit_code(shape, process.returncode, states)
+        return self._result(shape, client, process.returncode, output, since, timed_out)
+
+    def _result(
+        self,
+        shape: CommandShape,
+        client: docker.APIClient,
+        returncode: int,
+        output: CommandOutput,
+        since: float,
+        timed_out: bool,
+    ) -> RunResult:
+        """The exit code to report, each service's state, who failed: from compose, its output and the engine."""
+        project = self.params.project_name
+        containers = listed_containers(client, project, self.console)
+        followed = [c for c in containers if shape.follows_output_of(compose_label(c, "service"))]
+        output.complete_from_engine_log(followed, client)
+        states = service_states(
+            ps_rows(client, containers, self.console), stopped_containers(client, project, since, self.console)
+        )
+        failures = output.progress.failures() if returncode and not timed_out else []
+        states = with_compose_failures(states, failures, project)
+        exit_code = TIMED_OUT_EXIT_CODE if timed_out else decide_exit_code(shape, returncode, states)
         if shape.run_service and not timed_out and shape.run_service not in {s.name for s in states}:
-            # `run --rm` removed its container: report what it did from compose's exit code (none if a dependency failed first).
-            ran = ServiceState(shape.run_service, NOT_CREATED) if failures else ServiceState(shape.run_service, "exited", exit_code)
+            # `run --rm` removed its container: what it did is compose's exit code (none if a dependency failed first).
+            ran = (
+                ServiceState(shape.run_service, NOT_CREATED)
+                if failures
+                else ServiceState(shape.run_service, "exited", exit_code)
+            )
             states = sorted([*states, ran], key=lambda s: (s.name, s.container))
         for failure in failures:
             if failure.reason:
-                self.logs.append(failure.service(self.params.project_name), failure.reason)
+                self.logs.append(failure.service(project), failure.reason)
         status = RunStatus.TIMED_OUT if timed_out else RunStatus.PASSED if exit_code == 0 else RunStatus.FAILED
         self.collect_logs(client)
         failing = failing_services(shape, exit_code, states, timed_out)
-        return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing, list(output.start_failures) if exit_code else [])
+        diagnoses = list(output.start_failures) if exit_code else []
+        return RunResult(tuple(self.params.command), exit_code, status, states, {}, failing, diagnoses)
 
     def kill(self) -> None:
-        """Stop the compose processes now (timeout, abort, or a failure before the config was read); the containers go at teardown."""
+        """Stop the compose processes now (timeout, abort, or a failure before the config was read); the containers go
+        at teardown."""
         process = self._process
         if process is not None and process.poll() is None:
             try:
@@ -329,44 +382,13 @@ class ComposeProject:
             except subprocess.TimeoutExpired:  # something else holds its pipes: not waited for
                 pass
 
-    def _stopped_containers(self, client: docker.APIClient, since: float) -> set[str] | None:
-        """Containers compose stopped during the run, from the engine's events (None if they cannot be read)."""
-        now = time.time_ns()
-        filters = {"type": ["container"], "label": [f"com.docker.compose.project={self.params.project_name}"]}
-        try:
-            events = client.events(since=int(since) - 1, until=f"{now // 10**9}.{now % 10**9:09d}", filters=filters, decode=True)
-            return stopped_by_compose(list(events))
-        except (docker.errors.DockerException, OSError, ValueError) as error:
-            self.console.warn(f"cannot read the engine's events ({error}): treating exit codes 137/143 as stopped by compose")
-            return None
-
     # -- after the run
-
-    def _ps_rows(self, client: docker.APIClient, containers: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-        """`compose ps -a`'s rows for the project's containers, read from the engine (a second compose process took 0.15-0.3 s).
-
-        A container the engine cannot inspect keeps the state the list gave it, without exit code or health.
-        """
-        rows = []
-        for container in containers:
-            try:
-                rows.append(ps_row(client.inspect_container(container["Id"])))
-            except docker.errors.NotFound:
-                continue  # removed since it was listed
-            except (docker.errors.DockerException, requests.RequestException) as error:
-                self.console.warn(f"cannot inspect {listed_ps_row(container)['Name']} ({error}): its exit code and health are unknown")
-                rows.append(listed_ps_row(container))
-        return rows
-
-    def _containers(self, client: docker.APIClient) -> list[dict[str, Any]]:
-        containers: list[dict[str, Any]] = client.containers(all=True, filters={"label": f"com.docker.compose.project={self.params.project_name}"})
-        return containers
 
     def collect_logs(self, client: docker.APIClient) -> None:
         """Complete the log files with the services the stream did not show (the dependencies of `run`)."""
         self.logs.close()
         try:
-            containers = self._containers(client)
+            containers = project_containers(client, self.params.project_name)
         except docker.errors.APIError:
             return
         for container in containers:
@@ -404,7 +426,9 @@ class ComposeProject:
     def down(self, grace: int) -> str:
         """`down --volumes --remove-orphans` with a short stop timeout; returns a problem description, or ''."""
         try:
-            result = self._run_quiet(["down", "--volumes", "--remove-orphans", "--timeout", str(grace)], timeout=grace + 20, profiles=["*"])
+            result = self._run_quiet(
+                ["down", "--volumes", "--remove-orphans", "--timeout", str(grace)], timeout=grace + 20, profiles=["*"]
+            )
         except subprocess.TimeoutExpired:
             return "compose down did not finish in time"
         if result.returncode == 0:
@@ -415,4 +439,8 @@ class ComposeProject:
 
 def publishers_of(services: Mapping[str, Any], port: str) -> list[str]:
     """The services whose `ports` publish `port` on the host (from `compose config --format json`)."""
-    return sorted(name for name, service in services.items() if any(str(p.get("published", "")) == port for p in service.get("ports") or []))
+    return sorted(
+        name
+        for name, service in services.items()
+        if any(str(p.get("published", "")) == port for p in service.get("ports") or [])
+    )

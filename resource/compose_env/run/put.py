@@ -125,9 +125,23 @@ class PutRun:
     """One put's state, handed on from phase to phase."""
 
     def __init__(
-        self, config: PutConfig, console: Console, redact: Redactor, env: Mapping[str, str], abort: AbortOnSignal, extras: PutExtras, world: PutWorld
+        self,
+        config: PutConfig,
+        console: Console,
+        redact: Redactor,
+        env: Mapping[str, str],
+        abort: AbortOnSignal,
+        extras: PutExtras,
+        world: PutWorld,
     ) -> None:
-        self.config, self.console, self.env, self.abort, self.extras, self.world = config, console, env, abort, extras, world
+        self.config, self.console, self.env, self.abort, self.extras, self.world = (
+            config,
+            console,
+            env,
+            abort,
+            extras,
+            world,
+        )
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
         self.logs = ServiceLogs(Path(world.run_dir) / "service-logs", redact)
@@ -150,7 +164,9 @@ class PutRun:
         with self.console.phase("Checking the configuration", self.timings, "validate"):
             self.plans = self.world.plan_images(self.params.images)
             for plan in self.plans:
-                self.console.info(f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)")
+                self.console.info(
+                    f"{plan.entry.param_path}: {plan.entry.given} is a {plan.shape} ({plan.size / 2**20:.1f} MiB)"
+                )
                 if plan.warning:
                     self.console.warn(plan.warning)
             needed = {entry.service for entry in self.params.reports} | set(self.extras.files_from)
@@ -160,7 +176,8 @@ class PutRun:
             self.console.info("docker compose config checks the project while the daemon starts")
 
     def start_engine(self) -> None:
-        """The engine to talk to: a remote one as it is; an inner one prepared, and launched now unless images go into its store first."""
+        """The engine to talk to: a remote one as it is; an inner one prepared, and launched now unless images go into
+        its store first."""
         self.project.start_config()
         with self.console.phase("Starting the Docker daemon", self.timings, "daemon"):
             source = self.config.source
@@ -169,7 +186,9 @@ class PutRun:
                 self.engine = self.world.connect_remote(source, self.console, DOCKER_CONFIG_DIR)
                 return
             self.starting = self.world.inner_daemon(source, self.console)
-            self.prepared = self.starting.prepare(sum(plan.estimated_bytes for plan in self.plans), loads_images=bool(self.plans))
+            self.prepared = self.starting.prepare(
+                sum(plan.estimated_bytes for plan in self.plans), loads_images=bool(self.plans)
+            )
             if self.intake.choose(self.prepared):
                 self.console.info("dockerd starts once the images are in its store (see Loading)")
             else:
@@ -186,13 +205,19 @@ class PutRun:
                 self.watch = docker_socket.give_engine(self.project, self.console)
             if self.extras.check_project is not None:
                 self.extras.check_project(self.project)
-            self.console.info(f"project {self.params.project_name}: services {', '.join(sorted(self.project.services())) or 'none'}")
+            self.console.info(
+                f"project {self.params.project_name}: services {', '.join(sorted(self.project.services())) or 'none'}"
+            )
 
     def get_images_in(self) -> None:
         if self.plans:
             count = len(self.plans)
             with self.console.phase(f"Loading {count} image{'s' if count > 1 else ''}", self.timings, "load"):
-                intake = self.intake.into_running(self.engine) if self.engine is not None else self.intake.into_prepared(self._prepared())
+                intake = (
+                    self.intake.into_running(self.engine)
+                    if self.engine is not None
+                    else self.intake.into_prepared(self._prepared())
+                )
                 self.engine, self.loaded = intake.engine, intake.loaded
             # dockerd's own start is the daemon's time, not loading's
             self.timings["daemon"] += intake.launch_seconds
@@ -207,7 +232,9 @@ class PutRun:
         with self.console.phase(f"Running docker compose {' '.join(self.params.command)}", self.timings, "run"):
             result = self.result = self.project.run(shape, engine.handle.client)
         if self.watch is not None:
-            result.diagnoses += docker_socket.report_failed_pulls(self.watch, engine.handle.client, self.console, failed=result.status != RunStatus.PASSED)
+            result.diagnoses += docker_socket.report_failed_pulls(
+                self.watch, engine.handle.client, self.console, failed=result.status != RunStatus.PASSED
+            )
         # Reported as the user wrote it; the log shows the argv that ran (without a dropped --rm).
         result.command = tuple(self.config.params.command)
         _print_verdict(self.console, result)
@@ -215,7 +242,8 @@ class PutRun:
             self.project.print_failure_details(result, self.params.logs.tail)
 
     def after_the_run(self) -> None:
-        """Reports read, the caller's after-run hook (task artifacts), the kept run container removed: while the containers exist."""
+        """Reports read, the caller's after-run hook (task artifacts), the kept run container removed: while the
+        containers exist."""
         engine, result = self._engine(), self.result
         assert result is not None
         if self.params.reports:
@@ -232,7 +260,17 @@ class PutRun:
                 self.watch.close()
             grace = 0 if self.aborted else self.params.stop_grace
             world = self.world
-            teardown(self.project, self.engine, self.starting, self.console, grace, self.aborted, self.abort, world.secrets_dirs, world.budget)
+            teardown(
+                self.project,
+                self.engine,
+                self.starting,
+                self.console,
+                grace,
+                self.aborted,
+                self.abort,
+                world.secrets_dirs,
+                world.budget,
+            )
             self.logs.close()
         self.duration = time.monotonic() - self.started
         _print_timings(self.console, self.timings, self.duration, self.loaded)
@@ -281,17 +319,27 @@ def keep_run_container(params: PutParams, needed: Collection[str], console: Cons
     return replace(params, command=kept), service
 
 
-def _read_reports(params: PutParams, client: docker.APIClient, target: Path, result: RunResult, console: Console, timings: dict[str, float]) -> ReportsOutcome:
+def _read_reports(
+    params: PutParams,
+    client: docker.APIClient,
+    target: Path,
+    result: RunResult,
+    console: Console,
+    timings: dict[str, float],
+) -> ReportsOutcome:
     """params.reports copied and read; then the failing tests, each with the first line of its message."""
     count = len(params.reports)
     with console.phase(f"Reading {count} test report entr{'ies' if count > 1 else 'y'}", timings, "reports"):
         reports = reports_module.collect_reports(client, params.project_name, params.reports, target)
         for report in reports.read:
-            console.info(f"{report.service}:{report.container_path}: {report.tests} test{'s' if report.tests != 1 else ''}")
+            console.info(
+                f"{report.service}:{report.container_path}: {report.tests} test{'s' if report.tests != 1 else ''}"
+            )
         failing = reports.results.failing
         if failing and result.exit_code == 0:
             reports.warnings.append(
-                f"the reports show {len(failing)} failing test{'s' if len(failing) > 1 else ''} but the command exited 0:"
+                f"the reports show {len(failing)} failing test{'s' if len(failing) > 1 else ''} but the command "
+                "exited 0:"
                 " the put's status follows the exit code; check that the test runner's exit code reaches compose"
             )
         for warning in reports.warnings:
@@ -318,7 +366,9 @@ def _remove_run_container(client: docker.APIClient, project: str, service: str, 
     try:
         client.remove_container(container, v=True, force=True)
     except docker.errors.APIError as error:
-        console.warn(f"could not remove the run container of {service} ({error.explanation or error}): teardown removes it")
+        console.warn(
+            f"could not remove the run container of {service} ({error.explanation or error}): teardown removes it"
+        )
 
 
 def _with_log_tails(result: RunResult, logs: ServiceLogs, tail: int, services: tuple[str, ...] | None) -> RunResult:
@@ -334,11 +384,15 @@ def _print_verdict(console: Console, result: RunResult) -> None:
     (console.success if result.status == RunStatus.PASSED else console.error)(text)
 
 
-def _print_timings(console: Console, timings: dict[str, float], total: float, loaded: list[images_module.LoadedImage]) -> None:
+def _print_timings(
+    console: Console, timings: dict[str, float], total: float, loaded: list[images_module.LoadedImage]
+) -> None:
     console.header("Timings")
     for name, seconds in timings.items():
         console.info(f"{name:<10} {format_seconds(seconds):>8}")
         if name == "load" and len(loaded) > 1:
             for image in loaded:
-                console.info(f"  {image.entry.given:<30} {format_seconds(image.seconds):>8}  {image.size / 2**20:.0f} MiB")
+                console.info(
+                    f"  {image.entry.given:<30} {format_seconds(image.seconds):>8}  {image.size / 2**20:.0f} MiB"
+                )
     console.info(f"{'total':<10} {format_seconds(total):>8}")

@@ -56,7 +56,12 @@ def check_services(entries: Sequence[ReportEntry], known: Iterable[str]) -> None
     unknown = [entry for entry in entries if entry.service not in names]
     if unknown:
         hint = f"services: {', '.join(names) or 'none'}"
-        raise UserError.many([(f"{entry.param_path}.service", f"{entry.service!r} is not a service of the project", hint) for entry in unknown])
+        raise UserError.many(
+            [
+                (f"{entry.param_path}.service", f"{entry.service!r} is not a service of the project", hint)
+                for entry in unknown
+            ]
+        )
 
 
 def path_matcher(path: str) -> tuple[str, Callable[[str], bool]]:
@@ -69,7 +74,12 @@ def path_matcher(path: str) -> tuple[str, Callable[[str], bool]]:
     parts = path.split("/")
     first_glob = next((index for index, part in enumerate(parts) if GLOB_CHARACTERS.search(part)), None)
     if first_glob is None:
-        return path, lambda candidate: candidate == path or (candidate.startswith(path.rstrip("/") + "/") and candidate.endswith(".xml"))
+        return (
+            path,
+            lambda candidate: (
+                candidate == path or (candidate.startswith(path.rstrip("/") + "/") and candidate.endswith(".xml"))
+            ),
+        )
     base = "/".join(parts[:first_glob]) or "/"
     pattern = re.compile(glob_to_regex(path))
     return base, lambda candidate: pattern.fullmatch(candidate) is not None
@@ -103,7 +113,9 @@ def glob_to_regex(glob: str) -> str:
     return "".join(out)
 
 
-def collect_reports(client: docker.APIClient, project: str, entries: Sequence[ReportEntry], target: Path) -> ReportsOutcome:
+def collect_reports(
+    client: docker.APIClient, project: str, entries: Sequence[ReportEntry], target: Path
+) -> ReportsOutcome:
     """Copy every entry's files into `target` and read them; what goes wrong becomes a warning."""
     outcome = ReportsOutcome()
     for entry in entries:
@@ -118,7 +130,9 @@ def collect_reports(client: docker.APIClient, project: str, entries: Sequence[Re
     return outcome
 
 
-def _read(entry: ReportEntry, container_path: str, local_path: Path, skipped: str, results: ReportResults) -> ReportFile:
+def _read(
+    entry: ReportEntry, container_path: str, local_path: Path, skipped: str, results: ReportResults
+) -> ReportFile:
     if skipped:
         return ReportFile(entry.service, container_path, local_path, problem=skipped)
     try:
@@ -129,8 +143,11 @@ def _read(entry: ReportEntry, container_path: str, local_path: Path, skipped: st
     return ReportFile(entry.service, container_path, local_path, len(parsed.cases))
 
 
-def copy_entry(client: docker.APIClient, project: str, entry: ReportEntry, target: Path) -> tuple[list[tuple[str, Path, str]], str]:
-    """The entry's files written under `target/<service>/`: [(path in the container, local path, why skipped)], and a problem."""
+def copy_entry(
+    client: docker.APIClient, project: str, entry: ReportEntry, target: Path
+) -> tuple[list[tuple[str, Path, str]], str]:
+    """The entry's files written under `target/<service>/`: [(path in the container, local path, why skipped)], and a
+    problem."""
     base, wanted = path_matcher(entry.path)
     try:
         container = service_container(client, project, entry.service)
@@ -154,7 +171,12 @@ def copy_entry(client: docker.APIClient, project: str, entry: ReportEntry, targe
                 local_path = destination / member.name
                 if member.size > MAX_REPORT_BYTES:
                     copied.append(
-                        (container_path, local_path, f"{member.size / 2**20:.0f} MiB is more than a report may have ({MAX_REPORT_BYTES // 2**20} MiB)")
+                        (
+                            container_path,
+                            local_path,
+                            f"{member.size / 2**20:.0f} MiB is more than a report may have "
+                            f"({MAX_REPORT_BYTES // 2**20} MiB)",
+                        )
                     )
                     continue
                 try:

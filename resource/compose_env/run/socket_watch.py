@@ -91,7 +91,9 @@ class SocketWatch:
             engine.close()
             client.close()  # the client sees the connection refused, as it would the engine's
             return
-        answers = threading.Thread(target=self._pump, args=(engine, client, False), name="socket-watch-back", daemon=True)
+        answers = threading.Thread(
+            target=self._pump, args=(engine, client, False), name="socket-watch-back", daemon=True
+        )
         answers.start()
         self._pump(client, engine, True)
         answers.join()

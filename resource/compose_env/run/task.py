@@ -88,7 +88,9 @@ def decode_compose_env(env: Mapping[str, str]) -> dict[str, Any]:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as error:
-            raise UserError(ROOT, f"is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})", USAGE_HINT) from None
+            raise UserError(
+                ROOT, f"is not valid JSON ({error.msg} at line {error.lineno} column {error.colno})", USAGE_HINT
+            ) from None
     if not isinstance(value, dict):
         kind = "a string" if isinstance(value, str) else type(value).__name__
         raise UserError(ROOT, f"must be a JSON object of put params, got {kind}", USAGE_HINT)
@@ -105,7 +107,9 @@ def validate_compose_env(value: Mapping[str, Any]) -> None:
 
 def parse_task_config(value: Mapping[str, Any], work_dir: Path, build: BuildMetadata) -> TaskConfig:
     validate_compose_env(value)
-    output_dir = _inside(work_dir, value.get("output_dir", DEFAULT_OUTPUT_DIR), f"{ROOT}.output_dir", "the task's working directory")
+    output_dir = _inside(
+        work_dir, value.get("output_dir", DEFAULT_OUTPUT_DIR), f"{ROOT}.output_dir", "the task's working directory"
+    )
     artifacts = tuple(
         Artifact(index, item["service"], item["path"], item.get("to") or f"{DEFAULT_ARTIFACTS_DIR}/{item['service']}")
         for index, item in enumerate(value.get("artifacts", ()))
@@ -122,7 +126,12 @@ def parse_task_config(value: Mapping[str, Any], work_dir: Path, build: BuildMeta
     cache = parse_cache(value, work_dir, output_dir)
     if cache is not None:
         # The inner dockerd keeps its data root in the cache, on disk (a tmpfs would not outlive the task).
-        put = replace(put, source=replace(put.source, dockerd=replace(put.source.dockerd, data_root=str(cache.data_root), data_root_medium="disk")))
+        put = replace(
+            put,
+            source=replace(
+                put.source, dockerd=replace(put.source.dockerd, data_root=str(cache.data_root), data_root_medium="disk")
+            ),
+        )
     return TaskConfig(put, output_dir, artifacts, cache)
 
 
@@ -131,19 +140,29 @@ def parse_cache(value: Mapping[str, Any], work_dir: Path, output_dir: Path) -> C
     if "cache_dir" not in value:
         if "cache_max_size" in value:
             raise UserError(
-                f"{ROOT}.cache_max_size", "is only used with cache_dir", "set cache_dir (a directory declared under the task's caches:) or remove it"
+                f"{ROOT}.cache_max_size",
+                "is only used with cache_dir",
+                "set cache_dir (a directory declared under the task's caches:) or remove it",
             )
         return None
     path = _inside(work_dir, value["cache_dir"], f"{ROOT}.cache_dir", "the task's working directory")
     if path == Path(os.path.realpath(work_dir)) or path == output_dir or output_dir.is_relative_to(path):
         raise UserError(
-            f"{ROOT}.cache_dir", f"{value['cache_dir']!r} must be a directory of its own", "use the path of the task's cache, e.g. compose-env-cache"
+            f"{ROOT}.cache_dir",
+            f"{value['cache_dir']!r} must be a directory of its own",
+            "use the path of the task's cache, e.g. compose-env-cache",
         )
     source = value.get("source") or {}
     clashing = [f"source.{key}" for key in ("docker_host",) if key in source]
-    clashing += [f"source.dockerd.{key}" for key in ("data_root", "data_root_medium") if key in (source.get("dockerd") or {})]
+    clashing += [
+        f"source.dockerd.{key}" for key in ("data_root", "data_root_medium") if key in (source.get("dockerd") or {})
+    ]
     if clashing:
-        raise UserError(f"{ROOT}.cache_dir", f"cannot be used with {ROOT}.{clashing[0]}: the cache is the inner dockerd's data root", "remove one of them")
+        raise UserError(
+            f"{ROOT}.cache_dir",
+            f"cannot be used with {ROOT}.{clashing[0]}: the cache is the inner dockerd's data root",
+            "remove one of them",
+        )
     max_size = parse_size(value.get("cache_max_size", DEFAULT_MAX_SIZE), f"{ROOT}.cache_max_size")
     return CacheConfig(path, max_size)
 
@@ -169,7 +188,9 @@ def in_task_terms(error: UserError) -> UserError:
     """A put's error in the task's words: `COMPOSE_ENV` paths, the task's working directory and inputs."""
 
     def reword(text: str) -> str:
-        return text.replace("put directory", "task's working directory").replace("the put's `inputs`", "the task's `inputs`")
+        return text.replace("put directory", "task's working directory").replace(
+            "the put's `inputs`", "the task's `inputs`"
+        )
 
     return UserError.many([(task_path(path), reword(message), reword(hint)) for path, message, hint in error.problems])
 
@@ -184,7 +205,13 @@ class TaskEnding(StrEnum):
     ABORTED = "aborted"
 
 
-def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: AbortOnSignal, store_hooks: StoreHooks | None = None) -> int:
+def run_task(
+    env: Mapping[str, str],
+    work_dir: Path,
+    console: Console,
+    abort: AbortOnSignal,
+    store_hooks: StoreHooks | None = None,
+) -> int:
     value = decode_compose_env(env)
     # Mask the secrets before validation can echo them.
     console.set_redactor(Redactor(secrets_in_request({"source": value.get("source"), "params": value})))
@@ -192,7 +219,9 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: Ab
     redact = redactor_for(task.put)
     console.set_redactor(redact)
     if not task.output_dir.is_dir():
-        console.warn(f"{task.output_dir} does not exist: creating it (declare it as a task output to keep what is written there)")
+        console.warn(
+            f"{task.output_dir} does not exist: creating it (declare it as a task output to keep what is written there)"
+        )
     task.output_dir.mkdir(parents=True, exist_ok=True)
     collector = AfterRunCollector(task, console)
     report_file = task.output_dir / "report.json"
@@ -206,10 +235,14 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: Ab
             outcome = run_with_cache(task, console, redact, collector, cache, env, abort, store_hooks)
     except UserError as error:
         renamed = in_task_terms(error)
-        write_json(report_file, {"status": TaskEnding.ERROR, "exit_code": renamed.exit_code, "error": redact(renamed.render())})
+        write_json(
+            report_file, {"status": TaskEnding.ERROR, "exit_code": renamed.exit_code, "error": redact(renamed.render())}
+        )
         raise renamed from None
     except RuntimeFailure as error:
-        write_json(report_file, {"status": TaskEnding.ERROR, "exit_code": error.exit_code, "error": redact(error.render())})
+        write_json(
+            report_file, {"status": TaskEnding.ERROR, "exit_code": error.exit_code, "error": redact(error.render())}
+        )
         raise
     except Aborted:
         # Concourse keeps the outputs of an aborted task too: say what happened.
@@ -219,10 +252,14 @@ def run_task(env: Mapping[str, str], work_dir: Path, console: Console, abort: Ab
     copied = sum(copy.copied for copy in collector.copies)
     reports = f", {len(outcome.reports.read)} test reports in {REPORTS_DIR}/" if outcome.reports is not None else ""
     console.info(
-        f"wrote report.json, logs/ for {len(outcome.logs.services())} services{reports} and {copied} of {len(task.artifacts)} artifacts to {task.output_dir}"
+        f"wrote report.json, logs/ for {len(outcome.logs.services())} services{reports} and {copied} of "
+        f"{len(task.artifacts)} artifacts to {task.output_dir}"
     )
     if outcome.exit_code != 0:
-        console.error(f"the task fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: false to report it instead")
+        console.error(
+            f"the task fails: {outcome.result.status} (exit code {outcome.result.exit_code}); set fail_on_error: "
+            "false to report it instead"
+        )
     return outcome.exit_code
 
 
@@ -244,7 +281,11 @@ def run_with_cache(
             with console.phase("Keeping the cache", collector.timings, "cache"):
                 services = project.all_services()
                 started = services_started(project.shape, services)
-                cache.after_run(handle.client, project.params.project_name, [services[name]["image"] for name in started if services[name].get("image")])
+                cache.after_run(
+                    handle.client,
+                    project.params.project_name,
+                    [services[name]["image"] for name in started if services[name].get("image")],
+                )
 
     def run() -> PutOutcome:
         return run_put(
@@ -253,7 +294,12 @@ def run_with_cache(
             redact,
             env,
             abort,
-            PutExtras(after_run, collector.check_services, {artifact.service for artifact in task.artifacts}, task.output_dir / REPORTS_DIR),
+            PutExtras(
+                after_run,
+                collector.check_services,
+                {artifact.service for artifact in task.artifacts},
+                task.output_dir / REPORTS_DIR,
+            ),
             PutWorld(store_hooks=store_hooks or NO_HOOKS),
         )
 
@@ -298,7 +344,9 @@ class AfterRunCollector:
                 skipped = f" ({len(copy.skipped)} unsafe entries skipped)" if copy.skipped else ""
                 where = os.path.normpath(f"{self.task.output_dir.name}/{copy.to}")
                 count = f"{copy.files} file{'s' if copy.files != 1 else ''}"
-                self.console.info(f"{artifact.service}:{artifact.path} → {where}/: {count}, {_human_size(copy.bytes)}{skipped}")
+                self.console.info(
+                    f"{artifact.service}:{artifact.path} → {where}/: {count}, {_human_size(copy.bytes)}{skipped}"
+                )
             else:
                 self.console.warn(f"{artifact.param_path}: {artifact.service}:{artifact.path}: {copy.problem}")
             for entry in copy.skipped:
@@ -331,7 +379,14 @@ class AfterRunCollector:
         unknown = [a for a in self.task.artifacts if a.service not in known]
         if unknown:
             raise UserError.many(
-                [(f"{a.param_path}.service", f"{a.service!r} is not a service of the project", f"services: {', '.join(known) or 'none'}") for a in unknown]
+                [
+                    (
+                        f"{a.param_path}.service",
+                        f"{a.service!r} is not a service of the project",
+                        f"services: {', '.join(known) or 'none'}",
+                    )
+                    for a in unknown
+                ]
             )
 
 

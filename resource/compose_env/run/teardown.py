@@ -26,7 +26,8 @@ def teardown(
     secrets_dirs: tuple[str, ...] = (DOCKER_CONFIG_DIR, TLS_DIR),
     budget: TeardownBudget = BUDGET,
 ) -> None:
-    """`compose down --volumes --remove-orphans` where the engine says it matters, within its deadline; then the engine's stop.
+    """`compose down --volumes --remove-orphans` where the engine says it matters, within its deadline; then the
+    engine's stop.
 
     After SIGTERM the down must fit in Concourse's grace with room for the rest. Then the running
     engine stops: containers still there get `grace` seconds all at once (with none they are
@@ -53,9 +54,16 @@ def teardown(
 
 
 def _compose_down(
-    project: ComposeProject, engine: RunningEngine, console: Console, grace: int, aborted: bool, abort: AbortOnSignal, budget: TeardownBudget
+    project: ComposeProject,
+    engine: RunningEngine,
+    console: Console,
+    grace: int,
+    aborted: bool,
+    abort: AbortOnSignal,
+    budget: TeardownBudget,
 ) -> bool:
-    """Whether compose down finished (a down past its deadline is left to finish alone; the engine's stop does the rest)."""
+    """Whether compose down finished (a down past its deadline is left to finish alone; the engine's stop does the
+    rest)."""
     after_abort = budget.down_after_abort(remote=engine.remote)
     seconds = budget.compose_down(remote=engine.remote, aborted=aborted, grace=grace)
     started = time.monotonic()

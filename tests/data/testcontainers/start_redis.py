@@ -16,7 +16,12 @@ from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 image = os.environ.get("REDIS_IMAGE", "redis:7")
 mode = os.environ.get("TC_MODE", "use")
 ready = LogMessageWaitStrategy("Ready to accept connections").with_startup_timeout(60)
-container = DockerContainer(image).with_exposed_ports(6379).with_volume_mapping("testcontainers-data", "/data", "rw").waiting_for(ready)
+container = (
+    DockerContainer(image)
+    .with_exposed_ports(6379)
+    .with_volume_mapping("testcontainers-data", "/data", "rw")
+    .waiting_for(ready)
+)
 if mode == "leave":
     Network().create()
 container.start()
