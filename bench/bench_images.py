@@ -62,7 +62,8 @@ PUT = Path(sys.argv[1])
 spec = json.loads(sys.argv[2])
 console = Console()
 inner = InnerDaemon(Source(dockerd=DockerdOptions(data_root_medium=spec["medium"])), console)
-handle = inner.start(spec["bytes"], "/run/compose-env/docker-config")
+engine = inner.prepare(spec["bytes"], loads_images=False).launch("/run/compose-env/docker-config")
+handle = engine.handle
 env = {**os.environ, **handle.env}
 quiet = Console(open(os.devnull, "w"))
 
@@ -128,7 +129,7 @@ print(json.dumps({"seconds": time.monotonic() - started, "hwm_kb": hwm(), "befor
                 results["big_naive"].append(naive([(spec["big"]["path"], [])]))
             wipe()
 finally:
-    inner.stop()
+    engine.stop(0)
 print("BENCH " + json.dumps(results))
 """
 

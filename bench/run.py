@@ -1,7 +1,7 @@
 """Side-by-side benchmarks, ours against the dcind way, on the same image and inputs, in one run.
 
 1. Inner daemon ready time, alternating, each start in a fresh resource container:
-   - ours: `InnerDaemon.start` (pre-flight, cgroups, data root, containerd first, probes,
+   - ours: `InnerDaemon.prepare` then `launch` (pre-flight, cgroups, data root, containerd first, probes,
      dockerd, the API answering), then its stop;
    - naive: `dockerd` with its managed containerd, `sleep 1` then `docker info` every second
      as the dcind-family scripts do; the moment the API really started serving (from the
@@ -110,10 +110,10 @@ log = io.StringIO()
 inner = InnerDaemon(Source(), Console(log))
 os.sync()  # the previous run's writeback must not land in this one
 started = time.monotonic()
-inner.start(0, "/run/compose-env/docker-config")
+engine = inner.prepare(0, loads_images=False).launch("/run/compose-env/docker-config")
 ready = time.monotonic() - started
 started = time.monotonic()
-inner.stop()
+engine.stop(0)
 detail = next((line.strip() for line in log.getvalue().splitlines() if "answered" in line), "")
 print(json.dumps({"ready": ready, "stop": time.monotonic() - started, "detail": detail}))
 """
