@@ -1,11 +1,13 @@
 """The cgroup v2 part of the suite, run inside the cgroup v2 guest (see test_cgroup_v2.py, which boots it).
 
 The seed put and an abort during a run, in the container Concourse's containerd runtime makes
-(runc, a cgroup2 mount of the host's whole tree, no cgroup namespace) and under
-`docker run --privileged` (a private cgroup namespace). For each: the put's result, where the
-service's cgroup landed (it must be below the resource container's own), and that nothing is
-left in the container or on the guest. The guest is slow (emulated CPU): one image load, four
-puts. Prints one line per scenario and `N passed, N failed`; exits 1 if any failed.
+(runc, a cgroup2 mount of the host's whole tree, no cgroup namespace), in Guardian's (no cgroup
+namespace and nothing at /sys/fs/cgroup, /sys read-only; its abort signals every process in the
+container each second) and under `docker run --privileged` (a private cgroup namespace). For
+each: the put's result, where the service's cgroup landed (it must be below the resource
+container's own), and that nothing is left in the container or on the guest (processes, mounts,
+cgroups). The guest is slow (emulated CPU): one image load, six puts. Prints one line per
+scenario and `N passed, N failed`; exits 1 if any failed.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def main() -> int:
     functions: dict[str, Callable[[str], str]] = {"seed_put": seed_put, "abort_during_run": abort_during_run}
     scenarios = [
         (f"{name} under {runtime}", functions[key], runtime)
-        for runtime in ("concourse", "docker")
+        for runtime in ("concourse", "guardian", "docker")
         for name, key in SCENARIOS
     ]
     failed = 0

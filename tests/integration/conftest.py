@@ -136,7 +136,7 @@ _SECONDS_BY_PART: dict[str, float] = {}
 def _part_of(nodeid: str) -> str:
     """Which part of the runtime matrix a test belongs to: its runtime, or the cgroup v2 guest."""
     if "test_cgroup_v2.py" in nodeid:
-        return "cgroup v2 guest (concourse, docker)"
+        return "cgroup v2 guest (concourse, guardian, docker)"
     runtime = next(
         (name for name in RUNTIMES if f"[{name}" in nodeid or f"-{name}]" in nodeid or f"-{name}-" in nodeid), "docker"
     )

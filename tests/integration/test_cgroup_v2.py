@@ -1,4 +1,4 @@
-"""The cgroup v2 part: the seed put and an abort, under the concourse and docker runtimes, in a cgroup v2 guest.
+"""The cgroup v2 part: the seed put and an abort, under the concourse, guardian and docker runtimes, in a v2 guest.
 
 This host is cgroup v1; shared/vm/ boots a throwaway Debian trixie guest on a pure cgroup v2
 hierarchy (systemd, Docker) and runs one command in it. The guest gets the image (docker
@@ -64,7 +64,9 @@ def stage(tmp_path_factory: pytest.TempPathFactory, image: str, example_images: 
     return stage
 
 
-def test_seed_put_and_abort_under_concourse_and_docker_on_cgroup_v2(vm_tool: Path, stage: Path, image: str) -> None:
+def test_seed_put_and_abort_under_concourse_guardian_and_docker_on_cgroup_v2(
+    vm_tool: Path, stage: Path, image: str
+) -> None:
     run = subprocess.run(
         [
             str(vm_tool / "run.sh"),
@@ -83,4 +85,4 @@ def test_seed_put_and_abort_under_concourse_and_docker_on_cgroup_v2(vm_tool: Pat
     )
     print(run.stdout)
     assert run.returncode == 0, f"exit code {run.returncode}\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
-    assert "4 passed, 0 failed" in run.stdout
+    assert "6 passed, 0 failed" in run.stdout
