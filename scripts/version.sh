@@ -13,6 +13,11 @@ if ! head=$(git rev-parse --verify -q HEAD 2>/dev/null); then
   echo "$version-dev+unknown"
   exit 0
 fi
+# A shallow clone's history ends at HEAD: every commit would look like the one that changed VERSION.
+if [ "$(git rev-parse --is-shallow-repository)" = true ]; then
+  echo "$version-dev+$(git rev-parse --short HEAD)"
+  exit 0
+fi
 released=$(git log -1 --format=%H -- VERSION)
 changed=$(git status --porcelain --untracked-files=no)
 if [ "$head" = "$released" ] && [ -z "$changed" ]; then

@@ -2,7 +2,7 @@
 
 The documents: README.md's and docs/'s ```yaml blocks, pipeline-example.yml, tasks/*.yml, ci/pipeline.yml
 and ci/tasks/*.yml. Each must be a whole pipeline or a whole task config (no fragments a reader
-cannot paste), and:
+cannot paste; a compose-env put step shown alone is checked as one), and:
 
 - its structure is valid: known top-level keys, unique valid names, steps of known kinds, a task with
   `file:` or `config:`, a task config with `platform` and `run.path` (Concourse's own validation);

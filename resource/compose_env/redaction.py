@@ -25,8 +25,8 @@ def is_secret_key(key: str) -> bool:
 
 
 def secret_env_values(env: Mapping[str, str]) -> list[str]:
-    """Values of `params.env` whose key names a secret."""
-    return [value for key, value in env.items() if is_secret_key(key)]
+    """Values of `params.env` whose key names a secret; a boolean never is one (masking every `true` hides much)."""
+    return [value for key, value in env.items() if is_secret_key(key) and value.lower() not in ("true", "false")]
 
 
 def secrets_in_request(request: Mapping[str, Any]) -> list[str]:

@@ -421,3 +421,17 @@ def test_the_prunes_get_only_the_time_left_before_the_teardown_deadline(monkeypa
     assert client.timeout == 2.0
     assert removed == ["volume app_data"]
     assert problems == ["networks: no time left to remove them (the next run does)"]
+
+
+def test_a_start_refused_before_it_started_anything_undoes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Another dockerd runs here, say: its socket, pid file and mounts are not ours to remove."""
+    socket_file = tmp_path / "docker.sock"
+    socket_file.write_text("")
+    monkeypatch.setattr(daemon, "DOCKER_SOCKET", str(socket_file))
+    monkeypatch.setattr(daemon, "kill_strays", lambda _data_root: pytest.fail("nothing to kill"))
+    inner = daemon.InnerDaemon(Source(), Console(io.StringIO()))
+
+    assert inner.abandon() == []
+    assert socket_file.exists()

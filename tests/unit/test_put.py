@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,9 @@ class World:
             load_images=load_images,
             name_written_image=name_written_image,
             verify_written_image=lambda _client, image_id, _diff_ids: self.refused.get(image_id, ""),
-            check_free_space=lambda _plans, _data_root: None,
+            check_free_space=lambda plans, data_root: self.events.append(
+                f"free space for {len(plans)} in {Path(data_root).name}"
+            ),
             platform=lambda: ("linux", "amd64", ""),
             store_layout=lambda _data_root, _driver: FakeLayout(self),
         )
@@ -334,6 +337,7 @@ def test_a_put_on_an_inner_daemon_writes_images_then_starts_dockerd_then_loads_t
         "prepare the store",
         "prepare 0",  # the docker-load input starts its work before dockerd answers
         "compose config read",
+        "free space for 2 in data-root",
         "write 1",
         "launch dockerd",
         "docker load 0",
@@ -366,13 +370,14 @@ def test_without_writable_images_dockerd_starts_in_the_daemon_phase_and_everythi
 
     run_put(world)
 
-    assert world.events[:7] == [
+    assert world.events[:8] == [
         "compose config starts",
         "prepare the store",
         "prepare 0",
         "prepare 1",
         "launch dockerd",
         "compose config read",
+        "free space for 2 in data-root",  # checked, as when images are written first
         "docker load 0 1",
     ]
 
@@ -665,3 +670,22 @@ def test_a_sigterm_while_waiting_shortens_the_wait_to_the_abort_budget() -> None
     finally:
         release.set()
     assert time.monotonic() - started < 60  # not the 600 s of a normal wait
+
+
+def test_a_failure_after_dockerd_launched_on_the_written_store_stops_the_running_engine(world: World) -> None:
+    """A damaged input only docker load finds: dockerd runs, so it gets its stop (and the grace), not an abandon."""
+    world.plan()  # docker load only
+    world.plan(direct=True)
+
+    def failing_load(*_args: object, **_kwargs: object) -> list[images_module.LoadedImage]:
+        raise RuntimeFailure("params.images[0] (image0.tar): docker load failed: unexpected EOF")
+
+    door = world.put_world()
+    door = replace(door, image_ops=replace(door.image_ops, load_images=failing_load))
+
+    with pytest.raises(RuntimeFailure):
+        put.run_put(
+            config(world.tmp_path, None, stop_grace=2), world.console, Redactor([]), {}, world.abort, world=door
+        )
+
+    assert world.events[-2:] == ["kill compose", "stop dockerd (grace 2)"]

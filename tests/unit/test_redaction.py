@@ -45,3 +45,9 @@ def test_secrets_added_later_are_masked_too() -> None:
     redact.add(["token-123"])
 
     assert redact("token-123") == MASK
+
+
+def test_a_boolean_under_a_secret_name_is_no_secret() -> None:
+    from compose_env.redaction import secret_env_values
+
+    assert secret_env_values({"USE_API_KEY": "true", "DB_PASSWORD": "12345678", "TOKEN_CHECK": "false"}) == ["12345678"]

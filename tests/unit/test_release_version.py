@@ -41,3 +41,20 @@ def test_outside_a_git_checkout_it_is_a_dev_build(tmp_path: Path) -> None:
     shutil.copy(ROOT / "VERSION", tmp_path / "VERSION")
 
     assert _version(tmp_path) == (ROOT / "VERSION").read_text().strip() + "-dev+unknown"
+
+
+def test_a_shallow_clone_is_a_dev_build_even_at_the_release_commit(tmp_path: Path) -> None:
+    """A shallow history ends at HEAD: `git log -- VERSION` would name HEAD whatever it is."""
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    _git(origin, "init", "-q")
+    (origin / "VERSION").write_text("0.2.0\n")
+    _git(origin, "add", ".")
+    _git(origin, "commit", "-qm", "release 0.2.0")
+    (origin / "code.py").write_text("a = 1\n")
+    _git(origin, "add", ".")
+    _git(origin, "commit", "-qm", "after the release")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{origin}", str(clone)], check=True)
+
+    assert _version(clone) == f"0.2.0-dev+{_git(clone, 'rev-parse', '--short', 'HEAD')}"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from compose_env.errors import RuntimeFailure
 from compose_env.run.socket_watch import SocketWatch, pulled_reference
 
 
@@ -95,3 +96,36 @@ def test_a_service_of_any_user_may_connect(tmp_path: Path, engine: tuple[str, li
         assert watch.path.stat().st_mode & 0o777 == 0o666
     finally:
         watch.close()
+
+
+def test_close_ends_the_live_connections_too(tmp_path: Path) -> None:
+    """A connection the engine keeps open (a log stream, an attach): closing the watch ends it, and nothing is left."""
+    path = str(tmp_path / "engine.sock")
+    engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    engine.bind(path)
+    engine.listen(1)
+    watch = SocketWatch(tmp_path / "watch.sock", path)
+    watch.start()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(str(watch.path))
+    client.sendall(b"GET /containers/x/logs?follow=1 HTTP/1.1\r\n\r\n")
+    held, _ = engine.accept()  # the engine holds the stream open
+
+    watch.close()
+
+    client.settimeout(5)
+    try:
+        ended = client.recv(10) == b""
+    except ConnectionResetError:
+        ended = True
+    assert ended, "the watch left the connection open"
+    assert not watch.path.exists()
+    for end in (client, held, engine):
+        end.close()
+
+
+def test_a_socket_that_cannot_be_made_is_a_clear_failure(tmp_path: Path) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+
+    with pytest.raises(RuntimeFailure, match=r"params.docker_socket: cannot make the socket the services get at"):
+        SocketWatch(tmp_path / "not-a-directory" / "watch.sock", str(tmp_path / "engine.sock")).start()

@@ -150,6 +150,8 @@ class InnerDaemon:
             if self._released:
                 return []
             self._released = True
+        if not self.processes and not self.mounts.made and self.cgroups is None:
+            return []  # refused before it started anything (another dockerd runs here, say): nothing of ours to undo
         problems: list[str] = []
         steps: list[str] = []
         clock = time.monotonic()
@@ -409,7 +411,3 @@ class RunningDaemon:
 
     def stop(self, grace: float, *, down_done: bool = False) -> list[str]:
         return self._prepared.daemon.release(grace, down_done=down_done)
-
-    def restart_clean(self, config_dir: str) -> RunningDaemon:
-        """See PreparedDaemon.restart_clean: this engine is replaced by the one it returns."""
-        return self._prepared.restart_clean(config_dir)

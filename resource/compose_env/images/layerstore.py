@@ -94,7 +94,7 @@ def image_from_config(config: bytes, blobs: list[Blob], repo_tags: tuple[str, ..
 
 @dataclass(frozen=True)
 class RootfsImage:
-    """registry-image's rootfs/ directory: one layer, archived by GNU tar while it is extracted.
+    """A rootfs/ directory: one layer, archived by GNU tar while it is extracted.
 
     Its diff_id is known only once the layer is written, so its config is made then.
     """

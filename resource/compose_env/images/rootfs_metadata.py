@@ -137,7 +137,7 @@ def read_rootfs_metadata(entry: ImageEntry, directory: Path) -> RootfsMetadata:
 def _json_file(entry: ImageEntry, path: Path) -> Any:
     try:
         return json.loads(path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise UserError(entry.param_path, f"{entry.given}/{path.name} is not valid JSON: {error}") from None
     except OSError as error:
         raise UserError(entry.param_path, f"{entry.given}/{path.name} cannot be read: {error.strerror}") from None

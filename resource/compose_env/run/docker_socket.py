@@ -28,7 +28,7 @@ from compose_env.config.schema import did_you_mean
 from compose_env.console import Console
 from compose_env.engine.daemon_argv import DOCKER_SOCKET
 from compose_env.engine.handle import RUN_DIR
-from compose_env.errors import UserError
+from compose_env.errors import RuntimeFailure, UserError
 from compose_env.run.project import ComposeProject
 from compose_env.run.socket_watch import SocketWatch
 
@@ -93,7 +93,13 @@ def give_engine(project: ComposeProject, console: Console) -> SocketWatch:
     watch = SocketWatch(WATCHED_SOCKET, DOCKER_SOCKET)
     watch.start()
     document = override(params.docker_socket, known, params.env, str(WATCHED_SOCKET))
-    path = write_override(document, OVERRIDE_FILE)
+    try:
+        path = write_override(document, OVERRIDE_FILE)
+    except OSError as error:
+        watch.close()
+        raise RuntimeFailure(
+            f"params.docker_socket: cannot write the compose override {OVERRIDE_FILE}: {error}"
+        ) from None
     project.add_compose_file(path)
     console.info(describe(document, path))
     return watch

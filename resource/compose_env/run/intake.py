@@ -81,6 +81,9 @@ class ImageIntake:
         self.ops = ops
         self._direct: Written = {}
         self._cached: Written = {}
+        #: The engine this intake launched (direct writes first), as soon as it runs: a failure after
+        #: the launch still leaves the put a running engine to stop.
+        self.launched: RunningEngine | None = None
 
     def remote(self) -> None:
         """A remote engine: everything goes through docker load, whose work may start now."""
@@ -109,17 +112,23 @@ class ImageIntake:
         prepare_loads([plan for key, plan in self.plans.items() if key not in self._cached and key not in self._direct])
         return bool(self._direct)
 
-    def into_running(self, engine: RunningEngine) -> Intake:
-        """A running engine (remote, or no image to write first): the cached images named, docker load for the rest."""
-        return self._rest(engine, {}, 0.0, None)
+    def into_running(self, engine: RunningEngine, data_root: str | None) -> Intake:
+        """A running engine (remote, or nothing to write first): the cached images named, docker load for the rest.
+
+        `data_root`: an inner engine's, whose free space is checked first and beside which docker load spools.
+        """
+        if data_root is not None:
+            self._check_free_space(data_root)
+        return self._rest(engine, {}, 0.0, os.path.dirname(data_root) if data_root else None)
 
     def into_prepared(self, prepared: PreparedDaemon) -> Intake:
         """The direct writes, then dockerd's launch on them; the cached images named, docker load for the rest."""
-        self.ops.check_free_space(
-            [plan for key, plan in self.plans.items() if key not in self._cached], prepared.store.data_root
-        )
+        self._check_free_space(prepared.store.data_root)
         engine, written, launch_seconds = self._write_then_launch(prepared)
         return self._rest(engine, written, launch_seconds, os.path.dirname(prepared.store.data_root))
+
+    def _check_free_space(self, data_root: str) -> None:
+        self.ops.check_free_space([plan for key, plan in self.plans.items() if key not in self._cached], data_root)
 
     def _rest(
         self,
@@ -182,6 +191,7 @@ class ImageIntake:
         checked = 0.0
         try:
             engine: RunningEngine = prepared.launch(DOCKER_CONFIG_DIR)
+            self.launched = engine
             launch_seconds = time.monotonic() - launched
             refused = self._refused_image(engine.handle, accepted, write)
             checked = time.monotonic() - launched - launch_seconds
@@ -196,7 +206,7 @@ class ImageIntake:
             _fall_back(self.console, accepted, f"{where}: {reason}", "restarting dockerd on an emptied data root")
             prepare_loads([plan for plan, _image in accepted.values()])
             restarted = time.monotonic()
-            engine = prepared.restart_clean(DOCKER_CONFIG_DIR)
+            engine = self.launched = prepared.restart_clean(DOCKER_CONFIG_DIR)
             self.console.info(f"dockerd restarted on an emptied data root in {time.monotonic() - restarted:.2f}s")
             launch_seconds += time.monotonic() - restarted
             accepted = {}

@@ -212,13 +212,17 @@ class PutRun:
     def get_images_in(self) -> None:
         if self.plans:
             count = len(self.plans)
+            data_root = self.prepared.store.data_root if self.prepared is not None else None
             with self.console.phase(f"Loading {count} image{'s' if count > 1 else ''}", self.timings, "load"):
-                intake = (
-                    self.intake.into_running(self.engine)
-                    if self.engine is not None
-                    else self.intake.into_prepared(self._prepared())
-                )
-                self.engine, self.loaded = intake.engine, intake.loaded
+                try:
+                    if self.engine is not None:
+                        intake = self.intake.into_running(self.engine, data_root)
+                    else:
+                        intake = self.intake.into_prepared(self._prepared())
+                finally:
+                    # launched, then a failure (a damaged input, say): it runs, so it is stopped, not abandoned
+                    self.engine = self.engine or self.intake.launched
+                self.loaded = intake.loaded
             # dockerd's own start is the daemon's time, not loading's
             self.timings["daemon"] += intake.launch_seconds
             self.timings["load"] -= intake.launch_seconds

@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from urllib.parse import parse_qs
 
+from compose_env.errors import RuntimeFailure
+
 CHUNK = 64 * 1024
 #: A pull request's line, wherever it falls in a connection's bytes (after an earlier request or body).
 PULL_REQUEST = re.compile(rb"POST /(?:v[0-9.]+/)?images/create\?([^ \r\n]*) HTTP/1\.[01]\r\n")
@@ -49,15 +51,25 @@ class SocketWatch:
         self._pulls: dict[str, None] = {}
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        #: Every socket of a live connection (both ends), so that `close` ends them too.
+        self._open: set[socket.socket] = set()
 
     def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        """Listen at `path`; a socket that cannot be made is a runtime failure, with nothing left behind."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(str(self.path))
-        os.chmod(self.path, 0o666)  # a service's non-root user too: the engine is the put's alone, and goes with it
-        listener.listen(64)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+            listener.bind(str(self.path))
+            os.chmod(self.path, 0o666)  # a service's non-root user too: the engine is the put's alone, and goes with it
+            listener.listen(64)
+        except OSError as error:
+            listener.close()
+            self._unlink()
+            raise RuntimeFailure(
+                f"params.docker_socket: cannot make the socket the services get at {self.path}: {error}"
+            ) from None
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), name="socket-watch", daemon=True).start()
 
@@ -67,12 +79,19 @@ class SocketWatch:
             return list(self._pulls)
 
     def close(self) -> None:
+        """No new connection, and the live ones ended; never raises (the teardown goes on after it)."""
         listener, self._listener = self._listener, None
-        if listener is not None:
+        with self._lock:
+            open_sockets, self._open = [*self._open, *([listener] if listener is not None else [])], set()
+        for end in open_sockets:
             with contextlib.suppress(OSError):
-                listener.shutdown(socket.SHUT_RDWR)
-            listener.close()
-        with contextlib.suppress(FileNotFoundError):
+                end.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                end.close()
+        self._unlink()
+
+    def _unlink(self) -> None:
+        with contextlib.suppress(OSError):
             self.path.unlink()
 
     def _accept(self, listener: socket.socket) -> None:
@@ -85,11 +104,12 @@ class SocketWatch:
 
     def _serve(self, client: socket.socket) -> None:
         engine = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with self._lock:
+            self._open |= {client, engine}
         try:
             engine.connect(self.target)
         except OSError:
-            engine.close()
-            client.close()  # the client sees the connection refused, as it would the engine's
+            self._forget(client, engine)  # the client sees the connection refused, as it would the engine's
             return
         answers = threading.Thread(
             target=self._pump, args=(engine, client, False), name="socket-watch-back", daemon=True
@@ -97,8 +117,14 @@ class SocketWatch:
         answers.start()
         self._pump(client, engine, True)
         answers.join()
-        client.close()
-        engine.close()
+        self._forget(client, engine)
+
+    def _forget(self, *ends: socket.socket) -> None:
+        with self._lock:
+            self._open -= set(ends)
+        for end in ends:
+            with contextlib.suppress(OSError):
+                end.close()
 
     def _pump(self, source: socket.socket, sink: socket.socket, requests: bool) -> None:
         """Copy until the source ends, then half-close the sink: the other direction goes on."""
