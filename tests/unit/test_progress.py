@@ -18,6 +18,9 @@ NO_COMMAND = [
 ]
 
 
+SERVICES = {"db": {}, "server": {}, "tests": {}}
+
+
 def _progress(lines: list[str]) -> ContainerProgress:
     progress = ContainerProgress()
     for line in lines:
@@ -31,7 +34,7 @@ def test_a_container_left_creating_failed_with_the_error_that_followed() -> None
     assert failures == [
         ContainerFailure("p-server-1", "could not be created", "Error response from daemon: no command specified")
     ]
-    assert failures[0].service("p") == "server"
+    assert failures[0].service("p", {"db": {}, "server": {}}) == "server"
 
 
 def test_finished_steps_are_no_failure() -> None:
@@ -58,13 +61,23 @@ def test_an_unhealthy_dependency_is_named_with_composes_reason() -> None:
 
 
 def test_a_service_name_with_dashes_survives_the_project_prefix() -> None:
-    assert ContainerFailure("my-project-app-db-2", "could not start").service("my-project") == "app-db"
+    assert (
+        ContainerFailure("my-project-app-db-2", "could not start").service("my-project", {"app": {}, "app-db": {}})
+        == "app-db"
+    )
+
+
+def test_a_container_name_of_the_users_and_a_one_off_run_container_name_their_service() -> None:
+    services = {"db": {"container_name": "my-db"}, "tests": {}}
+
+    assert ContainerFailure("my-db", "could not start").service("p", services) == "db"
+    assert ContainerFailure("p-tests-run-5f2e9c1a", "could not start").service("p", services) == "tests"
 
 
 def test_a_dependency_that_was_never_created_fails_first_and_shows_in_the_table() -> None:
     failures = _progress(NO_COMMAND).failures()
     states = with_compose_failures(
-        [ServiceState("db", "running", container="p-db-1"), ServiceState("tests", NOT_CREATED)], failures, "p"
+        [ServiceState("db", "running", container="p-db-1"), ServiceState("tests", NOT_CREATED)], failures, "p", SERVICES
     )
 
     assert [s.summary() for s in states] == ["db=running", "server=not-created", "tests=not-created"]
@@ -82,7 +95,7 @@ def test_a_container_that_could_not_start_keeps_its_engine_state_and_gets_the_re
         [" Container p-db-1  Starting", "Error response from daemon: failed to create task"]
     ).failures()
 
-    states = with_compose_failures([ServiceState("db", "created", container="p-db-1")], failures, "p")
+    states = with_compose_failures([ServiceState("db", "created", container="p-db-1")], failures, "p", SERVICES)
 
     assert states == [
         ServiceState(

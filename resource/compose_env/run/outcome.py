@@ -117,7 +117,7 @@ NOT_CREATED = "not-created"
 
 
 def with_compose_failures(
-    states: Sequence[ServiceState], failures: Sequence[ContainerFailure], project: str
+    states: Sequence[ServiceState], failures: Sequence[ContainerFailure], project: str, services: Mapping[str, Any]
 ) -> list[ServiceState]:
     """The states with the containers compose could not create or start: marked, or added when no container exists."""
     by_container = {failure.container: failure for failure in failures}
@@ -127,7 +127,7 @@ def with_compose_failures(
     ]
     present = {state.container for state in states}
     marked += [
-        ServiceState(failure.service(project), NOT_CREATED, container=failure.container, error=failure.note)
+        ServiceState(failure.service(project, services), NOT_CREATED, container=failure.container, error=failure.note)
         for failure in failures
         if failure.container not in present
     ]

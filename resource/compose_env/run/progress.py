@@ -10,7 +10,9 @@ was never created leaves no container behind and the failure is blamed on the se
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 PROGRESS_LINE = re.compile(r"^\s*Container (?P<container>\S+)\s+(?P<step>[A-Z][A-Za-z]*)\s*$")
 #: Steps begun and not yet finished: a container left at one of them did not get past it.
@@ -31,9 +33,15 @@ class ContainerFailure:
     what: str
     reason: str = ""
 
-    def service(self, project: str) -> str:
-        """`<project>-<service>-<n>` → service (compose v2's container names)."""
-        return self.container.removeprefix(f"{project}-").rpartition("-")[0] or self.container
+    def service(self, project: str, services: Mapping[str, Any]) -> str:
+        """The service the container is of: by its `container_name`, else by compose v2's naming,
+        `<project>-<service>-<n>` (or `-run-<id>` for a one-off), the longest service name that fits."""
+        for name, service in services.items():
+            if (service or {}).get("container_name") == self.container:
+                return name
+        rest = self.container.removeprefix(f"{project}-")
+        fitting = [name for name in services if rest == name or rest.startswith(f"{name}-")]
+        return max(fitting, key=len) if fitting else rest.rpartition("-")[0] or self.container
 
     @property
     def note(self) -> str:

@@ -345,7 +345,7 @@ class ComposeProject:
             ps_rows(client, containers, self.console), stopped_containers(client, project, since, self.console)
         )
         failures = output.progress.failures() if returncode and not timed_out else []
-        states = with_compose_failures(states, failures, project)
+        states = with_compose_failures(states, failures, project, self.services())
         exit_code = TIMED_OUT_EXIT_CODE if timed_out else decide_exit_code(shape, returncode, states)
         if shape.run_service and not timed_out and shape.run_service not in {s.name for s in states}:
             # `run --rm` removed its container: what it did is compose's exit code (none if a dependency failed first).
@@ -357,7 +357,7 @@ class ComposeProject:
             states = sorted([*states, ran], key=lambda s: (s.name, s.container))
         for failure in failures:
             if failure.reason:
-                self.logs.append(failure.service(project), failure.reason)
+                self.logs.append(failure.service(project, self.services()), failure.reason)
         status = RunStatus.TIMED_OUT if timed_out else RunStatus.PASSED if exit_code == 0 else RunStatus.FAILED
         self.collect_logs(client)
         failing = failing_services(shape, exit_code, states, timed_out)
