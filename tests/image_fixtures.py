@@ -225,7 +225,10 @@ def write_name_files(directory: Path, repository: str, tag: str) -> None:
 
 
 def docker_save_tarball(parts: ImageParts, target: Path, repo_tags: Sequence[str] | None = ()) -> Path:
-    """A classic `docker save` archive (`<id>/layer.tar`, `<id>.json`, manifest.json, repositories)."""
+    """A classic `docker save` archive as moby's `image/tarexport/save.go` (v26.1) lays it out, reduced to what its
+    `load.go` reads: `<hex>/layer.tar`, `<config hex>.json`, `manifest.json` (the per-layer `json` and `VERSION`
+    files, which load ignores, are left out). Where a real save matters, tests run `docker save` itself
+    (test_producers.py, parts_from_docker)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     config_name = parts.config_digest.split(":")[1] + ".json"
     layer_names = [f"{_file_sha256(layer)}/layer.tar" for layer in parts.layers]

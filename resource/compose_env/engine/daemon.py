@@ -197,9 +197,7 @@ class InnerDaemon:
         undone = len(self.mounts.made)
         problems += self.mounts.undo(also_below=(self.data_root, RUN_DIR))
         lap(f"{undone} mount{'s' if undone != 1 else ''}")
-        for path in (DOCKER_SOCKET, DOCKERD_PIDFILE):
-            if os.path.lexists(path):
-                os.unlink(path)
+        _unlink(DOCKER_SOCKET, DOCKERD_PIDFILE)
         return problems
 
     # -- preparing
@@ -261,15 +259,13 @@ class InnerDaemon:
             raise RuntimeFailure(
                 f"a dockerd (pid {pid}) is already running in this container", f"stop it, or remove {DOCKERD_PIDFILE}"
             )
-        for path in (
+        _unlink(
             DOCKER_SOCKET,
             DOCKERD_PIDFILE,
             CONTAINERD_SOCKET,
             f"{CONTAINERD_SOCKET}.ttrpc",
             f"{self.data_root}/docker.pid",
-        ):
-            if os.path.lexists(path):
-                os.unlink(path)
+        )
 
     def empty_data_root(self) -> None:
         """Everything in the data root removed (what dockerd left mounted below it first), the directory itself kept."""
@@ -318,9 +314,14 @@ class InnerDaemon:
             if name == "dockerd" and process.poll() is None:
                 terminate(process, BUDGET.dockerd)
         self.api_version = ""
-        for path in (DOCKER_SOCKET, DOCKERD_PIDFILE):
-            if os.path.lexists(path):
-                os.unlink(path)
+        _unlink(DOCKER_SOCKET, DOCKERD_PIDFILE)
+
+
+def _unlink(*paths: str) -> None:
+    """Sockets and pid files of a daemon that is gone (or never was)."""
+    for path in paths:
+        if os.path.lexists(path):
+            os.unlink(path)
 
 
 class PreparedDaemon:

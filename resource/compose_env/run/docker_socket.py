@@ -87,8 +87,7 @@ def describe(document: Mapping[str, Any], path: Path) -> str:
 def give_engine(project: ComposeProject, console: Console) -> SocketWatch:
     """Check the services, start the socket they get, write the override and pass it to every later compose command."""
     params = project.params
-    active = project.services()
-    known = active if all(name in active for name in params.docker_socket) else {**project.all_services(), **active}
+    known = project.services_for(params.docker_socket)
     check_services(params.docker_socket, known, "params.docker_socket")
     watch = SocketWatch(WATCHED_SOCKET, DOCKER_SOCKET)
     watch.start()

@@ -278,13 +278,14 @@ class ComposeProject:
                 )
         return shape
 
-    def _services_for(self, names: Iterable[str]) -> dict[str, Any]:
+    def services_for(self, names: Iterable[str]) -> dict[str, Any]:
+        """The active services, or every service when one of `names` is behind a profile (compose starts it anyway)."""
         active = self.services()
         return active if all(name in active for name in names) else {**self.all_services(), **active}
 
     def ensure_images(self, client: docker.APIClient) -> None:
         """Every image the command needs is loaded, buildable or pullable: otherwise say which and how to provide it."""
-        services = self._services_for(self.shape.named_services)
+        services = self.services_for(self.shape.named_services)
         presence.ensure_images(
             client, services, services_started(self.shape, services), self.console, self.env.get("DOCKER_CONFIG")
         )
@@ -308,7 +309,7 @@ class ComposeProject:
         self._process = process
         assert process.stdout is not None and process.stderr is not None
         output = self._output = CommandOutput(
-            self.console, self.logs, shape, set(self._services_for(shape.named_services))
+            self.console, self.logs, shape, set(self.services_for(shape.named_services))
         )
         readers = output.follow(process.stdout, process.stderr)
         timed_out = False
