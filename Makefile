@@ -2,6 +2,13 @@
 # it installs and starts what it needs (a private dockerd, the base image) by itself.
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
+# The image's platform: empty for the engine's own, else linux/amd64 or linux/arm64. Another
+# architecture than the machine's is built through Debian's qemu-user-static (scripts/binfmt.sh),
+# and gets a tag of its own (compose-env:dev-arm64) so that it never replaces the native image.
+PLATFORM ?=
+ifneq ($(PLATFORM),)
+IMAGE ?= compose-env:dev-$(lastword $(subst /, ,$(PLATFORM)))
+endif
 IMAGE ?= compose-env:dev
 BASE_IMAGE ?= debian:trixie-slim
 PYTHON ?= python3
@@ -47,10 +54,10 @@ engine:
 
 ## image: the resource image, labelled with its version (scripts/version.sh), the git revision and the repository's URL
 image:
-	@$(WITH_ENGINE) scripts/base-image.sh $(BASE_IMAGE) && \
-	  docker build -q --build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
-	    --build-arg SOURCE=$(SOURCE) -t $(IMAGE) . >/dev/null && \
-	  echo "built $(IMAGE): compose-env $(VERSION) ($(REVISION))" >&2
+	@$(WITH_ENGINE) $(if $(PLATFORM),scripts/binfmt.sh $(PLATFORM) &&) base=$$(scripts/base-image.sh $(BASE_IMAGE) $(PLATFORM)) && \
+	  docker build -q $(if $(PLATFORM),--platform $(PLATFORM)) --build-arg BASE_IMAGE=$$base --build-arg VERSION=$(VERSION) \
+	    --build-arg REVISION=$(REVISION) --build-arg SOURCE=$(SOURCE) -t $(IMAGE) . >/dev/null && \
+	  echo "built $(IMAGE) ($$(docker image inspect -f '{{.Os}}/{{.Architecture}}' $(IMAGE))): compose-env $(VERSION) ($(REVISION))" >&2
 
 example: image
 	@$(WITH_ENGINE) example/build.sh

@@ -240,6 +240,9 @@ def docker_save_tarball(parts: ImageParts, target: Path, repo_tags: Sequence[str
     return target
 
 
+#: How a registry's index describes an arm64 image (Docker Hub's official images: with the variant).
+ARM64_PLATFORM = {"os": "linux", "architecture": "arm64", "variant": "v8"}
+
 class BlobStore:
     """Blobs of an OCI layout (a directory or inside a tar), written once each."""
 
@@ -288,11 +291,7 @@ def other_platform_manifest(store: BlobStore, architecture: str) -> dict[str, An
     return store.put_json(
         {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": store.put_json(config, OCI_CONFIG), "layers": []},
         OCI_MANIFEST,
-        platform={
-            "os": "linux",
-            "architecture": architecture,
-            **({"variant": "v8"} if architecture == "arm64" else {}),
-        },
+        platform=ARM64_PLATFORM if architecture == "arm64" else {"os": "linux", "architecture": architecture},
     )
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from image_fixtures import (
+    ARM64_PLATFORM,
     OCI_CONFIG,
     OCI_INDEX,
     BlobStore,
@@ -225,11 +226,13 @@ def oci_layout_dir(
     *,
     platform: tuple[str, str] = ("linux", "amd64"),
     multi_platform: bool = True,
+    arm64: ImageParts | None = None,
 ) -> Path:
     """registry-image `format: oci-layout` (v1.11.0+, `commands/oci_layout.go`): `oci/` and the version files.
 
     A multi-platform image: `oci/index.json` is the registry's index verbatim (here arm64, the image
     for `platform`, and a buildx attestation, as for `redis:7` on Docker Hub), not kept under blobs/.
+    The arm64 entry is a small placeholder unless `arm64` gives a real image for it.
     A single image: a one-entry index with no platform and (ggcr ≥ v0.21.6) its `artifactType`,
     and `oci/single-image-digest`. `oci-layout` as ggcr's `layout.Write` makes it.
     """
@@ -237,7 +240,12 @@ def oci_layout_dir(
     image = store.image_manifest(parts, gzip_layers=True)
     if multi_platform:
         image = {**image, "platform": {"os": platform[0], "architecture": platform[1]}}
-        manifests = [other_platform_manifest(store, "arm64"), image, attestation_manifest(store, image["digest"])]
+        other = (
+            {**store.image_manifest(arm64, gzip_layers=True), "platform": ARM64_PLATFORM}
+            if arm64
+            else other_platform_manifest(store, "arm64")
+        )
+        manifests = [other, image, attestation_manifest(store, image["digest"])]
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
     else:
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{**image, "artifactType": OCI_CONFIG}]}

@@ -8,6 +8,9 @@ each: the put's result, where the service's cgroup landed (it must be below the 
 container's own), and that nothing is left in the container or on the guest (processes, mounts,
 cgroups). The guest is slow (emulated CPU): one image load, six puts. Prints one line per
 scenario and `N passed, N failed`; exits 1 if any failed.
+
+The arm64 guest (test_arm64.py) runs a subset, named in SCENARIOS (`seed_put@docker ...`), and sets
+EXPECT_PLATFORM: the seed put must say it loaded that platform's image of a multi-platform input.
 """
 
 from __future__ import annotations
@@ -36,7 +39,11 @@ SLEEPER_REQUEST = {
     "source": {},
     "params": {"compose_files": ["sleeper/docker-compose.yml"], "images": [TESTS_IMAGE], "command": ["up", "sleeper"]},
 }
-SCENARIOS = (("seed put", "seed_put"), ("abort during run", "abort_during_run"))
+ALL_SCENARIOS = " ".join(
+    f"{key}@{runtime}" for runtime in ("concourse", "guardian", "docker") for key in ("seed_put", "abort_during_run")
+)
+SCENARIOS = os.environ.get("SCENARIOS") or ALL_SCENARIOS
+EXPECT_PLATFORM = os.environ.get("EXPECT_PLATFORM", "")
 
 
 def expect(condition: bool, what: str, outcome: RunOutcome) -> None:
@@ -52,6 +59,8 @@ def seed_put(runtime: str) -> str:
     expect(outcome.exit_code == 0, f"exit code {outcome.exit_code}", outcome)
     expect(outcome.metadata().get("status") == "passed", "status is not passed", outcome)
     expect(outcome.leftovers == [], "something was left behind", outcome)
+    if EXPECT_PLATFORM:
+        expect(f"(the {EXPECT_PLATFORM} image" in outcome.stderr, f"no {EXPECT_PLATFORM} image was chosen", outcome)
     cgroup_line = next((line.strip() for line in outcome.stderr.splitlines() if "cgroup v2:" in line), "")
     return f"{outcome.duration:.0f}s; {cgroup_line}"
 
@@ -85,12 +94,12 @@ def main() -> int:
     started = time.monotonic()
     subprocess.run(["docker", "load", "-q", "-i", str(STAGE / "image.tar")], check=True, stdout=subprocess.DEVNULL)
     version = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1"
-    print(f"guest: cgroup {version}; image loaded in {time.monotonic() - started:.0f}s", flush=True)
+    machine = os.uname().machine
+    print(f"guest: {machine}, cgroup {version}; image loaded in {time.monotonic() - started:.0f}s", flush=True)
     functions: dict[str, Callable[[str], str]] = {"seed_put": seed_put, "abort_during_run": abort_during_run}
     scenarios = [
-        (f"{name} under {runtime}", functions[key], runtime)
-        for runtime in ("concourse", "guardian", "docker")
-        for name, key in SCENARIOS
+        (f"{key.replace('_', ' ')} under {runtime}", functions[key], runtime)
+        for key, runtime in (item.split("@") for item in SCENARIOS.split())
     ]
     failed = 0
     for name, function, runtime in scenarios:

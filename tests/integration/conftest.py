@@ -25,8 +25,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-    # The cgroup v2 guest (emulated, minutes) last: a quick failure elsewhere shows first.
-    items.sort(key=lambda item: "test_cgroup_v2.py" in str(item.fspath))
+    # The emulated guests (cgroup v2, arm64: minutes each) last: a quick failure elsewhere shows first.
+    items.sort(key=lambda item: Path(str(item.fspath)).name in ("test_cgroup_v2.py", "test_arm64.py"))
 
 
 @pytest.fixture(scope="session")

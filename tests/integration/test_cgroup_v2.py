@@ -15,26 +15,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from guest_stage import stage_harness
 from worker_container import gdn_init
 
 ROOT = Path(__file__).resolve().parents[2]
 VM_TOOL = Path(os.environ.get("CG2VM_TOOL", ROOT.parent / "shared" / "vm"))
 VM_CACHE = "/var/tmp/cg2vm-compose-env"
-GUEST_FILES = (
-    "harness.py",
-    "worker_container.py",
-    "worker_spec.py",
-    "runtime/gdn-init.c",
-    "cgroup2/guest_scenarios.py",
-)
-SLEEPER = """\
-services:
-  sleeper:
-    image: example/tests:ci
-    command: ["sh", "-c", "echo sleeper-up; exec sleep 300"]
-"""
-
-
 @pytest.fixture(scope="module")
 def vm_tool() -> Path:
     if not (VM_TOOL / "run.sh").exists():
@@ -52,15 +38,11 @@ def vm_tool() -> Path:
 def stage(tmp_path_factory: pytest.TempPathFactory, image: str, example_images: Path) -> Path:
     """What the guest sees at /mnt/host: the image, the example's artifacts, the harness, a static gdn-init."""
     stage = tmp_path_factory.mktemp("cgroup2-stage")
-    for name in GUEST_FILES:
-        (stage / "tests" / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / "tests" / name, stage / "tests" / name)
-    shutil.copy(gdn_init(), stage / "gdn-init")
-    subprocess.run(["docker", "save", image, "-o", str(stage / "image.tar")], check=True)
     shutil.copytree(example_images, stage / "put", copy_function=os.link)
     shutil.copy(ROOT / "example" / "request.json", stage / "put" / "request.json")
-    (stage / "put" / "sleeper").mkdir()
-    (stage / "put" / "sleeper" / "docker-compose.yml").write_text(SLEEPER)
+    stage_harness(stage)
+    shutil.copy(gdn_init(), stage / "gdn-init")
+    subprocess.run(["docker", "save", image, "-o", str(stage / "image.tar")], check=True)
     return stage
 
 

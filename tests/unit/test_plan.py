@@ -175,6 +175,23 @@ def test_oci_layout_dir_is_converted_for_the_platform_and_named_from_files(tmp_p
     assert _is_docker_save(_streamed(plan))
 
 
+def test_on_an_arm64_worker_the_arm64_image_of_a_multi_platform_layout_is_loaded(
+    tmp_path: Path, parts: ImageParts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """registry-image's oci-layout of a multi-platform image holds every platform's image: arm64 picks its own."""
+    arm64 = synthetic_image(tmp_path / "arm64-parts", {"shape": b"arm64\n"}, architecture="arm64")
+    directory = oci_layout_dir(parts, tmp_path / "layout", "example/layout", "ci", arm64=arm64)
+    monkeypatch.setattr(planning.host, "machine", lambda: "aarch64")
+
+    plan = plan_image(entry(directory))
+
+    assert plan.shape.startswith("directory with an OCI layout (the linux/arm64 image")
+    body = plan.stream(("linux", "arm64", ""))
+    manifest, members = loadable_members(b"".join(body))
+    assert json.loads(members[manifest["Config"]])["architecture"] == "arm64"
+    assert members[manifest["Config"]] == arm64.config
+
+
 def test_oci_layout_without_a_match_for_this_platform_is_a_user_error(tmp_path: Path, parts: ImageParts) -> None:
     directory = oci_layout_dir(parts, tmp_path / "layout", "example/layout", "ci", platform=("linux", "ppc64le"))
 
