@@ -243,6 +243,7 @@ def docker_save_tarball(parts: ImageParts, target: Path, repo_tags: Sequence[str
 #: How a registry's index describes an arm64 image (Docker Hub's official images: with the variant).
 ARM64_PLATFORM = {"os": "linux", "architecture": "arm64", "variant": "v8"}
 
+
 class BlobStore:
     """Blobs of an OCI layout (a directory or inside a tar), written once each."""
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# ci/tasks/test-suite.yml: the project's test suite against the image under test, inside it.
-# Inputs: code/ (the repository), image/image.tar (oci-build-task's output). Privileged.
+# ci/tasks/test-suite.yml: the project's test suite against the image under test, in a Debian task container.
+# Inputs: code/ (the repository), image/image (oci-build-task's OCI layout of both architectures). Privileged.
 set -euo pipefail
 work=$PWD
 
@@ -20,25 +20,29 @@ if [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
     mount -o remount,bind,rw "$point" 2>/dev/null || mount -o remount,rw "$point" 2>/dev/null || true
   done
 fi
+
+# What .ci/run installs on a fresh machine, and skopeo, which reads the OCI layout.
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends docker.io docker-cli docker-compose containerd runc iptables \
+  git make python3-pip iproute2 gcc libc6-dev npm skopeo ca-certificates >/dev/null
+python3 -m pip install -q --root-user-action=ignore --break-system-packages -r requirements-dev.txt
 DOCKER_HOST=$(scripts/dev-engine.sh)
 export DOCKER_HOST
 trap 'scripts/dev-engine.sh stop' EXIT
 
-export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends git python3-pip >/dev/null
-python3 -m pip install -q --root-user-action=ignore --break-system-packages -r requirements-dev.txt
-
-# The image under test, by the name the tests use; oci-build-task's tarball has no name of its own.
-loaded=$(docker load -i "$work/image/image.tar")
-id=$(sed -n 's/^Loaded image ID: //p; s/^Loaded image: //p' <<<"$loaded" | tail -n 1)
-docker tag "$id" compose-env:ci
-scripts/base-image.sh # the base image some tests build from (make image would fetch it)
+# The image under test, by the name the tests use: the index's image for this worker's platform
+# (skopeo chooses it through BuildKit's nested index), as `docker save` would write it.
+skopeo copy -q "oci:$work/image/image" "docker-archive:/scratch/image.tar:compose-env:ci"
+docker load -q -i /scratch/image.tar
+rm /scratch/image.tar
+scripts/base-image.sh >/dev/null # the base image some tests build from (make image would fetch it)
 docker image inspect -f 'testing {{index .Config.Labels "org.opencontainers.image.version"}} ({{index .Config.Labels "org.opencontainers.image.revision"}})' compose-env:ci
 
 python3 -m ruff check .
 python3 -m ruff format --check .
 python3 -m mypy
-# CI is left unset: a worker has no cgroup v2 guest tool, so that test skips here (.ci/run sets CI=true).
+# CI is left unset: a worker has no cgroup v2 guest tool, and registering an arm64 emulator is not a task's
+# to do (binfmt_misc is the worker's kernel's), so those tests skip here (.ci/run sets CI=true and runs them).
 # shellcheck disable=SC2086 # TESTS is a list of paths
 IMAGE=compose-env:ci IMAGE_PREBUILT=1 python3 -m pytest $TESTS

@@ -21,6 +21,8 @@ from worker_container import gdn_init
 ROOT = Path(__file__).resolve().parents[2]
 VM_TOOL = Path(os.environ.get("CG2VM_TOOL", ROOT.parent / "shared" / "vm"))
 VM_CACHE = "/var/tmp/cg2vm-compose-env"
+
+
 @pytest.fixture(scope="module")
 def vm_tool() -> Path:
     if not (VM_TOOL / "run.sh").exists():

@@ -167,21 +167,33 @@ def test_the_image_is_built_by_oci_build_task_with_the_version_and_revision_as_b
         key.removeprefix("BUILD_ARG_") for key in {**config["params"], **step["params"]} if key.startswith("BUILD_ARG_")
     }
     assert build_args == {"VERSION", "REVISION", "SOURCE"} and build_args <= dockerfile_args
-    assert config["params"]["CONTEXT"] == REPOSITORY_INPUT and config["params"]["UNPACK_ROOTFS"] == "true"
+    assert config["params"]["CONTEXT"] == REPOSITORY_INPUT
+    # One index of both (several platforms turn OUTPUT_OCI on: UNPACK_ROOTFS would be ignored, so it is not set).
+    assert config["params"]["IMAGE_PLATFORM"] == "linux/amd64,linux/arm64" and "UNPACK_ROOTFS" not in config["params"]
 
 
-def test_the_test_suite_runs_privileged_inside_the_built_image_against_it() -> None:
+def test_the_test_suite_runs_privileged_against_the_amd64_image_of_the_built_index() -> None:
     step = the_step("build-and-test", "task", "test-suite")
     assert step["privileged"] is True
-    assert step["image"] == "image"  # oci-build-task's output, unpacked (UNPACK_ROOTFS)
+    assert "image" not in step, "a task image must be a rootfs; the build's output is an OCI layout"
     config = task_config(step)
-    assert "image_resource" not in config
+    assert config["image_resource"]["source"] == {"repository": "debian", "tag": "trixie-slim"}
     assert {item["name"] for item in config["inputs"]} == {REPOSITORY_INPUT, "image"}
     script = repository_path(config["run"]["path"]).read_text()
-    assert "image/image.tar" in script and "IMAGE_PREBUILT=1" in script and "pytest $TESTS" in script
+    assert 'skopeo copy -q "oci:$work/image/image"' in script
+    assert "IMAGE_PREBUILT=1" in script and "pytest $TESTS" in script
     assert config["params"]["TESTS"].split() == ["tests/unit", "tests/integration"]
     plan = [s.get("task") or s.get("put") for s in job("build-and-test")["plan"] if "task" in s or "put" in s]
     assert plan == ["version", "build-image", "test-suite", "image-rc"], "only a tested image becomes rc"
+
+
+def test_rc_and_releases_are_pushed_as_one_index_by_a_registry_image_that_pushes_indexes() -> None:
+    assert the_step("build-and-test", "put", "image-rc")["params"] == {"image": "image/image"}
+    for name in ("image-rc", "image-release"):
+        kind = resource_type(resource(name)["type"])
+        assert kind["source"]["repository"] == "concourse/registry-image-resource"
+        major, minor, _patch = (int(part) for part in kind["source"]["tag"].split("."))
+        assert (major, minor) >= (1, 12), f"{name}: registry-image pushes a layout's whole index from v1.12.0"
 
 
 def test_the_smoke_test_puts_the_bundled_example_through_the_freshly_built_resource_type() -> None:
@@ -214,9 +226,9 @@ def test_the_smoke_test_puts_the_bundled_example_through_the_freshly_built_resou
 def test_publish_pushes_the_smoke_tested_image_as_the_version_and_bumps_the_aliases() -> None:
     assert not any(s.get("trigger") for s in job_steps("publish")), "a release is a decision: publish is manual"
     rc = the_step("publish", "get", "image-rc")
-    assert rc["passed"] == ["smoke-test"] and rc["params"]["format"] == "oci"
+    assert rc["passed"] == ["smoke-test"] and rc["params"]["format"] == "oci-layout", "oci: only one platform"
     put = the_step("publish", "put", "image-release")
-    assert put["params"] == {"image": "image-rc/image.tar", "version": "((.:version))", "bump_aliases": True}
+    assert put["params"] == {"image": "image-rc/oci", "version": "((.:version))", "bump_aliases": True}
     release = resource("image-release")["source"]
     assert "tag" not in release, "with a tag, registry-image would push it too and check would not list the versions"
     assert release["repository"] == resource("image-rc")["source"]["repository"]

@@ -66,7 +66,7 @@ def test_a_broken_copy_of_the_readme_pipeline_is_caught(old: str, new: str, erro
 def test_a_task_input_no_step_made_and_a_missing_task_file_are_caught() -> None:
     pipeline = next(document for document in DOCUMENTS if document.label == "ci/pipeline.yml")
     broken = _broken(pipeline, "file: code/ci/tasks/check-release.yml", "file: code/ci/tasks/no-such-task.yml")
-    broken = _broken(broken, "image: image # runs inside", "image: imgae # runs inside")
+    broken = _broken(broken, "inputs: [code, redis-image, tests-image]", "inputs: [code, redis-imgae, tests-image]")
 
     problems = lint(broken)
 
@@ -74,7 +74,7 @@ def test_a_task_input_no_step_made_and_a_missing_task_file_are_caught() -> None:
         "ci/pipeline.yml: jobs.publish.task(check-release): file code/ci/tasks/no-such-task.yml does not exist in the "
         "repository" in problems
     )
-    assert "ci/pipeline.yml: jobs.build-and-test.test-suite: reads 'imgae', which no earlier step made" in problems
+    assert "ci/pipeline.yml: jobs.smoke-test.compose-env: reads 'redis-imgae', which no earlier step made" in problems
 
 
 def test_a_variable_nobody_says_how_to_set_is_caught() -> None:
