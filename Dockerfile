@@ -5,8 +5,10 @@ FROM ${BASE_IMAGE}
 # Debian's engine, compose v2 plugin and Python libraries: one layer, cached until this line changes.
 # pigz: dockerd inflates gzip layers with unpigz when it is on PATH (docker.io recommends it);
 # measured here, it cut the seed scenario's load phase from 8.2-10.4 s to 6.2-7.5 s.
-# isal (igzip), where Debian builds it: layerstore.py inflates gzip layers with it, about twice
-# as fast as unpigz here (a 110 MB layer with its hash: 0.8-1.2 s against 1.5-1.7 s).
+# isal (igzip), where Debian builds it (trixie: amd64 and arm64 both): layerstore.py inflates gzip
+# layers with it, about twice as fast as unpigz here (a 110 MB layer with its hash: 0.8-1.2 s
+# against 1.5-1.7 s); without it the put falls back to unpigz.
+# The same lines build linux/amd64 and linux/arm64 (`make image PLATFORM=linux/arm64`, the pipeline's index).
 # What a put never runs goes in this same layer, so that it never takes space in the image
 # (tests/integration/test_image_contents.py runs every tool a put does):
 # - docs, man and info pages, translations and shell completions: dpkg skips them (the rules of
