@@ -53,17 +53,26 @@ def cgroup_v2() -> bool:
     return (CGROUP_ROOT / "cgroup.controllers").exists()
 
 
-def gdn_init() -> str:
-    """The init binary: static, built once from tests/runtime/gdn-init.c (COMPOSE_ENV_GDN_INIT: one built elsewhere)."""
-    if prebuilt := os.environ.get("COMPOSE_ENV_GDN_INIT"):
+#: Debian's cross compilers, for another architecture's guest (gcc-aarch64-linux-gnu and libc6-dev-arm64-cross).
+CROSS_COMPILERS = {"aarch64": "aarch64-linux-gnu-gcc"}
+
+
+def gdn_init(machine: str = "") -> str:
+    """The init binary: static, built once from tests/runtime/gdn-init.c (COMPOSE_ENV_GDN_INIT: one built elsewhere).
+
+    `machine` (`uname -m` of where it runs) builds it for another architecture with a cross compiler.
+    """
+    if (prebuilt := os.environ.get("COMPOSE_ENV_GDN_INIT")) and not machine:
         return prebuilt
+    machine = machine or os.uname().machine
+    compiler = "gcc" if machine == os.uname().machine else CROSS_COMPILERS[machine]
     source = INIT_SOURCE.read_bytes()
-    target = STATE_DIR / f"gdn-init-{hashlib.sha256(source).hexdigest()[:12]}"
+    target = STATE_DIR / f"gdn-init-{machine}-{hashlib.sha256(source).hexdigest()[:12]}"
     if not target.exists():
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        if shutil.which("gcc") is None:
-            raise RuntimeError(f"no gcc to build {INIT_SOURCE}, and no prebuilt {target}")
-        subprocess.run(["gcc", "-static", "-O2", "-o", f"{target}.tmp", str(INIT_SOURCE)], check=True)
+        if shutil.which(compiler) is None:
+            raise RuntimeError(f"no {compiler} to build {INIT_SOURCE} for {machine}, and no prebuilt {target}")
+        subprocess.run([compiler, "-static", "-O2", "-o", f"{target}.tmp", str(INIT_SOURCE)], check=True)
         os.replace(f"{target}.tmp", target)
     return str(target)
 

@@ -28,6 +28,7 @@ import pytest
 from guest_stage import stage_harness
 from image_fixtures import parts_from_docker
 from producers import oci_build_task_dir, oci_layout_dir
+from worker_container import gdn_init
 
 ROOT = Path(__file__).resolve().parents[2]
 GUEST = ROOT / "tests" / "arm64vm"
@@ -90,6 +91,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory, arm64_image: str, example_im
     # oci-build-task's output of an arm64 build: a tarball without a name (the request tags it).
     oci_build_task_dir(parts_from_docker(_build_arm64_example("tests"), parts / "arm64-tests"), put / "tests-image")
     stage_harness(stage)
+    shutil.copy(gdn_init("aarch64"), stage / "gdn-init")  # Concourse's runtimes start the container with it
     subprocess.run(["docker", "save", arm64_image, "-o", str(stage / "image.tar")], check=True)
     return stage
 
