@@ -27,6 +27,11 @@ die() { echo "arm64vm build: $*" >&2; exit 1; }
 say() { echo "arm64vm build: $*" >&2; }
 [ "$(id -u)" = 0 ] || die "must run as root"
 
+# One build at a time: .ci/run starts one in the background while the rest of the suite runs, and
+# the arm64 test's own call waits here for it, then finds it up to date.
+mkdir -p "$CACHE"
+exec 9>"$CACHE/build.lock"
+flock 9
 STAMP=$( { cat "$HERE/build.sh"; echo "$SUITE $DISK_SIZE"; } | sha256sum | cut -c1-16)
 if [ $FORCE = 0 ] && [ "$(cat "$CACHE/stamp" 2>/dev/null)" = "$STAMP" ] &&
    [ -f "$CACHE/base.img" ] && [ -f "$CACHE/vmlinuz" ] && [ -f "$CACHE/initrd.img" ]; then
@@ -56,6 +61,7 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 mkdir -p "$CACHE"
 WORK=$(mktemp -d "$CACHE/build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 143' TERM
 ROOT=$WORK/rootfs
 T0=$(date +%s)
 
