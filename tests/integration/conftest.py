@@ -134,9 +134,11 @@ _SECONDS_BY_PART: dict[str, float] = {}
 
 
 def _part_of(nodeid: str) -> str:
-    """Which part of the runtime matrix a test belongs to: its runtime, or the cgroup v2 guest."""
+    """Which part of the runtime matrix a test belongs to: its runtime, or one of the emulated guests."""
     if "test_cgroup_v2.py" in nodeid:
         return "cgroup v2 guest (concourse, guardian, docker)"
+    if "test_arm64.py" in nodeid:
+        return "arm64 guest, cgroup v2 (docker, concourse), with its builds"
     runtime = next(
         (name for name in RUNTIMES if f"[{name}" in nodeid or f"-{name}]" in nodeid or f"-{name}-" in nodeid), "docker"
     )
@@ -152,4 +154,4 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _SECONDS_BY_PART:
         terminalreporter.section("integration time by runtime")
         for part, seconds in sorted(_SECONDS_BY_PART.items()):
-            terminalreporter.write_line(f"{part:<40} {seconds / 60:6.1f} min")
+            terminalreporter.write_line(f"{part:<60} {seconds / 60:6.1f} min")
