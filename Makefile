@@ -2,14 +2,12 @@
 # it installs and starts what it needs (a private dockerd, the base image) by itself.
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
-# The image's platform: empty for the engine's own, else linux/amd64 or linux/arm64. Another
-# architecture than the machine's is built through Debian's qemu-user-static (scripts/binfmt.sh),
-# and gets a tag of its own (compose-env:dev-arm64) so that it never replaces the native image.
-PLATFORM ?=
-ifneq ($(PLATFORM),)
-IMAGE ?= compose-env:dev-$(lastword $(subst /, ,$(PLATFORM)))
-endif
 IMAGE ?= compose-env:dev
+# The image's platform: empty for the engine's own, else linux/amd64 or linux/arm64. Another
+# architecture than the machine's is built through Debian's qemu-user-static (scripts/binfmt.sh).
+# A platform's image is tagged IMAGE-ARCH (compose-env:dev-arm64): it never replaces the native one.
+PLATFORM ?=
+BUILT_IMAGE := $(if $(PLATFORM),$(IMAGE)-$(lastword $(subst /, ,$(PLATFORM))),$(IMAGE))
 BASE_IMAGE ?= debian:trixie-slim
 PYTHON ?= python3
 # Who makes the resource container for `make try`: docker, concourse or guardian (see tests/harness.py).
@@ -56,8 +54,8 @@ engine:
 image:
 	@$(WITH_ENGINE) $(if $(PLATFORM),scripts/binfmt.sh $(PLATFORM) &&) base=$$(scripts/base-image.sh $(BASE_IMAGE) $(PLATFORM)) && \
 	  docker build -q $(if $(PLATFORM),--platform $(PLATFORM)) --build-arg BASE_IMAGE=$$base --build-arg VERSION=$(VERSION) \
-	    --build-arg REVISION=$(REVISION) --build-arg SOURCE=$(SOURCE) -t $(IMAGE) . >/dev/null && \
-	  echo "built $(IMAGE) ($$(docker image inspect -f '{{.Os}}/{{.Architecture}}' $(IMAGE))): compose-env $(VERSION) ($(REVISION))" >&2
+	    --build-arg REVISION=$(REVISION) --build-arg SOURCE=$(SOURCE) -t $(BUILT_IMAGE) . >/dev/null && \
+	  echo "built $(BUILT_IMAGE) ($$(docker image inspect -f '{{.Os}}/{{.Architecture}}' $(BUILT_IMAGE))): compose-env $(VERSION) ($(REVISION))" >&2
 
 example: image
 	@$(WITH_ENGINE) example/build.sh

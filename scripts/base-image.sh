@@ -37,13 +37,22 @@ log "pulling $image for $platform"
 if [ "$name" = "$image" ]; then
   if timeout 120 docker pull -q "$image" >/dev/null 2>&1; then echo "$name"; exit 0; fi
 else
+  # The pull takes the upstream name for a moment: one such swap at a time, and the name given back
+  # however this script ends.
+  exec 8>/var/tmp/compose-env-base-image.lock
+  flock 8
   previous=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
+  give_back() {
+    if [ -n "$previous" ]; then docker tag "$previous" "$image"; else docker rmi -f "$image" >/dev/null 2>&1 || true; fi
+  }
+  trap give_back EXIT
   if timeout 120 docker pull -q --platform "$platform" "$image" >/dev/null 2>&1; then
     docker tag "$image" "$name"
-    if [ -n "$previous" ]; then docker tag "$previous" "$image"; else docker rmi -f "$image" >/dev/null; fi
     echo "$name"
     exit 0
   fi
+  give_back
+  trap - EXIT
 fi
 log "pull impossible; building $name ($platform) from the Debian mirror with debootstrap"
 
@@ -60,13 +69,17 @@ if ! command -v debootstrap >/dev/null 2>&1; then
   apt-get update -qq >&2
   apt-get install -y -qq --no-install-recommends debootstrap >&2
 fi
-# debootstrap's second stage runs the platform's own binaries (in a chroot, through qemu where foreign).
-"$here/binfmt.sh" "$platform"
+# debootstrap's second stage runs the platform's own binaries: through qemu where they are foreign.
+if [ "$platform" != "$own" ]; then "$here/binfmt.sh" "$platform"; fi
 
-root=$(mktemp -d /var/tmp/base-image.XXXXXX)
-trap 'rm -rf "$root"' EXIT
-debootstrap --arch="$architecture" --variant=minbase "$suite" "$root" "$mirror" >/var/tmp/base-image.log 2>&1 ||
-  { tail -n 30 /var/tmp/base-image.log >&2; log "debootstrap failed"; exit 1; }
+work=$(mktemp -d /var/tmp/base-image.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+root=$work/root
+# In a private mount namespace: debootstrap's /proc and /sys mounts end with it, even on an abort,
+# so that the cleanup never walks into them.
+unshare --mount --propagation private \
+  debootstrap --arch="$architecture" --variant=minbase "$suite" "$root" "$mirror" >"$work/debootstrap.log" 2>&1 ||
+  { tail -n 30 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
 # Point apt at the same mirror the bootstrap used, as the official image does.
 printf 'deb %s %s main\n' "$mirror" "$suite" >"$root/etc/apt/sources.list"
 rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*

@@ -18,9 +18,13 @@ architecture=${architecture%%/*}
 case $architecture in
   amd64) machine=x86_64 ;;
   arm64) machine=aarch64 ;;
-  *) log "no emulator known for $platform (linux/amd64 and linux/arm64 are)"; exit 1 ;;
+  *) machine=$architecture ;;
 esac
 [ "$(uname -m)" = "$machine" ] && exit 0
+case $machine in
+  x86_64 | aarch64) ;;
+  *) log "no emulator known for $platform (linux/amd64 and linux/arm64 are)"; exit 1 ;;
+esac
 
 entry=/proc/sys/fs/binfmt_misc/qemu-$machine
 rules=/usr/lib/binfmt.d/qemu-$machine.conf
@@ -36,8 +40,13 @@ if [ ! -e /proc/sys/fs/binfmt_misc/register ]; then
 fi
 if [ ! -e "$entry" ]; then
   # The rule as Debian ships it (":qemu-aarch64:M::<magic>:<mask>:<interpreter>:OPF"), registered as is.
-  grep -v '^#' "$rules" | head -n 1 >/proc/sys/fs/binfmt_misc/register
-  log "registered $(basename "$entry") ($(sed -n 's/^interpreter //p' "$entry"))"
+  # The entry is the kernel's, for the whole machine, and stays until reboot (or `echo -1 >$entry`).
+  # (Another run may register it at the same moment: the kernel then refuses this one, which is fine.)
+  if grep -v '^#' "$rules" | head -n 1 >/proc/sys/fs/binfmt_misc/register 2>/dev/null || [ -e "$entry" ]; then
+    log "registered $(basename "$entry") ($(sed -n 's/^interpreter //p' "$entry"))"
+  else
+    log "the kernel refused the rule in $rules"; exit 1
+  fi
 fi
 grep -q '^enabled' "$entry" || { log "$entry is registered but disabled"; exit 1; }
 grep -q '^flags:.*F' "$entry" || log "warning: $entry lacks the F flag: builds in containers will not find the emulator"

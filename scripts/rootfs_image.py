@@ -26,7 +26,8 @@ def _add(out: tarfile.TarFile, name: str, body: BinaryIO, size: int) -> None:
 
 
 def write_image(root: str, name: str, platform: str, sink: BinaryIO) -> None:
-    os_name, architecture = platform.split("/")[:2]
+    """ROOT as the one layer of an image NAME for PLATFORM (os/architecture[/variant]), as `docker save` writes it."""
+    os_name, architecture, *variant = platform.split("/")
     with tempfile.TemporaryFile(dir="/var/tmp") as layer:
         subprocess.run(["tar", "-C", root, "--numeric-owner", "-c", "."], stdout=layer, check=True)
         size = layer.tell()
@@ -37,6 +38,7 @@ def write_image(root: str, name: str, platform: str, sink: BinaryIO) -> None:
             {
                 "architecture": architecture,
                 "os": os_name,
+                **({"variant": variant[0]} if variant else {}),
                 "config": {"Cmd": ["bash"]},
                 "rootfs": {"type": "layers", "diff_ids": [diff_id]},
             }
@@ -50,4 +52,5 @@ def write_image(root: str, name: str, platform: str, sink: BinaryIO) -> None:
 
 
 if __name__ == "__main__":
-    write_image(*sys.argv[1:4], sys.stdout.buffer)
+    root_dir, image_name, image_platform = sys.argv[1:4]
+    write_image(root_dir, image_name, image_platform, sys.stdout.buffer)

@@ -292,7 +292,7 @@ def other_platform_manifest(store: BlobStore, architecture: str) -> dict[str, An
     return store.put_json(
         {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": store.put_json(config, OCI_CONFIG), "layers": []},
         OCI_MANIFEST,
-        platform=ARM64_PLATFORM if architecture == "arm64" else {"os": "linux", "architecture": architecture},
+        platform={**ARM64_PLATFORM} if architecture == "arm64" else {"os": "linux", "architecture": architecture},
     )
 
 

@@ -240,12 +240,12 @@ def oci_layout_dir(
     image = store.image_manifest(parts, gzip_layers=True)
     if multi_platform:
         image = {**image, "platform": {"os": platform[0], "architecture": platform[1]}}
-        other = (
-            {**store.image_manifest(arm64, gzip_layers=True), "platform": ARM64_PLATFORM}
-            if arm64
-            else other_platform_manifest(store, "arm64")
-        )
-        manifests = [other, image, attestation_manifest(store, image["digest"])]
+        attestation = attestation_manifest(store, image["digest"])
+        if arm64:  # amd64 first (Docker Hub's order): an arm64 worker must look past it
+            real = {**store.image_manifest(arm64, gzip_layers=True), "platform": {**ARM64_PLATFORM}}
+            manifests = [image, real, attestation]
+        else:  # the placeholder first: an amd64 worker must look past it
+            manifests = [other_platform_manifest(store, "arm64"), image, attestation]
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
     else:
         index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [{**image, "artifactType": OCI_CONFIG}]}

@@ -31,7 +31,7 @@ say() { echo "arm64vm build: $*" >&2; }
 # the arm64 test's own call waits here for it, then finds it up to date.
 mkdir -p "$CACHE"
 exec 9>"$CACHE/build.lock"
-flock 9
+flock -w 3600 9 || die "another build has held $CACHE/build.lock for an hour"
 STAMP=$( { cat "$HERE/build.sh"; echo "$SUITE $DISK_SIZE"; } | sha256sum | cut -c1-16)
 if [ $FORCE = 0 ] && [ "$(cat "$CACHE/stamp" 2>/dev/null)" = "$STAMP" ] &&
    [ -f "$CACHE/base.img" ] && [ -f "$CACHE/vmlinuz" ] && [ -f "$CACHE/initrd.img" ]; then
@@ -58,7 +58,6 @@ MIRROR=${ARM64VM_MIRROR:-$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 
 # --- rootfs ---------------------------------------------------------------------------------------
-mkdir -p "$CACHE"
 WORK=$(mktemp -d "$CACHE/build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 trap 'exit 143' TERM

@@ -60,7 +60,8 @@ def seed_put(runtime: str) -> str:
     expect(outcome.metadata().get("status") == "passed", "status is not passed", outcome)
     expect(outcome.leftovers == [], "something was left behind", outcome)
     if EXPECT_PLATFORM:
-        expect(f"(the {EXPECT_PLATFORM} image" in outcome.stderr, f"no {EXPECT_PLATFORM} image was chosen", outcome)
+        # The plan's log line names the chosen image's own platform (its config), e.g. `(the linux/arm64/v8 image`.
+        expect(f"(the {EXPECT_PLATFORM}" in outcome.stderr, f"no {EXPECT_PLATFORM} image was chosen", outcome)
     cgroup_line = next((line.strip() for line in outcome.stderr.splitlines() if "cgroup v2:" in line), "")
     return f"{outcome.duration:.0f}s; {cgroup_line}"
 

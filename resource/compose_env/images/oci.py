@@ -164,6 +164,14 @@ def _config_matches(layout: LayoutReader, manifest: dict[str, Any], platform: Pl
     return False
 
 
+def chosen_platform(layout: LayoutReader, manifest: dict[str, Any]) -> str:
+    """What the chosen image says it is (its config's os/architecture), for the log: what was taken, not asked for."""
+    config = layout.json_blob(manifest["config"]["digest"])
+    if not isinstance(config, dict):
+        raise ArchiveError(f"{layout.label}: the image config is not a JSON object")
+    return platform_text({key: str(config.get(key) or "") for key in ("os", "architecture", "variant")})
+
+
 def image_bytes(layout: LayoutReader, manifest: dict[str, Any]) -> int:
     """What the chosen image's config and layers weigh (a multi-platform layout holds far more)."""
     digests = {manifest["config"]["digest"], *(layer["digest"] for layer in manifest.get("layers", []))}

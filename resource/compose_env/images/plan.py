@@ -34,7 +34,14 @@ from compose_env.images import layerstore
 from compose_env.images.compression import compression_of, decompressed_chunks
 from compose_env.images.errors import ArchiveError, NoMatchingPlatform
 from compose_env.images.layerstore import DirectImage, RootfsImage
-from compose_env.images.oci import LayoutReader, Platform, image_bytes, oci_stream, platform_text, select_manifest
+from compose_env.images.oci import (
+    LayoutReader,
+    Platform,
+    chosen_platform,
+    image_bytes,
+    oci_stream,
+    select_manifest,
+)
 from compose_env.images.reference import check_reference, familiar
 from compose_env.images.rootfs import RootfsLayer, rootfs_config, rootfs_stream
 from compose_env.images.rootfs_metadata import read_rootfs_metadata
@@ -217,8 +224,9 @@ def _oci_archive_plan(entry: ImageEntry, path: Path, listing: TarListing, names:
     if not names:
         raise unnamed_error(entry, f"{shown_path(entry, path)} (an OCI archive)")
     layout = LayoutReader.tar(listing)
-    size = image_bytes(layout, select_manifest(layout, local_platform()))
-    shape = f"tarball with an OCI layout (the {platform_text(local_platform())} image, converted while streaming)"
+    manifest = select_manifest(layout, local_platform())
+    size = image_bytes(layout, manifest)
+    shape = f"tarball with an OCI layout (the {chosen_platform(layout, manifest)} image, converted while streaming)"
 
     def stream(platform: Platform) -> Iterator[bytes]:
         return oci_stream(layout, platform, list(names))
@@ -276,14 +284,16 @@ def _layout_plan(entry: ImageEntry, layout: Path, names: tuple[str, ...]) -> Ima
         )
     reader = LayoutReader.directory(layout)
     try:
-        size = image_bytes(reader, select_manifest(reader, local_platform()))
+        manifest = select_manifest(reader, local_platform())
+        size = image_bytes(reader, manifest)
+        chosen = chosen_platform(reader, manifest)
     except NoMatchingPlatform as error:
         raise UserError(entry.param_path, f"{entry.given}: {error}", PLATFORM_HINT) from None
     except ArchiveError as error:
         raise _damaged(entry, error) from None
     return ImagePlan(
         entry,
-        f"directory with an OCI layout (the {platform_text(local_platform())} image, converted while streaming)",
+        f"directory with an OCI layout (the {chosen} image, converted while streaming)",
         layout,
         size,
         names,
