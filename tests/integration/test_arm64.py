@@ -41,15 +41,21 @@ BACKGROUND_BUILD_LOG = Path("/var/tmp/compose-env-arm64vm-build.log")
 
 
 @pytest.fixture(scope="module")
-def arm64_guest() -> Path:
+def arm64_tools() -> None:
+    """What the arm64 part needs here, or a skip (under CI=true a failure) saying what is missing."""
     if os.environ.get("IMAGE_PREBUILT") == "1":
         # ci/pipeline.yml: its test task runs in a worker's container, where registering an emulator
         # (binfmt_misc is the kernel's, shared by every container) is not ours to do.
         pytest.skip("the pipeline's test task builds no arm64 image: the arm64 guest runs in .ci/run")
     if os.geteuid() != 0:
-        pytest.skip("the arm64 guest needs root (debootstrap, binfmt_misc, 9p shares)")
+        pytest.skip("the arm64 part needs root (binfmt_misc, debootstrap, the guest's 9p shares)")
     if shutil.which("aarch64-linux-gnu-gcc") is None:
         pytest.skip("no aarch64-linux-gnu-gcc (Debian's gcc-aarch64-linux-gnu) for the guest's gdn-init")
+
+
+@pytest.fixture(scope="module")
+def arm64_guest(arm64_tools: None) -> Path:
+    """The guest's disk, built once (or by .ci/run in the background: this waits for it)."""
     built = subprocess.run([str(GUEST / "build.sh")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if built.returncode != 0:
         background = BACKGROUND_BUILD_LOG.read_text()[-3000:] if BACKGROUND_BUILD_LOG.exists() else ""
@@ -58,7 +64,7 @@ def arm64_guest() -> Path:
 
 
 @pytest.fixture(scope="module")
-def arm64_image(arm64_guest: Path, engine: str) -> str:
+def arm64_image(arm64_tools: None, engine: str) -> str:
     """`make image PLATFORM=linux/arm64`, as the README says (cached layers after the first build)."""
     subprocess.run(["make", "-s", "image", f"PLATFORM={PLATFORM}", f"IMAGE={IMAGE}"], cwd=ROOT, check=True)
     architecture = subprocess.run(
@@ -104,7 +110,8 @@ def stage(tmp_path_factory: pytest.TempPathFactory, arm64_image: str, example_im
     return stage
 
 
-def test_example_put_and_abort_in_an_arm64_guest(arm64_guest: Path, stage: Path, arm64_image: str) -> None:
+def test_example_put_and_abort_in_an_arm64_guest(stage: Path, arm64_image: str, arm64_guest: Path) -> None:
+    # (The stage first: its builds go on while .ci/run's background build of the guest's disk finishes.)
     environment = {"IMAGE": arm64_image, "SCENARIOS": SCENARIOS, "EXPECT_PLATFORM": PLATFORM}
     options = [argument for name, value in environment.items() for argument in ("-e", f"{name}={value}")]
     run = subprocess.run(
