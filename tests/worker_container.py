@@ -1,7 +1,7 @@
 """A resource container made as a Concourse worker makes it: plain runc and worker_spec's OCI spec.
 
-The image's filesystem is exported once per image ID and used as the read-only lower layer
-of an overlay per container (as containerd's snapshotter does); `/scratch` is a plain
+The image's filesystem (the engine's own layer directories, else exported once per image ID)
+is the read-only lower layer of an overlay per container (as containerd's snapshotter does); `/scratch` is a plain
 directory on the host's disk; the network is a fresh namespace, with a veth and a default
 route (`concourse`) or with loopback only (`guardian`). Scripts run as `runc exec` with the
 worker's working directory (`/` or `/root`). An abort signals as the runtime does: only the
@@ -16,6 +16,7 @@ namespaces, links), against a snapshot taken before the container was made.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -38,6 +39,7 @@ INIT_SOURCE = Path(__file__).resolve().parent / "runtime" / "gdn-init.c"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Where this machine's process API puts the commands it starts (see someone_elses).
 SANDBOX_COMMANDS_CGROUP = "process_api"
+_LIBC = ctypes.CDLL(None, use_errno=True)
 #: The "worker" cgroup the harness's containers go below on cgroup v2 (controllers enabled in it).
 V2_PARENT = "compose-env-harness"
 #: A v1 devices cgroup as strict as the container's own: the container cannot widen its devices.
@@ -99,14 +101,19 @@ def image_rootfs(image: str, docker: str = "docker") -> tuple[str, list[str], st
 
 def _overlay(lower: str, bundle: Path) -> bool:
     """The container's root: `lower` read-only, its changes in the bundle. False (and why, on stderr) if the kernel
-    refuses."""
-    layers = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
-    mounted = subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o", layers, str(bundle / "rootfs")], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        print(f"harness: overlay over {lower[:80]}… refused: {mounted.stderr.strip()}", file=sys.stderr)
-    return mounted.returncode == 0
+    refuses.
+
+    Mounted with mount(2), as containerd's snapshotter mounts (containerd `mount/mount_linux.go`: unix.Mount,
+    options up to a page): util-linux 2.39 and later (Debian trixie: the guests) pass the options through
+    fsconfig(2), which refuses a value over 256 bytes, and the engine's layer paths are longer.
+    """
+    options = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
+    target = str(bundle / "rootfs")
+    if _LIBC.mount(b"overlay", target.encode(), b"overlay", 0, options.encode()) != 0:
+        reason = os.strerror(ctypes.get_errno())
+        print(f"harness: overlay over {lower[:80]}… refused: {reason}", file=sys.stderr)
+        return False
+    return True
 
 
 def _exported_rootfs(image: str, image_id: str, docker: str) -> Path:
