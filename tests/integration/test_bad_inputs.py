@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 from harness import PUT_DIR, Container, ResourceContainer, RunOutcome, open_container, run_script
+from image_fixtures import parts_from_docker
+from producers import docker_image_resource_dir
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
 TINY = "compose-env-test/tiny:ci"
@@ -294,6 +296,16 @@ BEFORE_DAEMON_ROWS = [
         ("params.images[0] (truncated.tar)", "is truncated", "re-run the step that produced it"),
     ),
     Row(
+        "image-truncated-beside-rootfs",
+        put({**APP, "images": ["docker-image-cut"]}),
+        1,
+        (
+            "params.images[0] (docker-image-cut): image is truncated",
+            "re-run the step that produced it",
+            "The rootfs/ beside it is not used instead: it lacks the image's config",
+        ),
+    ),
+    Row(
         "compose-invalid-yaml",
         put({"compose_files": ["broken-yaml/docker-compose.yml"]}),
         2,
@@ -432,6 +444,10 @@ def build_put_dir(put_dir: Path) -> Path:
     _corrupt_layers(put_dir / "tiny.tar", put_dir / "corrupt.tar")
     whole = (put_dir / "tiny.tar").read_bytes()
     (put_dir / "truncated.tar").write_bytes(whole[: len(whole) // 2])
+    # A docker-image-resource get with `save: true` whose `image` was cut short: its rootfs/ is whole.
+    parts = parts_from_docker(TINY, put_dir.parent / "tiny-parts")
+    cut = docker_image_resource_dir(parts, put_dir / "docker-image-cut", "compose-env-test/tiny", "ci") / "image"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     os.symlink("/etc/hostname", put_dir / "escape.yml")
     os.symlink("/usr", put_dir / "usr-link")
     return put_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from compose_env.config.model import ImageEntry
 from compose_env.errors import RuntimeFailure, UserError
 from compose_env.images import plan as planning
 from compose_env.images.errors import ArchiveError
-from compose_env.images.plan import ImagePlan, check_free_space, plan_image
+from compose_env.images.plan import LOAD_HINT, ROOTFS_NOT_INSTEAD, ImagePlan, check_free_space, plan_image
 from compose_env.images.tar import FileBody
 from image_fixtures import (
     ImageParts,
@@ -390,6 +391,19 @@ def test_a_truncated_tarball_fails_at_planning_naming_the_entry(tmp_path: Path, 
         match=r"params.images\[2\] \(cut.tar\): cut.tar is truncated inside \S+ \(\d+ of \d+ bytes present\)",
     ):
         plan_image(entry(cut, index=2))
+
+
+def test_a_damaged_tarball_beside_a_rootfs_fails_and_says_why_the_rootfs_is_not_used_instead(
+    tmp_path: Path, parts: ImageParts
+) -> None:
+    directory = docker_image_resource_dir(parts, tmp_path / "redis", "example/redis", "7")
+    truncated_copy(directory / "image", tmp_path / "cut")
+    os.replace(tmp_path / "cut", directory / "image")
+
+    with pytest.raises(RuntimeFailure, match=r"params.images\[0\] \(redis\): image is truncated inside") as failure:
+        plan_image(entry(directory))
+
+    assert failure.value.diagnosis.splitlines() == [LOAD_HINT, ROOTFS_NOT_INSTEAD]
 
 
 def test_a_truncated_compressed_tarball_fails_while_streaming(tmp_path: Path, parts: ImageParts) -> None:

@@ -59,6 +59,11 @@ LOAD_HINT = (
     "the file is damaged (an interrupted download or copy?): re-run the step that produced it."
     " Nothing from it was loaded."
 )
+#: Why a damaged tarball or layout fails the put although a `rootfs/` lies beside it.
+ROOTFS_NOT_INSTEAD = (
+    "The rootfs/ beside it is not used instead: it lacks the image's config (CMD, ENTRYPOINT, HEALTHCHECK, …),"
+    " and a service would run differently than the image says."
+)
 PLATFORM_HINT = (
     "fetch the image for this worker's platform (registry-image's `platform` source option),"
     " or use a multi-platform image"
@@ -356,13 +361,18 @@ def plan_image(entry: ImageEntry) -> ImagePlan:
     names = tuple(dict.fromkeys([*from_files.names, *explicit]))
     has_rootfs = (path / "rootfs").is_dir()
     plan: ImagePlan | None = None
-    if (path / "oci" / "index.json").is_file():
-        plan = _layout_plan(entry, path / "oci", names)
-    elif (path / "index.json").is_file() and (path / "oci-layout").is_file():
-        plan = _layout_plan(entry, path, names)
-    elif tarball := next((path / name for name in TARBALL_CANDIDATES if (path / name).is_file()), None):
-        guessed = tuple(name for name in from_files.names if name not in explicit) if from_files.guessed else ()
-        plan = _tarball_plan(entry, tarball, names, guessed)
+    try:
+        if (path / "oci" / "index.json").is_file():
+            plan = _layout_plan(entry, path / "oci", names)
+        elif (path / "index.json").is_file() and (path / "oci-layout").is_file():
+            plan = _layout_plan(entry, path, names)
+        elif tarball := next((path / name for name in TARBALL_CANDIDATES if (path / name).is_file()), None):
+            guessed = tuple(name for name in from_files.names if name not in explicit) if from_files.guessed else ()
+            plan = _tarball_plan(entry, tarball, names, guessed)
+    except RuntimeFailure as damaged:
+        if not has_rootfs:
+            raise
+        raise RuntimeFailure(damaged.message, f"{damaged.diagnosis}\n{ROOTFS_NOT_INSTEAD}") from None
     if plan is not None:
         return _beside_rootfs(plan, path) if has_rootfs else plan
     if has_rootfs:
