@@ -1,11 +1,11 @@
 """A resource container made as a Concourse worker makes it: plain runc and worker_spec's OCI spec.
 
-The image's filesystem (the engine's own layer directories, else exported once per image ID)
-is the read-only lower layer of an overlay per container (as containerd's snapshotter does); `/scratch` is a plain
-directory on the host's disk; the network is a fresh namespace, with a veth and a default
-route (`concourse`) or with loopback only (`guardian`). Scripts run as `runc exec` with the
-worker's working directory (`/` or `/root`). An abort signals as the runtime does: only the
-exec'd process (`concourse`), or every process in the container's cgroup but its init, each
+The image's filesystem (the engine's own layer directories, else exported once per image ID) is
+the read-only lower layer of an overlay per container (as containerd's snapshotter does);
+`/scratch` is a plain directory on the host's disk; the network is a fresh namespace, with a veth
+and a default route (`concourse`) or with loopback only (`guardian`). Scripts run as `runc exec`
+with the worker's working directory (`/` or `/root`). An abort signals as the runtime does: only
+the exec'd process (`concourse`), or every process in the container's cgroup but its init, each
 second (`guardian`).
 
 What a put leaves behind is looked for twice: inside the container (processes, mounts) right
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import json
@@ -39,7 +40,8 @@ INIT_SOURCE = Path(__file__).resolve().parent / "runtime" / "gdn-init.c"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Where this machine's process API puts the commands it starts (see someone_elses).
 SANDBOX_COMMANDS_CGROUP = "process_api"
-_LIBC = ctypes.CDLL(None, use_errno=True)
+#: The C library, for mount(2) (see _overlay).
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 #: The "worker" cgroup the harness's containers go below on cgroup v2 (controllers enabled in it).
 V2_PARENT = "compose-env-harness"
 #: A v1 devices cgroup as strict as the container's own: the container cannot widen its devices.
@@ -103,15 +105,19 @@ def _overlay(lower: str, bundle: Path) -> bool:
     """The container's root: `lower` read-only, its changes in the bundle. False (and why, on stderr) if the kernel
     refuses.
 
-    Mounted with mount(2), as containerd's snapshotter mounts (containerd `mount/mount_linux.go`: unix.Mount,
-    options up to a page): util-linux 2.39 and later (Debian trixie: the guests) pass the options through
-    fsconfig(2), which refuses a value over 256 bytes, and the engine's layer paths are longer.
+    Mounted with mount(2), as containerd's snapshotter mounts (containerd `mount/mount_linux.go`: unix.Mount):
+    util-linux 2.39 and later (Debian trixie: the guests) pass the options through fsconfig(2), which refuses a
+    value over 256 bytes, and the engine's layer paths are longer. mount(2) reads at most a page of options and
+    cuts the rest silently; containerd then shortens the paths, the harness falls back to the exported filesystem.
     """
     options = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
+    if len(options) > os.sysconf("SC_PAGE_SIZE") - 512:  # containerd's margin
+        print(f"harness: overlay over {lower[:80]}… too long for mount(2): {len(options)} bytes", file=sys.stderr)
+        return False
     target = str(bundle / "rootfs")
     if _LIBC.mount(b"overlay", target.encode(), b"overlay", 0, options.encode()) != 0:
         reason = os.strerror(ctypes.get_errno())
-        print(f"harness: overlay over {lower[:80]}… refused: {reason}", file=sys.stderr)
+        print(f"harness: overlay over {lower[:80]}… refused: {reason} (see dmesg)", file=sys.stderr)
         return False
     return True
 

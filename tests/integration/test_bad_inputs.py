@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from harness import PUT_DIR, Container, ResourceContainer, RunOutcome, open_container, run_script
-from image_fixtures import parts_from_docker
+from image_fixtures import parts_from_docker_save
 from producers import docker_image_resource_dir
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "bad_inputs"
@@ -302,7 +302,7 @@ BEFORE_DAEMON_ROWS = [
         (
             "params.images[0] (docker-image-cut): image is truncated",
             "re-run the step that produced it",
-            "The rootfs/ beside it is not used instead: it lacks the image's config",
+            "the rootfs/ beside it is not used in its place: it is not the image the step saved",
         ),
     ),
     Row(
@@ -432,7 +432,8 @@ class _Repeating:
 
 
 def build_put_dir(put_dir: Path) -> Path:
-    """tests/data/bad_inputs/put plus what cannot live in git: image tarballs (built from the base image), symlinks."""
+    """tests/data/bad_inputs/put plus what cannot live in git: image tarballs (built from the base image), damaged
+    copies of them, a docker-image-resource output, symlinks."""
     shutil.copytree(DATA / "put", put_dir)
     for target in ("tiny", "big"):
         subprocess.run(
@@ -445,7 +446,7 @@ def build_put_dir(put_dir: Path) -> Path:
     whole = (put_dir / "tiny.tar").read_bytes()
     (put_dir / "truncated.tar").write_bytes(whole[: len(whole) // 2])
     # A docker-image-resource get with `save: true` whose `image` was cut short: its rootfs/ is whole.
-    parts = parts_from_docker(TINY, put_dir.parent / "tiny-parts")
+    parts = parts_from_docker_save(put_dir / "tiny.tar", put_dir.parent / "tiny-parts")
     cut = docker_image_resource_dir(parts, put_dir / "docker-image-cut", "compose-env-test/tiny", "ci") / "image"
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     os.symlink("/etc/hostname", put_dir / "escape.yml")

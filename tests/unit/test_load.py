@@ -13,8 +13,9 @@ from compose_env.config.model import ImageEntry
 from compose_env.console import Console
 from compose_env.errors import RuntimeFailure, UserError
 from compose_env.images.load import load_images
-from compose_env.images.plan import ImagePlan, plan_image
+from compose_env.images.plan import LOAD_HINT, ROOTFS_NOT_INSTEAD, ImagePlan, plan_image
 from image_fixtures import ImageParts, compress, docker_save_tarball, synthetic_image, truncated_copy
+from producers import docker_image_resource_dir
 
 
 @pytest.fixture
@@ -83,6 +84,17 @@ def test_an_error_inside_a_successful_response_fails_the_load(tmp_path: Path, pa
     with pytest.raises(RuntimeFailure, match=r"params.images\[0\] \(app.tar\): docker load failed: unexpected EOF"):
         load_images([plan], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
     assert engine.tags == []
+
+
+def test_a_tarball_docker_load_refuses_says_why_the_rootfs_beside_it_does_not_stand_in(
+    tmp_path: Path, parts: ImageParts
+) -> None:
+    engine = FakeEngine([{"error": "archive/tar: invalid tar header"}])
+    plan = plan_image(entry(docker_image_resource_dir(parts, tmp_path / "redis", "example/redis", "7")))
+
+    with pytest.raises(RuntimeFailure, match=r"params.images\[0\] \(redis\): docker load failed") as raised:
+        load_images([plan], engine, engine, Console(io.StringIO()))  # type: ignore[arg-type]
+    assert raised.value.diagnosis.splitlines() == [LOAD_HINT, ROOTFS_NOT_INSTEAD]
 
 
 def test_a_full_data_root_is_diagnosed_as_such(tmp_path: Path, parts: ImageParts) -> None:

@@ -21,7 +21,7 @@ from compose_env.errors import RuntimeFailure
 from compose_env.images.compression import decompressed_chunks
 from compose_env.images.errors import ArchiveError
 from compose_env.images.oci import LayoutReader, Platform, oci_stream
-from compose_env.images.plan import LOAD_HINT, ImagePlan, local_platform, shown_path, unnamed_error
+from compose_env.images.plan import ImagePlan, local_platform, shown_path, unnamed_error
 from compose_env.images.reference import familiar, split_reference
 from compose_env.images.tar import FileBody, list_tar
 
@@ -80,8 +80,8 @@ def _archive_error(error: BaseException) -> ArchiveError | None:
     return None
 
 
-def _diagnosis(detail: str) -> str:
-    return SPACE_HINT if "no space left on device" in detail else LOAD_HINT
+def _diagnosis(plan: ImagePlan, detail: str) -> str:
+    return SPACE_HINT if "no space left on device" in detail else plan.damage_hint
 
 
 def _read_load_response(plan: ImagePlan, messages: Iterator[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -91,7 +91,7 @@ def _read_load_response(plan: ImagePlan, messages: Iterator[dict[str, Any]]) -> 
     for message in messages:
         if message.get("error") or message.get("errorDetail"):
             detail = message.get("error") or message.get("errorDetail", {}).get("message", "")
-            raise RuntimeFailure(f"{plan.where}: docker load failed: {detail}", _diagnosis(str(detail)))
+            raise RuntimeFailure(f"{plan.where}: docker load failed: {detail}", _diagnosis(plan, str(detail)))
         text = str(message.get("stream", "")).strip()
         if text.startswith("Loaded image ID:"):
             ids.append(text.split(":", 1)[1].strip())
@@ -143,6 +143,7 @@ def _spooled_oci_plan(plan: ImagePlan, spooled: Path) -> ImagePlan | None:
         spooled.stat().st_size,
         plan.names,
         lambda p: oci_stream(layout, p, names),
+        rootfs_beside=plan.rootfs_beside,
     )
 
 
@@ -155,9 +156,9 @@ def _load_plan(
     except (docker.errors.APIError, requests.exceptions.RequestException, ArchiveError, OSError) as error:
         damaged = _archive_error(error)
         if damaged is not None:
-            raise RuntimeFailure(f"{plan.where}: {damaged}", LOAD_HINT) from None
-        explanation = str(getattr(error, "explanation", None) or error)
-        raise RuntimeFailure(f"{plan.where}: docker load failed: {explanation}", _diagnosis(explanation)) from None
+            raise RuntimeFailure(f"{plan.where}: {damaged}", plan.damage_hint) from None
+        detail = str(getattr(error, "explanation", None) or error)
+        raise RuntimeFailure(f"{plan.where}: docker load failed: {detail}", _diagnosis(plan, detail)) from None
     if not loaded_names and not loaded_ids:
         raise RuntimeFailure(f"{plan.where}: docker load reported no image", "the archive holds no image")
     if not loaded_names and not plan.names:

@@ -59,10 +59,11 @@ LOAD_HINT = (
     "the file is damaged (an interrupted download or copy?): re-run the step that produced it."
     " Nothing from it was loaded."
 )
-#: Why a damaged tarball or layout fails the put although a `rootfs/` lies beside it.
+#: Why a damaged tarball or layout fails the put although a `rootfs/` lies beside it (docker-image `save: true`,
+#: oci-build-task `UNPACK_ROOTFS`).
 ROOTFS_NOT_INSTEAD = (
-    "The rootfs/ beside it is not used instead: it lacks the image's config (CMD, ENTRYPOINT, HEALTHCHECK, …),"
-    " and a service would run differently than the image says."
+    "the rootfs/ beside it is not used in its place: it is not the image the step saved (one squashed layer, with"
+    " only the config the files beside it carry), and what damaged one file may have damaged the others"
 )
 PLATFORM_HINT = (
     "fetch the image for this worker's platform (registry-image's `platform` source option),"
@@ -97,6 +98,8 @@ class ImagePlan:
     prepare: Callable[[], object] | None = None
     #: Said once in the build log when the plan is shown: what this input loses (a rootfs without the whole config).
     warning: str = ""
+    #: A `rootfs/` lies beside the tarball or layout used (the richest form wins), not used in its place.
+    rootfs_beside: bool = False
 
     @property
     def estimated_bytes(self) -> int:
@@ -107,6 +110,11 @@ class ImagePlan:
     @property
     def where(self) -> str:
         return f"{self.entry.param_path} ({self.entry.given})"
+
+    @property
+    def damage_hint(self) -> str:
+        """What to do when this input turns out damaged while it loads, and why a rootfs beside it does not stand in."""
+        return f"{LOAD_HINT}\n{ROOTFS_NOT_INSTEAD}" if self.rootfs_beside else LOAD_HINT
 
 
 def shown_path(entry: ImageEntry, path: Path) -> str:
@@ -153,8 +161,12 @@ def _tree_size(root: Path) -> int:
     return total
 
 
-def _damaged(entry: ImageEntry, error: ArchiveError) -> RuntimeFailure:
-    return RuntimeFailure(f"{entry.param_path} ({entry.given}): {error}", LOAD_HINT)
+class DamagedInput(RuntimeFailure):
+    """An input's bytes are not what its shape promised (truncated, corrupt, a blob missing), found while planning."""
+
+
+def _damaged(entry: ImageEntry, error: ArchiveError) -> DamagedInput:
+    return DamagedInput(f"{entry.param_path} ({entry.given}): {error}", LOAD_HINT)
 
 
 def unnamed_error(entry: ImageEntry, what: str) -> UserError:
@@ -346,7 +358,7 @@ def _beside_rootfs(plan: ImagePlan, directory: Path) -> ImagePlan:
     ignored = [name for name in ("rootfs/", "rootfs.tar", "metadata.json") if (directory / name.rstrip("/")).exists()]
     why = f"{used} used, not the {', '.join(ignored)} beside it: it keeps the whole image config"
     why += " (CMD, ENTRYPOINT, HEALTHCHECK, …)"
-    return replace(plan, shape=f"{plan.shape}; {why}")
+    return replace(plan, shape=f"{plan.shape}; {why}", rootfs_beside=True)
 
 
 def plan_image(entry: ImageEntry) -> ImagePlan:
@@ -369,10 +381,10 @@ def plan_image(entry: ImageEntry) -> ImagePlan:
         elif tarball := next((path / name for name in TARBALL_CANDIDATES if (path / name).is_file()), None):
             guessed = tuple(name for name in from_files.names if name not in explicit) if from_files.guessed else ()
             plan = _tarball_plan(entry, tarball, names, guessed)
-    except RuntimeFailure as damaged:
+    except DamagedInput as damaged:
         if not has_rootfs:
             raise
-        raise RuntimeFailure(damaged.message, f"{damaged.diagnosis}\n{ROOTFS_NOT_INSTEAD}") from None
+        raise DamagedInput(damaged.message, f"{damaged.diagnosis}\n{ROOTFS_NOT_INSTEAD}") from None
     if plan is not None:
         return _beside_rootfs(plan, path) if has_rootfs else plan
     if has_rootfs:
