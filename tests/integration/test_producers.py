@@ -6,6 +6,7 @@ kept them: the entrypoint writes /tmp/ready, which the image's own healthcheck t
 service waits for each with `condition: service_healthy`. While `tests` runs, the loaded images'
 configs are read from the inner engine and compared with the originals, field by field. A rootfs-only
 input keeps what its metadata files carry (and says what it lost); its service is given the rest.
+Under each worker runtime, by direct writes and by docker load.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ def _inspect_while_running(
     return lambda container: threading.Thread(target=inspect, args=(container,), daemon=True).start()
 
 
-@pytest.mark.parametrize("runtime", ["docker", "concourse"])
+@pytest.mark.parametrize("runtime", ["docker", "concourse", "guardian"])
 @pytest.mark.parametrize("direct_load", [True, False], ids=["direct-writes", "docker-load"])
 def test_every_producers_output_keeps_the_config_its_shape_can_carry(
     image: str, producers_put: Path, originals: dict[str, dict[str, Any]], runtime: str, direct_load: bool
