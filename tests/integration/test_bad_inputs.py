@@ -447,8 +447,8 @@ def build_put_dir(put_dir: Path) -> Path:
     (put_dir / "truncated.tar").write_bytes(whole[: len(whole) // 2])
     # A docker-image-resource get with `save: true` whose `image` was cut short: its rootfs/ is whole.
     parts = parts_from_docker_save(put_dir / "tiny.tar", put_dir.parent / "tiny-parts")
-    cut = docker_image_resource_dir(parts, put_dir / "docker-image-cut", "compose-env-test/tiny", "ci") / "image"
-    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    cut = docker_image_resource_dir(parts, put_dir / "docker-image-cut", "compose-env-test/tiny", "ci")
+    shutil.copyfile(put_dir / "truncated.tar", cut / "image")
     os.symlink("/etc/hostname", put_dir / "escape.yml")
     os.symlink("/usr", put_dir / "usr-link")
     return put_dir

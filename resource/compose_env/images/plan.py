@@ -113,8 +113,12 @@ class ImagePlan:
 
     @property
     def damage_hint(self) -> str:
-        """What to do when this input turns out damaged while it loads, and why a rootfs beside it does not stand in."""
-        return f"{LOAD_HINT}\n{ROOTFS_NOT_INSTEAD}" if self.rootfs_beside else LOAD_HINT
+        return damage_hint(self.rootfs_beside)
+
+
+def damage_hint(rootfs_beside: bool) -> str:
+    """What to do about a damaged input, and why a rootfs beside it does not stand in."""
+    return f"{LOAD_HINT}\n{ROOTFS_NOT_INSTEAD}" if rootfs_beside else LOAD_HINT
 
 
 def shown_path(entry: ImageEntry, path: Path) -> str:
@@ -384,7 +388,7 @@ def plan_image(entry: ImageEntry) -> ImagePlan:
     except DamagedInput as damaged:
         if not has_rootfs:
             raise
-        raise DamagedInput(damaged.message, f"{damaged.diagnosis}\n{ROOTFS_NOT_INSTEAD}") from None
+        raise DamagedInput(damaged.message, damage_hint(rootfs_beside=True)) from None
     if plan is not None:
         return _beside_rootfs(plan, path) if has_rootfs else plan
     if has_rootfs:
