@@ -105,13 +105,14 @@ def _overlay(lower: str, bundle: Path) -> bool:
     """The container's root: `lower` read-only, its changes in the bundle. False (and why, on stderr) if the kernel
     refuses.
 
-    Mounted with mount(2), as containerd's snapshotter mounts (containerd `mount/mount_linux.go`: unix.Mount):
+    Mounted with mount(2), as containerd mounts a snapshot (containerd v2.4.0-beta `core/mount/mount_linux.go`:
+    mountAt → unix.Mount; compactLowerdirOption when optionsSize >= pagesize-512):
     util-linux 2.39 and later (Debian trixie: the guests) pass the options through fsconfig(2), which refuses a
     value over 256 bytes, and the engine's layer paths are longer. mount(2) reads at most a page of options and
     cuts the rest silently; containerd then shortens the paths, the harness falls back to the exported filesystem.
     """
     options = f"lowerdir={lower},upperdir={bundle}/upper,workdir={bundle}/work"
-    if len(options) > os.sysconf("SC_PAGE_SIZE") - 512:  # containerd's margin
+    if len(options) >= os.sysconf("SC_PAGE_SIZE") - 512:  # containerd's margin
         print(f"harness: overlay over {lower[:80]}… too long for mount(2): {len(options)} bytes", file=sys.stderr)
         return False
     target = str(bundle / "rootfs")
